@@ -1,0 +1,265 @@
+//! Typed settings for `serve`, built once from flags and the environment.
+//!
+//! Secrets come from the environment only. Having both `PORT_CLIENT_ID` and
+//! `PORT_CLIENT_SECRET` selects Port mode; having neither selects local mode; having one
+//! of them is a mistake worth refusing to start over.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::ServeArgs;
+use crate::port::{PortConfig, RetryPolicy};
+use crate::runs::RunnerConfig;
+
+/// Where run reports go.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Report to Port; the client secret also signs webhooks.
+    Port(PortConfig),
+    /// Keep everything locally; `secret` signs webhooks.
+    Local { secret: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub mode: Mode,
+    pub admin_token: Option<String>,
+    pub data_dir: PathBuf,
+    pub runner: RunnerConfig,
+    pub shutdown_grace: Duration,
+    pub max_body_bytes: usize,
+    pub signature_tolerance: Duration,
+    pub http_workers: usize,
+    /// Finished runs kept in memory for `GET /runs`.
+    pub keep_finished_runs: usize,
+    /// Log lines kept in memory per run (Port gets them all).
+    pub max_log_lines_per_run: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "{set} is set but {missing} is not: set both to report to Port, or neither for local mode"
+    )]
+    HalfCredentials {
+        set: &'static str,
+        missing: &'static str,
+    },
+    #[error("{name} must not be empty")]
+    Empty { name: &'static str },
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl Settings {
+    /// Settings for tests and embedding: local mode with the given secret, defaults elsewhere.
+    pub fn local(secret: &str) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            mode: Mode::Local {
+                secret: secret.into(),
+            },
+            admin_token: None,
+            data_dir: PathBuf::from("./data"),
+            runner: RunnerConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+            signature_tolerance: Duration::from_secs(300),
+            http_workers: 2,
+            keep_finished_runs: 1000,
+            max_log_lines_per_run: 10_000,
+        }
+    }
+
+    /// Builds settings from `serve`'s flags and the process environment.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        Self::from_args_with_env(args, |name| std::env::var(name).ok())
+    }
+
+    pub fn from_args_with_env(
+        args: &ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let non_empty = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match env(name) {
+                Some(v) if v.is_empty() => Err(ConfigError::Empty { name }),
+                other => Ok(other),
+            }
+        };
+        let client_id = args.port_client_id.clone().filter(|s| !s.is_empty());
+        let client_secret = non_empty("PORT_CLIENT_SECRET")?;
+        let mode = match (client_id, client_secret) {
+            (Some(client_id), Some(client_secret)) => Mode::Port(PortConfig {
+                api_url: args.port_api_url.clone(),
+                client_id,
+                client_secret,
+                retry: RetryPolicy::default(),
+                request_timeout: Duration::from_secs(30),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::HalfCredentials {
+                    set: "PORT_CLIENT_ID",
+                    missing: "PORT_CLIENT_SECRET",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::HalfCredentials {
+                    set: "PORT_CLIENT_SECRET",
+                    missing: "PORT_CLIENT_ID",
+                })
+            }
+            (None, None) => Mode::Local {
+                secret: match non_empty("PORT_RUNNER_LOCAL_SECRET")? {
+                    Some(secret) => secret,
+                    None => load_or_create_local_secret(&args.data_dir)?,
+                },
+            },
+        };
+        Ok(Self {
+            listen: args.listen.clone(),
+            mode,
+            admin_token: non_empty("PORT_RUNNER_ADMIN_TOKEN")?,
+            data_dir: args.data_dir.clone(),
+            runner: RunnerConfig {
+                max_concurrent_runs: args.max_concurrent_runs as usize,
+                max_queued_runs: args.max_queued_runs,
+                run_timeout: Duration::from_secs(args.run_timeout_secs),
+                ..RunnerConfig::default()
+            },
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            max_body_bytes: args.max_body_bytes,
+            signature_tolerance: Duration::from_secs(args.signature_tolerance_secs),
+            http_workers: args.http_workers as usize,
+            ..Self::local("")
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self.mode, Mode::Local { .. })
+    }
+
+    /// The key webhooks are signed with.
+    pub fn webhook_secret(&self) -> &str {
+        match &self.mode {
+            Mode::Port(port) => &port.client_secret,
+            Mode::Local { secret } => secret,
+        }
+    }
+}
+
+/// The file where local mode keeps its generated secret, so `invoke` can sign with it.
+pub fn local_secret_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("local-secret")
+}
+
+/// Reads the local-mode secret, creating it (mode 0600) on first start.
+fn load_or_create_local_secret(data_dir: &Path) -> Result<String, ConfigError> {
+    let path = local_secret_path(data_dir);
+    let io_err = |source| ConfigError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    std::fs::create_dir_all(data_dir).map_err(io_err)?;
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(io_err)?;
+    file.write_all(secret.as_bytes()).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    std::fs::rename(&tmp, &path).map_err(io_err)?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["port-runner", "serve"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn both_credentials_select_port_mode() {
+        let args = serve_args(&["--port-client-id", "id"]);
+        let s = Settings::from_args_with_env(&args, env(&[("PORT_CLIENT_SECRET", "sec")])).unwrap();
+        assert!(!s.is_local());
+        assert_eq!(s.webhook_secret(), "sec");
+    }
+
+    #[test]
+    fn one_credential_alone_is_refused_with_a_clear_message() {
+        let args = serve_args(&["--port-client-id", "id"]);
+        let err = Settings::from_args_with_env(&args, env(&[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PORT_CLIENT_ID is set but PORT_CLIENT_SECRET is not: set both to report to Port, or neither for local mode"
+        );
+    }
+
+    #[test]
+    fn local_mode_creates_a_secret_once_and_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("nested");
+        let args = serve_args(&["--data-dir", data.to_str().unwrap()]);
+        let first = Settings::from_args_with_env(&args, env(&[])).unwrap();
+        let second = Settings::from_args_with_env(&args, env(&[])).unwrap();
+        assert!(first.is_local());
+        assert_eq!(first.webhook_secret().len(), 64);
+        assert_eq!(first.webhook_secret(), second.webhook_secret());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(local_secret_path(&data))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn an_explicit_local_secret_wins_and_empty_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = serve_args(&["--data-dir", dir.path().to_str().unwrap()]);
+        let s = Settings::from_args_with_env(&args, env(&[("PORT_RUNNER_LOCAL_SECRET", "given")]))
+            .unwrap();
+        assert_eq!(s.webhook_secret(), "given");
+        let err = Settings::from_args_with_env(&args, env(&[("PORT_RUNNER_ADMIN_TOKEN", "")]))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "PORT_RUNNER_ADMIN_TOKEN must not be empty");
+    }
+}

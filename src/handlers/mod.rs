@@ -1,0 +1,117 @@
+//! Action handlers: one trait, registered by action identifier.
+//!
+//! A handler gets a [`RunContext`] (the invocation, a log, catalog access scoped to the
+//! run, a cancellation token) and returns an [`Outcome`] or a [`HandlerError`] whose text
+//! is what the hub user reads. Timeouts, panics and shutdown are the runner's business.
+
+mod echo;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Operation;
+use crate::invocation::Invocation;
+use crate::port::PortError;
+use crate::runs::{RunCatalog, RunLog};
+
+pub use echo::EchoHandler;
+
+/// What a handler has to work with.
+pub struct RunContext {
+    pub invocation: Arc<Invocation>,
+    pub log: RunLog,
+    pub catalog: RunCatalog,
+    /// Cancelled on timeout and shutdown; long-running handlers should watch it.
+    pub cancel: CancellationToken,
+}
+
+/// A successful run's report.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub summary: String,
+    pub link: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(summary: impl Into<String>) -> Self {
+        Self {
+            summary: summary.into(),
+            link: None,
+        }
+    }
+}
+
+/// Why a handler failed, in words for the hub user.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("invalid input '{field}': {reason}")]
+    Input { field: String, reason: String },
+    #[error("{0}")]
+    Failed(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Whether the handler does anything for this operation.
+    fn supports(&self, operation: Operation) -> bool;
+    async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError>;
+}
+
+/// Handlers by action identifier.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: BTreeMap<String, Arc<dyn Handler>>,
+}
+
+impl HandlerRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The handlers this build ships.
+    pub fn builtin() -> Self {
+        let mut registry = Self::new();
+        registry.register("echo", EchoHandler);
+        registry
+    }
+
+    pub fn register(&mut self, action: &str, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(action.to_owned(), Arc::new(handler));
+        self
+    }
+
+    pub fn known(&self) -> Vec<&str> {
+        self.handlers.keys().map(String::as_str).collect()
+    }
+
+    /// The handler for this invocation, or the reason there is none (sent to Port as is).
+    pub fn resolve(&self, invocation: &Invocation) -> Result<Arc<dyn Handler>, String> {
+        let action = invocation.action.as_str();
+        let Some(handler) = self.handlers.get(action) else {
+            return Err(format!(
+                "no handler for action '{action}'; this runner handles: {}",
+                self.known().join(", ")
+            ));
+        };
+        if !handler.supports(invocation.operation) {
+            let supported: Vec<&str> = Operation::ALL
+                .iter()
+                .filter(|op| handler.supports(**op))
+                .map(|op| op.as_str())
+                .collect();
+            return Err(format!(
+                "action '{action}' does not support operation {}; it supports: {}",
+                invocation.operation,
+                supported.join(", ")
+            ));
+        }
+        Ok(handler.clone())
+    }
+}

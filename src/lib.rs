@@ -1,0 +1,19 @@
+//! port-runner: runs Port self-service actions.
+//!
+//! A signed webhook ([`webhook`]) turns into an [`invocation::Invocation`], the
+//! [`runs::Runner`] executes it with a [`handlers::Handler`] in the background, and the
+//! run's logs, entity changes and final status go to Port through [`port::PortClient`]
+//! (or stay local in local mode). See ARCHITECTURE.md for the whole path.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod handlers;
+pub mod invocation;
+pub mod invoke;
+pub mod metrics;
+pub mod port;
+pub mod runs;
+pub mod server;
+pub mod telemetry;
+pub mod webhook;

@@ -1,0 +1,177 @@
+//! Prometheus metrics served at `GET /metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    action: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 50 ms … ~14 h: echo runs and hour-long cluster creations both land in a bucket.
+    Histogram::new(exponential_buckets(0.05, 2.0, 20))
+}
+
+/// The process's counters and gauges; shared behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<RunLabels, Counter>,
+    run_duration: Family<ActionLabels, Histogram, fn() -> Histogram>,
+    queue_depth: Gauge,
+    runs_in_flight: Gauge,
+    port_calls: Family<StatusLabels, Counter>,
+    webhooks: Family<StatusLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("port_runner");
+        let runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "runs",
+            "Finished runs by action and outcome (success, failure)",
+            runs.clone(),
+        );
+        let run_duration =
+            Family::<ActionLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "run_duration_seconds",
+            "Run duration from start to final status, by action",
+            run_duration.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Accepted runs waiting for a worker",
+            queue_depth.clone(),
+        );
+        let runs_in_flight = Gauge::default();
+        registry.register(
+            "runs_in_flight",
+            "Runs executing now",
+            runs_in_flight.clone(),
+        );
+        let port_calls = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "port_api_requests",
+            "HTTP requests to Port's API by response status (or network_error)",
+            port_calls.clone(),
+        );
+        let webhooks = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook deliveries by the status we answered",
+            webhooks.clone(),
+        );
+        Self {
+            registry,
+            runs,
+            run_duration,
+            queue_depth,
+            runs_in_flight,
+            port_calls,
+            webhooks,
+        }
+    }
+
+    pub fn run_finished(&self, action: &str, success: bool, took: Duration) {
+        let outcome = if success { "success" } else { "failure" };
+        self.runs
+            .get_or_create(&RunLabels {
+                action: action.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.run_duration
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn queue_depth(&self) -> &Gauge {
+        &self.queue_depth
+    }
+
+    pub fn runs_in_flight(&self) -> &Gauge {
+        &self.runs_in_flight
+    }
+
+    pub fn port_call(&self, status: &str) {
+        self.port_calls
+            .get_or_create(&StatusLabels {
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn webhook(&self, status: u16) {
+        self.webhooks
+            .get_or_create(&StatusLabels {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus scrapes as-is).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_family() {
+        let m = Metrics::new();
+        m.run_finished("echo", true, Duration::from_millis(120));
+        m.port_call("503");
+        m.queue_depth().set(3);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"port_runner_runs_total{action="echo",outcome="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("port_runner_run_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("port_runner_queue_depth 3"), "{text}");
+        assert!(
+            text.contains(r#"port_runner_port_api_requests_total{status="503"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

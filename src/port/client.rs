@@ -1,0 +1,736 @@
+//! Typed client for Port's API.
+//!
+//! Design decisions a reader must know:
+//! - One access token for the whole process, fetched under a mutex so that a burst of
+//!   concurrent runs makes one token request, refreshed ahead of expiry and once on a 401.
+//! - Every call retries network errors, 408, 429 and 5xx with exponential backoff and
+//!   jitter, honouring `Retry-After` (or `x-ratelimit-reset`) up to a cap; other 4xx
+//!   surface Port's `message` at once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use reqwest::{Method, Url};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::error::PortError;
+use super::types::{
+    BulkItemResult, BulkResponse, ErrorBody, RunPatch, SearchResponse, TokenRequest, TokenResponse,
+    WriteMode,
+};
+use crate::metrics::Metrics;
+
+/// Port accepts at most 20 entities per bulk call.
+pub const BULK_MAX: usize = 20;
+/// Port caps request bodies at 1 MiB; stay below it with room for the envelope.
+const BODY_BUDGET: usize = 900 * 1024;
+
+/// How persistent the client is with a failing Port.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff; doubles each retry.
+    pub base: Duration,
+    /// Largest computed backoff.
+    pub cap: Duration,
+    /// Largest wait a `Retry-After` may ask for.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 5,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(20),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.cap);
+        // "Equal jitter": half fixed, half random, so retries of many runs spread out.
+        exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+/// Where Port is and who we are.
+#[derive(Debug, Clone)]
+pub struct PortConfig {
+    /// Base URL including `/v1`, e.g. `https://api.port.io/v1`.
+    pub api_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub retry: RetryPolicy,
+    /// Timeout of one HTTP attempt.
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    value: String,
+    refresh_at: Instant,
+    generation: u64,
+}
+
+/// An answer from Port, read whole.
+struct Raw {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+/// Client for Port's API; cheap to share behind an `Arc`.
+pub struct PortClient {
+    http: reqwest::Client,
+    base: Url,
+    client_id: String,
+    client_secret: String,
+    retry: RetryPolicy,
+    token: Mutex<Option<CachedToken>>,
+    generation: AtomicU64,
+    reachable: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl PortClient {
+    pub fn new(config: PortConfig, metrics: Arc<Metrics>) -> Result<Self, PortError> {
+        let base =
+            Url::parse(config.api_url.trim_end_matches('/')).map_err(|e| PortError::Invalid {
+                status: 0,
+                message: format!("PORT_API_URL {:?} is not a URL: {e}", config.api_url),
+            })?;
+        if base.cannot_be_a_base() {
+            return Err(PortError::Invalid {
+                status: 0,
+                message: format!("PORT_API_URL {:?} cannot be a base URL", config.api_url),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("port-runner/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| PortError::Transient {
+                message: format!("cannot build HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            client_id: config.client_id,
+            client_secret: config.client_secret,
+            retry: config.retry,
+            token: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            reachable: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// Whether the last exchange with Port got an HTTP answer.
+    pub fn last_seen_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Fetches (or reuses) a token: proves Port is reachable and the credentials work.
+    pub async fn check(&self) -> Result<(), PortError> {
+        self.token().await.map(|_| ())
+    }
+
+    /// `PATCH /actions/runs/{id}`: status, label, summary, link.
+    pub async fn patch_run(&self, run_id: &str, patch: &RunPatch) -> Result<(), PortError> {
+        let body = serde_json::to_value(patch).expect("RunPatch serializes");
+        self.call(
+            Method::PATCH,
+            &["actions", "runs", run_id],
+            &[("version", "v2")],
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /actions/runs/{id}/logs` with one message (callers batch lines into it).
+    pub async fn add_run_log(&self, run_id: &str, message: &str) -> Result<(), PortError> {
+        self.call(
+            Method::POST,
+            &["actions", "runs", run_id, "logs"],
+            &[],
+            Some(&json!({ "message": message })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates or updates one entity; with `run_id` it shows under the run's affected entities.
+    pub async fn upsert_entity(
+        &self,
+        blueprint: &str,
+        entity: &Value,
+        mode: WriteMode,
+        run_id: Option<&str>,
+    ) -> Result<Value, PortError> {
+        let query = write_query(mode, run_id);
+        let answer = self
+            .call(
+                Method::POST,
+                &["blueprints", blueprint, "entities"],
+                &query,
+                Some(entity),
+            )
+            .await?;
+        Ok(answer.get("entity").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Upserts many entities, 20 (and under 1 MiB) per call; one result per input, in order.
+    ///
+    /// A chunk that Port refuses as a whole marks each of its entities failed; the other
+    /// chunks still go through. Only an authentication failure aborts the whole call.
+    pub async fn bulk_upsert(
+        &self,
+        blueprint: &str,
+        entities: &[Value],
+        mode: WriteMode,
+        run_id: Option<&str>,
+    ) -> Result<Vec<BulkItemResult>, PortError> {
+        let query = write_query(mode, run_id);
+        let mut results = Vec::with_capacity(entities.len());
+        for range in chunk_ranges(entities) {
+            let chunk = &entities[range.clone()];
+            let body = json!({ "entities": chunk });
+            match self
+                .call(
+                    Method::POST,
+                    &["blueprints", blueprint, "entities", "bulk"],
+                    &query,
+                    Some(&body),
+                )
+                .await
+            {
+                Ok(answer) => results.extend(map_bulk_answer(answer, chunk)),
+                Err(e @ PortError::Unauthorized { .. }) => return Err(e),
+                Err(e) => results.extend(chunk.iter().map(|entity| {
+                    BulkItemResult::Failed {
+                        identifier: entity
+                            .get("identifier")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                        status: None,
+                        message: e.to_string(),
+                    }
+                })),
+            }
+        }
+        Ok(results)
+    }
+
+    /// Deletes one entity; `Ok(false)` when it was already gone.
+    pub async fn delete_entity(
+        &self,
+        blueprint: &str,
+        identifier: &str,
+        run_id: Option<&str>,
+    ) -> Result<bool, PortError> {
+        let mut query = vec![("delete_dependents", "false")];
+        if let Some(run_id) = run_id {
+            query.push(("run_id", run_id));
+        }
+        match self
+            .call(
+                Method::DELETE,
+                &["blueprints", blueprint, "entities", identifier],
+                &query,
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(PortError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /entities/search` with a Port query (`{combinator, rules}`).
+    pub async fn search_entities(&self, query: &Value) -> Result<Vec<Value>, PortError> {
+        let answer = self
+            .call(Method::POST, &["entities", "search"], &[], Some(query))
+            .await?;
+        let parsed: SearchResponse =
+            serde_json::from_value(answer).map_err(|e| PortError::Unexpected {
+                status: 200,
+                url: format!("entities/search ({e})"),
+            })?;
+        Ok(parsed.entities)
+    }
+
+    /// `GET /blueprints/{id}`; `None` when Port has no such blueprint.
+    pub async fn get_blueprint(&self, identifier: &str) -> Result<Option<Value>, PortError> {
+        match self
+            .call(Method::GET, &["blueprints", identifier], &[], None)
+            .await
+        {
+            Ok(answer) => Ok(answer.get("blueprint").cloned()),
+            Err(PortError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One authenticated call with retries and a single token refresh on 401.
+    async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, PortError> {
+        let url = self.url(segments, query);
+        let mut attempt = 0;
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await?;
+            let outcome = self
+                .send(method.clone(), url.clone(), Some(&token.value), body)
+                .await;
+            match &outcome {
+                Ok(raw) if is_success(raw.status) => return Ok(parse_body(&raw.body)),
+                Ok(raw) if raw.status == 401 && !refreshed => {
+                    // The token may have been revoked or rotated: fetch a new one, once.
+                    refreshed = true;
+                    self.invalidate(&token).await;
+                    continue;
+                }
+                _ => {}
+            }
+            match self.retry_delay(attempt, &outcome) {
+                Some(delay) => {
+                    tracing::debug!(%url, attempt, ?delay, "retrying Port call");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                None => return Err(classify(outcome, &url)),
+            }
+        }
+    }
+
+    async fn token(&self) -> Result<CachedToken, PortError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref() {
+            if Instant::now() < token.refresh_at {
+                return Ok(token.clone());
+            }
+        }
+        let fresh = self.fetch_token().await?;
+        *cached = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn invalidate(&self, used: &CachedToken) {
+        let mut cached = self.token.lock().await;
+        if cached.as_ref().map(|t| t.generation) == Some(used.generation) {
+            *cached = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<CachedToken, PortError> {
+        let url = self.url(&["auth", "access_token"], &[]);
+        let body = serde_json::to_value(TokenRequest {
+            client_id: &self.client_id,
+            client_secret: &self.client_secret,
+        })
+        .expect("token request serializes");
+        let mut attempt = 0;
+        loop {
+            let outcome = self
+                .send(Method::POST, url.clone(), None, Some(&body))
+                .await;
+            if let Ok(raw) = &outcome {
+                if is_success(raw.status) {
+                    let parsed: TokenResponse =
+                        serde_json::from_slice(&raw.body).map_err(|_| PortError::Unexpected {
+                            status: raw.status,
+                            url: url.to_string(),
+                        })?;
+                    // Port tokens live 3 hours; refresh with a margin so none expires mid-call.
+                    let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3 * 3600));
+                    let margin = (lifetime / 10).min(Duration::from_secs(300));
+                    return Ok(CachedToken {
+                        value: parsed.access_token,
+                        refresh_at: Instant::now() + lifetime - margin,
+                        generation: self.generation.fetch_add(1, Ordering::Relaxed),
+                    });
+                }
+                if matches!(raw.status, 401 | 403) {
+                    return Err(PortError::Unauthorized {
+                        message: error_message(&raw.body),
+                    });
+                }
+            }
+            match self.retry_delay(attempt, &outcome) {
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                None => return Err(classify(outcome, &url)),
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Raw, reqwest::Error> {
+        let mut request = self.http.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let result = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let retry_after = retry_after(response.headers());
+            let body = response.bytes().await?.to_vec();
+            Ok(Raw {
+                status,
+                retry_after,
+                body,
+            })
+        }
+        .await;
+        match &result {
+            Ok(raw) => {
+                self.reachable.store(true, Ordering::Relaxed);
+                self.metrics.port_call(&raw.status.to_string());
+            }
+            Err(_) => {
+                self.reachable.store(false, Ordering::Relaxed);
+                self.metrics.port_call("network_error");
+            }
+        }
+        result
+    }
+
+    fn retry_delay(&self, attempt: u32, outcome: &Result<Raw, reqwest::Error>) -> Option<Duration> {
+        if attempt >= self.retry.max_retries {
+            return None;
+        }
+        match outcome {
+            Err(_) => Some(self.retry.backoff(attempt)),
+            Ok(raw) if matches!(raw.status, 408 | 429 | 500..=599) => Some(
+                raw.retry_after
+                    .map(|d| d.min(self.retry.max_retry_after))
+                    .unwrap_or_else(|| self.retry.backoff(attempt)),
+            ),
+            Ok(_) => None,
+        }
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked in new()")
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+}
+
+fn write_query(mode: WriteMode, run_id: Option<&str>) -> Vec<(&'static str, &str)> {
+    let mut query = vec![("upsert", "true")];
+    if mode == WriteMode::Merge {
+        query.push(("merge", "true"));
+    }
+    if let Some(run_id) = run_id {
+        query.push(("run_id", run_id));
+    }
+    query
+}
+
+/// Splits entities into runs of at most [`BULK_MAX`] that also fit Port's body cap.
+fn chunk_ranges(entities: &[Value]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, entity) in entities.iter().enumerate() {
+        let size = serde_json::to_vec(entity).map(|v| v.len()).unwrap_or(0) + 1;
+        if i > start && (i - start == BULK_MAX || bytes + size > BODY_BUDGET) {
+            ranges.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < entities.len() {
+        ranges.push(start..entities.len());
+    }
+    ranges
+}
+
+/// Maps a bulk answer (200 or 207) back onto the chunk's entities by `index`.
+fn map_bulk_answer(answer: Value, chunk: &[Value]) -> Vec<BulkItemResult> {
+    let mut results: Vec<Option<BulkItemResult>> = vec![None; chunk.len()];
+    if let Ok(parsed) = serde_json::from_value::<BulkResponse>(answer) {
+        for ok in parsed.entities {
+            if let Some(slot) = results.get_mut(ok.index) {
+                *slot = Some(BulkItemResult::Ok {
+                    identifier: ok.identifier,
+                    created: ok.created,
+                });
+            }
+        }
+        for err in parsed.errors {
+            if let Some(slot) = results.get_mut(err.index) {
+                *slot = Some(BulkItemResult::Failed {
+                    identifier: err.identifier,
+                    status: err.status_code,
+                    message: err
+                        .message
+                        .or(err.error)
+                        .unwrap_or_else(|| "rejected by Port".into()),
+                });
+            }
+        }
+    }
+    results
+        .into_iter()
+        .zip(chunk)
+        .map(|(result, entity)| {
+            result.unwrap_or_else(|| BulkItemResult::Failed {
+                identifier: entity
+                    .get("identifier")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                status: None,
+                message: "Port's answer did not mention this entity".into(),
+            })
+        })
+        .collect()
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+fn parse_body(body: &[u8]) -> Value {
+    if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).unwrap_or(Value::Null)
+    }
+}
+
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            message: Some(m), ..
+        }) => m,
+        Ok(ErrorBody { error: Some(e), .. }) => e,
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                "no details".into()
+            } else {
+                text.chars().take(300).collect()
+            }
+        }
+    }
+}
+
+fn classify(outcome: Result<Raw, reqwest::Error>, url: &Url) -> PortError {
+    let raw = match outcome {
+        Ok(raw) => raw,
+        Err(e) => {
+            return PortError::Transient {
+                message: without_url(&e),
+            }
+        }
+    };
+    let message = error_message(&raw.body);
+    match raw.status {
+        401 | 403 => PortError::Unauthorized { message },
+        404 => PortError::NotFound { message },
+        429 => PortError::RateLimited {
+            retry_after: raw.retry_after,
+        },
+        408 | 500..=599 => PortError::Transient {
+            message: format!("HTTP {}: {message}", raw.status),
+        },
+        400..=499 => PortError::Invalid {
+            status: raw.status,
+            message,
+        },
+        status => PortError::Unexpected {
+            status,
+            url: url.path().to_string(),
+        },
+    }
+}
+
+/// reqwest errors embed the URL, which may carry a `run_id`; keep just the cause.
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(e) {
+        Some(source) => format!("{kind}: {source}"),
+        None => kind.to_string(),
+    }
+}
+
+/// `Retry-After` (seconds or HTTP date), else `x-ratelimit-reset` (a delta below 1e9,
+/// else epoch seconds: Port's docs and its Terraform provider disagree).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(value) = header("retry-after") {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = httpdate::parse_http_date(value) {
+            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
+        }
+    }
+    let reset: u64 = header("x-ratelimit-reset")?.parse().ok()?;
+    if reset < 1_000_000_000 {
+        Some(Duration::from_secs(reset))
+    } else {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Some(Duration::from_secs(reset.saturating_sub(now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn chunks_hold_at_most_twenty_entities() {
+        let entities: Vec<Value> = (0..45)
+            .map(|i| json!({"identifier": i.to_string()}))
+            .collect();
+        let ranges = chunk_ranges(&entities);
+        assert_eq!(ranges, vec![0..20, 20..40, 40..45]);
+        assert!(chunk_ranges(&[]).is_empty());
+    }
+
+    #[test]
+    fn chunks_stay_under_the_body_cap() {
+        let big = "x".repeat(400 * 1024);
+        let entities: Vec<Value> = (0..5).map(|_| json!({"p": big})).collect();
+        let ranges = chunk_ranges(&entities);
+        assert_eq!(ranges, vec![0..2, 2..4, 4..5]);
+    }
+
+    #[test]
+    fn a_207_answer_maps_errors_back_to_their_index() {
+        let chunk = vec![
+            json!({"identifier": "a"}),
+            json!({"identifier": "b"}),
+            json!({"identifier": "c"}),
+        ];
+        let answer = json!({
+            "ok": true,
+            "entities": [{"created": true, "identifier": "a", "index": 0},
+                         {"created": false, "identifier": "c", "index": 2}],
+            "errors": [{"identifier": "b", "index": 1, "statusCode": 422,
+                        "error": "invalid", "message": "property size must be number"}]
+        });
+        let results = map_bulk_answer(answer, &chunk);
+        assert_eq!(
+            results,
+            vec![
+                BulkItemResult::Ok {
+                    identifier: "a".into(),
+                    created: true
+                },
+                BulkItemResult::Failed {
+                    identifier: Some("b".into()),
+                    status: Some(422),
+                    message: "property size must be number".into()
+                },
+                BulkItemResult::Ok {
+                    identifier: "c".into(),
+                    created: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_ratelimit_reset() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+
+        let mut h = HeaderMap::new();
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(1000),
+            ..RetryPolicy::default()
+        };
+        for attempt in 0..10 {
+            let d = policy.backoff(attempt);
+            let full = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_millis(1000));
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn port_error_messages_are_surfaced() {
+        assert_eq!(
+            error_message(
+                br#"{"ok":false,"error":"not_found","message":"Blueprint x was not found"}"#
+            ),
+            "Blueprint x was not found"
+        );
+        assert_eq!(error_message(b""), "no details");
+        assert_eq!(
+            error_message(b"<html>bad gateway</html>"),
+            "<html>bad gateway</html>"
+        );
+    }
+}

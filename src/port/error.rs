@@ -1,0 +1,33 @@
+//! Port API failures, sorted the way callers act on them.
+
+use std::time::Duration;
+
+/// A failed call to Port's API. `Display` is written for a hub user's run log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PortError {
+    /// Credentials were refused, even after fetching a fresh token.
+    #[error(
+        "Port rejected the credentials ({message}); check PORT_CLIENT_ID and PORT_CLIENT_SECRET"
+    )]
+    Unauthorized { message: String },
+    #[error("not found in Port: {message}")]
+    NotFound { message: String },
+    /// Still rate limited after every retry.
+    #[error("Port is rate limiting us (retry after {retry_after:?})")]
+    RateLimited { retry_after: Option<Duration> },
+    /// A 5xx, timeout or network error that outlasted the retries.
+    #[error("Port is unavailable: {message}")]
+    Transient { message: String },
+    /// Port refused the request itself (4xx): retrying would not help.
+    #[error("Port refused the request ({status}): {message}")]
+    Invalid { status: u16, message: String },
+    #[error("unexpected answer from Port ({status}) for {url}")]
+    Unexpected { status: u16, url: String },
+}
+
+impl PortError {
+    /// Whether a later attempt might succeed (used by the background final-report retry).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. } | Self::RateLimited { .. })
+    }
+}

@@ -1,0 +1,12 @@
+//! Port's REST API: authentication, run reporting and entity writes.
+//!
+//! One [`PortClient`] is shared by every run so that they share one access token and one
+//! connection pool.
+
+mod client;
+mod error;
+pub mod types;
+
+pub use client::{PortClient, PortConfig, RetryPolicy, BULK_MAX};
+pub use error::PortError;
+pub use types::{BulkItemResult, RunPatch, RunStatus, WriteMode};

@@ -1,0 +1,120 @@
+//! Wire types of Port's API that the rest of the crate uses.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Terminal run statuses; Port accepts only these two in `PATCH /actions/runs/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunStatus {
+    Success,
+    Failure,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::Failure => "FAILURE",
+        }
+    }
+}
+
+/// Body of `PATCH /v1/actions/runs/{id}`; absent fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TokenRequest<'a> {
+    pub client_id: &'a str,
+    pub client_secret: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TokenResponse {
+    pub access_token: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+}
+
+/// How an entity write treats what is already in Port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// `upsert=true`: create or replace; fields not sent are removed.
+    Replace,
+    /// `upsert=true&merge=true`: create or update only the fields sent.
+    Merge,
+}
+
+/// One entity's outcome in a bulk upsert, mapped back to the caller's index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BulkItemResult {
+    Ok {
+        identifier: String,
+        created: bool,
+    },
+    Failed {
+        identifier: Option<String>,
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+pub(crate) struct BulkResponse {
+    #[serde(default)]
+    pub entities: Vec<BulkOk>,
+    #[serde(default)]
+    pub errors: Vec<BulkErr>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct BulkOk {
+    pub index: usize,
+    #[serde(default)]
+    pub identifier: String,
+    #[serde(default)]
+    pub created: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BulkErr {
+    pub index: usize,
+    #[serde(default)]
+    pub identifier: Option<String>,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Port's error body: `{"ok": false, "error": "...", "message": "..."}`.
+#[derive(Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Entities returned by a search.
+#[derive(Deserialize)]
+pub(crate) struct SearchResponse {
+    #[serde(default)]
+    pub entities: Vec<Value>,
+}

@@ -1,0 +1,131 @@
+//! Entity writes made on behalf of a run.
+//!
+//! In Port mode each write carries the run id, so the entity appears under the run's
+//! "Affected entities"; in local mode the write is only recorded. Either way the registry
+//! lists what the run touched.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::registry::{AffectedEntity, EntityChange, RunRegistry};
+use super::reporter::Sink;
+use crate::domain::{BlueprintId, EntityId, RunId};
+use crate::port::{BulkItemResult, PortError, WriteMode};
+
+/// Catalog access scoped to one run.
+#[derive(Clone)]
+pub struct RunCatalog {
+    run_id: RunId,
+    sink: Sink,
+    registry: Arc<RunRegistry>,
+}
+
+impl RunCatalog {
+    pub fn new(run_id: RunId, sink: Sink, registry: Arc<RunRegistry>) -> Self {
+        Self {
+            run_id,
+            sink,
+            registry,
+        }
+    }
+
+    /// Whether writes reach Port (false in local mode).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.sink, Sink::Port(_))
+    }
+
+    /// Creates or updates one entity; `entity` must carry its `identifier`.
+    pub async fn upsert(
+        &self,
+        blueprint: &BlueprintId,
+        entity: &Value,
+        mode: WriteMode,
+    ) -> Result<(), PortError> {
+        if let Sink::Port(client) = &self.sink {
+            client
+                .upsert_entity(blueprint.as_str(), entity, mode, Some(self.run_id.as_str()))
+                .await?;
+        }
+        let identifier = entity
+            .get("identifier")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.record(blueprint.as_str(), identifier, EntityChange::Upserted);
+        Ok(())
+    }
+
+    /// Upserts many entities of one blueprint; one result per entity, in order.
+    pub async fn bulk_upsert(
+        &self,
+        blueprint: &BlueprintId,
+        entities: &[Value],
+        mode: WriteMode,
+    ) -> Result<Vec<BulkItemResult>, PortError> {
+        let results = match &self.sink {
+            Sink::Port(client) => {
+                client
+                    .bulk_upsert(
+                        blueprint.as_str(),
+                        entities,
+                        mode,
+                        Some(self.run_id.as_str()),
+                    )
+                    .await?
+            }
+            Sink::Local => entities
+                .iter()
+                .map(|e| BulkItemResult::Ok {
+                    identifier: e
+                        .get("identifier")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    created: false,
+                })
+                .collect(),
+        };
+        for result in &results {
+            if let BulkItemResult::Ok { identifier, .. } = result {
+                self.record(blueprint.as_str(), identifier, EntityChange::Upserted);
+            }
+        }
+        Ok(results)
+    }
+
+    /// Deletes an entity; `Ok(false)` if it was already gone.
+    pub async fn delete(
+        &self,
+        blueprint: &BlueprintId,
+        identifier: &EntityId,
+    ) -> Result<bool, PortError> {
+        let existed = match &self.sink {
+            Sink::Port(client) => {
+                client
+                    .delete_entity(
+                        blueprint.as_str(),
+                        identifier.as_str(),
+                        Some(self.run_id.as_str()),
+                    )
+                    .await?
+            }
+            Sink::Local => true,
+        };
+        self.record(
+            blueprint.as_str(),
+            identifier.as_str(),
+            EntityChange::Deleted,
+        );
+        Ok(existed)
+    }
+
+    fn record(&self, blueprint: &str, identifier: &str, change: EntityChange) {
+        self.registry.update(&self.run_id, |r| {
+            r.affected_entities.push(AffectedEntity {
+                blueprint: blueprint.to_owned(),
+                identifier: identifier.to_owned(),
+                change,
+            })
+        });
+    }
+}

@@ -1,0 +1,81 @@
+//! Masks secret values in every line that leaves a run (Port logs, local view, server log).
+
+use std::borrow::Cow;
+use std::sync::{Arc, RwLock};
+
+/// What a masked secret is replaced with.
+pub const MASK: &str = "****";
+/// Shorter values would mask ordinary words; such secrets are not worth the false hits.
+const MIN_SECRET_LEN: usize = 3;
+
+/// A growing set of secret strings; clones share the set.
+#[derive(Clone, Default)]
+pub struct Masker {
+    secrets: Arc<RwLock<Vec<String>>>,
+}
+
+impl Masker {
+    pub fn new<I, S>(secrets: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let masker = Self::default();
+        masker.add_all(secrets);
+        masker
+    }
+
+    /// A masker that starts with this one's secrets but grows on its own.
+    pub fn fork(&self) -> Self {
+        Self::new(self.secrets.read().expect("masker lock").iter().cloned())
+    }
+
+    pub fn add_all<I, S>(&self, secrets: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut list = self.secrets.write().expect("masker lock");
+        for secret in secrets {
+            let secret = secret.into();
+            if secret.chars().count() >= MIN_SECRET_LEN && !list.contains(&secret) {
+                list.push(secret);
+            }
+        }
+        // Longest first, so a secret that contains another is masked whole.
+        list.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let list = self.secrets.read().expect("masker lock");
+        let mut out = Cow::Borrowed(text);
+        for secret in list.iter() {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_replaced_longest_first() {
+        let m = Masker::new(["abc", "abcdef"]);
+        assert_eq!(m.mask("x abcdef y abc"), "x **** y ****");
+        assert!(matches!(m.mask("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn tiny_secrets_are_ignored_and_forks_grow_alone() {
+        let base = Masker::new(["a", "s3cret"]);
+        assert_eq!(base.mask("a s3cret"), "a ****");
+        let fork = base.fork();
+        fork.add_all(["run-only"]);
+        assert_eq!(fork.mask("run-only s3cret"), "**** ****");
+        assert_eq!(base.mask("run-only"), "run-only");
+    }
+}

@@ -1,0 +1,463 @@
+//! Reports one run to Port (or keeps it locally): log lines, status label, final status.
+//!
+//! Log lines go through a per-run pump that batches them into few `POST …/logs` calls
+//! (every `flush_interval`, `max_lines` lines or `max_bytes` bytes), so a chatty handler
+//! does not make one HTTP call per line. `finish` drains the pump before sending the
+//! final status, because Port accepts nothing for a run after it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::mask::Masker;
+use super::registry::{ReportState, RunRegistry, RunState};
+use crate::domain::RunId;
+use crate::metrics::Metrics;
+use crate::port::{PortClient, PortError, RunPatch, RunStatus};
+
+/// Where a run's reports go.
+#[derive(Clone)]
+pub enum Sink {
+    Port(Arc<PortClient>),
+    /// Local mode: the registry (and the server log) are the only record.
+    Local,
+}
+
+/// Batching limits of the log pump.
+#[derive(Debug, Clone)]
+pub struct LogBatching {
+    pub flush_interval: Duration,
+    pub max_lines: usize,
+    /// Largest single log message sent to Port.
+    pub max_bytes: usize,
+}
+
+impl Default for LogBatching {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(500),
+            max_lines: 50,
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How the final report is retried when Port is unreachable.
+#[derive(Debug, Clone)]
+pub struct FinalReportRetry {
+    /// Keep trying for this long after the client's own retries gave up.
+    pub give_up_after: Duration,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for FinalReportRetry {
+    fn default() -> Self {
+        Self {
+            give_up_after: Duration::from_secs(3600),
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+enum LogCmd {
+    Line(String),
+    Close(oneshot::Sender<()>),
+}
+
+/// A handle to write a run's log; clone it freely. Every line is masked first.
+#[derive(Clone)]
+pub struct RunLog {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    run_id: RunId,
+    registry: Arc<RunRegistry>,
+    masker: Masker,
+    tx: Option<mpsc::Sender<LogCmd>>,
+    max_bytes: usize,
+}
+
+impl RunLog {
+    /// Appends a line (multi-line text is split). Waits when Port is slower than the handler.
+    pub async fn line(&self, text: impl AsRef<str>) {
+        for raw in text.as_ref().lines() {
+            let masked = self.inner.masker.mask(raw);
+            let line = truncate(&masked, self.inner.max_bytes);
+            // In local mode the server log is where a developer watches the run.
+            if self.inner.tx.is_none() {
+                tracing::info!(run_id = %self.inner.run_id, "{line}");
+            } else {
+                tracing::debug!(run_id = %self.inner.run_id, "{line}");
+            }
+            self.inner
+                .registry
+                .push_log(&self.inner.run_id, line.clone());
+            if let Some(tx) = &self.inner.tx {
+                // A closed pump means the run already ended: the line stays local.
+                let _ = tx.send(LogCmd::Line(line)).await;
+            }
+        }
+    }
+
+    /// Values to mask from now on (e.g. a secret output a handler just learnt).
+    pub fn add_secrets<I: IntoIterator<Item = String>>(&self, secrets: I) {
+        self.inner.masker.add_all(secrets);
+    }
+
+    pub fn masker(&self) -> &Masker {
+        &self.inner.masker
+    }
+}
+
+fn truncate(line: &str, max_bytes: usize) -> String {
+    if line.len() <= max_bytes {
+        return line.to_owned();
+    }
+    let mut end = max_bytes.saturating_sub(64);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &line[..end], line.len() - end)
+}
+
+/// The verdict on a finished run.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub status: RunStatus,
+    pub summary: String,
+    pub link: Option<String>,
+}
+
+impl Verdict {
+    pub fn success(summary: impl Into<String>, link: Option<String>) -> Self {
+        Self {
+            status: RunStatus::Success,
+            summary: summary.into(),
+            link,
+        }
+    }
+
+    pub fn failure(summary: impl Into<String>) -> Self {
+        Self {
+            status: RunStatus::Failure,
+            summary: summary.into(),
+            link: None,
+        }
+    }
+}
+
+/// Reports for one run. `finish` consumes it: the final status is sent exactly once.
+pub struct RunReporter {
+    run_id: RunId,
+    sink: Sink,
+    registry: Arc<RunRegistry>,
+    log: RunLog,
+    pump: Option<(mpsc::Sender<LogCmd>, JoinHandle<()>)>,
+    retry: FinalReportRetry,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl RunReporter {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        run_id: RunId,
+        sink: Sink,
+        registry: Arc<RunRegistry>,
+        masker: Masker,
+        batching: LogBatching,
+        retry: FinalReportRetry,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        let pump = match &sink {
+            Sink::Port(client) => {
+                let (tx, rx) = mpsc::channel(1024);
+                let handle = tokio::spawn(
+                    pump(run_id.clone(), client.clone(), rx, batching.clone()).in_current_span(),
+                );
+                Some((tx, handle))
+            }
+            Sink::Local => None,
+        };
+        let log = RunLog {
+            inner: Arc::new(LogInner {
+                run_id: run_id.clone(),
+                registry: registry.clone(),
+                masker,
+                tx: pump.as_ref().map(|(tx, _)| tx.clone()),
+                max_bytes: batching.max_bytes,
+            }),
+        };
+        Self {
+            run_id,
+            sink,
+            registry,
+            log,
+            pump,
+            retry,
+            tracker,
+            stop,
+        }
+    }
+
+    pub fn log(&self) -> RunLog {
+        self.log.clone()
+    }
+
+    /// Sets the run's status label (best effort: a label is not worth failing a run over).
+    pub async fn label(&self, label: &str) {
+        self.registry
+            .update(&self.run_id, |r| r.status_label = Some(label.to_owned()));
+        if let Sink::Port(client) = &self.sink {
+            let patch = RunPatch {
+                status_label: Some(label.to_owned()),
+                ..RunPatch::default()
+            };
+            if let Err(e) = client.patch_run(self.run_id.as_str(), &patch).await {
+                tracing::warn!(run_id = %self.run_id, error = %e, "could not update the run's status label");
+            }
+        }
+    }
+
+    /// Drains the log, then reports the final status. Never fails: if Port cannot be
+    /// reached the report is retried in the background until `give_up_after`.
+    pub async fn finish(mut self, verdict: Verdict, metrics: &Metrics, action: &str) {
+        let summary = self.log.masker().mask(&verdict.summary).into_owned();
+        let status_line = format!("{}: {}", verdict.status.as_str(), summary);
+        self.log.line(&status_line).await;
+        if let Some((tx, handle)) = self.pump.take() {
+            let (ack, done) = oneshot::channel();
+            if tx.send(LogCmd::Close(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+            let _ = handle.await;
+        }
+
+        let state = match verdict.status {
+            RunStatus::Success => RunState::Success,
+            RunStatus::Failure => RunState::Failure,
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut took = Duration::ZERO;
+        self.registry.update(&self.run_id, |r| {
+            r.state = state;
+            r.summary = Some(summary.clone());
+            r.link = verdict.link.clone();
+            r.finished_at = Some(now);
+            let started = r.started_at.unwrap_or(r.accepted_at);
+            took = (now - started).try_into().unwrap_or_default();
+        });
+        metrics.run_finished(action, verdict.status == RunStatus::Success, took);
+
+        let client = match &self.sink {
+            Sink::Local => {
+                self.set_report(ReportState::Local);
+                return;
+            }
+            Sink::Port(client) => client.clone(),
+        };
+        let patch = RunPatch {
+            status: Some(verdict.status),
+            status_label: None,
+            summary: Some(summary),
+            link: verdict.link,
+        };
+        match client.patch_run(self.run_id.as_str(), &patch).await {
+            Ok(()) => self.set_report(ReportState::Delivered),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(run_id = %self.run_id, error = %e, "final status not delivered yet; retrying in the background");
+                self.set_report(ReportState::Retrying {
+                    attempts: 1,
+                    last_error: e.to_string(),
+                });
+                let task = retry_final(
+                    self.run_id.clone(),
+                    client,
+                    patch,
+                    self.registry.clone(),
+                    self.retry.clone(),
+                    self.stop.clone(),
+                );
+                self.tracker.spawn(task.in_current_span());
+            }
+            Err(e) => {
+                tracing::error!(run_id = %self.run_id, error = %e, "Port refused the final status");
+                self.set_report(ReportState::Undelivered {
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn set_report(&self, state: ReportState) {
+        self.registry.update(&self.run_id, |r| r.report = state);
+    }
+}
+
+async fn retry_final(
+    run_id: RunId,
+    client: Arc<PortClient>,
+    patch: RunPatch,
+    registry: Arc<RunRegistry>,
+    retry: FinalReportRetry,
+    stop: CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + retry.give_up_after;
+    let mut delay = retry.first_delay;
+    let mut attempts = 1;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            // On shutdown, one last attempt now instead of waiting out the backoff.
+            _ = stop.cancelled() => {}
+        }
+        attempts += 1;
+        let result: Result<(), PortError> = client.patch_run(run_id.as_str(), &patch).await;
+        let state = match result {
+            Ok(()) => {
+                tracing::info!(%run_id, attempts, "final status delivered after retries");
+                ReportState::Delivered
+            }
+            Err(e)
+                if e.is_transient()
+                    && tokio::time::Instant::now() < deadline
+                    && !stop.is_cancelled() =>
+            {
+                registry.update(&run_id, |r| {
+                    r.report = ReportState::Retrying {
+                        attempts,
+                        last_error: e.to_string(),
+                    }
+                });
+                delay = (delay * 2).min(retry.max_delay);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(%run_id, attempts, error = %e, "giving up on delivering the final status");
+                ReportState::Undelivered {
+                    reason: e.to_string(),
+                }
+            }
+        };
+        registry.update(&run_id, |r| r.report = state);
+        return;
+    }
+}
+
+async fn pump(
+    run_id: RunId,
+    client: Arc<PortClient>,
+    mut rx: mpsc::Receiver<LogCmd>,
+    limits: LogBatching,
+) {
+    let mut batch = Batch::new(limits.max_bytes);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let cmd = match deadline {
+            Some(at) => tokio::select! {
+                cmd = rx.recv() => cmd,
+                _ = tokio::time::sleep_until(at) => {
+                    batch.flush(&run_id, &client).await;
+                    deadline = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match cmd {
+            Some(LogCmd::Line(line)) => {
+                batch.push(line);
+                if batch.lines >= limits.max_lines || batch.bytes >= limits.max_bytes {
+                    batch.flush(&run_id, &client).await;
+                    deadline = None;
+                } else if deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + limits.flush_interval);
+                }
+            }
+            Some(LogCmd::Close(ack)) => {
+                batch.flush(&run_id, &client).await;
+                let _ = ack.send(());
+                return;
+            }
+            None => {
+                batch.flush(&run_id, &client).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Lines waiting to be sent, already split into messages of at most `max_bytes`.
+struct Batch {
+    messages: Vec<String>,
+    lines: usize,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Batch {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            messages: Vec::new(),
+            lines: 0,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn push(&mut self, line: String) {
+        self.lines += 1;
+        self.bytes += line.len() + 1;
+        match self.messages.last_mut() {
+            Some(last) if last.len() + 1 + line.len() <= self.max_bytes => {
+                last.push('\n');
+                last.push_str(&line);
+            }
+            _ => self.messages.push(line),
+        }
+    }
+
+    async fn flush(&mut self, run_id: &RunId, client: &PortClient) {
+        for message in self.messages.drain(..) {
+            if let Err(e) = client.add_run_log(run_id.as_str(), &message).await {
+                tracing::warn!(%run_id, error = %e, "dropped a batch of log lines Port would not take");
+            }
+        }
+        self.lines = 0;
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_packs_lines_into_messages_under_the_cap() {
+        let mut b = Batch::new(10);
+        for line in ["aaaa", "bbbb", "cccc", "dddddddddd"] {
+            b.push(line.to_owned());
+        }
+        assert_eq!(b.messages, vec!["aaaa\nbbbb", "cccc", "dddddddddd"]);
+        assert_eq!(b.lines, 4);
+    }
+
+    #[test]
+    fn overlong_lines_are_cut_at_a_char_boundary() {
+        let line = "é".repeat(100);
+        let cut = truncate(&line, 80);
+        assert!(cut.len() < line.len());
+        assert!(cut.ends_with("bytes cut)"));
+        assert_eq!(truncate("short", 80), "short");
+    }
+}

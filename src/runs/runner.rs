@@ -1,0 +1,288 @@
+//! Executes accepted runs: a bounded pool, a timeout per run, panics turned into
+//! failures, and a two-phase shutdown. Every admitted run ends with a final report.
+//!
+//! Runs are spawned on the runtime handle given at construction, not on the actix worker
+//! that accepted the webhook, so they outlive the HTTP request and its worker thread.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::catalog::RunCatalog;
+use super::mask::Masker;
+use super::registry::{Admission, RunRegistry, RunState};
+use super::reporter::{FinalReportRetry, LogBatching, RunReporter, Sink, Verdict};
+use crate::handlers::{HandlerError, HandlerRegistry, RunContext};
+use crate::invocation::Invocation;
+use crate::metrics::Metrics;
+
+/// Limits of the runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub max_concurrent_runs: usize,
+    /// Runs allowed to wait for a worker; beyond it the webhook answers 503.
+    pub max_queued_runs: usize,
+    pub run_timeout: Duration,
+    pub log_batching: LogBatching,
+    pub final_report_retry: FinalReportRetry,
+    /// How long shutdown waits for final reports after the runs ended.
+    pub report_drain: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: 4,
+            max_queued_runs: 10_000,
+            run_timeout: Duration::from_secs(3600),
+            log_batching: LogBatching::default(),
+            final_report_retry: FinalReportRetry::default(),
+            report_drain: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why a run was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("this run id was already accepted")]
+    Duplicate,
+    #[error("too many runs are waiting; try again later")]
+    QueueFull,
+    #[error("the runner is shutting down")]
+    ShuttingDown,
+}
+
+pub struct Runner {
+    rt: Handle,
+    registry: Arc<RunRegistry>,
+    handlers: HandlerRegistry,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    masker: Masker,
+    config: RunnerConfig,
+    permits: Arc<Semaphore>,
+    /// Accepted and not yet finished (queued + running).
+    pending: AtomicUsize,
+    /// Phase 1 of shutdown: accept nothing, start nothing.
+    stopping: CancellationToken,
+    /// Phase 2: cancel what is still running.
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Runner {
+    pub fn new(
+        rt: Handle,
+        registry: Arc<RunRegistry>,
+        handlers: HandlerRegistry,
+        sink: Sink,
+        metrics: Arc<Metrics>,
+        masker: Masker,
+        config: RunnerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            rt,
+            registry,
+            handlers,
+            sink,
+            metrics,
+            masker,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
+            config,
+            pending: AtomicUsize::new(0),
+            stopping: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<RunRegistry> {
+        &self.registry
+    }
+
+    pub fn handlers(&self) -> &HandlerRegistry {
+        &self.handlers
+    }
+
+    /// Admits a run and schedules it; returns at once (no I/O).
+    pub fn submit(self: &Arc<Self>, invocation: Invocation) -> Result<(), SubmitError> {
+        if self.stopping.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let capacity = self.config.max_concurrent_runs + self.config.max_queued_runs;
+        if self.pending.load(Ordering::Acquire) >= capacity {
+            return Err(SubmitError::QueueFull);
+        }
+        if self.registry.admit(&invocation) == Admission::Duplicate {
+            return Err(SubmitError::Duplicate);
+        }
+        let ahead = self.pending.fetch_add(1, Ordering::AcqRel);
+        self.metrics.queue_depth().inc();
+        let span =
+            tracing::info_span!("run", run_id = %invocation.run_id, action = %invocation.action);
+        let this = self.clone();
+        self.tracker
+            .spawn_on(this.execute(invocation, ahead).instrument(span), &self.rt);
+        Ok(())
+    }
+
+    async fn execute(self: Arc<Self>, invocation: Invocation, ahead: usize) {
+        let run_id = invocation.run_id.clone();
+        let action = invocation.action.to_string();
+        let masker = self.masker.fork();
+        masker.add_all(invocation.secret_values());
+        let reporter = RunReporter::new(
+            run_id.clone(),
+            self.sink.clone(),
+            self.registry.clone(),
+            masker,
+            self.config.log_batching.clone(),
+            self.config.final_report_retry.clone(),
+            self.tracker.clone(),
+            self.stopping.clone(),
+        );
+        tracing::info!(operation = %invocation.operation, "run accepted");
+
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let waiting = ahead.min(self.pending.load(Ordering::Acquire).saturating_sub(1));
+                let label = format!("Queued behind {waiting} run(s)");
+                reporter
+                    .log()
+                    .line(format!(
+                        "queued behind {waiting} run(s); this runner executes {} at a time",
+                        self.config.max_concurrent_runs
+                    ))
+                    .await;
+                reporter.label(&label).await;
+                let permit = tokio::select! {
+                    permit = self.permits.clone().acquire_owned() => permit.ok(),
+                    _ = self.stopping.cancelled() => None,
+                };
+                if permit.is_some() {
+                    reporter.label("Running").await;
+                }
+                permit
+            }
+        };
+        self.metrics.queue_depth().dec();
+
+        let verdict = match permit {
+            None => {
+                Verdict::failure("runner shutting down: the run was still queued and did not start")
+            }
+            Some(_permit) => {
+                self.metrics.runs_in_flight().inc();
+                self.registry.update(&run_id, |r| {
+                    r.state = RunState::InProgress;
+                    r.started_at = Some(OffsetDateTime::now_utc());
+                });
+                let verdict = self.run_handler(invocation, &reporter).await;
+                self.metrics.runs_in_flight().dec();
+                verdict
+            }
+        };
+        if verdict.status == crate::port::RunStatus::Failure {
+            tracing::warn!(summary = %verdict.summary, "run failed");
+        } else {
+            tracing::info!(summary = %verdict.summary, "run succeeded");
+        }
+        reporter.finish(verdict, &self.metrics, &action).await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.registry.retire(&run_id);
+    }
+
+    async fn run_handler(&self, invocation: Invocation, reporter: &RunReporter) -> Verdict {
+        let handler = match self.handlers.resolve(&invocation) {
+            Ok(handler) => handler,
+            Err(reason) => return Verdict::failure(reason),
+        };
+        let cancel = self.hard_stop.child_token();
+        let ctx = RunContext {
+            catalog: RunCatalog::new(
+                invocation.run_id.clone(),
+                self.sink.clone(),
+                self.registry.clone(),
+            ),
+            invocation: Arc::new(invocation),
+            log: reporter.log(),
+            cancel: cancel.clone(),
+        };
+        // A task of its own, so that a panic is caught as a JoinError and not our unwinding.
+        let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
+        let timeout = self.config.run_timeout;
+        let verdict = tokio::select! {
+            joined = &mut task => match joined {
+                Ok(Ok(outcome)) => return Verdict::success(outcome.summary, outcome.link),
+                Ok(Err(HandlerError::Cancelled)) => Verdict::failure("cancelled"),
+                Ok(Err(e)) => return Verdict::failure(e.to_string()),
+                Err(e) if e.is_panic() => {
+                    return Verdict::failure(format!("the handler crashed: {}", panic_message(e.into_panic())))
+                }
+                Err(_) => Verdict::failure("the handler was aborted"),
+            },
+            _ = tokio::time::sleep(timeout) => Verdict::failure(format!(
+                "timed out after {}s (--run-timeout-secs)", timeout.as_secs()
+            )),
+            _ = self.hard_stop.cancelled() => Verdict::failure(
+                "runner shutting down: the run did not finish within the shutdown grace period"
+            ),
+        };
+        // Let the handler see the cancellation (to stop child processes), then drop it.
+        cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+        verdict
+    }
+
+    /// Stops accepting, fails queued runs, waits `grace` for running ones, fails the rest,
+    /// then waits a little for final reports to reach Port.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stopping.cancel();
+        self.tracker.close();
+        let running = self.pending.load(Ordering::Acquire);
+        if running > 0 {
+            tracing::info!(
+                runs = running,
+                grace_secs = grace.as_secs(),
+                "shutting down: waiting for runs to finish"
+            );
+        }
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over: failing the runs still in flight");
+            self.hard_stop.cancel();
+            if tokio::time::timeout(self.config.report_drain, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!("some final reports were not delivered before exit");
+            }
+        }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}

@@ -1,0 +1,282 @@
+//! The HTTP server and its wiring: webhook, run inspection, health and metrics.
+//!
+//! [`Application::build`] binds (port 0 in tests) and wires everything; `serve` and the
+//! integration tests both go through it, so tests exercise the real app.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Mode, Settings};
+use crate::domain::RunId;
+use crate::handlers::HandlerRegistry;
+use crate::metrics::Metrics;
+use crate::port::PortClient;
+use crate::runs::{Masker, RunRegistry, Runner, Sink};
+use crate::webhook::{self, signature::SignatureVerifier};
+
+/// Who may read `GET /runs`.
+#[derive(Clone)]
+pub enum AdminAccess {
+    /// Local mode: anyone who can reach the port (it is the developer's machine).
+    Open,
+    /// A bearer token is required (stored hashed).
+    Token([u8; 32]),
+    /// Outside local mode without a token: the routes are off.
+    Disabled,
+}
+
+/// Shared by all HTTP workers.
+pub struct AppState {
+    pub runner: Arc<Runner>,
+    pub verifier: SignatureVerifier,
+    pub metrics: Arc<Metrics>,
+    pub port: Option<Arc<PortClient>>,
+    pub admin: AdminAccess,
+    pub max_body_bytes: usize,
+    pub rt: Handle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Port(#[from] crate::port::PortError),
+}
+
+/// A bound, wired server that has not started serving yet.
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    runner: Arc<Runner>,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Binds `settings.listen` and wires the runner, Port client and routes.
+    pub async fn build(settings: Settings, handlers: HandlerRegistry) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let (sink, port) = match &settings.mode {
+            Mode::Port(config) => {
+                let client = Arc::new(PortClient::new(config.clone(), metrics.clone())?);
+                (Sink::Port(client.clone()), Some(client))
+            }
+            Mode::Local { .. } => (Sink::Local, None),
+        };
+        // Process-wide secrets that must never show up in a run's log.
+        let masker = Masker::new(
+            [
+                Some(settings.webhook_secret().to_owned()),
+                settings.admin_token.clone(),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        let registry = Arc::new(RunRegistry::new(
+            settings.keep_finished_runs,
+            settings.max_log_lines_per_run,
+        ));
+        let runner = Runner::new(
+            Handle::current(),
+            registry,
+            handlers,
+            sink,
+            metrics.clone(),
+            masker,
+            settings.runner.clone(),
+        );
+        let admin = match (&settings.admin_token, settings.is_local()) {
+            (Some(token), _) => AdminAccess::Token(Sha256::digest(token.as_bytes()).into()),
+            (None, true) => AdminAccess::Open,
+            (None, false) => AdminAccess::Disabled,
+        };
+        let state = web::Data::new(AppState {
+            runner: runner.clone(),
+            verifier: SignatureVerifier::new(
+                settings.webhook_secret(),
+                settings.signature_tolerance,
+            ),
+            metrics,
+            port,
+            admin,
+            max_body_bytes: settings.max_body_bytes,
+            rt: Handle::current(),
+        });
+        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+            .workers(settings.http_workers.max(1))
+            // One shutdown signal for the whole process is handled in `run_until`.
+            .disable_signals()
+            .shutdown_timeout(5)
+            .bind(&settings.listen)
+            .map_err(|source| StartError::Bind {
+                addr: settings.listen.clone(),
+                source,
+            })?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .expect("a bound server has an address");
+        Ok(Self {
+            addr,
+            server: server.run(),
+            runner,
+            shutdown_grace: settings.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn runner(&self) -> Arc<Runner> {
+        self.runner.clone()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting and drains the runner.
+    pub async fn run_until(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle: ServerHandle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        shutdown.cancelled().await;
+        tracing::info!("shutdown requested: no longer accepting runs");
+        // Refuse new webhooks at once (503) while the listener closes.
+        let stop_http = handle.stop(true);
+        self.runner.shutdown(self.shutdown_grace).await;
+        stop_http.await;
+        match server.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// All routes of the app.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhook")
+            .route(web::post().to(webhook::receive))
+            .route(web::put().to(webhook::receive))
+            .route(web::patch().to(webhook::receive)),
+    )
+    .route("/runs", web::get().to(list_runs))
+    .route("/runs/{run_id}", web::get().to(get_run))
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics));
+}
+
+fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "ok": false, "error": code, "message": message }))
+}
+
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+    use actix_web::http::StatusCode;
+    match &state.admin {
+        AdminAccess::Open => Ok(()),
+        AdminAccess::Disabled => Err(error(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "run inspection is off: set PORT_RUNNER_ADMIN_TOKEN to enable GET /runs",
+        )),
+        AdminAccess::Token(expected) => {
+            let presented = req
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            // Comparing digests keeps the comparison's timing independent of the token.
+            match presented {
+                Some(token) if Sha256::digest(token.as_bytes()).as_slice() == expected => Ok(()),
+                _ => Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "GET /runs needs 'Authorization: Bearer <PORT_RUNNER_ADMIN_TOKEN>'",
+                )),
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    HttpResponse::Ok().json(json!({ "ok": true, "runs": state.runner.registry().list(limit) }))
+}
+
+async fn get_run(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    if let Err(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    let record = RunId::parse("run_id", &path)
+        .ok()
+        .and_then(|id| state.runner.registry().get(&id));
+    match record {
+        Some(run) => HttpResponse::Ok().json(json!({ "ok": true, "run": run })),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no run {:?} is known to this runner", path.as_str()),
+        ),
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "ok": true }))
+}
+
+/// Ready once configuration is loaded (it is, if this answers). Says whether Port is
+/// reachable, without failing on it: runs are accepted and their reports retried anyway.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let port = match &state.port {
+        None => json!({ "mode": "local" }),
+        Some(client) => {
+            let client = client.clone();
+            // The client's connection pool lives on the main runtime; probe from there.
+            let probe = state.rt.spawn(async move {
+                tokio::time::timeout(Duration::from_secs(3), client.check()).await
+            });
+            match probe.await {
+                Ok(Ok(Ok(()))) => json!({ "mode": "port", "reachable": true }),
+                Ok(Ok(Err(e))) => {
+                    json!({ "mode": "port", "reachable": false, "error": e.to_string() })
+                }
+                _ => json!({ "mode": "port", "reachable": false, "error": "no answer within 3s" }),
+            }
+        }
+    };
+    HttpResponse::Ok().json(json!({ "ok": true, "ready": true, "port": port }))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.encode())
+}

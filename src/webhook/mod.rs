@@ -1,0 +1,139 @@
+//! The HTTP edge for Port: `POST /webhook`.
+//!
+//! Order matters and is the security model: cap the body, check the signature on the raw
+//! bytes, only then parse, admit by run id (duplicates are a no-op), enqueue, answer 202.
+//! Nothing in the request path calls out to Port.
+
+pub mod payload;
+pub mod signature;
+
+use std::time::SystemTime;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::StreamExt as _;
+use serde_json::json;
+
+use crate::runs::SubmitError;
+use crate::server::AppState;
+use payload::PayloadError;
+use signature::{SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+/// Header a v2 action may use to carry the run id (`"RUN_ID": "{{ .run.id }}"`).
+const RUN_ID_HEADER: &str = "run_id";
+
+/// Why a delivery was refused; the text is returned to the caller and logged once.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    Read(String),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("{0}")]
+    Unavailable(SubmitError),
+}
+
+impl WebhookError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "payload_too_large",
+            Self::Read(_) => "bad_request",
+            Self::Signature(_) => "invalid_signature",
+            Self::Payload(PayloadError::Syntax { .. }) => "invalid_json",
+            Self::Payload(_) => "invalid_payload",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl ResponseError for WebhookError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Read(_) => StatusCode::BAD_REQUEST,
+            Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::Payload(PayloadError::Syntax { .. }) => StatusCode::BAD_REQUEST,
+            Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unavailable(_)) {
+            response.insert_header(("retry-after", "5"));
+        }
+        response.json(json!({ "ok": false, "error": self.code(), "message": self.to_string() }))
+    }
+}
+
+/// `POST /webhook` (also PUT and PATCH, which Port lets an action choose).
+pub async fn receive(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let response = match accept(&req, body, &state).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(status = e.status_code().as_u16(), error = %e, "webhook refused");
+            e.error_response()
+        }
+    };
+    state.metrics.webhook(response.status().as_u16());
+    response
+}
+
+async fn accept(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, WebhookError> {
+    let body = read_capped(req, body, state.max_body_bytes).await?;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    state.verifier.verify(
+        header(TIMESTAMP_HEADER),
+        header(SIGNATURE_HEADER),
+        &body,
+        SystemTime::now(),
+    )?;
+    let invocation = payload::parse(&body, header(RUN_ID_HEADER))?;
+    let run_id = invocation.run_id.clone();
+    match state.runner.submit(invocation) {
+        Ok(()) => Ok(HttpResponse::Accepted().json(json!({ "ok": true, "runId": run_id }))),
+        Err(SubmitError::Duplicate) => {
+            tracing::info!(%run_id, "duplicate delivery ignored");
+            Ok(HttpResponse::Ok().json(json!({ "ok": true, "runId": run_id, "duplicate": true })))
+        }
+        Err(e) => Err(WebhookError::Unavailable(e)),
+    }
+}
+
+/// Reads the body, refusing it as soon as it exceeds `limit` (declared or actual size).
+async fn read_capped(
+    req: &HttpRequest,
+    mut body: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, WebhookError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(WebhookError::TooLarge { limit });
+    }
+    let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| WebhookError::Read(e.to_string()))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(WebhookError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}

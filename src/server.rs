@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -177,19 +178,41 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(metrics));
 }
 
-fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "ok": false, "error": code, "message": message }))
+/// Why a run-inspection request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("run inspection is off: set PORT_RUNNER_ADMIN_TOKEN to enable GET /runs")]
+    Disabled,
+    #[error("GET /runs needs 'Authorization: Bearer <PORT_RUNNER_ADMIN_TOKEN>'")]
+    Unauthorized,
+    #[error("no run {0:?} is known to this runner")]
+    NotFound(String),
 }
 
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
-    use actix_web::http::StatusCode;
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Disabled => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let code = match self {
+            Self::Disabled => "disabled",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound(_) => "not_found",
+        };
+        HttpResponse::build(self.status_code())
+            .json(json!({ "ok": false, "error": code, "message": self.to_string() }))
+    }
+}
+
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
     match &state.admin {
         AdminAccess::Open => Ok(()),
-        AdminAccess::Disabled => Err(error(
-            StatusCode::FORBIDDEN,
-            "disabled",
-            "run inspection is off: set PORT_RUNNER_ADMIN_TOKEN to enable GET /runs",
-        )),
+        AdminAccess::Disabled => Err(AdminError::Disabled),
         AdminAccess::Token(expected) => {
             let presented = req
                 .headers()
@@ -199,11 +222,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
             // Comparing digests keeps the comparison's timing independent of the token.
             match presented {
                 Some(token) if Sha256::digest(token.as_bytes()).as_slice() == expected => Ok(()),
-                _ => Err(error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "GET /runs needs 'Authorization: Bearer <PORT_RUNNER_ADMIN_TOKEN>'",
-                )),
+                _ => Err(AdminError::Unauthorized),
             }
         }
     }
@@ -218,34 +237,23 @@ async fn list_runs(
     req: HttpRequest,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state) {
-        return denied;
-    }
+) -> Result<HttpResponse, AdminError> {
+    authorize(&req, &state)?;
     let limit = query.limit.unwrap_or(100).min(10_000);
-    HttpResponse::Ok().json(json!({ "ok": true, "runs": state.runner.registry().list(limit) }))
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "runs": state.runner.registry().list(limit) })))
 }
 
 async fn get_run(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    use actix_web::http::StatusCode;
-    if let Err(denied) = authorize(&req, &state) {
-        return denied;
-    }
+) -> Result<HttpResponse, AdminError> {
+    authorize(&req, &state)?;
     let record = RunId::parse("run_id", &path)
         .ok()
-        .and_then(|id| state.runner.registry().get(&id));
-    match record {
-        Some(run) => HttpResponse::Ok().json(json!({ "ok": true, "run": run })),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("no run {:?} is known to this runner", path.as_str()),
-        ),
-    }
+        .and_then(|id| state.runner.registry().get(&id))
+        .ok_or_else(|| AdminError::NotFound(path.into_inner()))?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": record })))
 }
 
 async fn healthz() -> HttpResponse {

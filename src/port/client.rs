@@ -719,6 +719,56 @@ mod tests {
         }
     }
 
+    fn test_client(retries: u32) -> PortClient {
+        PortClient::new(
+            PortConfig {
+                api_url: "http://127.0.0.1:9/v1".into(),
+                client_id: "id".into(),
+                client_secret: "secret".into(),
+                retry: RetryPolicy {
+                    max_retries: retries,
+                    base: Duration::from_millis(100),
+                    cap: Duration::from_millis(400),
+                    max_retry_after: Duration::from_secs(30),
+                },
+                request_timeout: Duration::from_secs(1),
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+    }
+
+    fn raw(status: u16, retry_after: Option<u64>) -> Result<Raw, reqwest::Error> {
+        Ok(Raw {
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+            body: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_its_cap_and_other_4xx_are_final() {
+        let c = test_client(3);
+        assert_eq!(
+            c.retry_delay(0, &raw(429, Some(7))),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            c.retry_delay(0, &raw(429, Some(600))),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            c.retry_delay(0, &raw(503, Some(2))),
+            Some(Duration::from_secs(2))
+        );
+        let backoff = c.retry_delay(1, &raw(502, None)).unwrap();
+        assert!(backoff >= Duration::from_millis(100) && backoff <= Duration::from_millis(200));
+        for status in [400, 403, 404, 409, 413, 422] {
+            assert_eq!(c.retry_delay(0, &raw(status, None)), None, "{status}");
+        }
+        assert_eq!(c.retry_delay(3, &raw(503, None)), None, "cap reached");
+    }
+
     #[test]
     fn port_error_messages_are_surfaced() {
         assert_eq!(

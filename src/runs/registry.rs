@@ -224,7 +224,7 @@ impl RunRegistry {
                 log_lines: r.logs.len(),
             })
             .collect();
-        all.sort_by(|a, b| b.accepted_at.cmp(&a.accepted_at));
+        all.sort_by_key(|r| std::cmp::Reverse(r.accepted_at));
         all.truncate(limit);
         all
     }

@@ -1,1 +1,9 @@
+//! Integration tests: the real app on port 0 (or the real binary) against fakes.
 
+mod admin;
+mod cli;
+mod fake_port;
+mod helpers;
+mod port_client;
+mod runs;
+mod webhook;

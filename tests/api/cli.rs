@@ -1,0 +1,263 @@
+//! The real binary: command line, `serve` + `invoke` in local mode, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::CommandFactory;
+use port_runner::cli::Cli;
+use serde_json::{json, Value};
+
+use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use crate::helpers::{legacy, unique_run_id};
+
+const BIN: &str = env!("CARGO_BIN_EXE_port-runner");
+
+#[test]
+fn verify_cli() {
+    Cli::command().debug_assert();
+}
+
+/// A `port-runner serve` child on port 0; its JSON log is read to learn the address.
+struct Served {
+    child: Child,
+    addr: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Served {
+    fn start(envs: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start port-runner serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("serve logs its address");
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["fields"]["message"] == "listening" {
+                break event["fields"]["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        Self {
+            child,
+            addr,
+            log: rx,
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("serve exits")
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn invoke_sends_a_signed_sample_and_prints_the_outcome() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let mut served = Served::start(&[], &["--data-dir", data_dir]);
+    let sample = data.path().join("sample.json");
+    std::fs::write(
+        &sample,
+        serde_json::to_vec_pretty(&legacy(
+            "r_sample",
+            "echo",
+            "CREATE",
+            json!({"greeting": "hi there"}),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+
+    let invoke = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "invoke",
+                sample.to_str().unwrap(),
+                "--url",
+                &format!("http://{}", served.addr),
+            ])
+            .args(["--data-dir", data_dir])
+            .args(extra)
+            .env_remove("PORT_CLIENT_SECRET")
+            .env_remove("PORT_RUNNER_LOCAL_SECRET")
+            .output()
+            .expect("run invoke")
+    };
+    let first = invoke(&[]);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(stdout.contains("input greeting = \"hi there\""), "{stdout}");
+    assert!(stdout.contains("SUCCESS: echoed 1 input(s)"), "{stdout}");
+    // Sent again, the sample gets a fresh run id and runs again.
+    assert!(invoke(&[]).status.success());
+
+    // A run that fails makes invoke exit non-zero.
+    std::fs::write(
+        &sample,
+        serde_json::to_vec(&legacy("r_sample", "echo", "CREATE", json!({"fail": true}))).unwrap(),
+    )
+    .unwrap();
+    let failed = invoke(&[]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("FAILURE: failing as asked"));
+
+    // The server's own log shows the run's lines in local mode.
+    assert!(served.terminate().success());
+    let log = served.log_lines().join("\n");
+    assert!(log.contains("input greeting"), "{log}");
+}
+
+#[test]
+fn invoke_explains_a_missing_server_and_a_bad_file() {
+    let data = tempfile::tempdir().unwrap();
+    let sample = data.path().join("bad.json");
+    std::fs::write(&sample, "{\n  \"action\": \"echo\",\n}").unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "invoke",
+            sample.to_str().unwrap(),
+            "--url",
+            "http://127.0.0.1:9",
+        ])
+        .env("PORT_RUNNER_LOCAL_SECRET", "x")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not valid JSON at line 3, column 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_half_of_the_port_credentials() {
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PORT_CLIENT_ID", "id")
+        .env_remove("PORT_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("PORT_CLIENT_ID is set but PORT_CLIENT_SECRET is not"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_run_in_flight_reports_it_before_exiting() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut served = Served::start(
+        &[
+            ("PORT_CLIENT_ID", CLIENT_ID),
+            ("PORT_CLIENT_SECRET", CLIENT_SECRET),
+            ("PORT_API_URL", &fake.api_url),
+            ("PORT_RUNNER_ADMIN_TOKEN", "adm"),
+        ],
+        &[
+            "--shutdown-grace-secs",
+            "1",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let run_id = unique_run_id();
+    let raw = serde_json::to_vec(&legacy(
+        &run_id,
+        "echo",
+        "CREATE",
+        json!({"sleep_secs": 300}),
+    ))
+    .unwrap();
+    let ts = port_runner::webhook::signature::timestamp_now();
+    let response = http
+        .post(format!("http://{}/webhook", served.addr))
+        .header("x-port-timestamp", &ts)
+        .header(
+            "x-port-signature",
+            port_runner::webhook::signature::sign(CLIENT_SECRET, &ts, &raw),
+        )
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // Wait until it is executing (its "sleeping" line reached Port).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !fake
+        .log_lines(&run_id)
+        .iter()
+        .any(|l| l.starts_with("sleeping"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "run never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = served.terminate();
+        (status, served)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "serve exits cleanly after draining: {:?}",
+        status.0
+    );
+    let fin = fake
+        .final_patch(&run_id)
+        .expect("final status sent before exit");
+    assert_eq!(fin["status"], "FAILURE");
+    assert_eq!(
+        fin["summary"],
+        "runner shutting down: the run did not finish within the shutdown grace period"
+    );
+    assert_eq!(fake.terminal_patches(&run_id), 1);
+}

@@ -1,0 +1,363 @@
+//! A stand-in for Port's API that keeps what it received.
+//!
+//! It follows the real shapes (`shared/port-api.md`): token endpoint, bearer auth with 401
+//! `{ok:false,error,message}`, run PATCH (terminal once, then 422) and logs, entity
+//! upsert/bulk (200 or 207 with per-index errors)/delete/search, blueprints. Faults can be
+//! injected per path: status, count and `Retry-After`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+pub const CLIENT_ID: &str = "test-client-id";
+pub const CLIENT_SECRET: &str = "test-client-secret-0123456789";
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    method: Option<String>,
+    path_contains: String,
+    status: u16,
+    remaining: usize,
+    retry_after: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    requests: Vec<Recorded>,
+    token_requests: usize,
+    token_seq: usize,
+    valid_tokens: HashSet<String>,
+    faults: Vec<Fault>,
+    finals: HashMap<String, Value>,
+    entities: BTreeMap<(String, String), Value>,
+    blueprints: HashMap<String, Value>,
+}
+
+pub struct FakePort {
+    /// Base URL including `/v1`, as `PORT_API_URL` takes it.
+    pub api_url: String,
+    state: Arc<Mutex<State>>,
+    handle: ServerHandle,
+}
+
+impl FakePort {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(4 * 1024 * 1024))
+                .default_service(web::to(handle))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind fake Port");
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            api_url: format!("http://{addr}/v1"),
+            state,
+            handle,
+        }
+    }
+
+    /// The next `times` requests whose method and path match get `status`.
+    pub fn fail(&self, method: &str, path_contains: &str, status: u16, times: usize) {
+        self.fail_with_retry_after(method, path_contains, status, times, None);
+    }
+
+    pub fn fail_with_retry_after(
+        &self,
+        method: &str,
+        path_contains: &str,
+        status: u16,
+        times: usize,
+        retry_after: Option<&str>,
+    ) {
+        self.state.lock().unwrap().faults.push(Fault {
+            method: Some(method.to_owned()),
+            path_contains: path_contains.to_owned(),
+            status,
+            remaining: times,
+            retry_after: retry_after.map(str::to_owned),
+        });
+    }
+
+    /// Invalidates every issued token: the next API call gets a 401.
+    pub fn revoke_tokens(&self) {
+        self.state.lock().unwrap().valid_tokens.clear();
+    }
+
+    pub fn add_blueprint(&self, blueprint: Value) {
+        let id = blueprint["identifier"].as_str().unwrap().to_owned();
+        self.state.lock().unwrap().blueprints.insert(id, blueprint);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn requests_to(&self, method: &str, path_contains: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.contains(path_contains))
+            .collect()
+    }
+
+    pub fn token_requests(&self) -> usize {
+        self.state.lock().unwrap().token_requests
+    }
+
+    pub fn entity(&self, blueprint: &str, identifier: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .entities
+            .get(&(blueprint.to_owned(), identifier.to_owned()))
+            .cloned()
+    }
+
+    /// Log messages Port accepted for a run, split back into lines, in order.
+    pub fn log_lines(&self, run_id: &str) -> Vec<String> {
+        self.requests_to("POST", &format!("/runs/{run_id}/logs"))
+            .iter()
+            .flat_map(|r| {
+                r.body["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Number of accepted `POST …/logs` calls for a run.
+    pub fn log_calls(&self, run_id: &str) -> usize {
+        self.requests_to("POST", &format!("/runs/{run_id}/logs"))
+            .len()
+    }
+
+    pub fn final_patch(&self, run_id: &str) -> Option<Value> {
+        self.state.lock().unwrap().finals.get(run_id).cloned()
+    }
+
+    /// How many PATCHes carried a terminal status for the run (accepted or not).
+    pub fn terminal_patches(&self, run_id: &str) -> usize {
+        self.requests_to("PATCH", &format!("/actions/runs/{run_id}"))
+            .iter()
+            .filter(|r| r.body.get("status").is_some())
+            .count()
+    }
+
+    /// Waits for the run's final status (a timeout guards against hangs; it asserts nothing about speed).
+    pub async fn wait_final(&self, run_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(patch) = self.final_patch(run_id) {
+                return patch;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {run_id} never got a final status; Port saw: {:#?}",
+                self.requests()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .json(json!({ "ok": false, "error": code, "message": message }))
+}
+
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&segment[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    let method = req.method().as_str().to_owned();
+    let path = req.path().to_owned();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut st = state.lock().unwrap();
+    st.requests.push(Recorded {
+        method: method.clone(),
+        path: path.clone(),
+        query: req.query_string().to_owned(),
+        body: body.clone(),
+    });
+
+    if let Some(fault) = st.faults.iter_mut().find(|f| {
+        f.remaining > 0
+            && f.method.as_deref().is_none_or(|m| m == method)
+            && path.contains(&f.path_contains)
+    }) {
+        fault.remaining -= 1;
+        let mut response =
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(fault.status).unwrap());
+        if let Some(after) = &fault.retry_after {
+            response.insert_header(("retry-after", after.as_str()));
+        }
+        return response.json(json!({"ok": false, "error": "injected", "message": format!("injected {}", fault.status)}));
+    }
+
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(decode)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+
+    if method == "POST" && segs == ["v1", "auth", "access_token"] {
+        st.token_requests += 1;
+        if body["clientId"] != CLIENT_ID || body["clientSecret"] != CLIENT_SECRET {
+            return error(401, "unauthorized", "Invalid client credentials");
+        }
+        st.token_seq += 1;
+        let token = format!("tok-{}", st.token_seq);
+        st.valid_tokens.insert(token.clone());
+        return HttpResponse::Ok().json(json!({
+            "ok": true, "accessToken": token, "expiresIn": 10800, "tokenType": "Bearer"
+        }));
+    }
+
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    if !st.valid_tokens.contains(&bearer) {
+        return error(401, "unauthorized", "Token is invalid or expired");
+    }
+
+    match (method.as_str(), segs.as_slice()) {
+        ("PATCH", ["v1", "actions", "runs", run_id]) => {
+            let run_id = run_id.to_string();
+            if st.finals.contains_key(&run_id) {
+                return error(422, "run_already_finished", "The run has already finished");
+            }
+            if let Some(status) = body.get("status") {
+                if !matches!(status.as_str(), Some("SUCCESS" | "FAILURE")) {
+                    return error(422, "invalid_request", "status must be SUCCESS or FAILURE");
+                }
+                st.finals.insert(run_id.clone(), body.clone());
+            }
+            HttpResponse::Ok().json(json!({"ok": true, "run": {"id": run_id}}))
+        }
+        ("POST", ["v1", "actions", "runs", run_id, "logs"]) => {
+            if st.finals.contains_key(*run_id) {
+                return error(422, "run_already_finished", "The run has already finished");
+            }
+            if !body["message"].is_string() {
+                return error(422, "invalid_request", "message is required");
+            }
+            HttpResponse::Created()
+                .json(json!({"ok": true, "runLog": {"runId": run_id, "message": body["message"]}}))
+        }
+        ("POST", ["v1", "blueprints", bp, "entities"]) => {
+            let Some(id) = body["identifier"].as_str() else {
+                return error(422, "invalid_request", "identifier is required");
+            };
+            st.entities
+                .insert((bp.to_string(), id.to_owned()), body.clone());
+            HttpResponse::Created().json(json!({"ok": true, "entity": body}))
+        }
+        ("POST", ["v1", "blueprints", bp, "entities", "bulk"]) => {
+            let entities = body["entities"].as_array().cloned().unwrap_or_default();
+            if entities.is_empty() || entities.len() > 20 {
+                return error(422, "invalid_request", "entities must hold 1 to 20 items");
+            }
+            let (mut ok, mut errors) = (vec![], vec![]);
+            for (index, entity) in entities.iter().enumerate() {
+                match entity["identifier"].as_str() {
+                    Some(id) if entity["properties"].get("__reject").is_none() => {
+                        let created = st
+                            .entities
+                            .insert((bp.to_string(), id.to_owned()), entity.clone())
+                            .is_none();
+                        ok.push(json!({"created": created, "identifier": id, "index": index, "additionalData": {}}));
+                    }
+                    id => errors.push(json!({
+                        "identifier": id, "index": index, "statusCode": 422,
+                        "error": "invalid_entity", "message": format!("entity at index {index} was rejected")
+                    })),
+                }
+            }
+            let status = if errors.is_empty() { 200 } else { 207 };
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .json(json!({"ok": true, "entities": ok, "errors": errors}))
+        }
+        ("DELETE", ["v1", "blueprints", bp, "entities", id]) => {
+            match st.entities.remove(&(bp.to_string(), id.to_string())) {
+                Some(_) => HttpResponse::Ok().json(json!({"ok": true})),
+                None => error(404, "not_found", &format!("Entity {id} was not found")),
+            }
+        }
+        ("POST", ["v1", "entities", "search"]) => {
+            let wanted: Vec<String> = body["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["property"] == "$blueprint")
+                .filter_map(|r| r["value"].as_str().map(str::to_owned))
+                .collect();
+            let found: Vec<Value> = st
+                .entities
+                .iter()
+                .filter(|((bp, _), _)| wanted.is_empty() || wanted.contains(bp))
+                .map(|(_, e)| e.clone())
+                .collect();
+            HttpResponse::Ok().json(json!({"ok": true, "entities": found}))
+        }
+        ("GET", ["v1", "blueprints", bp]) => match st.blueprints.get(*bp) {
+            Some(blueprint) => HttpResponse::Ok().json(json!({"ok": true, "blueprint": blueprint})),
+            None => error(
+                404,
+                "not_found",
+                &format!("Blueprint with identifier \"{bp}\" was not found"),
+            ),
+        },
+        _ => error(404, "not_found", &format!("no route {method} {path}")),
+    }
+}

@@ -1,0 +1,299 @@
+//! `spawn_app()`: the real actix app on port 0, wired to a fake Port, plus test handlers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use port_runner::config::{Mode, Settings};
+use port_runner::domain::{Identifier, Operation};
+use port_runner::handlers::{Handler, HandlerError, HandlerRegistry, Outcome, RunContext};
+use port_runner::port::{PortConfig, RetryPolicy, WriteMode};
+use port_runner::runs::{FinalReportRetry, LogBatching};
+use port_runner::server::Application;
+use port_runner::webhook::signature::{sign, timestamp_now};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+/// Options for one test's app.
+pub struct AppOptions {
+    /// Without a fake Port the app runs in local mode.
+    pub with_port: bool,
+    pub max_concurrent_runs: usize,
+    pub run_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub admin_token: Option<String>,
+    pub port_retries: u32,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            with_port: true,
+            max_concurrent_runs: 4,
+            run_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            port_retries: 4,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub secret: String,
+    pub port: Option<FakePort>,
+    pub http: reqwest::Client,
+    pub panics: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let port = if options.with_port {
+        Some(FakePort::start().await)
+    } else {
+        None
+    };
+    let secret = match &port {
+        Some(_) => CLIENT_SECRET.to_owned(),
+        None => "local-secret-for-tests".to_owned(),
+    };
+    let mut settings = Settings::local(&secret);
+    if let Some(fake) = &port {
+        settings.mode = Mode::Port(PortConfig {
+            api_url: fake.api_url.clone(),
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            retry: RetryPolicy {
+                max_retries: options.port_retries,
+                base: Duration::from_millis(10),
+                cap: Duration::from_millis(100),
+                max_retry_after: Duration::from_secs(2),
+            },
+            request_timeout: Duration::from_secs(5),
+        });
+    }
+    settings.admin_token = options.admin_token.clone();
+    settings.shutdown_grace = options.shutdown_grace;
+    settings.runner.max_concurrent_runs = options.max_concurrent_runs;
+    settings.runner.run_timeout = options.run_timeout;
+    settings.runner.log_batching = LogBatching {
+        flush_interval: Duration::from_millis(100),
+        ..LogBatching::default()
+    };
+    settings.runner.final_report_retry = FinalReportRetry {
+        give_up_after: Duration::from_secs(20),
+        first_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+    };
+
+    let panics = Arc::new(AtomicUsize::new(0));
+    let mut handlers = HandlerRegistry::builtin();
+    handlers
+        .register("panic", PanicHandler(panics.clone()))
+        .register("create_only", CreateOnlyHandler)
+        .register("touch_entity", TouchEntityHandler);
+
+    let app = Application::build(settings, handlers)
+        .await
+        .expect("app builds");
+    let base_url = format!("http://{}", app.local_addr());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until(shutdown.clone()));
+    TestApp {
+        base_url,
+        secret,
+        port,
+        http: reqwest::Client::new(),
+        panics,
+        shutdown,
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn port(&self) -> &FakePort {
+        self.port.as_ref().expect("this app has a fake Port")
+    }
+
+    /// Posts `body` signed with the app's secret.
+    pub async fn post_signed(&self, body: &Value) -> reqwest::Response {
+        let raw = serde_json::to_vec(body).unwrap();
+        self.post_signed_bytes(raw).await
+    }
+
+    pub async fn post_signed_bytes(&self, raw: Vec<u8>) -> reqwest::Response {
+        let ts = timestamp_now();
+        let signature = sign(&self.secret, &ts, &raw);
+        self.post_with_headers(
+            raw,
+            &[("x-port-timestamp", &ts), ("x-port-signature", &signature)],
+        )
+        .await
+    }
+
+    pub async fn post_with_headers(
+        &self,
+        raw: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/webhook", self.base_url))
+            .header("content-type", "application/json")
+            .body(raw);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("webhook reachable")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("app reachable")
+    }
+
+    /// The run as `GET /runs/{id}` shows it.
+    pub async fn run(&self, run_id: &str) -> Value {
+        let response = self
+            .get(&format!("/runs/{run_id}"), Some(ADMIN_TOKEN))
+            .await;
+        assert_eq!(response.status(), 200, "GET /runs/{run_id}");
+        response.json::<Value>().await.unwrap()["run"].clone()
+    }
+
+    /// Waits until the local record of the run is final (and its report settled).
+    pub async fn wait_local_final(&self, run_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let run = self.run(run_id).await;
+            let settled = run["report"]["state"] != "pending";
+            if matches!(run["state"].as_str(), Some("SUCCESS" | "FAILURE")) && settled {
+                return run;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {run_id} never finished: {run:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Requests shutdown, waits for the server and runner to stop, and hands back the fake Port.
+    pub async fn shutdown(mut self) -> Option<FakePort> {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(60), server)
+                .await
+                .expect("shutdown finishes")
+                .expect("server task")
+                .expect("server result");
+        }
+        self.port.take()
+    }
+}
+
+/// A legacy envelope (as Port's agent and legacy-compatible v2 template send it).
+pub fn legacy(run_id: &str, action: &str, operation: &str, properties: Value) -> Value {
+    json!({
+        "action": action,
+        "resourceType": "run",
+        "status": "TRIGGERED",
+        "trigger": {
+            "by": {"orgId": "org_1", "userId": "auth0|42", "user": {"email": "dev@example.com"}},
+            "origin": "UI",
+            "at": "2026-11-22T10:00:00.000Z"
+        },
+        "context": {"entity": null, "blueprint": "service", "runId": run_id},
+        "payload": {
+            "entity": null,
+            "action": {"invocationMethod": {"type": "WEBHOOK", "synchronized": false}, "trigger": operation},
+            "properties": properties,
+            "censoredProperties": []
+        }
+    })
+}
+
+/// Our v2 body (as the action files in actions/ render it).
+pub fn v2(run_id: &str, action: &str, operation: &str, inputs: Value) -> Value {
+    json!({
+        "port_context": {
+            "runId": run_id, "action": action, "operation": operation, "blueprint": "service",
+            "trigger": {"by": {"userId": "auth0|42", "user": {"email": "dev@example.com"}}, "origin": "UI"},
+            "encryptedProperties": []
+        },
+        "inputs": inputs,
+        "entity": null
+    })
+}
+
+pub fn unique_run_id() -> String {
+    format!("r_{}", uuid::Uuid::new_v4().simple())
+}
+
+struct PanicHandler(Arc<AtomicUsize>);
+
+#[async_trait]
+impl Handler for PanicHandler {
+    fn supports(&self, _: Operation) -> bool {
+        true
+    }
+    async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ctx.log.line("about to fail badly").await;
+        panic!("index out of bounds: the len is 0 but the index is 3");
+    }
+}
+
+struct CreateOnlyHandler;
+
+#[async_trait]
+impl Handler for CreateOnlyHandler {
+    fn supports(&self, op: Operation) -> bool {
+        op == Operation::Create
+    }
+    async fn run(&self, _: RunContext) -> Result<Outcome, HandlerError> {
+        Ok(Outcome::new("created"))
+    }
+}
+
+/// Upserts `{identifier: inputs.id}` into blueprint `service`, and deletes `inputs.delete` if given.
+struct TouchEntityHandler;
+
+#[async_trait]
+impl Handler for TouchEntityHandler {
+    fn supports(&self, _: Operation) -> bool {
+        true
+    }
+    async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
+        let blueprint = Identifier::schema("blueprint", "service").unwrap();
+        let id = ctx.invocation.inputs["id"]
+            .as_str()
+            .unwrap_or("svc")
+            .to_owned();
+        let entity = json!({"identifier": id, "title": "Touched", "properties": {"tier": 1}});
+        ctx.catalog
+            .upsert(&blueprint, &entity, WriteMode::Merge)
+            .await?;
+        if let Some(gone) = ctx.invocation.inputs.get("delete").and_then(Value::as_str) {
+            let gone = Identifier::entity("delete", gone).unwrap();
+            ctx.catalog.delete(&blueprint, &gone).await?;
+        }
+        Ok(Outcome {
+            summary: format!("touched {id}"),
+            link: Some(format!("https://app.port.io/serviceEntity?identifier={id}")),
+        })
+    }
+}

@@ -1,1 +1,295 @@
-fn main() {}
+//! Webhook acceptance benchmark: `cargo bench --bench webhook`.
+//!
+//! Fires signed `echo` invocations at the real `port-runner serve` (local mode) and, in the
+//! same run, at a trivial actix handler that only reads the body and answers 202. Both run as
+//! child processes with the same number of HTTP workers; this process only generates load.
+//! Reports accepted requests/s and p50/p99 latency as ratios to the trivial ceiling, and
+//! the server's RSS idle and after the load.
+//!
+//! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use port_runner::webhook::signature::{sign, timestamp_now};
+use serde_json::json;
+
+const ROLE_ENV: &str = "PORT_RUNNER_BENCH_ROLE";
+const SECRET: &str = "bench-secret-0123456789";
+const WORKERS: &str = "2";
+
+fn main() {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("trivial") {
+        trivial_server(&std::env::var("BENCH_ADDR").expect("BENCH_ADDR"));
+        return;
+    }
+    let requests: usize = env_or("BENCH_REQUESTS", 20_000);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 32);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(requests, concurrency));
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The ceiling: actix reading the body and answering 202, nothing else.
+fn trivial_server(addr: &str) {
+    actix_web::rt::System::new().block_on(async {
+        HttpServer::new(|| {
+            App::new().route(
+                "/webhook",
+                web::post().to(|body: web::Bytes| async move {
+                    HttpResponse::Accepted().json(json!({ "ok": true, "len": body.len() }))
+                }),
+            )
+        })
+        .workers(WORKERS.parse().unwrap())
+        .bind(addr)
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    });
+}
+
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_healthy(http: &reqwest::Client, server: &Server, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{}{path}", server.base)).send().await {
+            if r.status().as_u16() < 500 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} did not start", server.name);
+}
+
+fn start_port_runner(data_dir: &std::path::Path) -> Server {
+    let addr = free_addr();
+    let child = Command::new(env!("CARGO_BIN_EXE_port-runner"))
+        .args(["serve", "--listen", &addr, "--http-workers", WORKERS])
+        .args(["--max-queued-runs", "10000000"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("PORT_CLIENT_ID")
+        .env_remove("PORT_CLIENT_SECRET")
+        .env("PORT_RUNNER_LOCAL_SECRET", SECRET)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start port-runner");
+    Server {
+        name: "port-runner",
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+fn start_trivial() -> Server {
+    let addr = free_addr();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, "trivial")
+        .env("BENCH_ADDR", &addr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start trivial server");
+    Server {
+        name: "trivial actix",
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+/// Pre-signed bodies, so the load generator's HMAC work is not measured.
+fn bodies(n: usize, tag: &str) -> Vec<(Vec<u8>, String, String)> {
+    (0..n)
+        .map(|i| {
+            let body = json!({
+                "action": "echo", "resourceType": "run", "status": "TRIGGERED",
+                "trigger": {"by": {"userId": "bench", "user": {"email": "bench@example.com"}}, "origin": "API"},
+                "context": {"entity": null, "blueprint": "service", "runId": format!("r_bench_{tag}_{i}")},
+                "payload": {
+                    "entity": null,
+                    "action": {"invocationMethod": {"type": "WEBHOOK"}, "trigger": "CREATE"},
+                    "properties": {"message": "hello", "n": i},
+                    "censoredProperties": []
+                }
+            });
+            let raw = serde_json::to_vec(&body).unwrap();
+            let ts = timestamp_now();
+            let sig = sign(SECRET, &ts, &raw);
+            (raw, ts, sig)
+        })
+        .collect()
+}
+
+struct Load {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    non_2xx: usize,
+}
+
+async fn fire(
+    http: &reqwest::Client,
+    base: &str,
+    work: Vec<(Vec<u8>, String, String)>,
+    concurrency: usize,
+) -> Load {
+    let total = work.len();
+    let url = format!("{base}/webhook");
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(work));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let queue = queue.clone();
+        let http = http.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut bad = 0;
+            loop {
+                let Some((raw, ts, sig)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let t = Instant::now();
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-port-timestamp", ts)
+                    .header("x-port-signature", sig)
+                    .body(raw)
+                    .send()
+                    .await
+                    .expect("request");
+                let ok = response.status().is_success();
+                let _ = response.bytes().await;
+                latencies.push(t.elapsed());
+                if !ok {
+                    bad += 1;
+                }
+            }
+            (latencies, bad)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut non_2xx = 0;
+    for task in tasks {
+        let (l, b) = task.await.unwrap();
+        latencies.extend(l);
+        non_2xx += b;
+    }
+    let wall = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    Load {
+        rps: total as f64 / wall.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        non_2xx,
+    }
+}
+
+async fn run(requests: usize, concurrency: usize) {
+    let data = std::env::temp_dir().join(format!("port-runner-bench-{}", std::process::id()));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+
+    let trivial = start_trivial();
+    let ours = start_port_runner(&data);
+    wait_healthy(&http, &trivial, "/").await;
+    wait_healthy(&http, &ours, "/healthz").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_kib(ours.child.id());
+
+    // Warm both up, then measure the baseline and ours back to back, twice, interleaved.
+    fire(&http, &trivial.base, bodies(1000, "warm_t"), concurrency).await;
+    fire(&http, &ours.base, bodies(1000, "warm_o"), concurrency).await;
+    let mut results = Vec::new();
+    for round in 0..2 {
+        let t = fire(&http, &trivial.base, bodies(requests, &format!("t{round}")), concurrency).await;
+        let o = fire(&http, &ours.base, bodies(requests, &format!("o{round}")), concurrency).await;
+        results.push((t, o));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded_rss = rss_kib(ours.child.id());
+    let trivial_rss = rss_kib(trivial.child.id());
+
+    // Best round of each (the machine is shared; the best is the least disturbed).
+    let best = |pick: fn(&(Load, Load)) -> &Load| {
+        results
+            .iter()
+            .map(pick)
+            .max_by(|a, b| a.rps.total_cmp(&b.rps))
+            .unwrap()
+    };
+    let t = best(|r| &r.0);
+    let o = best(|r| &r.1);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("\nwebhook acceptance: {requests} signed echo invocations, {concurrency} connections, {WORKERS} HTTP workers each, loopback\n");
+    println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| trivial actix handler (ceiling) | {:.0} | {:.2} | {:.2} | {} |", t.rps, ms(t.p50), ms(t.p99), t.non_2xx);
+    println!("| port-runner serve (local mode) | {:.0} | {:.2} | {:.2} | {} |", o.rps, ms(o.p50), ms(o.p99), o.non_2xx);
+    println!(
+        "| **ratio port-runner / ceiling** | **{:.0} %** | {:.2}x | {:.2}x | |",
+        100.0 * o.rps / t.rps,
+        ms(o.p50) / ms(t.p50),
+        ms(o.p99) / ms(t.p99)
+    );
+    println!(
+        "\nRSS: port-runner idle {:.1} MiB, after {} runs {:.1} MiB (trivial actix: {:.1} MiB)",
+        idle_rss as f64 / 1024.0,
+        2 * requests + 1000,
+        loaded_rss as f64 / 1024.0,
+        trivial_rss as f64 / 1024.0
+    );
+    drop(ours);
+    drop(trivial);
+    let _ = std::fs::remove_dir_all(&data);
+}

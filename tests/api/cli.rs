@@ -261,3 +261,30 @@ async fn sigterm_with_a_run_in_flight_reports_it_before_exiting() {
     );
     assert_eq!(fake.terminal_patches(&run_id), 1);
 }
+
+#[test]
+fn every_shipped_sample_invocation_runs_to_success() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let served = Served::start(&[], &["--data-dir", data_dir]);
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("actions/samples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&samples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        count += 1;
+        let output = Command::new(BIN)
+            .args(["invoke", path.to_str().unwrap(), "--url", &format!("http://{}", served.addr)])
+            .args(["--data-dir", data_dir])
+            .env_remove("PORT_CLIENT_SECRET")
+            .env_remove("PORT_RUNNER_LOCAL_SECRET")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}: {stdout}\n{}", path.display(), String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("SUCCESS"), "{}: {stdout}", path.display());
+    }
+    assert!(count >= 2, "samples found: {count}");
+}

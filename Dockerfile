@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: dependencies are compiled in their own layer, so a source change
+# rebuilds only the crate itself.
+
+FROM rust:1.95-bookworm AS builder
+WORKDIR /src
+COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
+RUN mkdir -p src benches tests/api \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/webhook.rs && touch tests/api/main.rs \
+ && cargo build --release --locked --bin port-runner \
+ && rm -rf src benches tests
+COPY src ./src
+COPY benches ./benches
+COPY tests ./tests
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin port-runner
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin runner \
+ && mkdir -p /data && chown runner /data
+COPY --from=builder /src/target/release/port-runner /usr/local/bin/port-runner
+COPY actions /opt/port-runner/actions
+USER runner
+WORKDIR /data
+ENV LISTEN_ADDR=0.0.0.0:8080 \
+    PORT_RUNNER_DATA_DIR=/data \
+    LOG_FORMAT=json
+VOLUME ["/data"]
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
+ENTRYPOINT ["/usr/local/bin/port-runner"]
+CMD ["serve"]

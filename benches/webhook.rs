@@ -36,7 +36,10 @@ fn main() {
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The ceiling: actix reading the body and answering 202, nothing else.
@@ -252,8 +255,20 @@ async fn run(requests: usize, concurrency: usize) {
     fire(&http, &ours.base, bodies(1000, "warm_o"), concurrency).await;
     let mut results = Vec::new();
     for round in 0..2 {
-        let t = fire(&http, &trivial.base, bodies(requests, &format!("t{round}")), concurrency).await;
-        let o = fire(&http, &ours.base, bodies(requests, &format!("o{round}")), concurrency).await;
+        let t = fire(
+            &http,
+            &trivial.base,
+            bodies(requests, &format!("t{round}")),
+            concurrency,
+        )
+        .await;
+        let o = fire(
+            &http,
+            &ours.base,
+            bodies(requests, &format!("o{round}")),
+            concurrency,
+        )
+        .await;
         results.push((t, o));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -274,8 +289,20 @@ async fn run(requests: usize, concurrency: usize) {
     println!("\nwebhook acceptance: {requests} signed echo invocations, {concurrency} connections, {WORKERS} HTTP workers each, loopback\n");
     println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx |");
     println!("|---|---:|---:|---:|---:|");
-    println!("| trivial actix handler (ceiling) | {:.0} | {:.2} | {:.2} | {} |", t.rps, ms(t.p50), ms(t.p99), t.non_2xx);
-    println!("| port-runner serve (local mode) | {:.0} | {:.2} | {:.2} | {} |", o.rps, ms(o.p50), ms(o.p99), o.non_2xx);
+    println!(
+        "| trivial actix handler (ceiling) | {:.0} | {:.2} | {:.2} | {} |",
+        t.rps,
+        ms(t.p50),
+        ms(t.p99),
+        t.non_2xx
+    );
+    println!(
+        "| port-runner serve (local mode) | {:.0} | {:.2} | {:.2} | {} |",
+        o.rps,
+        ms(o.p50),
+        ms(o.p99),
+        o.non_2xx
+    );
     println!(
         "| **ratio port-runner / ceiling** | **{:.0} %** | {:.2}x | {:.2}x | |",
         100.0 * o.rps / t.rps,

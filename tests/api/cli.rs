@@ -276,14 +276,24 @@ fn every_shipped_sample_invocation_runs_to_success() {
         }
         count += 1;
         let output = Command::new(BIN)
-            .args(["invoke", path.to_str().unwrap(), "--url", &format!("http://{}", served.addr)])
+            .args([
+                "invoke",
+                path.to_str().unwrap(),
+                "--url",
+                &format!("http://{}", served.addr),
+            ])
             .args(["--data-dir", data_dir])
             .env_remove("PORT_CLIENT_SECRET")
             .env_remove("PORT_RUNNER_LOCAL_SECRET")
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{}: {stdout}\n{}", path.display(), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}: {stdout}\n{}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(stdout.contains("SUCCESS"), "{}: {stdout}", path.display());
     }
     assert!(count >= 2, "samples found: {count}");

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt as _;
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -19,9 +22,11 @@ use super::catalog::RunCatalog;
 use super::mask::Masker;
 use super::registry::{Admission, RunRegistry, RunState};
 use super::reporter::{FinalReportRetry, LogBatching, RunReporter, Sink, Verdict};
+use crate::domain::RunId;
 use crate::handlers::{HandlerError, HandlerRegistry, RunContext};
 use crate::invocation::Invocation;
 use crate::metrics::Metrics;
+use crate::port::{RunPatch, RunStatus};
 
 /// Limits of the runner.
 #[derive(Debug, Clone)]
@@ -129,9 +134,39 @@ impl Runner {
         let span =
             tracing::info_span!("run", run_id = %invocation.run_id, action = %invocation.action);
         let this = self.clone();
-        self.tracker
-            .spawn_on(this.execute(invocation, ahead).instrument(span), &self.rt);
+        let run_id = invocation.run_id.clone();
+        let supervised = async move {
+            let pending = PendingGuard(&this.pending);
+            let run = AssertUnwindSafe(this.clone().execute(invocation, ahead));
+            if let Err(panic) = run.catch_unwind().await {
+                // A bug in the runner itself: the run must still end, and say so.
+                let message = panic_message(panic);
+                tracing::error!(%run_id, "internal error while running: {message}");
+                this.report_internal_error(&run_id, &message).await;
+            }
+            drop(pending);
+        };
+        self.tracker.spawn_on(supervised.instrument(span), &self.rt);
         Ok(())
+    }
+
+    async fn report_internal_error(&self, run_id: &RunId, message: &str) {
+        let summary = format!("internal error in port-runner: {message}");
+        self.registry.update(run_id, |r| {
+            r.state = RunState::Failure;
+            r.summary = Some(summary.clone());
+            r.finished_at = Some(OffsetDateTime::now_utc());
+        });
+        if let Sink::Port(client) = &self.sink {
+            let patch = RunPatch {
+                status: Some(RunStatus::Failure),
+                summary: Some(summary),
+                ..RunPatch::default()
+            };
+            if let Err(e) = client.patch_run(run_id.as_str(), &patch).await {
+                tracing::error!(%run_id, error = %e, "could not report the internal error to Port");
+            }
+        }
     }
 
     async fn execute(self: Arc<Self>, invocation: Invocation, ahead: usize) {
@@ -176,28 +211,33 @@ impl Runner {
         };
         self.metrics.queue_depth().dec();
 
-        let verdict = match permit {
-            None => {
-                Verdict::failure("runner shutting down: the run was still queued and did not start")
-            }
-            Some(_permit) => {
+        // The permit is held until the final report is sent: a slot is a run from start to report.
+        let (verdict, permit) = match permit {
+            None => (
+                Verdict::failure(
+                    "runner shutting down: the run was still queued and did not start",
+                ),
+                None,
+            ),
+            Some(permit) => {
                 self.metrics.runs_in_flight().inc();
                 self.registry.update(&run_id, |r| {
                     r.state = RunState::InProgress;
                     r.started_at = Some(OffsetDateTime::now_utc());
                 });
-                let verdict = self.run_handler(invocation, &reporter).await;
-                self.metrics.runs_in_flight().dec();
-                verdict
+                (self.run_handler(invocation, &reporter).await, Some(permit))
             }
         };
-        if verdict.status == crate::port::RunStatus::Failure {
+        if verdict.status == RunStatus::Failure {
             tracing::warn!(summary = %verdict.summary, "run failed");
         } else {
             tracing::info!(summary = %verdict.summary, "run succeeded");
         }
         reporter.finish(verdict, &self.metrics, &action).await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
+        if permit.is_some() {
+            self.metrics.runs_in_flight().dec();
+        }
+        drop(permit);
         self.registry.retire(&run_id);
     }
 
@@ -220,22 +260,33 @@ impl Runner {
         // A task of its own, so that a panic is caught as a JoinError and not our unwinding.
         let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
         let timeout = self.config.run_timeout;
-        let verdict = tokio::select! {
-            joined = &mut task => match joined {
-                Ok(Ok(outcome)) => return Verdict::success(outcome.summary, outcome.link),
-                Ok(Err(HandlerError::Cancelled)) => Verdict::failure("cancelled"),
-                Ok(Err(e)) => return Verdict::failure(e.to_string()),
-                Err(e) if e.is_panic() => {
-                    return Verdict::failure(format!("the handler crashed: {}", panic_message(e.into_panic())))
-                }
-                Err(_) => Verdict::failure("the handler was aborted"),
-            },
-            _ = tokio::time::sleep(timeout) => Verdict::failure(format!(
-                "timed out after {}s (--run-timeout-secs)", timeout.as_secs()
-            )),
-            _ = self.hard_stop.cancelled() => Verdict::failure(
-                "runner shutting down: the run did not finish within the shutdown grace period"
-            ),
+        let timed_out = || {
+            Verdict::failure(format!(
+                "timed out after {}s (--run-timeout-secs)",
+                timeout.as_secs()
+            ))
+        };
+        let shutting_down = || {
+            Verdict::failure(
+                "runner shutting down: the run did not finish within the shutdown grace period",
+            )
+        };
+        let stop = tokio::select! {
+            joined = &mut task => {
+                return match joined {
+                    Ok(Ok(outcome)) => Verdict::success(outcome.summary, outcome.link),
+                    // Only we cancel handlers: say why.
+                    Ok(Err(HandlerError::Cancelled)) if self.hard_stop.is_cancelled() => shutting_down(),
+                    Ok(Err(e)) => Verdict::failure(e.to_string()),
+                    Err(e) if e.is_panic() => Verdict::failure(format!(
+                        "the handler crashed: {}",
+                        panic_message(e.into_panic())
+                    )),
+                    Err(_) => Verdict::failure("the handler was aborted"),
+                };
+            }
+            _ = tokio::time::sleep(timeout) => timed_out(),
+            _ = self.hard_stop.cancelled() => shutting_down(),
         };
         // Let the handler see the cancellation (to stop child processes), then drop it.
         cancel.cancel();
@@ -245,7 +296,7 @@ impl Runner {
         {
             task.abort();
         }
-        verdict
+        stop
     }
 
     /// Stops accepting, fails queued runs, waits `grace` for running ones, fails the rest,
@@ -274,6 +325,15 @@ impl Runner {
                 tracing::error!("some final reports were not delivered before exit");
             }
         }
+    }
+}
+
+/// Counts a run as pending until dropped, also when its execution unwinds.
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

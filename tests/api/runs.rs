@@ -44,7 +44,13 @@ async fn a_final_status_port_keeps_refusing_is_retried_in_the_background_until_i
         .await;
     let fin = app.port().wait_final(&run_id).await;
     assert_eq!(fin["status"], "SUCCESS");
-    assert_eq!(app.port().terminal_patches(&run_id), 7);
+    let tries: Vec<String> = app
+        .port()
+        .requests_to("PATCH", &format!("/actions/runs/{run_id}"))
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    assert_eq!(app.port().terminal_patches(&run_id), 7, "{tries:#?}");
     assert_eq!(
         app.wait_local_final(&run_id).await["report"]["state"],
         "delivered"
@@ -212,8 +218,13 @@ async fn runs_beyond_the_concurrency_limit_queue_and_say_so() {
     // The first run had finished before the second one started.
     let first_run = app.run(&first).await;
     let second_run = app.run(&second).await;
+    let at = |v: &Value| {
+        let text = v.as_str().unwrap();
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    };
     assert!(
-        first_run["finished_at"].as_str().unwrap() <= second_run["started_at"].as_str().unwrap()
+        at(&first_run["finished_at"]) <= at(&second_run["started_at"]),
+        "{first_run:#}\n{second_run:#}"
     );
     app.shutdown().await;
 }

@@ -8,7 +8,9 @@ const SECRETS_HELP: &str = "\
 Secrets are read from the environment only (never from flags):
   PORT_CLIENT_SECRET        Port client secret: API credentials and webhook signing key
   PORT_RUNNER_ADMIN_TOKEN   bearer token for GET /runs outside local mode (unset: /runs is off)
-  PORT_RUNNER_LOCAL_SECRET  webhook signing key in local mode (default: generated, kept in <data-dir>/local-secret)";
+  PORT_RUNNER_LOCAL_SECRET  webhook signing key in local mode (default: generated, kept in <data-dir>/local-secret)
+  BITBUCKET_PASSWORD        Bitbucket password for BITBUCKET_USERNAME (or BITBUCKET_TOKEN, sent as a bearer token)
+  BITBUCKET_WEBHOOK_SECRET  key of the X-Hub-Signature on POST /bitbucket/webhook (unset: that route is off)";
 
 #[derive(Debug, Parser)]
 #[command(name = "port-runner", version, about = "Runs Port self-service actions", long_about = None)]
@@ -34,6 +36,91 @@ pub enum Command {
     Serve(ServeArgs),
     /// Send a signed sample invocation to a running server and follow the run.
     Invoke(InvokeArgs),
+    /// One GitOps sync from Bitbucket Server port.yaml files to Port (for cron/CI); exit 0 only if everything applied.
+    Sync(SyncArgs),
+}
+
+/// Where Bitbucket Server is (shared by `serve` and `sync`). Secrets come from the environment only.
+#[derive(Debug, Clone, Args)]
+pub struct BitbucketArgs {
+    /// Bitbucket Server base URL, e.g. https://bitbucket.example.com; unset: GitOps is off.
+    #[arg(long, env = "BITBUCKET_HOST")]
+    pub bitbucket_host: Option<String>,
+
+    /// User for basic auth (with BITBUCKET_PASSWORD); or set BITBUCKET_TOKEN instead.
+    #[arg(long, env = "BITBUCKET_USERNAME")]
+    pub bitbucket_username: Option<String>,
+
+    /// Comma-separated project keys to sync; empty: every project.
+    #[arg(long, env = "BITBUCKET_PROJECTS_FILTER", value_delimiter = ',')]
+    pub bitbucket_projects_filter: Vec<String>,
+
+    /// Requests in flight to Bitbucket at once, across all projects and repositories.
+    #[arg(long, env = "BITBUCKET_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub concurrency: u32,
+
+    /// How files are read: `raw` (whole file, one request) or `browse` (paged JSON lines).
+    #[arg(long, env = "BITBUCKET_FILE_API", value_enum, default_value_t = FileApiArg::Raw)]
+    pub bitbucket_file_api: FileApiArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileApiArg {
+    Raw,
+    Browse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Secrets from the environment: BITBUCKET_PASSWORD or BITBUCKET_TOKEN, PORT_CLIENT_SECRET.\n\
+Exit codes: 0 everything applied, 1 something was rejected or failed (the rest was applied), 2 the sync could not run."
+)]
+pub struct SyncArgs {
+    /// Print the plan; write nothing to Port and leave the ownership record alone.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Re-apply every entity, also those unchanged since they were last applied.
+    #[arg(long)]
+    pub full: bool,
+
+    /// Only this project (repeatable); default: BITBUCKET_PROJECTS_FILTER, else all.
+    #[arg(long = "project")]
+    pub projects: Vec<String>,
+
+    /// Only this repository, as PROJECT/slug (repeatable).
+    #[arg(long = "repo")]
+    pub repos: Vec<String>,
+
+    /// `human` (summary on stderr) or `json` (the report on stdout).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub bitbucket: BitbucketArgs,
+
+    /// Port client id (with PORT_CLIENT_SECRET).
+    #[arg(long, env = "PORT_CLIENT_ID")]
+    pub port_client_id: Option<String>,
+
+    /// Port API base URL, including /v1.
+    #[arg(long, env = "PORT_API_URL", default_value = "https://api.port.io/v1")]
+    pub port_api_url: String,
+
+    /// Folder of the ownership record (gitops-state.json).
+    #[arg(long, env = "PORT_RUNNER_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Check against the blueprint JSON in this folder instead of Port's (only with --dry-run).
+    #[arg(long)]
+    pub blueprints_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +171,17 @@ pub struct ServeArgs {
         default_value_t = 300
     )]
     pub signature_tolerance_secs: u64,
+
+    #[command(flatten)]
+    pub bitbucket: BitbucketArgs,
+
+    /// Blueprint JSON used to check port.yaml files in local mode (Port's are used otherwise).
+    #[arg(
+        long,
+        env = "PORT_RUNNER_BLUEPRINTS_DIR",
+        default_value = "./blueprints"
+    )]
+    pub blueprints_dir: PathBuf,
 
     /// HTTP worker threads (runs execute on the main runtime, not on these).
     #[arg(long, env = "PORT_RUNNER_HTTP_WORKERS", default_value_t = 2,

@@ -8,7 +8,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::ServeArgs;
+use crate::bitbucket::{BitbucketAuth, BitbucketConfig, FileApi};
+use crate::cli::{BitbucketArgs, FileApiArg, ServeArgs};
+use crate::http::RetryPolicy as HttpRetryPolicy;
 use crate::port::{PortConfig, RetryPolicy};
 use crate::runs::RunnerConfig;
 
@@ -19,6 +21,61 @@ pub enum Mode {
     Port(PortConfig),
     /// Keep everything locally; `secret` signs webhooks.
     Local { secret: String },
+}
+
+/// GitOps: where Bitbucket is and what to sync by default.
+#[derive(Debug, Clone)]
+pub struct GitOpsSettings {
+    pub bitbucket: BitbucketConfig,
+    pub projects_filter: Vec<String>,
+    /// Key of `X-Hub-Signature` on the push webhook; `None` turns the route off.
+    pub webhook_secret: Option<String>,
+}
+
+impl GitOpsSettings {
+    /// `None` when `BITBUCKET_HOST` is unset (GitOps off).
+    pub fn from_args(
+        args: &BitbucketArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let Some(host) = args.bitbucket_host.clone().filter(|h| !h.is_empty()) else {
+            return Ok(None);
+        };
+        let non_empty = |name: &str| env(name).filter(|v| !v.is_empty());
+        let auth = match (
+            args.bitbucket_username.clone().filter(|u| !u.is_empty()),
+            non_empty("BITBUCKET_PASSWORD"),
+            non_empty("BITBUCKET_TOKEN"),
+        ) {
+            (_, _, Some(token)) => BitbucketAuth::Bearer(token),
+            (Some(username), Some(password), None) => BitbucketAuth::Basic { username, password },
+            _ => {
+                return Err(ConfigError::Bitbucket(
+                    "BITBUCKET_HOST is set but no credentials: set BITBUCKET_USERNAME and BITBUCKET_PASSWORD, or BITBUCKET_TOKEN".into(),
+                ))
+            }
+        };
+        Ok(Some(Self {
+            bitbucket: BitbucketConfig {
+                host,
+                auth,
+                concurrency: args.concurrency as usize,
+                retry: HttpRetryPolicy::default(),
+                request_timeout: Duration::from_secs(60),
+                file_api: match args.bitbucket_file_api {
+                    FileApiArg::Raw => FileApi::Raw,
+                    FileApiArg::Browse => FileApi::Browse,
+                },
+            },
+            projects_filter: args
+                .bitbucket_projects_filter
+                .iter()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            webhook_secret: non_empty("BITBUCKET_WEBHOOK_SECRET"),
+        }))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +93,10 @@ pub struct Settings {
     pub keep_finished_runs: usize,
     /// Log lines kept in memory per run (Port gets them all).
     pub max_log_lines_per_run: usize,
+    /// GitOps sync, when Bitbucket is configured.
+    pub gitops: Option<GitOpsSettings>,
+    /// Blueprint JSON for checking port.yaml in local mode.
+    pub blueprints_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +110,8 @@ pub enum ConfigError {
     },
     #[error("{name} must not be empty")]
     Empty { name: &'static str },
+    #[error("{0}")]
+    Bitbucket(String),
     #[error("cannot use data dir {path}: {source}")]
     DataDir {
         path: String,
@@ -73,6 +136,8 @@ impl Settings {
             http_workers: 2,
             keep_finished_runs: 1000,
             max_log_lines_per_run: 10_000,
+            gitops: None,
+            blueprints_dir: PathBuf::from("./blueprints"),
         }
     }
 
@@ -120,8 +185,11 @@ impl Settings {
                 },
             },
         };
+        let gitops = GitOpsSettings::from_args(&args.bitbucket, &env)?;
         Ok(Self {
             listen: args.listen.clone(),
+            gitops,
+            blueprints_dir: args.blueprints_dir.clone(),
             mode,
             admin_token: non_empty("PORT_RUNNER_ADMIN_TOKEN")?,
             data_dir: args.data_dir.clone(),

@@ -5,15 +5,19 @@
 //! run's logs, entity changes and final status go to Port through [`port::PortClient`]
 //! (or stay local in local mode). See ARCHITECTURE.md for the whole path.
 
+pub mod bitbucket;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod gitops;
 pub mod handlers;
+pub mod http;
 pub mod invocation;
 pub mod invoke;
 pub mod metrics;
 pub mod port;
 pub mod runs;
 pub mod server;
+pub mod sync_cli;
 pub mod telemetry;
 pub mod webhook;

@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
             InvokeOutcome::Success | InvokeOutcome::Accepted => ExitCode::SUCCESS,
             InvokeOutcome::Failure => ExitCode::FAILURE,
         }),
+        Command::Sync(args) => port_runner::sync_cli::run(args).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -16,12 +16,17 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bitbucket::{BitbucketAuth, BitbucketClient};
 use crate::config::{Mode, Settings};
 use crate::domain::RunId;
+use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter};
+use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine};
+use crate::handlers::GitOpsHandler;
 use crate::handlers::HandlerRegistry;
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{Masker, RunRegistry, Runner, Sink};
+use crate::webhook::bitbucket::PushHook;
 use crate::webhook::{self, signature::SignatureVerifier};
 
 /// Who may read `GET /runs`.
@@ -44,6 +49,8 @@ pub struct AppState {
     pub admin: AdminAccess,
     pub max_body_bytes: usize,
     pub rt: Handle,
+    /// The Bitbucket push webhook, when GitOps and its secret are configured.
+    pub push_hook: Option<Arc<PushHook>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +62,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Port(#[from] crate::port::PortError),
+    #[error(transparent)]
+    Bitbucket(#[from] crate::bitbucket::BitbucketError),
 }
 
 /// A bound, wired server that has not started serving yet.
@@ -67,7 +76,10 @@ pub struct Application {
 
 impl Application {
     /// Binds `settings.listen` and wires the runner, Port client and routes.
-    pub async fn build(settings: Settings, handlers: HandlerRegistry) -> Result<Self, StartError> {
+    pub async fn build(
+        settings: Settings,
+        mut handlers: HandlerRegistry,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let (sink, port) = match &settings.mode {
             Mode::Port(config) => {
@@ -76,11 +88,57 @@ impl Application {
             }
             Mode::Local { .. } => (Sink::Local, None),
         };
+        // GitOps: the action, and the push webhook when it has a secret.
+        let engine = match &settings.gitops {
+            Some(gitops) => Some(Arc::new(SyncEngine::new(
+                Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
+                StateStore::in_dir(&settings.data_dir),
+                gitops.projects_filter.clone(),
+                8,
+            ))),
+            None => None,
+        };
+        let blueprints: Arc<dyn BlueprintSource> = match &port {
+            Some(client) => Arc::new(PortBlueprints(client.clone())),
+            None => Arc::new(DirBlueprints(settings.blueprints_dir.clone())),
+        };
+        if !handlers.contains("gitops_sync") {
+            handlers.register(
+                "gitops_sync",
+                GitOpsHandler::new(engine.clone(), blueprints.clone()),
+            );
+        }
+        let push_hook = match (
+            &engine,
+            settings
+                .gitops
+                .as_ref()
+                .and_then(|g| g.webhook_secret.clone()),
+        ) {
+            (Some(engine), Some(secret)) => Some(Arc::new(PushHook {
+                engine: engine.clone(),
+                blueprints: blueprints.clone(),
+                writer: match &port {
+                    Some(client) => Arc::new(PortWriter(client.clone())) as Arc<dyn EntityWriter>,
+                    None => Arc::new(NullWriter),
+                },
+                secret,
+            })),
+            _ => None,
+        };
         // Process-wide secrets that must never show up in a run's log.
         let masker = Masker::new(
             [
                 Some(settings.webhook_secret().to_owned()),
                 settings.admin_token.clone(),
+                settings
+                    .gitops
+                    .as_ref()
+                    .and_then(|g| g.webhook_secret.clone()),
+                settings.gitops.as_ref().map(|g| match &g.bitbucket.auth {
+                    BitbucketAuth::Basic { password, .. } => password.clone(),
+                    BitbucketAuth::Bearer(token) => token.clone(),
+                }),
             ]
             .into_iter()
             .flatten(),
@@ -114,6 +172,7 @@ impl Application {
             admin,
             max_body_bytes: settings.max_body_bytes,
             rt: Handle::current(),
+            push_hook,
         });
         let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
             .workers(settings.http_workers.max(1))
@@ -170,6 +229,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(webhook::receive))
             .route(web::put().to(webhook::receive))
             .route(web::patch().to(webhook::receive)),
+    )
+    .route(
+        "/bitbucket/webhook",
+        web::post().to(webhook::bitbucket::receive),
     )
     .route("/runs", web::get().to(list_runs))
     .route("/runs/{run_id}", web::get().to(get_run))

@@ -5,6 +5,7 @@
 //! is what the hub user reads. Timeouts, panics and shutdown are the runner's business.
 
 mod echo;
+mod gitops;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::port::PortError;
 use crate::runs::{RunCatalog, RunLog};
 
 pub use echo::EchoHandler;
+pub use gitops::{sync_request, GitOpsHandler};
 
 /// What a handler has to work with.
 pub struct RunContext {
@@ -85,6 +87,10 @@ impl HandlerRegistry {
     pub fn register(&mut self, action: &str, handler: impl Handler) -> &mut Self {
         self.handlers.insert(action.to_owned(), Arc::new(handler));
         self
+    }
+
+    pub fn contains(&self, action: &str) -> bool {
+        self.handlers.contains_key(action)
     }
 
     pub fn known(&self) -> Vec<&str> {

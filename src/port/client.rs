@@ -9,9 +9,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -21,47 +20,13 @@ use super::types::{
     BulkItemResult, BulkResponse, ErrorBody, RunPatch, SearchResponse, TokenRequest, TokenResponse,
     WriteMode,
 };
+use crate::http::{retry_after, RetryPolicy};
 use crate::metrics::Metrics;
 
 /// Port accepts at most 20 entities per bulk call.
 pub const BULK_MAX: usize = 20;
 /// Port caps request bodies at 1 MiB; stay below it with room for the envelope.
 const BODY_BUDGET: usize = 900 * 1024;
-
-/// How persistent the client is with a failing Port.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// First backoff; doubles each retry.
-    pub base: Duration,
-    /// Largest computed backoff.
-    pub cap: Duration,
-    /// Largest wait a `Retry-After` may ask for.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_retries: 5,
-            base: Duration::from_millis(250),
-            cap: Duration::from_secs(20),
-            max_retry_after: Duration::from_secs(120),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.cap);
-        // "Equal jitter": half fixed, half random, so retries of many runs spread out.
-        exp.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-}
 
 /// Where Port is and who we are.
 #[derive(Debug, Clone)]
@@ -424,17 +389,9 @@ impl PortClient {
     }
 
     fn retry_delay(&self, attempt: u32, outcome: &Result<Raw, reqwest::Error>) -> Option<Duration> {
-        if attempt >= self.retry.max_retries {
-            return None;
-        }
         match outcome {
-            Err(_) => Some(self.retry.backoff(attempt)),
-            Ok(raw) if matches!(raw.status, 408 | 429 | 500..=599) => Some(
-                raw.retry_after
-                    .map(|d| d.min(self.retry.max_retry_after))
-                    .unwrap_or_else(|| self.retry.backoff(attempt)),
-            ),
-            Ok(_) => None,
+            Err(_) => self.retry.delay(attempt, None, None),
+            Ok(raw) => self.retry.delay(attempt, Some(raw.status), raw.retry_after),
         }
     }
 
@@ -597,39 +554,9 @@ fn without_url(e: &reqwest::Error) -> String {
     }
 }
 
-/// `Retry-After` (seconds or HTTP date), else `x-ratelimit-reset` (a delta below 1e9,
-/// else epoch seconds: Port's docs and its Terraform provider disagree).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(value) = header("retry-after") {
-        if let Ok(secs) = value.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(at) = httpdate::parse_http_date(value) {
-            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
-        }
-    }
-    let reset: u64 = header("x-ratelimit-reset")?.parse().ok()?;
-    if reset < 1_000_000_000 {
-        Some(Duration::from_secs(reset))
-    } else {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        Some(Duration::from_secs(reset.saturating_sub(now)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[test]
     fn chunks_hold_at_most_twenty_entities() {
@@ -682,41 +609,6 @@ mod tests {
                 },
             ]
         );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_dates_and_ratelimit_reset() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-
-        let mut h = HeaderMap::new();
-        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
-        h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
-        let d = retry_after(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-
-        let mut h = HeaderMap::new();
-        h.insert("x-ratelimit-reset", HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        assert_eq!(retry_after(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy {
-            base: Duration::from_millis(100),
-            cap: Duration::from_millis(1000),
-            ..RetryPolicy::default()
-        };
-        for attempt in 0..10 {
-            let d = policy.backoff(attempt);
-            let full = Duration::from_millis(100 * (1 << attempt)).min(Duration::from_millis(1000));
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
-        }
     }
 
     fn test_client(retries: u32) -> PortClient {

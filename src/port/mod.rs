@@ -7,6 +7,7 @@ mod client;
 mod error;
 pub mod types;
 
-pub use client::{PortClient, PortConfig, RetryPolicy, BULK_MAX};
+pub use crate::http::RetryPolicy;
+pub use client::{PortClient, PortConfig, BULK_MAX};
 pub use error::PortError;
 pub use types::{BulkItemResult, RunPatch, RunStatus, WriteMode};

@@ -4,6 +4,7 @@
 //! bytes, only then parse, admit by run id (duplicates are a no-op), enqueue, answer 202.
 //! Nothing in the request path calls out to Port.
 
+pub mod bitbucket;
 pub mod payload;
 pub mod signature;
 
@@ -114,7 +115,7 @@ async fn accept(
 }
 
 /// Reads the body, refusing it as soon as it exceeds `limit` (declared or actual size).
-async fn read_capped(
+pub(crate) async fn read_capped(
     req: &HttpRequest,
     mut body: web::Payload,
     limit: usize,

@@ -1,0 +1,464 @@
+//! Typed client for Bitbucket Server.
+//!
+//! Listings are paged until `isLastPage` at the largest page size the server allows;
+//! retries follow [`RetryPolicy`] (429 `Retry-After`, 5xx backoff); 401/403 are final.
+//! A permit of the shared semaphore is held only while a request is in flight, never
+//! while waiting to retry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, Url};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::error::BitbucketError;
+use super::types::{Branch, BranchWire, ErrorBody, LinesPage, Page};
+use crate::http::{retry_after, RetryPolicy};
+
+/// Largest page we ask for; the server may answer with less and says so in `limit`.
+const PAGE_LIMIT: &str = "1000";
+
+/// How Bitbucket authenticates us.
+#[derive(Clone)]
+pub enum BitbucketAuth {
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// A personal or HTTP access token, sent as `Authorization: Bearer`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for BitbucketAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Basic { username, .. } => write!(f, "Basic({username}, ****)"),
+            Self::Bearer(_) => f.write_str("Bearer(****)"),
+        }
+    }
+}
+
+/// How file contents are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileApi {
+    /// `raw/{path}`: the whole file in one request.
+    Raw,
+    /// `browse/{path}`: JSON lines, paged (for servers whose raw endpoint is unavailable).
+    Browse,
+}
+
+#[derive(Debug, Clone)]
+pub struct BitbucketConfig {
+    /// Base URL of the server, e.g. `https://bitbucket.example.com` (the REST path is added).
+    pub host: String,
+    pub auth: BitbucketAuth,
+    /// Requests in flight at once, across everything.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub request_timeout: Duration,
+    pub file_api: FileApi,
+}
+
+pub struct BitbucketClient {
+    http: reqwest::Client,
+    base: Url,
+    auth: BitbucketAuth,
+    permits: Semaphore,
+    retry: RetryPolicy,
+    file_api: FileApi,
+    requests: AtomicU64,
+}
+
+struct Raw {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl BitbucketClient {
+    pub fn new(config: BitbucketConfig) -> Result<Self, BitbucketError> {
+        let host = config.host.trim_end_matches('/');
+        let base =
+            Url::parse(&format!("{host}/rest/api/1.0")).map_err(|e| BitbucketError::Invalid {
+                status: 0,
+                message: format!("BITBUCKET_HOST {:?} is not a URL: {e}", config.host),
+            })?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(BitbucketError::Invalid {
+                status: 0,
+                message: format!(
+                    "BITBUCKET_HOST {:?} must be an http(s) URL such as https://bitbucket.example.com",
+                    config.host
+                ),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("port-runner/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(config.concurrency.max(1))
+            .build()
+            .map_err(|e| BitbucketError::Unexpected {
+                message: format!("cannot build HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            auth: config.auth,
+            permits: Semaphore::new(config.concurrency.max(1)),
+            retry: config.retry,
+            file_api: config.file_api,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// HTTP requests sent so far (retries included).
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Every project's key.
+    pub async fn project_keys(&self) -> Result<Vec<String>, BitbucketError> {
+        let values = self.paged(&["projects"]).await?;
+        Ok(values
+            .iter()
+            .filter_map(|p| p.get("key").and_then(Value::as_str).map(str::to_owned))
+            .collect())
+    }
+
+    /// Whether a project exists.
+    pub async fn project_exists(&self, key: &str) -> Result<bool, BitbucketError> {
+        match self.get_json(&["projects", key], &[]).await {
+            Ok(_) => Ok(true),
+            Err(BitbucketError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The slugs of a project's repositories.
+    pub async fn repo_slugs(&self, project: &str) -> Result<Vec<String>, BitbucketError> {
+        let values = self.paged(&["projects", project, "repos"]).await?;
+        Ok(values
+            .iter()
+            .filter_map(|r| r.get("slug").and_then(Value::as_str).map(str::to_owned))
+            .collect())
+    }
+
+    /// The default branch, or `None` for an empty repository (it has none).
+    pub async fn default_branch(
+        &self,
+        project: &str,
+        slug: &str,
+    ) -> Result<Option<Branch>, BitbucketError> {
+        match self
+            .get_json(
+                &["projects", project, "repos", slug, "branches", "default"],
+                &[],
+            )
+            .await
+        {
+            Ok(value) => {
+                let wire: BranchWire =
+                    serde_json::from_value(value).map_err(|e| BitbucketError::Unexpected {
+                        message: format!("default branch of {project}/{slug}: {e}"),
+                    })?;
+                Ok(Some(Branch {
+                    name: wire.display_id,
+                    latest_commit: wire.latest_commit,
+                }))
+            }
+            // Only Bitbucket's own "empty repository" answers mean "no branch": a 404 page
+            // from a proxy must never look like an empty repository (that would delete).
+            Err(e) if e.is_missing_path() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A file of the default branch (or of `at`), whole; `None` if there is no such path.
+    pub async fn file(
+        &self,
+        project: &str,
+        slug: &str,
+        path: &str,
+        at: Option<&str>,
+    ) -> Result<Option<String>, BitbucketError> {
+        let result = match self.file_api {
+            FileApi::Raw => self.raw_file(project, slug, path, at).await,
+            FileApi::Browse => self.browse_file(project, slug, path, at).await,
+        };
+        match result {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.is_missing_path() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn raw_file(
+        &self,
+        project: &str,
+        slug: &str,
+        path: &str,
+        at: Option<&str>,
+    ) -> Result<String, BitbucketError> {
+        let mut segments = vec!["projects", project, "repos", slug, "raw"];
+        segments.extend(path.split('/'));
+        let query: Vec<(&str, &str)> = at.map(|at| ("at", at)).into_iter().collect();
+        let raw = self.get(&segments, &query).await?;
+        String::from_utf8(raw.body).map_err(|_| BitbucketError::Unexpected {
+            message: format!("{project}/{slug}:{path} is not UTF-8 text"),
+        })
+    }
+
+    async fn browse_file(
+        &self,
+        project: &str,
+        slug: &str,
+        path: &str,
+        at: Option<&str>,
+    ) -> Result<String, BitbucketError> {
+        let mut segments = vec!["projects", project, "repos", slug, "browse"];
+        segments.extend(path.split('/'));
+        let mut text = String::new();
+        let mut start = 0u64;
+        loop {
+            let start_text = start.to_string();
+            let mut query = vec![("start", start_text.as_str()), ("limit", PAGE_LIMIT)];
+            if let Some(at) = at {
+                query.push(("at", at));
+            }
+            let value = self.get_json(&segments, &query).await?;
+            let page: LinesPage =
+                serde_json::from_value(value).map_err(|e| BitbucketError::Unexpected {
+                    message: format!("browse {project}/{slug}:{path}: {e}"),
+                })?;
+            for line in page.lines {
+                text.push_str(&line.text);
+                text.push('\n');
+            }
+            match (page.is_last_page, page.next_page_start) {
+                (true, _) => return Ok(text),
+                (false, Some(next)) if next > start => start = next,
+                _ => {
+                    return Err(BitbucketError::Unexpected {
+                        message: format!("browse {project}/{slug}:{path}: paging does not advance"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// All values of a paged listing.
+    async fn paged(&self, segments: &[&str]) -> Result<Vec<Value>, BitbucketError> {
+        let mut values = Vec::new();
+        let mut start = 0u64;
+        loop {
+            let start_text = start.to_string();
+            let value = self
+                .get_json(
+                    segments,
+                    &[("start", start_text.as_str()), ("limit", PAGE_LIMIT)],
+                )
+                .await?;
+            let page: Page =
+                serde_json::from_value(value).map_err(|e| BitbucketError::Unexpected {
+                    message: format!("{}: not a page: {e}", segments.join("/")),
+                })?;
+            values.extend(page.values);
+            match (page.is_last_page, page.next_page_start) {
+                (true, _) => return Ok(values),
+                // A server that does not advance would make us loop forever (the reference
+                // script's failure mode); stop with a clear error instead.
+                (false, Some(next)) if next > start => start = next,
+                _ => {
+                    return Err(BitbucketError::Unexpected {
+                        message: format!("{}: paging does not advance", segments.join("/")),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn get_json(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Value, BitbucketError> {
+        let raw = self.get(segments, query).await?;
+        serde_json::from_slice(&raw.body).map_err(|e| BitbucketError::Unexpected {
+            message: format!("{}: not JSON: {e}", segments.join("/")),
+        })
+    }
+
+    /// One GET with retries; returns a 2xx answer or a classified error.
+    async fn get(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Raw, BitbucketError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked in new()")
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let mut attempt = 0;
+        loop {
+            let outcome = match self.send(url.clone()).await {
+                Ok(raw) if (200..300).contains(&raw.status) => return Ok(raw),
+                other => other,
+            };
+            let (status, wait) = match &outcome {
+                Ok(raw) => (Some(raw.status), raw.retry_after),
+                Err(_) => (None, None),
+            };
+            match self.retry.delay(attempt, status, wait) {
+                Some(delay) => {
+                    tracing::debug!(
+                        path = url.path(),
+                        attempt,
+                        ?delay,
+                        "retrying Bitbucket request"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                None => return Err(classify(outcome, &url)),
+            }
+        }
+    }
+
+    async fn send(&self, url: Url) -> Result<Raw, reqwest::Error> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut request = self.http.request(Method::GET, url);
+        request = match &self.auth {
+            BitbucketAuth::Basic { username, password } => {
+                request.basic_auth(username, Some(password))
+            }
+            BitbucketAuth::Bearer(token) => request.bearer_auth(token),
+        };
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await?.to_vec();
+        Ok(Raw {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+fn classify(outcome: Result<Raw, reqwest::Error>, url: &Url) -> BitbucketError {
+    let raw = match outcome {
+        Ok(raw) => raw,
+        Err(e) => {
+            return BitbucketError::Transient {
+                message: format!("{}: {}", url.path(), e.without_url()),
+            }
+        }
+    };
+    let (message, exception) = match serde_json::from_slice::<ErrorBody>(&raw.body) {
+        Ok(body) if !body.errors.is_empty() => {
+            let first = &body.errors[0];
+            (
+                first.message.clone().unwrap_or_else(|| "no message".into()),
+                first.exception_name.clone(),
+            )
+        }
+        _ => (
+            String::from_utf8_lossy(&raw.body)
+                .chars()
+                .take(200)
+                .collect(),
+            None,
+        ),
+    };
+    match raw.status {
+        401 | 403 => BitbucketError::Unauthorized {
+            status: raw.status,
+            message,
+        },
+        404 => BitbucketError::NotFound { message, exception },
+        408 | 429 | 500..=599 => BitbucketError::Transient {
+            message: format!("{} answered {}: {message}", url.path(), raw.status),
+        },
+        status => BitbucketError::Invalid { status, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(status: u16, body: &str) -> Result<Raw, reqwest::Error> {
+        Ok(Raw {
+            status,
+            retry_after: None,
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn errors_are_classified_by_status_and_exception_name() {
+        let url = Url::parse("http://bb/rest/api/1.0/x").unwrap();
+        let missing = classify(
+            raw(
+                404,
+                r#"{"errors":[{"context":null,"message":"The path \"port.yaml\" does not exist at revision \"abc\"","exceptionName":"com.atlassian.bitbucket.content.NoSuchPathException"}]}"#,
+            ),
+            &url,
+        );
+        assert!(missing.is_missing_path());
+        assert!(!missing.is_gone());
+        let gone = classify(
+            raw(
+                404,
+                r#"{"errors":[{"message":"Repository PRJ/x does not exist.","exceptionName":"com.atlassian.bitbucket.repository.NoSuchRepositoryException"}]}"#,
+            ),
+            &url,
+        );
+        assert!(gone.is_gone());
+        assert!(!gone.is_missing_path());
+        // A 404 that is not Bitbucket's (a proxy, a missing route) is neither: never a deletion.
+        let odd = classify(raw(404, "<html>Not Found</html>"), &url);
+        assert!(!odd.is_missing_path() && !odd.is_gone());
+        assert!(matches!(
+            classify(
+                raw(401, r#"{"errors":[{"message":"Authentication failed"}]}"#),
+                &url
+            ),
+            BitbucketError::Unauthorized { status: 401, .. }
+        ));
+        assert!(matches!(
+            classify(raw(503, ""), &url),
+            BitbucketError::Transient { .. }
+        ));
+    }
+
+    #[test]
+    fn the_host_must_be_an_http_url() {
+        let config = |host: &str| BitbucketConfig {
+            host: host.into(),
+            auth: BitbucketAuth::Bearer("t".into()),
+            concurrency: 4,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(5),
+            file_api: FileApi::Raw,
+        };
+        assert!(BitbucketClient::new(config("https://bb.example.com/")).is_ok());
+        assert!(BitbucketClient::new(config("bb.example.com")).is_err());
+        assert!(BitbucketClient::new(config("ftp://bb")).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let auth = BitbucketAuth::Basic {
+            username: "bot".into(),
+            password: "hunter2".into(),
+        };
+        assert_eq!(format!("{auth:?}"), "Basic(bot, ****)");
+    }
+}

@@ -1,0 +1,12 @@
+//! Bitbucket Server (Data Center) REST API 1.0: projects, repositories, default branches, files.
+//!
+//! Every request, across all projects and repositories, goes through one semaphore, so the
+//! sync's concurrency is a single number however the work is spread.
+
+mod client;
+mod error;
+mod types;
+
+pub use client::{BitbucketAuth, BitbucketClient, BitbucketConfig, FileApi};
+pub use error::BitbucketError;
+pub use types::{Branch, RepoRef};

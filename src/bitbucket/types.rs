@@ -1,0 +1,95 @@
+//! Wire types of Bitbucket Server's REST API 1.0.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One page of a paged listing.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Page {
+    #[serde(default)]
+    pub values: Vec<Value>,
+    #[serde(default)]
+    pub is_last_page: bool,
+    #[serde(default)]
+    pub next_page_start: Option<u64>,
+}
+
+/// One page of `browse/{path}` on a file.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LinesPage {
+    #[serde(default)]
+    pub lines: Vec<Line>,
+    #[serde(default)]
+    pub is_last_page: bool,
+    #[serde(default)]
+    pub next_page_start: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Line {
+    #[serde(default)]
+    pub text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BranchWire {
+    pub display_id: String,
+    #[serde(default)]
+    pub latest_commit: Option<String>,
+}
+
+/// Bitbucket's error body: `{"errors": [{"message", "exceptionName"}]}`.
+#[derive(Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default)]
+    pub errors: Vec<ErrorItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ErrorItem {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub exception_name: Option<String>,
+}
+
+/// A repository as the sync names it: `PROJECT/slug`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoRef {
+    pub project: String,
+    pub slug: String,
+}
+
+impl RepoRef {
+    /// Parses `PROJECT/slug`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once('/') {
+            Some((project, slug))
+                if !project.is_empty() && !slug.is_empty() && !slug.contains('/') =>
+            {
+                Ok(Self {
+                    project: project.to_owned(),
+                    slug: slug.to_owned(),
+                })
+            }
+            _ => Err(format!("{text:?} is not PROJECT/slug")),
+        }
+    }
+}
+
+impl std::fmt::Display for RepoRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.project, self.slug)
+    }
+}
+
+/// The default branch and its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    pub name: String,
+    pub latest_commit: Option<String>,
+}

@@ -1,0 +1,153 @@
+//! The engine's ports to the rest of the crate: where writes, blueprints and log lines go.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::engine::{BlueprintSource, EntityWriter, SyncLog};
+use crate::domain::Identifier;
+use crate::port::{BulkItemResult, PortClient, PortError, WriteMode};
+use crate::runs::{RunCatalog, RunLog};
+
+/// Writes straight to Port (the `sync` command and the push webhook: no action run).
+pub struct PortWriter(pub Arc<PortClient>);
+
+#[async_trait]
+impl EntityWriter for PortWriter {
+    async fn upsert_batch(
+        &self,
+        blueprint: &str,
+        entities: &[Value],
+    ) -> Result<Vec<BulkItemResult>, PortError> {
+        // Without merge: the file is the whole truth, fields removed from it disappear.
+        self.0
+            .bulk_upsert(blueprint, entities, WriteMode::Replace, None)
+            .await
+    }
+
+    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, PortError> {
+        self.0.delete_entity(blueprint, identifier, None).await
+    }
+}
+
+/// Writes as part of an action run: entities show under the run's affected entities.
+#[async_trait]
+impl EntityWriter for RunCatalog {
+    async fn upsert_batch(
+        &self,
+        blueprint: &str,
+        entities: &[Value],
+    ) -> Result<Vec<BulkItemResult>, PortError> {
+        let blueprint = typed(Identifier::schema("blueprint", blueprint))?;
+        self.bulk_upsert(&blueprint, entities, WriteMode::Replace)
+            .await
+    }
+
+    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, PortError> {
+        let blueprint = typed(Identifier::schema("blueprint", blueprint))?;
+        let identifier = typed(Identifier::entity("identifier", identifier))?;
+        RunCatalog::delete(self, &blueprint, &identifier).await
+    }
+}
+
+fn typed<T>(parsed: Result<T, crate::domain::DomainError>) -> Result<T, PortError> {
+    parsed.map_err(|e| PortError::Invalid {
+        status: 0,
+        message: e.to_string(),
+    })
+}
+
+/// Blueprints as Port has them.
+pub struct PortBlueprints(pub Arc<PortClient>);
+
+#[async_trait]
+impl BlueprintSource for PortBlueprints {
+    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, String> {
+        self.0
+            .get_blueprint(identifier)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Blueprints from a folder of Port blueprint JSON (`blueprints/`): local mode and `validate`.
+pub struct DirBlueprints(pub PathBuf);
+
+#[async_trait]
+impl BlueprintSource for DirBlueprints {
+    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, String> {
+        let entries = std::fs::read_dir(&self.0)
+            .map_err(|e| format!("cannot read {}: {e}", self.0.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let json: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            if json.get("identifier").and_then(Value::as_str) == Some(identifier) {
+                return Ok(Some(json));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl SyncLog for RunLog {
+    async fn line(&self, text: String) {
+        RunLog::line(self, text).await;
+    }
+}
+
+/// Progress on stderr, for the `sync` command.
+pub struct StderrLog;
+
+#[async_trait]
+impl SyncLog for StderrLog {
+    async fn line(&self, text: String) {
+        eprintln!("{text}");
+    }
+}
+
+/// Progress into the server's log (push-triggered syncs have no run to log to).
+pub struct TracingLog(pub String);
+
+#[async_trait]
+impl SyncLog for TracingLog {
+    async fn line(&self, text: String) {
+        tracing::info!(repository = %self.0, "{text}");
+    }
+}
+
+/// Local mode without Port: writes are accepted and recorded nowhere but the ownership record.
+pub struct NullWriter;
+
+#[async_trait]
+impl EntityWriter for NullWriter {
+    async fn upsert_batch(
+        &self,
+        _blueprint: &str,
+        entities: &[Value],
+    ) -> Result<Vec<BulkItemResult>, PortError> {
+        Ok(entities
+            .iter()
+            .map(|e| BulkItemResult::Ok {
+                identifier: e
+                    .get("identifier")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                created: false,
+            })
+            .collect())
+    }
+
+    async fn delete(&self, _blueprint: &str, _identifier: &str) -> Result<bool, PortError> {
+        Ok(true)
+    }
+}

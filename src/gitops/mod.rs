@@ -1,0 +1,17 @@
+//! GitOps sync: Bitbucket Server `port.yaml` files → Port entities, deletion-aware and incremental.
+//!
+//! One engine behind three triggers: the `gitops_sync` action, `port-runner sync`, and the
+//! Bitbucket push webhook. See [`engine`] for the phases and the safety rules.
+
+pub mod adapters;
+pub mod blueprint;
+pub mod engine;
+pub mod manifest;
+pub mod report;
+pub mod state;
+
+pub use engine::{
+    BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest, FILE_NAMES,
+};
+pub use report::{Problem, ProblemKind, SyncReport};
+pub use state::StateStore;

@@ -1,0 +1,90 @@
+//! `port-runner sync`: one GitOps sync for cron or CI, with the reference script's environment.
+//!
+//! Human summary on stderr, `--output json` puts the report on stdout. Exit 0 only if
+//! everything applied, 1 if anything was rejected or failed (the rest was applied), 2 if
+//! the sync could not run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::bitbucket::{BitbucketClient, RepoRef};
+use crate::cli::{OutputFormat, SyncArgs};
+use crate::config::GitOpsSettings;
+use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter, StderrLog};
+use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine, SyncRequest};
+use crate::metrics::Metrics;
+use crate::port::{PortClient, PortConfig, RetryPolicy};
+
+pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let gitops = GitOpsSettings::from_args(&args.bitbucket, |name| std::env::var(name).ok())?
+        .context("BITBUCKET_HOST is not set: it names the Bitbucket Server to read, e.g. https://bitbucket.example.com")?;
+    let repos = args
+        .repos
+        .iter()
+        .map(|r| RepoRef::parse(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--repo {e}"))?;
+
+    let client_secret = std::env::var("PORT_CLIENT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let port = match (
+        args.port_client_id.clone().filter(|s| !s.is_empty()),
+        client_secret,
+    ) {
+        (Some(client_id), Some(client_secret)) => Some(Arc::new(PortClient::new(
+            PortConfig {
+                api_url: args.port_api_url.clone(),
+                client_id,
+                client_secret,
+                retry: RetryPolicy::default(),
+                request_timeout: Duration::from_secs(30),
+            },
+            Arc::new(Metrics::new()),
+        )?)),
+        _ => None,
+    };
+    let (blueprints, writer): (Arc<dyn BlueprintSource>, Arc<dyn EntityWriter>) =
+        match (&port, &args.blueprints_dir) {
+            (_, Some(dir)) if args.dry_run => (Arc::new(DirBlueprints(dir.clone())), Arc::new(NullWriter)),
+            (_, Some(_)) => bail!("--blueprints-dir only goes with --dry-run: a real sync checks against Port's blueprints"),
+            (Some(client), None) => (
+                Arc::new(PortBlueprints(client.clone())),
+                Arc::new(PortWriter(client.clone())),
+            ),
+            (None, None) => bail!(
+                "PORT_CLIENT_ID and PORT_CLIENT_SECRET are needed (or --dry-run --blueprints-dir DIR to check offline)"
+            ),
+        };
+
+    let engine = SyncEngine::new(
+        Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
+        StateStore::in_dir(&args.data_dir),
+        gitops.projects_filter.clone(),
+        8,
+    );
+    let request = SyncRequest {
+        projects: args.projects.clone(),
+        repos,
+        dry_run: args.dry_run,
+        full: args.full,
+    };
+    let report = engine
+        .sync(&request, blueprints.as_ref(), writer.as_ref(), &StderrLog)
+        .await?;
+    for line in report.lines() {
+        eprintln!("{line}");
+    }
+    eprintln!("{}", report.summary());
+    if args.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,223 @@
+//! `POST /bitbucket/webhook`: Bitbucket Server push events sync just the pushed repository.
+//!
+//! Same order as Port's webhook: cap the body, check `X-Hub-Signature: sha256=<hex>`
+//! (HMAC-SHA256 of the raw body with `BITBUCKET_WEBHOOK_SECRET`) before parsing, answer 202
+//! and sync in the background. A push to any branch triggers a read of the default branch's
+//! file; when the default branch did not change that costs one read and writes nothing.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::bitbucket::RepoRef;
+use crate::gitops::adapters::TracingLog;
+use crate::gitops::{BlueprintSource, EntityWriter, SyncEngine, SyncRequest};
+use crate::server::AppState;
+
+/// What the push webhook needs to run a sync.
+pub struct PushHook {
+    pub engine: Arc<SyncEngine>,
+    pub blueprints: Arc<dyn BlueprintSource>,
+    pub writer: Arc<dyn EntityWriter>,
+    pub secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("the Bitbucket webhook is off: set BITBUCKET_HOST, its credentials and BITBUCKET_WEBHOOK_SECRET")]
+    Disabled,
+    #[error(transparent)]
+    Body(#[from] super::WebhookError),
+    #[error("missing X-Hub-Signature header")]
+    MissingSignature,
+    #[error("X-Hub-Signature does not match the body (is BITBUCKET_WEBHOOK_SECRET the webhook's secret?)")]
+    BadSignature,
+    #[error("not a repo:refs_changed body: {0}")]
+    Payload(String),
+}
+
+impl ResponseError for PushError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Disabled => StatusCode::NOT_FOUND,
+            Self::Body(e) => e.status_code(),
+            Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
+            Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(json!({ "ok": false, "error": "bitbucket_webhook", "message": self.to_string() }))
+    }
+}
+
+#[derive(Deserialize)]
+struct PushEvent {
+    repository: RepoWire,
+    #[serde(default)]
+    changes: Vec<Change>,
+}
+
+#[derive(Deserialize)]
+struct RepoWire {
+    slug: String,
+    project: ProjectWire,
+}
+
+#[derive(Deserialize)]
+struct ProjectWire {
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct Change {
+    #[serde(default, rename = "refId")]
+    ref_id: Option<String>,
+    #[serde(default, rename = "ref")]
+    reference: Option<RefWire>,
+}
+
+#[derive(Deserialize)]
+struct RefWire {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+impl Change {
+    fn is_branch(&self) -> bool {
+        self.reference.as_ref().and_then(|r| r.kind.as_deref()) == Some("BRANCH")
+            || self
+                .ref_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("refs/heads/"))
+    }
+}
+
+pub async fn receive(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PushError> {
+    let hook = state.push_hook.clone().ok_or(PushError::Disabled)?;
+    let body = super::read_capped(&req, body, state.max_body_bytes).await?;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let signature = header("x-hub-signature").ok_or(PushError::MissingSignature)?;
+    verify(&hook.secret, signature, &body)?;
+
+    match header("x-event-key") {
+        Some("repo:refs_changed") => {}
+        Some("diagnostics:ping") => return Ok(HttpResponse::Ok().json(json!({ "ok": true }))),
+        other => {
+            return Ok(HttpResponse::Accepted().json(
+                json!({ "ok": true, "ignored": format!("event {}", other.unwrap_or("(none)")) }),
+            ))
+        }
+    }
+    let event: PushEvent =
+        serde_json::from_slice(&body).map_err(|e| PushError::Payload(e.to_string()))?;
+    let repo = RepoRef {
+        project: event.repository.project.key,
+        slug: event.repository.slug,
+    };
+    if !event.changes.iter().any(Change::is_branch) {
+        return Ok(HttpResponse::Accepted().json(
+            json!({ "ok": true, "repository": repo.to_string(), "ignored": "no branch changed" }),
+        ));
+    }
+    tracing::info!(repository = %repo, "push received: syncing the repository");
+    let shown = repo.to_string();
+    state.rt.spawn(async move {
+        let request = SyncRequest {
+            repos: vec![repo.clone()],
+            ..SyncRequest::default()
+        };
+        let log = TracingLog(repo.to_string());
+        match hook
+            .engine
+            .sync(&request, hook.blueprints.as_ref(), hook.writer.as_ref(), &log)
+            .await
+        {
+            Ok(report) if report.is_clean() => {
+                tracing::info!(repository = %repo, summary = %report.summary(), "push sync done")
+            }
+            Ok(report) => {
+                for line in report.lines() {
+                    tracing::warn!(repository = %repo, "{line}");
+                }
+                tracing::warn!(repository = %repo, summary = %report.summary(), "push sync incomplete")
+            }
+            Err(e) => tracing::error!(repository = %repo, error = %e, "push sync failed"),
+        }
+    });
+    Ok(HttpResponse::Accepted().json(json!({ "ok": true, "repository": shown })))
+}
+
+fn verify(secret: &str, header: &str, body: &[u8]) -> Result<(), PushError> {
+    let hex = header
+        .trim()
+        .strip_prefix("sha256=")
+        .ok_or(PushError::BadSignature)?;
+    let expected = decode_hex(hex).ok_or(PushError::BadSignature)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    // Constant-time comparison.
+    mac.verify_slice(&expected)
+        .map_err(|_| PushError::BadSignature)
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `X-Hub-Signature` for `body` (tests and tools).
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_round_trip_and_tampering_is_caught() {
+        let sig = sign("s3cret", b"{}");
+        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64);
+        verify("s3cret", &sig, b"{}").unwrap();
+        assert!(verify("s3cret", &sig, b"{ }").is_err());
+        assert!(verify("other", &sig, b"{}").is_err());
+        assert!(verify("s3cret", "sha1=abcd", b"{}").is_err());
+        assert!(verify("s3cret", "sha256=zz", b"{}").is_err());
+    }
+
+    #[test]
+    fn only_branch_changes_count() {
+        let event: PushEvent = serde_json::from_str(
+            r#"{"eventKey":"repo:refs_changed","repository":{"slug":"svc","project":{"key":"PRJ"}},
+                "changes":[{"ref":{"id":"refs/tags/v1","type":"TAG"},"refId":"refs/tags/v1","type":"ADD"}]}"#,
+        )
+        .unwrap();
+        assert!(!event.changes.iter().any(Change::is_branch));
+        let event: PushEvent = serde_json::from_str(
+            r#"{"repository":{"slug":"svc","project":{"key":"PRJ"}},
+                "changes":[{"ref":{"id":"refs/heads/main","displayId":"main","type":"BRANCH"},"refId":"refs/heads/main","type":"UPDATE"}]}"#,
+        )
+        .unwrap();
+        assert!(event.changes.iter().any(Change::is_branch));
+    }
+}

@@ -109,6 +109,16 @@ impl FakePort {
         self.state.lock().unwrap().blueprints.insert(id, blueprint);
     }
 
+    /// An entity that exists in Port without this runner having written it.
+    pub fn put_entity(&self, blueprint: &str, entity: Value) {
+        let id = entity["identifier"].as_str().unwrap().to_owned();
+        self.state
+            .lock()
+            .unwrap()
+            .entities
+            .insert((blueprint.to_owned(), id), entity);
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use port_runner::config::{Mode, Settings};
+use port_runner::bitbucket::{BitbucketAuth, BitbucketConfig, FileApi};
+use port_runner::config::{GitOpsSettings, Mode, Settings};
 use port_runner::domain::{Identifier, Operation};
 use port_runner::handlers::{Handler, HandlerError, HandlerRegistry, Outcome, RunContext};
 use port_runner::port::{PortConfig, RetryPolicy, WriteMode};
@@ -15,7 +16,10 @@ use port_runner::webhook::signature::{sign, timestamp_now};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::fake_bitbucket::{FakeBitbucket, PASSWORD as BB_PASSWORD, USER as BB_USER};
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+
+pub const BB_HOOK_SECRET: &str = "bitbucket-hook-secret";
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
@@ -28,6 +32,9 @@ pub struct AppOptions {
     pub shutdown_grace: Duration,
     pub admin_token: Option<String>,
     pub port_retries: u32,
+    /// Start a fake Bitbucket and configure GitOps against it.
+    pub gitops: bool,
+    pub file_api: FileApi,
 }
 
 impl Default for AppOptions {
@@ -39,6 +46,8 @@ impl Default for AppOptions {
             shutdown_grace: Duration::from_secs(5),
             admin_token: Some(ADMIN_TOKEN.into()),
             port_retries: 4,
+            gitops: false,
+            file_api: FileApi::Raw,
         }
     }
 }
@@ -49,6 +58,9 @@ pub struct TestApp {
     pub port: Option<FakePort>,
     pub http: reqwest::Client,
     pub panics: Arc<AtomicUsize>,
+    pub bitbucket: Option<FakeBitbucket>,
+    /// Kept so the folder lives as long as the app.
+    _data_dir: tempfile::TempDir,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -83,6 +95,34 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         });
     }
     settings.admin_token = options.admin_token.clone();
+    let data_dir = tempfile::tempdir().unwrap();
+    settings.data_dir = data_dir.path().to_path_buf();
+    let bitbucket = if options.gitops {
+        let fake = FakeBitbucket::start().await;
+        settings.gitops = Some(GitOpsSettings {
+            bitbucket: BitbucketConfig {
+                host: fake.url.clone(),
+                auth: BitbucketAuth::Basic {
+                    username: BB_USER.into(),
+                    password: BB_PASSWORD.into(),
+                },
+                concurrency: 8,
+                retry: RetryPolicy {
+                    max_retries: 3,
+                    base: Duration::from_millis(10),
+                    cap: Duration::from_millis(50),
+                    max_retry_after: Duration::from_secs(2),
+                },
+                request_timeout: Duration::from_secs(5),
+                file_api: options.file_api,
+            },
+            projects_filter: Vec::new(),
+            webhook_secret: Some(BB_HOOK_SECRET.into()),
+        });
+        Some(fake)
+    } else {
+        None
+    };
     settings.shutdown_grace = options.shutdown_grace;
     settings.runner.max_concurrent_runs = options.max_concurrent_runs;
     settings.runner.run_timeout = options.run_timeout;
@@ -115,6 +155,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         port,
         http: reqwest::Client::new(),
         panics,
+        bitbucket,
+        _data_dir: data_dir,
         shutdown,
         server: Some(server),
     }
@@ -123,6 +165,12 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 impl TestApp {
     pub fn port(&self) -> &FakePort {
         self.port.as_ref().expect("this app has a fake Port")
+    }
+
+    pub fn bitbucket(&self) -> &FakeBitbucket {
+        self.bitbucket
+            .as_ref()
+            .expect("this app has a fake Bitbucket")
     }
 
     /// Posts `body` signed with the app's secret.

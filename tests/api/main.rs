@@ -2,7 +2,9 @@
 
 mod admin;
 mod cli;
+mod fake_bitbucket;
 mod fake_port;
+mod gitops;
 mod helpers;
 mod port_client;
 mod runs;

@@ -1,0 +1,338 @@
+//! A stand-in for Bitbucket Server's REST API 1.0, with repositories held in memory.
+//!
+//! Shapes follow the real server: paged `values` with `size/limit/start/isLastPage/
+//! nextPageStart` (the server caps `limit`), `browse` lines paging, `raw` files, the default
+//! branch with `latestCommit`, 401 and 404 bodies `{"errors": [{message, exceptionName}]}`.
+//! Latency and faults can be injected; every request is counted. Also used by the bench.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+pub const USER: &str = "port-bot";
+pub const PASSWORD: &str = "bb-password-42";
+
+#[derive(Default, Clone)]
+struct Repo {
+    files: BTreeMap<String, String>,
+    /// Bumped on every change; the default branch's head is derived from it.
+    commits: u64,
+}
+
+#[derive(Clone)]
+struct Fault {
+    path_contains: String,
+    status: u16,
+    remaining: usize,
+    retry_after: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    projects: BTreeMap<String, BTreeMap<String, Repo>>,
+    requests: Vec<String>,
+    faults: Vec<Fault>,
+    latency: Duration,
+    page_max: usize,
+    lines_page_max: usize,
+}
+
+pub struct FakeBitbucket {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    handle: ServerHandle,
+}
+
+impl FakeBitbucket {
+    pub async fn start() -> Self {
+        Self::start_with(Duration::ZERO, 2).await
+    }
+
+    /// `latency` is added to every request; `workers` HTTP workers serve them.
+    pub async fn start_with(latency: Duration, workers: usize) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            latency,
+            page_max: 1000,
+            lines_page_max: 500,
+            ..State::default()
+        }));
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(handle))
+        })
+        .workers(workers)
+        .backlog(4096)
+        .max_connection_rate(4096)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind fake Bitbucket");
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url: format!("http://{addr}"),
+            state,
+            handle,
+        }
+    }
+
+    /// The largest page of listings the server returns, whatever `limit` asks for.
+    pub fn set_page_max(&self, n: usize) {
+        self.state.lock().unwrap().page_max = n;
+    }
+
+    pub fn set_lines_page_max(&self, n: usize) {
+        self.state.lock().unwrap().lines_page_max = n;
+    }
+
+    pub fn add_repo(&self, project: &str, slug: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.projects
+            .entry(project.to_owned())
+            .or_default()
+            .entry(slug.to_owned())
+            .or_insert_with(|| Repo {
+                commits: 1,
+                ..Repo::default()
+            });
+    }
+
+    /// Commits `content` as `name` in the repository (creating it if needed).
+    pub fn put_file(&self, project: &str, slug: &str, name: &str, content: &str) {
+        self.add_repo(project, slug);
+        let mut st = self.state.lock().unwrap();
+        let repo = st.projects.get_mut(project).unwrap().get_mut(slug).unwrap();
+        repo.files.insert(name.to_owned(), content.to_owned());
+        repo.commits += 1;
+    }
+
+    pub fn remove_file(&self, project: &str, slug: &str, name: &str) {
+        let mut st = self.state.lock().unwrap();
+        let repo = st.projects.get_mut(project).unwrap().get_mut(slug).unwrap();
+        repo.files.remove(name);
+        repo.commits += 1;
+    }
+
+    /// A commit that does not touch the root files.
+    pub fn commit_elsewhere(&self, project: &str, slug: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.projects
+            .get_mut(project)
+            .unwrap()
+            .get_mut(slug)
+            .unwrap()
+            .commits += 1;
+    }
+
+    pub fn remove_repo(&self, project: &str, slug: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.projects.get_mut(project).unwrap().remove(slug);
+    }
+
+    /// The next `times` requests whose path contains `path_contains` get `status`.
+    pub fn fail(&self, path_contains: &str, status: u16, times: usize, retry_after: Option<&str>) {
+        self.state.lock().unwrap().faults.push(Fault {
+            path_contains: path_contains.to_owned(),
+            status,
+            remaining: times,
+            retry_after: retry_after.map(str::to_owned),
+        });
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn reset_requests(&self) {
+        self.state.lock().unwrap().requests.clear();
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn errors(status: u16, message: &str, exception: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).json(json!({
+        "errors": [{"context": null, "message": message, "exceptionName": exception}]
+    }))
+}
+
+fn page(values: Vec<Value>, start: usize, limit: usize) -> HttpResponse {
+    let total = values.len();
+    let slice: Vec<Value> = values.into_iter().skip(start).take(limit).collect();
+    let size = slice.len();
+    let last = start + size >= total;
+    let mut body =
+        json!({"size": size, "limit": limit, "start": start, "isLastPage": last, "values": slice});
+    if !last {
+        body["nextPageStart"] = json!(start + size);
+    }
+    HttpResponse::Ok().json(body)
+}
+
+fn commit_id(commits: u64) -> String {
+    format!("{commits:040x}")
+}
+
+async fn handle(req: HttpRequest, state: web::Data<Mutex<State>>) -> HttpResponse {
+    let path = req.path().to_owned();
+    let query: BTreeMap<String, String> =
+        web::Query::<BTreeMap<String, String>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .unwrap_or_default();
+    let latency = {
+        let mut st = state.lock().unwrap();
+        st.requests.push(format!("{path}?{}", req.query_string()));
+        st.latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut st = state.lock().unwrap();
+
+    let authorized = match req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(value) => {
+            use base64::Engine as _;
+            let expected =
+                base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+            value == format!("Basic {expected}") || value == "Bearer bb-token-42"
+        }
+        None => false,
+    };
+    if !authorized {
+        return errors(
+            401,
+            "Authentication failed. Please check your credentials and try again.",
+            "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException",
+        );
+    }
+    if let Some(fault) = st
+        .faults
+        .iter_mut()
+        .find(|f| f.remaining > 0 && path.contains(&f.path_contains))
+    {
+        fault.remaining -= 1;
+        let mut response =
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(fault.status).unwrap());
+        if let Some(after) = &fault.retry_after {
+            response.insert_header(("retry-after", after.as_str()));
+        }
+        return response
+            .json(json!({"errors": [{"message": format!("injected {}", fault.status)}]}));
+    }
+
+    let start: usize = query.get("start").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(25)
+        .min(st.page_max);
+    let Some(rest) = path.strip_prefix("/rest/api/1.0/") else {
+        return HttpResponse::NotFound().body("not a REST path");
+    };
+    let segs: Vec<&str> = rest.split('/').collect();
+    let no_repo = |project: &str, slug: &str| {
+        errors(
+            404,
+            &format!("Repository {project}/{slug} does not exist."),
+            "com.atlassian.bitbucket.repository.NoSuchRepositoryException",
+        )
+    };
+    let no_project = |project: &str| {
+        errors(
+            404,
+            &format!("Project {project} does not exist."),
+            "com.atlassian.bitbucket.project.NoSuchProjectException",
+        )
+    };
+    match segs.as_slice() {
+        ["projects"] => {
+            let values = st
+                .projects
+                .keys()
+                .map(|k| json!({"key": k, "id": 1, "name": k, "public": false, "type": "NORMAL"}))
+                .collect();
+            page(values, start, limit)
+        }
+        ["projects", project] => match st.projects.get(*project) {
+            Some(_) => HttpResponse::Ok().json(json!({"key": project, "name": project})),
+            None => no_project(project),
+        },
+        ["projects", project, "repos"] => match st.projects.get(*project) {
+            Some(repos) => {
+                let values = repos
+                    .keys()
+                    .map(|slug| json!({"slug": slug, "name": slug, "scmId": "git", "state": "AVAILABLE", "project": {"key": project}}))
+                    .collect();
+                page(values, start, limit)
+            }
+            None => no_project(project),
+        },
+        ["projects", project, "repos", slug, "branches", "default"] => {
+            match st.projects.get(*project).and_then(|r| r.get(*slug)) {
+                Some(repo) => HttpResponse::Ok().json(json!({
+                    "id": "refs/heads/main", "displayId": "main", "type": "BRANCH",
+                    "latestCommit": commit_id(repo.commits), "latestChangeset": commit_id(repo.commits),
+                    "isDefault": true
+                })),
+                None => no_repo(project, slug),
+            }
+        }
+        ["projects", project, "repos", slug, kind @ ("raw" | "browse"), file @ ..] => {
+            let Some(repo) = st.projects.get(*project).and_then(|r| r.get(*slug)) else {
+                return no_repo(project, slug);
+            };
+            let name = file.join("/");
+            let Some(content) = repo.files.get(&name) else {
+                return errors(
+                    404,
+                    &format!(
+                        "The path \"{name}\" does not exist at revision \"{}\"",
+                        commit_id(repo.commits)
+                    ),
+                    "com.atlassian.bitbucket.content.NoSuchPathException",
+                );
+            };
+            if *kind == "raw" {
+                return HttpResponse::Ok()
+                    .content_type("text/plain; charset=UTF-8")
+                    .body(content.clone());
+            }
+            let lines: Vec<Value> = content.lines().map(|l| json!({"text": l})).collect();
+            let limit = query
+                .get("limit")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(500)
+                .min(st.lines_page_max);
+            let total = lines.len();
+            let slice: Vec<Value> = lines.into_iter().skip(start).take(limit).collect();
+            let size = slice.len();
+            let last = start + size >= total;
+            let mut body =
+                json!({"lines": slice, "start": start, "size": size, "isLastPage": last});
+            if !last {
+                body["nextPageStart"] = json!(start + size);
+            }
+            HttpResponse::Ok().json(body)
+        }
+        _ => HttpResponse::NotFound().body(format!("no route {path}")),
+    }
+}

@@ -262,39 +262,158 @@ async fn sigterm_with_a_run_in_flight_reports_it_before_exiting() {
     assert_eq!(fake.terminal_patches(&run_id), 1);
 }
 
-#[test]
-fn every_shipped_sample_invocation_runs_to_success() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_sample_invocation_runs_to_success() {
+    use crate::fake_bitbucket::{FakeBitbucket, PASSWORD, USER};
+    // GitOps needs a Bitbucket: a fake one, checked against the shipped blueprints/.
+    let bb = FakeBitbucket::start().await;
+    bb.put_file("PAY", "api", "port.yaml", "identifier: pay-api\ntitle: Payments API\nblueprint: microservice\nproperties:\n  tier: backend\n");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().to_str().unwrap();
-    let served = Served::start(&[], &["--data-dir", data_dir]);
-    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("actions/samples");
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    let served = Served::start(
+        &[
+            ("BITBUCKET_HOST", &bb.url),
+            ("BITBUCKET_USERNAME", USER),
+            ("BITBUCKET_PASSWORD", PASSWORD),
+        ],
+        &[
+            "--data-dir",
+            &data_dir,
+            "--blueprints-dir",
+            root.join("blueprints").to_str().unwrap(),
+        ],
+    );
+    let addr = served.addr.clone();
     let mut count = 0;
-    for entry in std::fs::read_dir(&samples).unwrap() {
+    for entry in std::fs::read_dir(root.join("actions/samples")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
         count += 1;
-        let output = Command::new(BIN)
-            .args([
-                "invoke",
-                path.to_str().unwrap(),
-                "--url",
-                &format!("http://{}", served.addr),
-            ])
-            .args(["--data-dir", data_dir])
-            .env_remove("PORT_CLIENT_SECRET")
-            .env_remove("PORT_RUNNER_LOCAL_SECRET")
-            .output()
-            .unwrap();
+        let (addr, data_dir, shown) = (addr.clone(), data_dir.clone(), path.display().to_string());
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args([
+                    "invoke",
+                    path.to_str().unwrap(),
+                    "--url",
+                    &format!("http://{addr}"),
+                ])
+                .args(["--data-dir", &data_dir])
+                .env_remove("PORT_CLIENT_SECRET")
+                .env_remove("PORT_RUNNER_LOCAL_SECRET")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "{}: {stdout}\n{}",
-            path.display(),
+            "{shown}: {stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(stdout.contains("SUCCESS"), "{}: {stdout}", path.display());
+        assert!(stdout.contains("SUCCESS"), "{shown}: {stdout}");
+        if shown.ends_with("gitops_sync.json") {
+            assert!(
+                stdout.contains("would create microservice/pay-api"),
+                "{stdout}"
+            );
+        }
     }
-    assert!(count >= 2, "samples found: {count}");
+    assert!(count >= 3, "samples found: {count}");
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_command_applies_reports_json_and_exits_by_outcome() {
+    use crate::fake_bitbucket::{FakeBitbucket, PASSWORD, USER};
+    let fake_port = FakePort::start().await;
+    fake_port.add_blueprint(json!({
+        "identifier": "microservice", "title": "Microservice",
+        "schema": {"properties": {"tier": {"type": "string"}}, "required": []}
+    }));
+    let bb = FakeBitbucket::start().await;
+    bb.put_file(
+        "P",
+        "a",
+        "port.yaml",
+        "identifier: a\ntitle: A\nblueprint: microservice\n",
+    );
+    bb.put_file(
+        "Q",
+        "b",
+        "port.yaml",
+        "identifier: b\ntitle: B\nblueprint: microservice\n",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let (port_url, bb_url) = (fake_port.api_url.clone(), bb.url.clone());
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    let run = move |args: Vec<&'static str>, filter: &'static str| {
+        let (port_url, bb_url, data_dir) = (port_url.clone(), bb_url.clone(), data_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .arg("sync")
+                .args(&args)
+                .args(["--data-dir", &data_dir])
+                .env_clear()
+                .env("BITBUCKET_HOST", bb_url)
+                .env("BITBUCKET_USERNAME", USER)
+                .env("BITBUCKET_PASSWORD", PASSWORD)
+                .env("BITBUCKET_PROJECTS_FILTER", filter)
+                .env("PORT_CLIENT_ID", CLIENT_ID)
+                .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
+                .env("PORT_API_URL", port_url)
+                .output()
+                .unwrap()
+        })
+    };
+
+    // Dry run with the reference script's project filter: plans P only, writes nothing.
+    let out = run(vec!["--dry-run", "--output", "json"], "P")
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["created"], json!(["microservice/a"]));
+    assert!(fake_port.entity("microservice", "a").is_none());
+
+    // For real, all projects.
+    let out = run(vec!["--output", "json"], "").await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("2 repositories (0 unchanged), 2 files: create 2"),
+        "{stderr}"
+    );
+    assert!(fake_port.entity("microservice", "b").is_some());
+
+    // A rejected file: exit 1, the report says where.
+    bb.put_file(
+        "Q",
+        "b",
+        "port.yaml",
+        "identifier: b\nblueprint: microservice\n",
+    );
+    let out = run(vec!["--output", "json"], "").await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["problems"][0]["location"], "Q/b:port.yaml");
+    assert_eq!(report["problems"][0]["message"], "title is missing");
+
+    // No Bitbucket host: exit 2 with the reason.
+    let out =
+        tokio::task::spawn_blocking(|| Command::new(BIN).arg("sync").env_clear().output().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BITBUCKET_HOST is not set"));
 }

@@ -66,6 +66,8 @@ impl GitOpsSettings {
                     FileApiArg::Raw => FileApi::Raw,
                     FileApiArg::Browse => FileApi::Browse,
                 },
+                // As large as Bitbucket allows by default (page.max.* is 1000).
+                page_limit: 1000,
             },
             projects_filter: args
                 .bitbucket_projects_filter

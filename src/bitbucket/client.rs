@@ -16,9 +16,6 @@ use super::error::BitbucketError;
 use super::types::{Branch, BranchWire, ErrorBody, LinesPage, Page};
 use crate::http::{retry_after, RetryPolicy};
 
-/// Largest page we ask for; the server may answer with less and says so in `limit`.
-const PAGE_LIMIT: &str = "1000";
-
 /// How Bitbucket authenticates us.
 #[derive(Clone)]
 pub enum BitbucketAuth {
@@ -58,6 +55,8 @@ pub struct BitbucketConfig {
     pub retry: RetryPolicy,
     pub request_timeout: Duration,
     pub file_api: FileApi,
+    /// Page size asked for in listings (the server may answer with less and says so).
+    pub page_limit: usize,
 }
 
 pub struct BitbucketClient {
@@ -67,6 +66,7 @@ pub struct BitbucketClient {
     permits: Semaphore,
     retry: RetryPolicy,
     file_api: FileApi,
+    page_limit: String,
     requests: AtomicU64,
 }
 
@@ -109,6 +109,7 @@ impl BitbucketClient {
             permits: Semaphore::new(config.concurrency.max(1)),
             retry: config.retry,
             file_api: config.file_api,
+            page_limit: config.page_limit.max(1).to_string(),
             requests: AtomicU64::new(0),
         })
     }
@@ -223,7 +224,10 @@ impl BitbucketClient {
         let mut start = 0u64;
         loop {
             let start_text = start.to_string();
-            let mut query = vec![("start", start_text.as_str()), ("limit", PAGE_LIMIT)];
+            let mut query = vec![
+                ("start", start_text.as_str()),
+                ("limit", self.page_limit.as_str()),
+            ];
             if let Some(at) = at {
                 query.push(("at", at));
             }
@@ -257,7 +261,10 @@ impl BitbucketClient {
             let value = self
                 .get_json(
                     segments,
-                    &[("start", start_text.as_str()), ("limit", PAGE_LIMIT)],
+                    &[
+                        ("start", start_text.as_str()),
+                        ("limit", self.page_limit.as_str()),
+                    ],
                 )
                 .await?;
             let page: Page =
@@ -447,6 +454,7 @@ mod tests {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(5),
             file_api: FileApi::Raw,
+            page_limit: 1000,
         };
         assert!(BitbucketClient::new(config("https://bb.example.com/")).is_ok());
         assert!(BitbucketClient::new(config("bb.example.com")).is_err());

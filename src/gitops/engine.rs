@@ -168,6 +168,13 @@ impl SyncEngine {
         log: &dyn SyncLog,
     ) -> Result<SyncReport, SyncError> {
         let _one_at_a_time = self.lock.lock().await;
+        // Across processes too (a cron `sync` beside `serve` on the same data dir).
+        let mut waiting = false;
+        let _file_lock = self.store.lock(|| waiting = true).await?;
+        if waiting {
+            log.line("another sync held the ownership record; it has finished".into())
+                .await;
+        }
         let requests_before = self.bitbucket.request_count();
         let mut state = self.store.load()?;
         let mut report = SyncReport {

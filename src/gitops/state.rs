@@ -63,7 +63,42 @@ pub struct StateStore {
     path: PathBuf,
 }
 
+/// Held while a sync runs: another process syncing into the same data dir waits for it.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
 impl StateStore {
+    /// Takes the data dir's sync lock (an OS file lock, released when the process exits).
+    /// `on_wait` is called once if another sync holds it.
+    pub async fn lock(&self, on_wait: impl FnOnce()) -> Result<StateLock, StateError> {
+        let err = |source| StateError::Write {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))
+            .map_err(err)?;
+        let mut on_wait = Some(on_wait);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(StateLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if let Some(f) = on_wait.take() {
+                        f();
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+            }
+        }
+    }
+
     pub fn in_dir(data_dir: &Path) -> Self {
         Self {
             path: data_dir.join("gitops-state.json"),
@@ -154,6 +189,27 @@ mod tests {
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
         assert!(!store.path().with_extension("json.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn a_second_sync_waits_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::in_dir(dir.path());
+        let held = store.lock(|| panic!("free at first")).await.unwrap();
+        let waited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = waited.clone();
+        let other = StateStore::in_dir(dir.path());
+        let second = tokio::spawn(async move {
+            other
+                .lock(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+                .await
+                .map(|_| ())
+        });
+        while !waited.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(held);
+        second.await.unwrap().unwrap();
     }
 
     #[test]

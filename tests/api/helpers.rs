@@ -115,6 +115,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
                 },
                 request_timeout: Duration::from_secs(5),
                 file_api: options.file_api,
+                page_limit: 1000,
             },
             projects_filter: Vec::new(),
             webhook_secret: Some(BB_HOOK_SECRET.into()),

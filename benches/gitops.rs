@@ -1,0 +1,276 @@
+//! GitOps sync benchmark: `cargo bench --bench gitops`.
+//!
+//! A fake Bitbucket Server with 20 ms injected latency per request holds 4 projects × 500
+//! repositories, 70 % with a port.yaml. Measured in one run:
+//! - our full sync and our no-change re-sync (the release `port-runner sync` binary, so its
+//!   peak RSS is its own), against floor = ceil(Bitbucket requests / concurrency) × latency;
+//! - the reference script's strategy with the same client types: projects one after another,
+//!   repositories in pages of 25 whose reads all wait for the slowest, one Port write per entity.
+//!
+//! Knobs: BENCH_PROJECTS (4), BENCH_REPOS (500), BENCH_LATENCY_MS (20), BENCH_CONCURRENCY (32).
+
+#[path = "../tests/api/fake_bitbucket.rs"]
+mod fake_bitbucket;
+#[path = "../tests/api/fake_port.rs"]
+#[allow(dead_code)]
+mod fake_port;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use port_runner::bitbucket::{BitbucketAuth, BitbucketClient, BitbucketConfig, FileApi};
+use port_runner::gitops::manifest;
+use port_runner::http::RetryPolicy;
+use port_runner::metrics::Metrics;
+use port_runner::port::{PortClient, PortConfig, WriteMode};
+use serde_json::{json, Value};
+
+use fake_bitbucket::{FakeBitbucket, PASSWORD, USER};
+use fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Measured {
+    name: &'static str,
+    wall: Duration,
+    bitbucket: usize,
+    port: usize,
+    port_writes: usize,
+    floor: Option<Duration>,
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+fn port_writes(port: &FakePort, before: usize) -> usize {
+    port.requests()[before..]
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/entities"))
+        .count()
+}
+
+async fn run() {
+    let projects = env_or("BENCH_PROJECTS", 4);
+    let repos = env_or("BENCH_REPOS", 500);
+    let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 20));
+    let concurrency = env_or("BENCH_CONCURRENCY", 32);
+
+    let bb = FakeBitbucket::start_with(latency, 2).await;
+    let port = FakePort::start().await;
+    port.add_blueprint(json!({
+        "identifier": "microservice", "title": "Microservice",
+        "schema": {"properties": {"tier": {"type": "string", "enum": ["frontend", "backend"]},
+                                  "url": {"type": "string", "format": "url"}}, "required": ["tier"]}
+    }));
+    let mut with_file = 0;
+    for p in 0..projects {
+        for r in 0..repos {
+            let (project, slug) = (format!("PRJ{p}"), format!("repo-{r:04}"));
+            if r % 10 < 7 {
+                with_file += 1;
+                let id = format!("svc-{p}-{r:04}");
+                let text = format!("identifier: {id}\ntitle: Service {id}\nblueprint: microservice\nproperties:\n  tier: backend\n  url: https://{id}.example.com\n");
+                bb.put_file(&project, &slug, "port.yaml", &text);
+            } else {
+                bb.add_repo(&project, &slug);
+            }
+        }
+    }
+    println!(
+        "\nGitOps sync: {projects} projects x {repos} repositories, {with_file} with a port.yaml; \
+         {} ms per Bitbucket request; concurrency {concurrency}\n",
+        latency.as_millis()
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let sync = |label: &'static str| {
+        let started = Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_port-runner"))
+            .args([
+                "sync",
+                "--output",
+                "json",
+                "--concurrency",
+                &concurrency.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_clear()
+            .env("BITBUCKET_HOST", &bb.url)
+            .env("BITBUCKET_USERNAME", USER)
+            .env("BITBUCKET_PASSWORD", PASSWORD)
+            .env("PORT_CLIENT_ID", CLIENT_ID)
+            .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
+            .env("PORT_API_URL", &port.api_url)
+            .output()
+            .expect("run port-runner sync");
+        let wall = started.elapsed();
+        assert!(
+            output.status.success(),
+            "{label}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (wall, report)
+    };
+
+    let mut rows = Vec::new();
+    let floor = |requests: usize| latency * requests.div_ceil(concurrency as usize) as u32;
+
+    // Our full sync.
+    let (bb0, port0) = (bb.request_count(), port.requests().len());
+    let (wall, report) = tokio::task::block_in_place(|| sync("full sync"));
+    assert_eq!(
+        report["created"].as_array().unwrap().len(),
+        with_file as usize
+    );
+    let bb_requests = bb.request_count() - bb0;
+    rows.push(Measured {
+        name: "port-runner full sync",
+        wall,
+        bitbucket: bb_requests,
+        port: port.requests().len() - port0,
+        port_writes: port_writes(&port, port0),
+        floor: Some(floor(bb_requests)),
+    });
+    let full_rss = max_child_rss_kib();
+
+    // Our no-change re-sync.
+    let (bb0, port0) = (bb.request_count(), port.requests().len());
+    let (wall, report) = tokio::task::block_in_place(|| sync("no-change re-sync"));
+    assert_eq!(
+        report["repos_unchanged"].as_u64().unwrap(),
+        projects * repos
+    );
+    let bb_requests = bb.request_count() - bb0;
+    rows.push(Measured {
+        name: "port-runner no-change re-sync",
+        wall,
+        bitbucket: bb_requests,
+        port: port.requests().len() - port0,
+        port_writes: port_writes(&port, port0),
+        floor: Some(floor(bb_requests)),
+    });
+    let rss = max_child_rss_kib().max(full_rss);
+
+    // The reference script's strategy, same client types, same fakes.
+    let (bb0, port0) = (bb.request_count(), port.requests().len());
+    let started = Instant::now();
+    reference_strategy(&bb, &port).await;
+    rows.push(Measured {
+        name: "reference strategy (full)",
+        wall: started.elapsed(),
+        bitbucket: bb.request_count() - bb0,
+        port: port.requests().len() - port0,
+        port_writes: port_writes(&port, port0),
+        floor: None,
+    });
+
+    println!("| run | wall s | Bitbucket requests | Port requests | Port writes | floor s | wall / floor |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for m in &rows {
+        let (floor_s, ratio) = match m.floor {
+            Some(f) => (
+                format!("{:.2}", f.as_secs_f64()),
+                format!("{:.2}x", m.wall.as_secs_f64() / f.as_secs_f64()),
+            ),
+            None => ("".into(), "".into()),
+        };
+        println!(
+            "| {} | {:.2} | {} | {} | {} | {floor_s} | {ratio} |",
+            m.name,
+            m.wall.as_secs_f64(),
+            m.bitbucket,
+            m.port,
+            m.port_writes
+        );
+    }
+    println!(
+        "\nspeed-up of our full sync over the reference strategy: {:.1}x; no-change re-sync: {:.1}x",
+        rows[2].wall.as_secs_f64() / rows[0].wall.as_secs_f64(),
+        rows[2].wall.as_secs_f64() / rows[1].wall.as_secs_f64()
+    );
+    println!(
+        "peak RSS of port-runner sync: {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+}
+
+/// Largest resident set of any child waited for so far (Linux reports KiB).
+fn max_child_rss_kib() -> u64 {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage.ru_maxrss as u64
+    }
+}
+
+/// Projects one after another; within a project, pages of 25 repositories whose reads (the
+/// browse API, as the script does) all finish before the next page; one Port write per entity.
+async fn reference_strategy(bb: &FakeBitbucket, port: &FakePort) {
+    let client = BitbucketClient::new(BitbucketConfig {
+        host: bb.url.clone(),
+        auth: BitbucketAuth::Basic {
+            username: USER.into(),
+            password: PASSWORD.into(),
+        },
+        concurrency: 25,
+        retry: RetryPolicy::default(),
+        request_timeout: Duration::from_secs(60),
+        file_api: FileApi::Browse,
+        page_limit: 25,
+    })
+    .unwrap();
+    let port_client = Arc::new(
+        PortClient::new(
+            PortConfig {
+                api_url: port.api_url.clone(),
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                retry: RetryPolicy::default(),
+                request_timeout: Duration::from_secs(30),
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap(),
+    );
+    for project in client.project_keys().await.unwrap() {
+        let slugs = client.repo_slugs(&project).await.unwrap();
+        for page in slugs.chunks(25) {
+            join_all(page.iter().map(|slug| {
+                let (client, port_client, project) =
+                    (&client, port_client.clone(), project.clone());
+                async move {
+                    let Ok(Some(text)) = client.file(&project, slug, "port.yaml", None).await
+                    else {
+                        return;
+                    };
+                    for entity in manifest::parse(&text).unwrap_or_default() {
+                        let blueprint = entity.value["blueprint"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = port_client
+                            .upsert_entity(&blueprint, &entity.value, WriteMode::Merge, None)
+                            .await;
+                    }
+                }
+            }))
+            .await;
+        }
+    }
+}

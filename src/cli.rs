@@ -15,6 +15,10 @@ Secrets are read from the environment only (never from flags):
 #[derive(Debug, Parser)]
 #[command(name = "port-runner", version, about = "Runs Port self-service actions", long_about = None)]
 pub struct Cli {
+    /// Configuration file (default: ./port-runner.yaml if present); the environment and flags win over it.
+    #[arg(long, env = "PORT_RUNNER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     pub log_format: LogFormat,
@@ -38,6 +42,51 @@ pub enum Command {
     Invoke(InvokeArgs),
     /// One GitOps sync from Bitbucket Server port.yaml files to Port (for cron/CI); exit 0 only if everything applied.
     Sync(SyncArgs),
+    /// Push blueprints/*.json and actions/*.json to Port (in dependency order; unchanged ones are not written).
+    Apply(ApplyArgs),
+    /// Check blueprints/, actions/ and port.yaml files offline; exit 0 if all are valid.
+    Validate(ValidateArgs),
+    /// Print the effective configuration of `serve` (secrets masked).
+    #[command(name = "config")]
+    ShowConfig(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Needs PORT_CLIENT_ID and PORT_CLIENT_SECRET (from the environment).")]
+pub struct ApplyArgs {
+    /// The checkout holding blueprints/ and actions/.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Public URL of this runner's webhook (e.g. https://ab12.ngrok.app/webhook), put into the actions.
+    #[arg(long, env = "PORT_RUNNER_PUBLIC_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Print what would be created, updated or left unchanged (with the differing fields); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Port client id (with PORT_CLIENT_SECRET).
+    #[arg(long, env = "PORT_CLIENT_ID")]
+    pub port_client_id: Option<String>,
+
+    /// Port API base URL, including /v1.
+    #[arg(long, env = "PORT_API_URL", default_value = "https://api.port.io/v1")]
+    pub port_api_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Checkouts (with blueprints/ and actions/), definition files, or port.yaml files. Default: the current folder.
+    pub paths: Vec<PathBuf>,
+
+    /// Blueprints that port.yaml files are checked against.
+    #[arg(
+        long,
+        env = "PORT_RUNNER_BLUEPRINTS_DIR",
+        default_value = "./blueprints"
+    )]
+    pub blueprints_dir: PathBuf,
 }
 
 /// Where Bitbucket Server is (shared by `serve` and `sync`). Secrets come from the environment only.

@@ -114,6 +114,8 @@ pub enum ConfigError {
     Empty { name: &'static str },
     #[error("{0}")]
     Bitbucket(String),
+    #[error("configuration file {path}: {message}")]
+    File { path: String, message: String },
     #[error("cannot use data dir {path}: {source}")]
     DataDir {
         path: String,
@@ -222,6 +224,118 @@ impl Settings {
     }
 }
 
+/// Keys of the optional configuration file and the environment variables they stand for.
+/// The environment wins over the file; secrets are not allowed in the file.
+const FILE_KEYS: [(&str, &str); 21] = [
+    ("listen", "LISTEN_ADDR"),
+    ("port_client_id", "PORT_CLIENT_ID"),
+    ("port_api_url", "PORT_API_URL"),
+    ("data_dir", "PORT_RUNNER_DATA_DIR"),
+    ("blueprints_dir", "PORT_RUNNER_BLUEPRINTS_DIR"),
+    ("public_url", "PORT_RUNNER_PUBLIC_URL"),
+    ("max_concurrent_runs", "PORT_RUNNER_MAX_CONCURRENT_RUNS"),
+    ("max_queued_runs", "PORT_RUNNER_MAX_QUEUED_RUNS"),
+    ("run_timeout_secs", "PORT_RUNNER_RUN_TIMEOUT_SECS"),
+    ("shutdown_grace_secs", "PORT_RUNNER_SHUTDOWN_GRACE_SECS"),
+    ("max_body_bytes", "PORT_RUNNER_MAX_BODY_BYTES"),
+    (
+        "signature_tolerance_secs",
+        "PORT_RUNNER_SIGNATURE_TOLERANCE_SECS",
+    ),
+    ("http_workers", "PORT_RUNNER_HTTP_WORKERS"),
+    ("log_format", "LOG_FORMAT"),
+    ("bitbucket_host", "BITBUCKET_HOST"),
+    ("bitbucket_username", "BITBUCKET_USERNAME"),
+    ("bitbucket_projects_filter", "BITBUCKET_PROJECTS_FILTER"),
+    ("bitbucket_concurrency", "BITBUCKET_CONCURRENCY"),
+    ("bitbucket_file_api", "BITBUCKET_FILE_API"),
+    ("rust_log", "RUST_LOG"),
+    ("admin_url", "PORT_RUNNER_URL"),
+];
+
+const SECRET_ENV: [&str; 6] = [
+    "PORT_CLIENT_SECRET",
+    "PORT_RUNNER_ADMIN_TOKEN",
+    "PORT_RUNNER_LOCAL_SECRET",
+    "BITBUCKET_PASSWORD",
+    "BITBUCKET_TOKEN",
+    "BITBUCKET_WEBHOOK_SECRET",
+];
+
+/// The default configuration file, read when present.
+pub const DEFAULT_CONFIG_FILE: &str = "port-runner.yaml";
+
+/// Reads a configuration file into `(environment variable, value)` pairs.
+///
+/// Keys are the lower-case names above; lists (the projects filter) become comma-separated.
+pub fn read_config_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let shown = path.display().to_string();
+    let bad = |message: String| ConfigError::File {
+        path: shown.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
+            Some(at) => bad(format!("line {}, column {}: {e}", at.line(), at.column())),
+            None => bad(e.to_string()),
+        })?;
+    let map = match value {
+        serde_yaml_ng::Value::Null => return Ok(Vec::new()),
+        serde_yaml_ng::Value::Mapping(map) => map,
+        _ => return Err(bad("expected a mapping of settings".into())),
+    };
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let key = key
+            .as_str()
+            .ok_or_else(|| bad("keys must be strings".into()))?
+            .to_owned();
+        let env_name = key.to_ascii_uppercase();
+        if ["SECRET", "PASSWORD", "TOKEN"]
+            .iter()
+            .any(|w| env_name.contains(w))
+        {
+            return Err(bad(format!(
+                "'{key}' looks like a secret: secrets come from the environment only"
+            )));
+        }
+        let Some((_, env)) = FILE_KEYS.iter().find(|(k, _)| *k == key) else {
+            let known: Vec<&str> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
+            return Err(bad(format!(
+                "unknown key '{key}'; known keys: {}",
+                known.join(", ")
+            )));
+        };
+        let text = match value {
+            serde_yaml_ng::Value::String(s) => s,
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            serde_yaml_ng::Value::Bool(b) => b.to_string(),
+            serde_yaml_ng::Value::Sequence(items) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad(format!("'{key}' must list strings")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            _ => {
+                return Err(bad(format!(
+                    "'{key}' must be a string, number, boolean or list"
+                )))
+            }
+        };
+        out.push((*env, text));
+    }
+    Ok(out)
+}
+
+/// Whether an environment variable holds a secret (masked when configuration is shown).
+pub fn is_secret_env(name: &str) -> bool {
+    SECRET_ENV.contains(&name)
+}
+
 /// The file where local mode keeps its generated secret, so `invoke` can sign with it.
 pub fn local_secret_path(data_dir: &Path) -> PathBuf {
     data_dir.join("local-secret")
@@ -280,6 +394,39 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_config_file_maps_to_environment_names_and_refuses_secrets_and_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("port-runner.yaml");
+        std::fs::write(&path, "listen: 127.0.0.1:9000\nmax_concurrent_runs: 8\nbitbucket_projects_filter: [PAY, OPS]\n").unwrap();
+        let pairs = read_config_file(&path).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("LISTEN_ADDR", "127.0.0.1:9000".to_owned()),
+                ("PORT_RUNNER_MAX_CONCURRENT_RUNS", "8".to_owned()),
+                ("BITBUCKET_PROJECTS_FILTER", "PAY,OPS".to_owned()),
+            ]
+        );
+        std::fs::write(&path, "port_client_secret: hunter2\n").unwrap();
+        let err = read_config_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("secrets come from the environment only"),
+            "{err}"
+        );
+        std::fs::write(&path, "lisen: x\n").unwrap();
+        let err = read_config_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown key 'lisen'; known keys: listen,"),
+            "{err}"
+        );
+        std::fs::write(&path, "listen: [unclosed\n").unwrap();
+        assert!(read_config_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("line 2"));
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! run's logs, entity changes and final status go to Port through [`port::PortClient`]
 //! (or stay local in local mode). See ARCHITECTURE.md for the whole path.
 
+pub mod apply;
 pub mod bitbucket;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod definitions;
 pub mod domain;
 pub mod gitops;
 pub mod handlers;

@@ -249,6 +249,55 @@ impl PortClient {
         }
     }
 
+    /// `GET /actions/{id}`; `None` when Port has no such action.
+    pub async fn get_action(&self, identifier: &str) -> Result<Option<Value>, PortError> {
+        match self
+            .call(Method::GET, &["actions", identifier], &[], None)
+            .await
+        {
+            Ok(answer) => Ok(answer.get("action").cloned()),
+            Err(PortError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /blueprints`.
+    pub async fn create_blueprint(&self, blueprint: &Value) -> Result<(), PortError> {
+        self.call(Method::POST, &["blueprints"], &[], Some(blueprint))
+            .await
+            .map(|_| ())
+    }
+
+    /// `PUT /blueprints/{id}`: a full replace.
+    pub async fn replace_blueprint(
+        &self,
+        identifier: &str,
+        blueprint: &Value,
+    ) -> Result<(), PortError> {
+        self.call(
+            Method::PUT,
+            &["blueprints", identifier],
+            &[],
+            Some(blueprint),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /actions` (Port's current action format).
+    pub async fn create_action(&self, action: &Value) -> Result<(), PortError> {
+        self.call(Method::POST, &["actions"], &[], Some(action))
+            .await
+            .map(|_| ())
+    }
+
+    /// `PUT /actions/{id}`.
+    pub async fn replace_action(&self, identifier: &str, action: &Value) -> Result<(), PortError> {
+        self.call(Method::PUT, &["actions", identifier], &[], Some(action))
+            .await
+            .map(|_| ())
+    }
+
     /// One authenticated call with retries and a single token refresh on 401.
     async fn call(
         &self,

@@ -43,6 +43,19 @@ struct State {
     finals: HashMap<String, Value>,
     entities: BTreeMap<(String, String), Value>,
     blueprints: HashMap<String, Value>,
+    actions: HashMap<String, Value>,
+}
+
+/// What Port adds to a stored definition (so "unchanged" must ignore it).
+fn with_server_fields(mut v: Value) -> Value {
+    v["createdAt"] = json!("2026-11-22T10:00:00.000Z");
+    v["updatedBy"] = json!("fake-port");
+    if let Some(schema) = v.get_mut("schema") {
+        if schema.get("required").is_none() {
+            schema["required"] = json!([]);
+        }
+    }
+    v
 }
 
 pub struct FakePort {
@@ -117,6 +130,19 @@ impl FakePort {
             .unwrap()
             .entities
             .insert((blueprint.to_owned(), id), entity);
+    }
+
+    pub fn action(&self, identifier: &str) -> Option<Value> {
+        self.state.lock().unwrap().actions.get(identifier).cloned()
+    }
+
+    pub fn blueprint(&self, identifier: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .blueprints
+            .get(identifier)
+            .cloned()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -359,6 +385,87 @@ async fn handle(
                 .map(|(_, e)| e.clone())
                 .collect();
             HttpResponse::Ok().json(json!({"ok": true, "entities": found}))
+        }
+        ("POST", ["v1", "blueprints"]) | ("PUT", ["v1", "blueprints", _]) => {
+            let Some(id) = body["identifier"].as_str().map(str::to_owned) else {
+                return error(422, "invalid_request", "identifier is required");
+            };
+            let exists = st.blueprints.contains_key(&id);
+            if method == "POST" && exists {
+                return error(
+                    409,
+                    "identifier_taken",
+                    &format!("A blueprint with identifier \"{id}\" already exists"),
+                );
+            }
+            if method == "PUT" && (!exists || segs[2] != id) {
+                return error(
+                    404,
+                    "not_found",
+                    &format!("Blueprint with identifier \"{}\" was not found", segs[2]),
+                );
+            }
+            let targets: Vec<String> = body["relations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, r)| r["target"].as_str().map(str::to_owned))
+                .collect();
+            if let Some(missing) = targets
+                .iter()
+                .find(|t| **t != id && !st.blueprints.contains_key(*t))
+            {
+                return error(
+                    422,
+                    "relation_target_not_found",
+                    &format!("Relation target blueprint \"{missing}\" was not found"),
+                );
+            }
+            st.blueprints.insert(id, with_server_fields(body.clone()));
+            let status = if method == "POST" { 201 } else { 200 };
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .json(json!({"ok": true, "blueprint": body}))
+        }
+        ("GET", ["v1", "actions", id]) => match st.actions.get(*id) {
+            Some(action) => HttpResponse::Ok().json(json!({"ok": true, "action": action})),
+            None => error(
+                404,
+                "not_found",
+                &format!("Action with identifier \"{id}\" was not found"),
+            ),
+        },
+        ("POST", ["v1", "actions"]) | ("PUT", ["v1", "actions", _]) => {
+            let Some(id) = body["identifier"].as_str().map(str::to_owned) else {
+                return error(422, "invalid_request", "identifier is required");
+            };
+            let exists = st.actions.contains_key(&id);
+            if method == "POST" && exists {
+                return error(
+                    409,
+                    "identifier_taken",
+                    &format!("An action with identifier \"{id}\" already exists"),
+                );
+            }
+            if method == "PUT" && !exists {
+                return error(
+                    404,
+                    "not_found",
+                    &format!("Action with identifier \"{id}\" was not found"),
+                );
+            }
+            if let Some(bp) = body["trigger"]["blueprintIdentifier"].as_str() {
+                if !st.blueprints.contains_key(bp) {
+                    return error(
+                        422,
+                        "blueprint_not_found",
+                        &format!("Blueprint \"{bp}\" was not found"),
+                    );
+                }
+            }
+            st.actions.insert(id, with_server_fields(body.clone()));
+            let status = if method == "POST" { 201 } else { 200 };
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .json(json!({"ok": true, "action": body}))
         }
         ("GET", ["v1", "blueprints", bp]) => match st.blueprints.get(*bp) {
             Some(blueprint) => HttpResponse::Ok().json(json!({"ok": true, "blueprint": blueprint})),

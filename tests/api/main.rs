@@ -1,6 +1,7 @@
 //! Integration tests: the real app on port 0 (or the real binary) against fakes.
 
 mod admin;
+mod apply;
 mod cli;
 mod fake_bitbucket;
 mod fake_port;

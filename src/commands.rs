@@ -1,0 +1,225 @@
+//! Glue of the `apply`, `validate` and `config` commands: arguments in, report out, exit code.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::apply::apply;
+use crate::cli::{ApplyArgs, ServeArgs, ValidateArgs};
+use crate::config::is_secret_env;
+use crate::definitions::{check_port_yaml, load_file, Definition, Definitions, FileProblem};
+use crate::handlers::HandlerRegistry;
+use crate::metrics::Metrics;
+use crate::port::{PortClient, PortConfig, RetryPolicy};
+
+/// The actions this build can run (what `validate` and `apply` accept as served here).
+pub fn served_actions() -> Vec<String> {
+    let mut known: Vec<String> = HandlerRegistry::builtin()
+        .known()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    known.push("gitops_sync".into());
+    known.sort();
+    known
+}
+
+pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let client_id = args
+        .port_client_id
+        .clone()
+        .filter(|s| !s.is_empty())
+        .context("PORT_CLIENT_ID is not set (apply writes to Port)")?;
+    let client_secret = std::env::var("PORT_CLIENT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .context("PORT_CLIENT_SECRET is not set (apply writes to Port)")?;
+    let client = PortClient::new(
+        PortConfig {
+            api_url: args.port_api_url.clone(),
+            client_id,
+            client_secret,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+        },
+        Arc::new(Metrics::new()),
+    )?;
+    let (defs, load_problems) = Definitions::load(&args.dir);
+    let known = served_actions();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let report = apply(
+        &client,
+        &defs,
+        load_problems,
+        &known,
+        args.webhook_url.as_deref(),
+        args.dry_run,
+    )
+    .await?;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    Ok(if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Checks definitions and port.yaml files offline; prints every problem with its file.
+pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let paths = if args.paths.is_empty() {
+        vec![Path::new(".").to_path_buf()]
+    } else {
+        args.paths.clone()
+    };
+    let known = served_actions();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let (blueprint_defs, mut problems) =
+        Definitions::load(args.blueprints_dir.parent().unwrap_or(Path::new(".")));
+    let blueprints = blueprint_defs.blueprints;
+    let mut checked = 0;
+    for path in &paths {
+        if path.is_dir() {
+            let (defs, load_problems) = Definitions::load(path);
+            checked += defs.blueprints.len() + defs.actions.len() + load_problems.len();
+            problems.extend(load_problems);
+            problems.extend(defs.check(&known));
+            for name in crate::gitops::FILE_NAMES {
+                let file = path.join(name);
+                if file.is_file() {
+                    checked += 1;
+                    problems.extend(check_port_yaml(&file, &blueprints));
+                }
+            }
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml")
+        {
+            checked += 1;
+            problems.extend(check_port_yaml(path, &blueprints));
+        } else if path.is_file() {
+            checked += 1;
+            match load_file(path) {
+                Ok(def) => problems.extend(check_single(def, &blueprints, &known)),
+                Err(message) => problems.push(FileProblem {
+                    file: path.clone(),
+                    message,
+                }),
+            }
+        } else {
+            problems.push(FileProblem {
+                file: path.clone(),
+                message: "no such file or folder".into(),
+            });
+        }
+    }
+    problems.dedup();
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    if problems.is_empty() {
+        println!("{checked} file(s) checked: no problems");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{checked} file(s) checked: {} problem(s)", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// One definition file alone: a blueprint if it has a schema, an action if it has a trigger.
+fn check_single(def: Definition, blueprints: &[Definition], known: &[&str]) -> Vec<FileProblem> {
+    let mut defs = Definitions {
+        blueprints: blueprints
+            .iter()
+            .filter(|b| b.identifier != def.identifier)
+            .cloned()
+            .collect(),
+        actions: Vec::new(),
+    };
+    let others = defs.blueprints.len();
+    if def.json.contains_key("trigger") {
+        defs.actions.push(def.clone());
+    } else {
+        defs.blueprints.push(def.clone());
+    }
+    defs.check(known)
+        .into_iter()
+        .filter(|p| p.file == def.file || others == 0)
+        .collect()
+}
+
+/// Prints `serve`'s effective configuration, secrets masked.
+pub fn config_command(args: ServeArgs) -> ExitCode {
+    let b = &args.bitbucket;
+    let rows: Vec<(&str, String)> = vec![
+        ("listen (LISTEN_ADDR)", args.listen.clone()),
+        (
+            "port_client_id (PORT_CLIENT_ID)",
+            args.port_client_id
+                .clone()
+                .unwrap_or_else(|| "unset: local mode".into()),
+        ),
+        ("port_api_url (PORT_API_URL)", args.port_api_url.clone()),
+        (
+            "data_dir (PORT_RUNNER_DATA_DIR)",
+            args.data_dir.display().to_string(),
+        ),
+        (
+            "blueprints_dir (PORT_RUNNER_BLUEPRINTS_DIR)",
+            args.blueprints_dir.display().to_string(),
+        ),
+        ("max_concurrent_runs", args.max_concurrent_runs.to_string()),
+        ("max_queued_runs", args.max_queued_runs.to_string()),
+        ("run_timeout_secs", args.run_timeout_secs.to_string()),
+        ("shutdown_grace_secs", args.shutdown_grace_secs.to_string()),
+        ("max_body_bytes", args.max_body_bytes.to_string()),
+        (
+            "signature_tolerance_secs",
+            args.signature_tolerance_secs.to_string(),
+        ),
+        ("http_workers", args.http_workers.to_string()),
+        (
+            "bitbucket_host (BITBUCKET_HOST)",
+            b.bitbucket_host
+                .clone()
+                .unwrap_or_else(|| "unset: GitOps off".into()),
+        ),
+        (
+            "bitbucket_username",
+            b.bitbucket_username.clone().unwrap_or_default(),
+        ),
+        (
+            "bitbucket_projects_filter",
+            b.bitbucket_projects_filter.join(","),
+        ),
+        ("bitbucket_concurrency", b.concurrency.to_string()),
+        (
+            "bitbucket_file_api",
+            format!("{:?}", b.bitbucket_file_api).to_lowercase(),
+        ),
+    ];
+    for (key, value) in rows {
+        println!("{key}: {value}");
+    }
+    for name in [
+        "PORT_CLIENT_SECRET",
+        "PORT_RUNNER_ADMIN_TOKEN",
+        "PORT_RUNNER_LOCAL_SECRET",
+        "BITBUCKET_PASSWORD",
+        "BITBUCKET_TOKEN",
+        "BITBUCKET_WEBHOOK_SECRET",
+    ] {
+        debug_assert!(is_secret_env(name));
+        let state = match std::env::var(name) {
+            Ok(v) if !v.is_empty() => "set (****)",
+            _ => "unset",
+        };
+        println!("{name}: {state}");
+    }
+    ExitCode::SUCCESS
+}

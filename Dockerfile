@@ -16,17 +16,30 @@ COPY tests ./tests
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin port-runner
 
 FROM debian:bookworm-slim AS runtime
+# The Pulumi CLI is optional (GitOps-only images do without it):
+#   docker build --build-arg INSTALL_PULUMI=true .
+ARG INSTALL_PULUMI=false
+ARG PULUMI_VERSION=3.259.0
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin runner \
  && mkdir -p /data && chown runner /data
+RUN if [ "$INSTALL_PULUMI" = "true" ]; then \
+      set -eu; cd /tmp; \
+      tarball="pulumi-v${PULUMI_VERSION}-linux-x64.tar.gz"; \
+      curl -fsSLO "https://get.pulumi.com/releases/sdk/${tarball}"; \
+      curl -fsSL "https://get.pulumi.com/releases/sdk/pulumi-${PULUMI_VERSION}-checksums.txt" | grep " ${tarball}\$" | sha256sum -c -; \
+      tar -xzf "${tarball}" -C /opt && ln -s /opt/pulumi/pulumi /usr/local/bin/pulumi && rm "${tarball}"; \
+    fi
 COPY --from=builder /src/target/release/port-runner /usr/local/bin/port-runner
 COPY actions /opt/port-runner/actions
+COPY blueprints /opt/port-runner/blueprints
 USER runner
 WORKDIR /data
 ENV LISTEN_ADDR=0.0.0.0:8080 \
     PORT_RUNNER_DATA_DIR=/data \
+    PORT_RUNNER_BLUEPRINTS_DIR=/opt/port-runner/blueprints \
     LOG_FORMAT=json
 VOLUME ["/data"]
 EXPOSE 8080

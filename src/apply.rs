@@ -114,8 +114,15 @@ pub async fn apply(
     public_url: Option<&str>,
     dry_run: bool,
 ) -> Result<ApplyReport, ApplyError> {
+    // Relation targets and action blueprints may live in Port rather than in the folder.
+    let mut external = std::collections::BTreeSet::new();
+    for id in defs.outside_references() {
+        if client.get_blueprint(&id).await?.is_some() {
+            external.insert(id);
+        }
+    }
     let mut problems = load_problems;
-    problems.extend(defs.check(known_actions));
+    problems.extend(defs.check_with(known_actions, &external));
     let mut actions = Vec::new();
     for def in &defs.actions {
         match with_public_url(&def.json, public_url) {

@@ -82,13 +82,47 @@ impl Definitions {
         (blueprints, problems)
     }
 
+    /// Blueprints named by relations and actions that are not in the folder.
+    pub fn outside_references(&self) -> BTreeSet<String> {
+        let inside: BTreeSet<&str> = self
+            .blueprints
+            .iter()
+            .map(|d| d.identifier.as_str())
+            .collect();
+        let from_relations = self
+            .blueprints
+            .iter()
+            .flat_map(|d| relation_targets(&d.json));
+        let from_actions = self.actions.iter().filter_map(|d| {
+            d.json
+                .get("trigger")
+                .and_then(|t| t.get("blueprintIdentifier"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        from_relations
+            .chain(from_actions)
+            .filter(|id| !inside.contains(id.as_str()))
+            .collect()
+    }
+
     /// Checks every file; `known_actions` are the actions this runner has handlers for.
     pub fn check(&self, known_actions: &[&str]) -> Vec<FileProblem> {
+        self.check_with(known_actions, &BTreeSet::new())
+    }
+
+    /// As [`check`](Self::check), with blueprints that exist elsewhere (in Port) counted as known.
+    pub fn check_with(
+        &self,
+        known_actions: &[&str],
+        external: &BTreeSet<String>,
+    ) -> Vec<FileProblem> {
         let mut problems = Vec::new();
         let blueprint_ids: BTreeSet<&str> = self
             .blueprints
             .iter()
             .map(|d| d.identifier.as_str())
+            .chain(external.iter().map(String::as_str))
             .collect();
         duplicates(&self.blueprints, "blueprint", &mut problems);
         duplicates(&self.actions, "action", &mut problems);

@@ -234,6 +234,33 @@ async fn invalid_files_are_all_reported_with_their_paths_and_nothing_is_written(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relation_to_a_blueprint_already_in_port_is_accepted_by_apply() {
+    let port = FakePort::start().await;
+    port.add_blueprint(
+        json!({"identifier": "team", "title": "Team", "schema": {"properties": {}}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "blueprints/service.json", &service());
+    let out = run(apply_args(dir.path(), &[]), Some(&port)).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(writes(&port), vec!["POST /v1/blueprints"]);
+    // Offline, the same folder names the missing target.
+    let out = run(
+        vec!["validate".into(), dir.path().display().to_string()],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("relations.team.target 'team' is not a blueprint in the blueprints folder"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_passes_good_fixtures_and_names_every_problem_in_bad_ones() {
     let dir = fixture();
     let out = run(

@@ -145,10 +145,22 @@ fn invoke_sends_a_signed_sample_and_prints_the_outcome() {
     assert_eq!(failed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failed.stdout).contains("FAILURE: failing as asked"));
 
-    // The server's own log shows the run's lines in local mode.
+    // The server's own log shows the run's lines in local mode, each naming its run and action.
     assert!(served.terminate().success());
-    let log = served.log_lines().join("\n");
-    assert!(log.contains("input greeting"), "{log}");
+    let lines = served.log_lines();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("input greeting"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let event: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(event["span"]["action"], "echo", "{event}");
+    assert!(
+        event["span"]["run_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("r_local_"),
+        "{event}"
+    );
 }
 
 #[test]

@@ -9,4 +9,5 @@ mod gitops;
 mod helpers;
 mod port_client;
 mod runs;
+mod ship;
 mod webhook;

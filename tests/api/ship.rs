@@ -1,0 +1,164 @@
+//! What operators rely on: the Dockerfile's properties, the binary's libraries, the
+//! configuration file. (No Docker engine runs here, so the image itself is not built.)
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_port-runner");
+
+fn dockerfile() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    // Join continuation lines so each instruction is one line.
+    text.replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn instruction<'a>(lines: &'a [String], name: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter(|l| l.split_whitespace().next() == Some(name))
+        .map(String::as_str)
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_has_what_operators_rely_on() {
+    let lines = dockerfile();
+    let from = instruction(&lines, "FROM");
+    assert!(
+        from.len() >= 2 && from[0].contains(" AS builder"),
+        "multi-stage: {from:?}"
+    );
+    assert!(
+        from.last().unwrap().contains("-slim"),
+        "small runtime image: {from:?}"
+    );
+    let run = instruction(&lines, "RUN");
+    assert!(
+        run.iter()
+            .any(|r| r.contains("cargo build --release --locked") && r.contains("fn main")),
+        "dependencies cached in their own layer: {run:?}"
+    );
+    let user = instruction(&lines, "USER");
+    assert_eq!(user.len(), 1);
+    assert!(
+        !matches!(user[0].split_whitespace().nth(1), Some("root" | "0")),
+        "{user:?}"
+    );
+    assert!(instruction(&lines, "HEALTHCHECK")[0].contains("/healthz"));
+    assert_eq!(instruction(&lines, "EXPOSE"), vec!["EXPOSE 8080"]);
+    assert_eq!(
+        instruction(&lines, "STOPSIGNAL"),
+        vec!["STOPSIGNAL SIGTERM"]
+    );
+    assert!(instruction(&lines, "VOLUME")[0].contains("/data"));
+    let args = instruction(&lines, "ARG");
+    let pinned = args
+        .iter()
+        .find_map(|a| a.strip_prefix("ARG PULUMI_VERSION="))
+        .expect("a pinned Pulumi version");
+    assert_eq!(pinned.split('.').count(), 3, "{pinned}");
+    assert!(
+        args.contains(&"ARG INSTALL_PULUMI=false"),
+        "optional: {args:?}"
+    );
+    assert!(
+        run.iter().any(|r| r.contains("sha256sum -c")),
+        "the download is verified"
+    );
+}
+
+#[test]
+fn the_binary_needs_only_libraries_the_runtime_image_has() {
+    let out = Command::new("ldd")
+        .arg(BIN)
+        .output()
+        .expect("ldd (libc-bin)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // What debian:bookworm-slim ships: glibc and libgcc. No OpenSSL (TLS is rustls).
+    let allowed = [
+        "linux-vdso",
+        "libc.so",
+        "libm.so",
+        "libgcc_s.so",
+        "ld-linux",
+        "libdl.so",
+        "libpthread.so",
+        "librt.so",
+    ];
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(
+            allowed
+                .iter()
+                .any(|a| line.starts_with(a) || line.contains(&format!("/{a}"))),
+            "unexpected library: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_sets_defaults_under_the_environment_and_secrets_stay_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("port-runner.yaml");
+    std::fs::write(
+        &file,
+        "max_concurrent_runs: 9\nhttp_workers: 3\nbitbucket_projects_filter: [PAY, OPS]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", file.to_str().unwrap(), "config"])
+        .env_clear()
+        .env("PORT_RUNNER_HTTP_WORKERS", "5")
+        .env("PORT_CLIENT_SECRET", "super-secret-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("max_concurrent_runs: 9"),
+        "from the file: {stdout}"
+    );
+    assert!(
+        stdout.contains("http_workers: 5"),
+        "the environment wins: {stdout}"
+    );
+    assert!(
+        stdout.contains("bitbucket_projects_filter: PAY,OPS"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PORT_CLIENT_SECRET: set (****)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("super-secret-value"));
+
+    // A flag wins over both.
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "config",
+            "--max-concurrent-runs",
+            "2",
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_concurrent_runs: 2"));
+
+    std::fs::write(&file, "port_client_secret: nope\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", file.to_str().unwrap(), "config"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secrets come from the environment only"));
+}

@@ -232,6 +232,14 @@ pub struct ServeArgs {
     )]
     pub blueprints_dir: PathBuf,
 
+    /// Keep runs in memory only (no journal in the data dir): a crash then loses runs in flight.
+    #[arg(long, env = "PORT_RUNNER_NO_JOURNAL")]
+    pub no_journal: bool,
+
+    /// Finished runs are pruned from the journal after this many days.
+    #[arg(long, env = "PORT_RUNNER_RETAIN_DAYS", default_value_t = 14)]
+    pub retain_days: u64,
+
     /// HTTP worker threads (runs execute on the main runtime, not on these).
     #[arg(long, env = "PORT_RUNNER_HTTP_WORKERS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -99,6 +99,10 @@ pub struct Settings {
     pub gitops: Option<GitOpsSettings>,
     /// Blueprint JSON for checking port.yaml in local mode.
     pub blueprints_dir: PathBuf,
+    /// The SQLite run journal; `None` keeps runs in memory only.
+    pub journal: Option<PathBuf>,
+    /// How long finished runs stay in the journal.
+    pub retain: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +146,8 @@ impl Settings {
             max_log_lines_per_run: 10_000,
             gitops: None,
             blueprints_dir: PathBuf::from("./blueprints"),
+            journal: None,
+            retain: Duration::from_secs(14 * 24 * 3600),
         }
     }
 
@@ -194,6 +200,8 @@ impl Settings {
             listen: args.listen.clone(),
             gitops,
             blueprints_dir: args.blueprints_dir.clone(),
+            journal: (!args.no_journal).then(|| args.data_dir.join("journal.sqlite3")),
+            retain: Duration::from_secs(args.retain_days.saturating_mul(24 * 3600)),
             mode,
             admin_token: non_empty("PORT_RUNNER_ADMIN_TOKEN")?,
             data_dir: args.data_dir.clone(),
@@ -226,7 +234,7 @@ impl Settings {
 
 /// Keys of the optional configuration file and the environment variables they stand for.
 /// The environment wins over the file; secrets are not allowed in the file.
-const FILE_KEYS: [(&str, &str); 21] = [
+const FILE_KEYS: [(&str, &str); 22] = [
     ("listen", "LISTEN_ADDR"),
     ("port_client_id", "PORT_CLIENT_ID"),
     ("port_api_url", "PORT_API_URL"),
@@ -243,6 +251,7 @@ const FILE_KEYS: [(&str, &str); 21] = [
         "PORT_RUNNER_SIGNATURE_TOLERANCE_SECS",
     ),
     ("http_workers", "PORT_RUNNER_HTTP_WORKERS"),
+    ("retain_days", "PORT_RUNNER_RETAIN_DAYS"),
     ("log_format", "LOG_FORMAT"),
     ("bitbucket_host", "BITBUCKET_HOST"),
     ("bitbucket_username", "BITBUCKET_USERNAME"),

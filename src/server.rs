@@ -25,7 +25,7 @@ use crate::handlers::GitOpsHandler;
 use crate::handlers::HandlerRegistry;
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::{Masker, RunRegistry, Runner, Sink};
+use crate::runs::{Journal, Masker, RunRegistry, Runner, Sink};
 use crate::webhook::bitbucket::PushHook;
 use crate::webhook::{self, signature::SignatureVerifier};
 
@@ -64,6 +64,8 @@ pub enum StartError {
     Port(#[from] crate::port::PortError),
     #[error(transparent)]
     Bitbucket(#[from] crate::bitbucket::BitbucketError),
+    #[error(transparent)]
+    Journal(#[from] crate::runs::JournalError),
 }
 
 /// A bound, wired server that has not started serving yet.
@@ -147,8 +149,13 @@ impl Application {
             settings.keep_finished_runs,
             settings.max_log_lines_per_run,
         ));
+        let journal = match &settings.journal {
+            Some(path) => Some(Arc::new(Journal::open(path)?)),
+            None => None,
+        };
         let runner = Runner::new(
             Handle::current(),
+            journal.clone(),
             registry,
             handlers,
             sink,
@@ -156,6 +163,21 @@ impl Application {
             masker,
             settings.runner.clone(),
         );
+        // Take over from the previous process before accepting new runs.
+        runner.recover(settings.retain).await;
+        if let Some(journal) = journal {
+            let retain = settings.retain;
+            tokio::spawn(async move {
+                let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+                hourly.tick().await;
+                loop {
+                    hourly.tick().await;
+                    if let Err(e) = journal.prune(retain) {
+                        tracing::error!(error = %e, "could not prune the journal");
+                    }
+                }
+            });
+        }
         let admin = match (&settings.admin_token, settings.is_local()) {
             (Some(token), _) => AdminAccess::Token(Sha256::digest(token.as_bytes()).into()),
             (None, true) => AdminAccess::Open,

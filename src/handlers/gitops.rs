@@ -89,6 +89,11 @@ impl Handler for GitOpsHandler {
         true
     }
 
+    /// A sync converges whatever state it starts from: running it again is safe.
+    fn resumable(&self) -> bool {
+        true
+    }
+
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let Some(engine) = &self.engine else {
             return Err(HandlerError::Failed(

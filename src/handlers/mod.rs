@@ -63,6 +63,12 @@ pub enum HandlerError {
 pub trait Handler: Send + Sync + 'static {
     /// Whether the handler does anything for this operation.
     fn supports(&self, operation: Operation) -> bool;
+
+    /// Whether a run interrupted by a restart may simply run again (idempotent handlers).
+    /// Otherwise it is reported as interrupted.
+    fn resumable(&self) -> bool {
+        false
+    }
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError>;
 }
 

@@ -136,6 +136,36 @@ impl PortClient {
         .map(|_| ())
     }
 
+    /// Messages of a run's logs as Port has them (pages of 50, up to 2000 messages).
+    pub async fn run_log_messages(&self, run_id: &str) -> Result<Vec<String>, PortError> {
+        let mut messages = Vec::new();
+        for page in 0..40 {
+            let offset = (page * 50).to_string();
+            let answer = self
+                .call(
+                    Method::GET,
+                    &["actions", "runs", run_id, "logs"],
+                    &[("limit", "50"), ("offset", offset.as_str())],
+                    None,
+                )
+                .await?;
+            let logs = answer
+                .get("runLogs")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let n = logs.len();
+            messages.extend(
+                logs.iter()
+                    .filter_map(|l| l.get("message").and_then(Value::as_str).map(str::to_owned)),
+            );
+            if n < 50 {
+                break;
+            }
+        }
+        Ok(messages)
+    }
+
     /// Creates or updates one entity; with `run_id` it shows under the run's affected entities.
     pub async fn upsert_entity(
         &self,

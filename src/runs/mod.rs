@@ -4,12 +4,14 @@
 //! report; [`RunRegistry`] is the in-memory record served at `GET /runs`.
 
 mod catalog;
+mod journal;
 mod mask;
 mod registry;
 mod reporter;
 mod runner;
 
 pub use catalog::RunCatalog;
+pub use journal::{Journal, JournalError, Recovery, UnreportedFinal};
 pub use mask::{Masker, MASK};
 pub use registry::{
     AffectedEntity, EntityChange, LogLine, ReportState, RunRecord, RunRegistry, RunState,

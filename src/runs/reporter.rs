@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::journal::Journal;
 use super::mask::Masker;
 use super::registry::{ReportState, RunRegistry, RunState};
 use crate::domain::RunId;
 use crate::metrics::Metrics;
-use crate::port::{PortClient, PortError, RunPatch, RunStatus};
+use crate::port::{PortClient, RunPatch, RunStatus};
 
 /// Where a run's reports go.
 #[derive(Clone)]
@@ -159,6 +160,7 @@ impl Verdict {
 pub struct RunReporter {
     run_id: RunId,
     sink: Sink,
+    journal: Option<Arc<Journal>>,
     registry: Arc<RunRegistry>,
     log: RunLog,
     pump: Option<(mpsc::Sender<LogCmd>, JoinHandle<()>)>,
@@ -172,6 +174,7 @@ impl RunReporter {
     pub fn new(
         run_id: RunId,
         sink: Sink,
+        journal: Option<Arc<Journal>>,
         registry: Arc<RunRegistry>,
         masker: Masker,
         batching: LogBatching,
@@ -183,7 +186,14 @@ impl RunReporter {
             Sink::Port(client) => {
                 let (tx, rx) = mpsc::channel(1024);
                 let handle = tokio::spawn(
-                    pump(run_id.clone(), client.clone(), rx, batching.clone()).in_current_span(),
+                    pump(
+                        run_id.clone(),
+                        client.clone(),
+                        journal.clone(),
+                        rx,
+                        batching.clone(),
+                    )
+                    .in_current_span(),
                 );
                 Some((tx, handle))
             }
@@ -201,6 +211,7 @@ impl RunReporter {
         Self {
             run_id,
             sink,
+            journal,
             registry,
             log,
             pump,
@@ -259,9 +270,23 @@ impl RunReporter {
         });
         metrics.run_finished(action, verdict.status == RunStatus::Success, took);
 
+        // Recorded before it is sent: a crash from here on re-sends it at the next start.
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.finished(
+                &self.run_id,
+                verdict.status,
+                &summary,
+                verdict.link.as_deref(),
+            ) {
+                tracing::error!(run_id = %self.run_id, error = %e, "could not journal the verdict");
+            }
+        }
         let client = match &self.sink {
             Sink::Local => {
                 self.set_report(ReportState::Local);
+                if let Some(journal) = &self.journal {
+                    let _ = journal.reported(&self.run_id);
+                }
                 return;
             }
             Sink::Port(client) => client.clone(),
@@ -272,31 +297,19 @@ impl RunReporter {
             summary: Some(summary),
             link: verdict.link,
         };
-        match client.patch_run(self.run_id.as_str(), &patch).await {
-            Ok(()) => self.set_report(ReportState::Delivered),
-            Err(e) if e.is_transient() => {
-                tracing::warn!(run_id = %self.run_id, error = %e, "final status not delivered yet; retrying in the background");
-                self.set_report(ReportState::Retrying {
-                    attempts: 1,
-                    last_error: e.to_string(),
-                });
-                let task = retry_final(
-                    self.run_id.clone(),
-                    client,
-                    patch,
-                    self.registry.clone(),
-                    self.retry.clone(),
-                    self.stop.clone(),
-                );
-                self.tracker.spawn(task.in_current_span());
-            }
-            Err(e) => {
-                tracing::error!(run_id = %self.run_id, error = %e, "Port refused the final status");
-                self.set_report(ReportState::Undelivered {
-                    reason: e.to_string(),
-                });
-            }
-        }
+        deliver_final(
+            FinalDelivery {
+                client,
+                registry: self.registry.clone(),
+                journal: self.journal.clone(),
+                retry: self.retry.clone(),
+                tracker: self.tracker.clone(),
+                stop: self.stop.clone(),
+            },
+            self.run_id.clone(),
+            patch,
+        )
+        .await;
     }
 
     fn set_report(&self, state: ReportState) {
@@ -304,59 +317,120 @@ impl RunReporter {
     }
 }
 
-async fn retry_final(
-    run_id: RunId,
-    client: Arc<PortClient>,
-    patch: RunPatch,
-    registry: Arc<RunRegistry>,
-    retry: FinalReportRetry,
-    stop: CancellationToken,
-) {
-    let deadline = tokio::time::Instant::now() + retry.give_up_after;
-    let mut delay = retry.first_delay;
+/// What delivering a final status needs besides the status itself.
+#[derive(Clone)]
+pub struct FinalDelivery {
+    pub client: Arc<PortClient>,
+    pub registry: Arc<RunRegistry>,
+    pub journal: Option<Arc<Journal>>,
+    pub retry: FinalReportRetry,
+    pub tracker: TaskTracker,
+    pub stop: CancellationToken,
+}
+
+impl FinalDelivery {
+    fn settle(&self, run_id: &RunId, state: ReportState) {
+        // Delivered, or refused for good: either way there is nothing left to send.
+        if matches!(
+            state,
+            ReportState::Delivered | ReportState::Undelivered { .. }
+        ) {
+            if let Some(journal) = &self.journal {
+                if let Err(e) = journal.reported(run_id) {
+                    tracing::error!(%run_id, error = %e, "could not journal the delivery");
+                }
+            }
+        }
+        self.registry.update(run_id, |r| r.report = state);
+    }
+}
+
+/// Sends a final status; if Port is unreachable, keeps trying in the background until
+/// `give_up_after` (and, with a journal, again at the next start).
+pub async fn deliver_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
+    match ctx.client.patch_run(run_id.as_str(), &patch).await {
+        Ok(()) => ctx.settle(&run_id, ReportState::Delivered),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(%run_id, error = %e, "final status not delivered yet; retrying in the background");
+            ctx.registry.update(&run_id, |r| {
+                r.report = ReportState::Retrying {
+                    attempts: 1,
+                    last_error: e.to_string(),
+                }
+            });
+            let tracker = ctx.tracker.clone();
+            tracker.spawn(retry_final(ctx, run_id, patch).in_current_span());
+        }
+        Err(e) => {
+            tracing::error!(%run_id, error = %e, "Port refused the final status");
+            ctx.settle(
+                &run_id,
+                ReportState::Undelivered {
+                    reason: e.to_string(),
+                },
+            );
+        }
+    }
+}
+
+async fn retry_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
+    let deadline = tokio::time::Instant::now() + ctx.retry.give_up_after;
+    let mut delay = ctx.retry.first_delay;
     let mut attempts = 1;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             // On shutdown, one last attempt now instead of waiting out the backoff.
-            _ = stop.cancelled() => {}
+            _ = ctx.stop.cancelled() => {}
         }
         attempts += 1;
-        let result: Result<(), PortError> = client.patch_run(run_id.as_str(), &patch).await;
-        let state = match result {
+        match ctx.client.patch_run(run_id.as_str(), &patch).await {
             Ok(()) => {
                 tracing::info!(%run_id, attempts, "final status delivered after retries");
-                ReportState::Delivered
+                ctx.settle(&run_id, ReportState::Delivered);
+                return;
             }
             Err(e)
                 if e.is_transient()
                     && tokio::time::Instant::now() < deadline
-                    && !stop.is_cancelled() =>
+                    && !ctx.stop.is_cancelled() =>
             {
-                registry.update(&run_id, |r| {
+                ctx.registry.update(&run_id, |r| {
                     r.report = ReportState::Retrying {
                         attempts,
                         last_error: e.to_string(),
                     }
                 });
-                delay = (delay * 2).min(retry.max_delay);
-                continue;
+                delay = (delay * 2).min(ctx.retry.max_delay);
+            }
+            Err(e) if e.is_transient() => {
+                // Still unreachable: the journal keeps it for the next start.
+                tracing::error!(%run_id, attempts, error = %e, "final status still not delivered; it stays in the journal");
+                ctx.registry.update(&run_id, |r| {
+                    r.report = ReportState::Undelivered {
+                        reason: e.to_string(),
+                    }
+                });
+                return;
             }
             Err(e) => {
-                tracing::error!(%run_id, attempts, error = %e, "giving up on delivering the final status");
-                ReportState::Undelivered {
-                    reason: e.to_string(),
-                }
+                tracing::error!(%run_id, attempts, error = %e, "Port refused the final status");
+                ctx.settle(
+                    &run_id,
+                    ReportState::Undelivered {
+                        reason: e.to_string(),
+                    },
+                );
+                return;
             }
-        };
-        registry.update(&run_id, |r| r.report = state);
-        return;
+        }
     }
 }
 
 async fn pump(
     run_id: RunId,
     client: Arc<PortClient>,
+    journal: Option<Arc<Journal>>,
     mut rx: mpsc::Receiver<LogCmd>,
     limits: LogBatching,
 ) {
@@ -367,7 +441,7 @@ async fn pump(
             Some(at) => tokio::select! {
                 cmd = rx.recv() => cmd,
                 _ = tokio::time::sleep_until(at) => {
-                    batch.flush(&run_id, &client).await;
+                    batch.flush(&run_id, &client, journal.as_deref()).await;
                     deadline = None;
                     continue;
                 }
@@ -378,19 +452,19 @@ async fn pump(
             Some(LogCmd::Line(line)) => {
                 batch.push(line);
                 if batch.lines >= limits.max_lines || batch.bytes >= limits.max_bytes {
-                    batch.flush(&run_id, &client).await;
+                    batch.flush(&run_id, &client, journal.as_deref()).await;
                     deadline = None;
                 } else if deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + limits.flush_interval);
                 }
             }
             Some(LogCmd::Close(ack)) => {
-                batch.flush(&run_id, &client).await;
+                batch.flush(&run_id, &client, journal.as_deref()).await;
                 let _ = ack.send(());
                 return;
             }
             None => {
-                batch.flush(&run_id, &client).await;
+                batch.flush(&run_id, &client, journal.as_deref()).await;
                 return;
             }
         }
@@ -427,10 +501,22 @@ impl Batch {
         }
     }
 
-    async fn flush(&mut self, run_id: &RunId, client: &PortClient) {
+    async fn flush(&mut self, run_id: &RunId, client: &PortClient, journal: Option<&Journal>) {
         for message in self.messages.drain(..) {
-            if let Err(e) = client.add_run_log(run_id.as_str(), &message).await {
-                tracing::warn!(%run_id, error = %e, "dropped a batch of log lines Port would not take");
+            // Kept until Port has it, so a crash mid-send re-sends it at the next start.
+            let pending = journal.and_then(|j| j.log_pending(run_id, &message).ok());
+            match client.add_run_log(run_id.as_str(), &message).await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(%run_id, error = %e, "a batch of log lines is not delivered yet; it stays in the journal");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%run_id, error = %e, "dropped a batch of log lines Port would not take")
+                }
+                Ok(()) => {}
+            }
+            if let (Some(journal), Some(id)) = (journal, pending) {
+                let _ = journal.log_done(id);
             }
         }
         self.lines = 0;

@@ -19,9 +19,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::catalog::RunCatalog;
+use super::journal::Journal;
 use super::mask::Masker;
 use super::registry::{Admission, RunRegistry, RunState};
-use super::reporter::{FinalReportRetry, LogBatching, RunReporter, Sink, Verdict};
+use super::reporter::{
+    deliver_final, FinalDelivery, FinalReportRetry, LogBatching, RunReporter, Sink, Verdict,
+};
 use crate::domain::RunId;
 use crate::handlers::{HandlerError, HandlerRegistry, RunContext};
 use crate::invocation::Invocation;
@@ -55,7 +58,7 @@ impl Default for RunnerConfig {
 }
 
 /// Why a run was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     #[error("this run id was already accepted")]
     Duplicate,
@@ -63,10 +66,13 @@ pub enum SubmitError {
     QueueFull,
     #[error("the runner is shutting down")]
     ShuttingDown,
+    #[error("the run could not be recorded durably, so it was not accepted: {0}")]
+    Journal(String),
 }
 
 pub struct Runner {
     rt: Handle,
+    journal: Option<Arc<Journal>>,
     registry: Arc<RunRegistry>,
     handlers: HandlerRegistry,
     sink: Sink,
@@ -84,8 +90,10 @@ pub struct Runner {
 }
 
 impl Runner {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         rt: Handle,
+        journal: Option<Arc<Journal>>,
         registry: Arc<RunRegistry>,
         handlers: HandlerRegistry,
         sink: Sink,
@@ -95,6 +103,7 @@ impl Runner {
     ) -> Arc<Self> {
         Arc::new(Self {
             rt,
+            journal,
             registry,
             handlers,
             sink,
@@ -126,9 +135,23 @@ impl Runner {
         if self.pending.load(Ordering::Acquire) >= capacity {
             return Err(SubmitError::QueueFull);
         }
+        // The journal decides (it remembers across restarts); the registry follows.
+        if let Some(journal) = &self.journal {
+            match journal.accept(&invocation) {
+                Ok(true) => {}
+                Ok(false) => return Err(SubmitError::Duplicate),
+                Err(e) => return Err(SubmitError::Journal(e.to_string())),
+            }
+        }
         if self.registry.admit(&invocation) == Admission::Duplicate {
             return Err(SubmitError::Duplicate);
         }
+        self.schedule(invocation);
+        Ok(())
+    }
+
+    /// Spawns an admitted run; it waits for a slot, runs, and reports.
+    fn schedule(self: &Arc<Self>, invocation: Invocation) {
         let ahead = self.pending.fetch_add(1, Ordering::AcqRel);
         self.metrics.queue_depth().inc();
         let span =
@@ -147,7 +170,136 @@ impl Runner {
             drop(pending);
         };
         self.tracker.spawn_on(supervised.instrument(span), &self.rt);
-        Ok(())
+    }
+
+    /// Takes over from a previous process: re-sends what Port never acknowledged, fails (or
+    /// re-runs, when resumable) runs that were executing, starts runs that were queued.
+    pub async fn recover(self: &Arc<Self>, retain: Duration) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        match journal.prune(retain) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "pruned finished runs from the journal"),
+            Err(e) => tracing::error!(error = %e, "could not prune the journal"),
+        }
+        let recovery = match journal.recovery() {
+            Ok(recovery) => recovery,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal: nothing recovered");
+                return;
+            }
+        };
+        for row in &recovery.unreadable {
+            tracing::error!(row = %row, "journal row could not be read back; skipped");
+        }
+        let total = recovery.queued.len() + recovery.interrupted.len() + recovery.unreported.len();
+        if total > 0 || !recovery.pending_logs.is_empty() {
+            tracing::info!(
+                queued = recovery.queued.len(),
+                interrupted = recovery.interrupted.len(),
+                unreported = recovery.unreported.len(),
+                log_batches = recovery.pending_logs.len(),
+                "recovering runs from the journal"
+            );
+        }
+        // Log lines first: Port takes none for a run after its final status. A batch may have
+        // reached Port just before the crash: skip those Port already has (no idempotency key
+        // in Port's log API, so its copy is asked for).
+        if let Sink::Port(client) = &self.sink {
+            let mut known: std::collections::HashMap<RunId, Vec<String>> = Default::default();
+            for (id, run_id, message) in &recovery.pending_logs {
+                if !known.contains_key(run_id) {
+                    let messages = client
+                        .run_log_messages(run_id.as_str())
+                        .await
+                        .unwrap_or_default();
+                    known.insert(run_id.clone(), messages);
+                }
+                if known[run_id].iter().any(|m| m == message) {
+                    let _ = journal.log_done(*id);
+                    continue;
+                }
+                match client.add_run_log(run_id.as_str(), message).await {
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(%run_id, error = %e, "journalled log lines still not delivered")
+                    }
+                    _ => {
+                        let _ = journal.log_done(*id);
+                    }
+                }
+            }
+        }
+        for fin in recovery.unreported {
+            match &self.sink {
+                Sink::Port(client) => {
+                    let patch = RunPatch {
+                        status: Some(fin.status),
+                        summary: Some(fin.summary),
+                        link: fin.link,
+                        status_label: None,
+                    };
+                    deliver_final(self.delivery(client.clone()), fin.run_id, patch).await;
+                }
+                Sink::Local => {
+                    let _ = journal.reported(&fin.run_id);
+                }
+            }
+        }
+        for invocation in recovery.interrupted {
+            let resumable = self
+                .handlers
+                .resolve(&invocation)
+                .map(|h| h.resumable())
+                .unwrap_or(false);
+            self.registry.admit(&invocation);
+            if resumable {
+                tracing::info!(run_id = %invocation.run_id, "re-running an interrupted run (its handler is resumable)");
+                let _ = journal.requeue(&invocation.run_id);
+                self.schedule(invocation);
+            } else {
+                let reporter = self.reporter(&invocation);
+                reporter
+                    .finish(
+                        Verdict::failure("interrupted: runner restarted during the run"),
+                        &self.metrics,
+                        invocation.action.as_str(),
+                    )
+                    .await;
+                self.registry.retire(&invocation.run_id);
+            }
+        }
+        for invocation in recovery.queued {
+            self.registry.admit(&invocation);
+            self.schedule(invocation);
+        }
+    }
+
+    fn delivery(&self, client: Arc<crate::port::PortClient>) -> FinalDelivery {
+        FinalDelivery {
+            client,
+            registry: self.registry.clone(),
+            journal: self.journal.clone(),
+            retry: self.config.final_report_retry.clone(),
+            tracker: self.tracker.clone(),
+            stop: self.stopping.clone(),
+        }
+    }
+
+    fn reporter(&self, invocation: &Invocation) -> RunReporter {
+        let masker = self.masker.fork();
+        masker.add_all(invocation.secret_values());
+        RunReporter::new(
+            invocation.run_id.clone(),
+            self.sink.clone(),
+            self.journal.clone(),
+            self.registry.clone(),
+            masker,
+            self.config.log_batching.clone(),
+            self.config.final_report_retry.clone(),
+            self.tracker.clone(),
+            self.stopping.clone(),
+        )
     }
 
     async fn report_internal_error(&self, run_id: &RunId, message: &str) {
@@ -172,18 +324,7 @@ impl Runner {
     async fn execute(self: Arc<Self>, invocation: Invocation, ahead: usize) {
         let run_id = invocation.run_id.clone();
         let action = invocation.action.to_string();
-        let masker = self.masker.fork();
-        masker.add_all(invocation.secret_values());
-        let reporter = RunReporter::new(
-            run_id.clone(),
-            self.sink.clone(),
-            self.registry.clone(),
-            masker,
-            self.config.log_batching.clone(),
-            self.config.final_report_retry.clone(),
-            self.tracker.clone(),
-            self.stopping.clone(),
-        );
+        let reporter = self.reporter(&invocation);
         tracing::info!(operation = %invocation.operation, "run accepted");
 
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -225,6 +366,11 @@ impl Runner {
                     r.state = RunState::InProgress;
                     r.started_at = Some(OffsetDateTime::now_utc());
                 });
+                if let Some(journal) = &self.journal {
+                    if let Err(e) = journal.started(&run_id) {
+                        tracing::error!(error = %e, "could not journal the start of the run");
+                    }
+                }
                 (self.run_handler(invocation, &reporter).await, Some(permit))
             }
         };

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
 use crate::helpers::{legacy, unique_run_id};
 
-const BIN: &str = env!("CARGO_BIN_EXE_port-runner");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_port-runner");
 
 #[test]
 fn verify_cli() {
@@ -20,14 +20,14 @@ fn verify_cli() {
 }
 
 /// A `port-runner serve` child on port 0; its JSON log is read to learn the address.
-struct Served {
-    child: Child,
-    addr: String,
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     log: mpsc::Receiver<String>,
 }
 
 impl Served {
-    fn start(envs: &[(&str, &str)], args: &[&str]) -> Self {
+    pub(crate) fn start(envs: &[(&str, &str)], args: &[&str]) -> Self {
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -70,7 +70,7 @@ impl Served {
         }
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);

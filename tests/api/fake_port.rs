@@ -112,6 +112,11 @@ impl FakePort {
         });
     }
 
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
     /// Invalidates every issued token: the next API call gets a 401.
     pub fn revoke_tokens(&self) {
         self.state.lock().unwrap().valid_tokens.clear();
@@ -320,6 +325,30 @@ async fn handle(
                 st.finals.insert(run_id.clone(), body.clone());
             }
             HttpResponse::Ok().json(json!({"ok": true, "run": {"id": run_id}}))
+        }
+        ("GET", ["v1", "actions", "runs", run_id, "logs"]) => {
+            let limit: usize =
+                web::Query::<HashMap<String, String>>::from_query(req.query_string())
+                    .ok()
+                    .and_then(|q| q.get("limit").and_then(|l| l.parse().ok()))
+                    .unwrap_or(50);
+            let offset: usize =
+                web::Query::<HashMap<String, String>>::from_query(req.query_string())
+                    .ok()
+                    .and_then(|q| q.get("offset").and_then(|l| l.parse().ok()))
+                    .unwrap_or(0);
+            let logs: Vec<Value> = st
+                .requests
+                .iter()
+                .filter(|r| {
+                    r.method == "POST" && r.path == format!("/v1/actions/runs/{run_id}/logs")
+                })
+                .filter(|r| r.body["message"].is_string())
+                .skip(offset)
+                .take(limit)
+                .map(|r| json!({"runId": run_id, "message": r.body["message"]}))
+                .collect();
+            HttpResponse::Ok().json(json!({"ok": true, "runLogs": logs}))
         }
         ("POST", ["v1", "actions", "runs", run_id, "logs"]) => {
             if st.finals.contains_key(*run_id) {

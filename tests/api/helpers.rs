@@ -97,6 +97,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     settings.admin_token = options.admin_token.clone();
     let data_dir = tempfile::tempdir().unwrap();
     settings.data_dir = data_dir.path().to_path_buf();
+    // Every test runs with the journal, as `serve` does by default.
+    settings.journal = Some(data_dir.path().join("journal.sqlite3"));
     let bitbucket = if options.gitops {
         let fake = FakeBitbucket::start().await;
         settings.gitops = Some(GitOpsSettings {

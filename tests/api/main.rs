@@ -7,6 +7,7 @@ mod fake_bitbucket;
 mod fake_port;
 mod gitops;
 mod helpers;
+mod journal;
 mod port_client;
 mod runs;
 mod ship;

@@ -1,0 +1,158 @@
+//! The run journal across SIGKILL: restart recovery with the real binary and the fake Port.
+
+use std::time::Duration;
+
+use port_runner::webhook::signature::{sign, timestamp_now};
+use serde_json::{json, Value};
+
+use crate::cli::Served;
+use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use crate::helpers::{legacy, unique_run_id};
+
+fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
+    Served::start(
+        &[
+            ("PORT_CLIENT_ID", CLIENT_ID),
+            ("PORT_CLIENT_SECRET", CLIENT_SECRET),
+            ("PORT_API_URL", &fake.api_url),
+        ],
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--max-concurrent-runs",
+            "1",
+        ],
+    )
+}
+
+async fn post(served: &Served, body: &Value) -> reqwest::StatusCode {
+    let raw = serde_json::to_vec(body).unwrap();
+    let ts = timestamp_now();
+    reqwest::Client::new()
+        .post(format!("http://{}/webhook", served.addr))
+        .header("x-port-timestamp", &ts)
+        .header("x-port-signature", sign(CLIENT_SECRET, &ts, &raw))
+        .body(raw)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn kill9(served: &mut Served) {
+    served.child.kill().unwrap(); // SIGKILL: no shutdown, no drain, no report
+    served.child.wait().unwrap();
+}
+
+fn assert_no_duplicate_lines(fake: &FakePort, run_id: &str) {
+    let lines = fake.log_lines(run_id);
+    let mut seen = std::collections::HashSet::new();
+    for line in &lines {
+        assert!(
+            seen.insert(line),
+            "duplicate log line {line:?} in {lines:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_in_flight_and_queued_survive_a_sigkill_and_end_exactly_once() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut served = serve(&fake, data.path());
+    let (running, queued) = (unique_run_id(), unique_run_id());
+    let running_body = legacy(
+        &running,
+        "echo",
+        "CREATE",
+        json!({"sleep_secs": 300, "tag": "r"}),
+    );
+    assert_eq!(post(&served, &running_body).await, 202);
+    assert_eq!(
+        post(
+            &served,
+            &legacy(&queued, "echo", "CREATE", json!({"tag": "q"}))
+        )
+        .await,
+        202
+    );
+    until("the first run to be executing", || {
+        fake.log_lines(&running)
+            .iter()
+            .any(|l| l.starts_with("sleeping"))
+    })
+    .await;
+    let kill_fake = &mut served;
+    tokio::task::block_in_place(|| kill9(kill_fake));
+    assert!(fake.final_patch(&running).is_none() && fake.final_patch(&queued).is_none());
+
+    let served = serve(&fake, data.path());
+    until("both runs to end", || {
+        fake.final_patch(&running).is_some() && fake.final_patch(&queued).is_some()
+    })
+    .await;
+    let interrupted = fake.final_patch(&running).unwrap();
+    assert_eq!(interrupted["status"], "FAILURE");
+    assert_eq!(
+        interrupted["summary"],
+        "interrupted: runner restarted during the run"
+    );
+    assert_eq!(fake.final_patch(&queued).unwrap()["status"], "SUCCESS");
+    for run in [&running, &queued] {
+        assert_eq!(fake.terminal_patches(run), 1, "{run}");
+        assert_no_duplicate_lines(&fake, run);
+    }
+    // The same delivery after the restart is a duplicate: it does not run again.
+    assert_eq!(post(&served, &running_body).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.terminal_patches(&running), 1);
+    drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_status_port_never_acknowledged_is_sent_after_a_restart() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut served = serve(&fake, data.path());
+    let run_id = unique_run_id();
+    // Port refuses the final status (503) for as long as this process lives.
+    fake.fail("PATCH", &format!("/actions/runs/{run_id}"), 503, 1_000_000);
+    assert_eq!(
+        post(&served, &legacy(&run_id, "echo", "CREATE", json!({}))).await,
+        202
+    );
+    until("the final status to be attempted", || {
+        fake.terminal_patches(&run_id) >= 2
+    })
+    .await;
+    let kill_fake = &mut served;
+    tokio::task::block_in_place(|| kill9(kill_fake));
+    assert!(fake.final_patch(&run_id).is_none());
+
+    fake.clear_faults();
+    let served = serve(&fake, data.path());
+    until("the final status to land", || {
+        fake.final_patch(&run_id).is_some()
+    })
+    .await;
+    assert_eq!(fake.final_patch(&run_id).unwrap()["status"], "SUCCESS");
+    // A second restart has nothing left to send.
+    drop(served);
+    let before = fake.terminal_patches(&run_id);
+    let served = serve(&fake, data.path());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.terminal_patches(&run_id), before);
+    assert_no_duplicate_lines(&fake, &run_id);
+    drop(served);
+}

@@ -105,10 +105,14 @@ async fn wait_healthy(http: &reqwest::Client, server: &Server, path: &str) {
     panic!("{} did not start", server.name);
 }
 
-fn start_port_runner(data_dir: &std::path::Path) -> Server {
+fn start_port_runner(data_dir: &std::path::Path, journal: bool) -> Server {
     let addr = free_addr();
-    let child = Command::new(env!("CARGO_BIN_EXE_port-runner"))
-        .args(["serve", "--listen", &addr, "--http-workers", WORKERS])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_port-runner"));
+    command.args(["serve", "--listen", &addr, "--http-workers", WORKERS]);
+    if !journal {
+        command.arg("--no-journal");
+    }
+    let child = command
         .args(["--max-queued-runs", "10000000"])
         .arg("--data-dir")
         .arg(data_dir)
@@ -123,7 +127,11 @@ fn start_port_runner(data_dir: &std::path::Path) -> Server {
         .spawn()
         .expect("start port-runner");
     Server {
-        name: "port-runner",
+        name: if journal {
+            "port-runner (journal)"
+        } else {
+            "port-runner (in memory)"
+        },
         child,
         base: format!("http://{addr}"),
     }
@@ -244,21 +252,31 @@ async fn run(requests: usize, concurrency: usize) {
         .unwrap();
 
     let trivial = start_trivial();
-    let ours = start_port_runner(&data);
+    let memory = start_port_runner(&data.join("memory"), false);
+    let ours = start_port_runner(&data.join("journal"), true);
     wait_healthy(&http, &trivial, "/").await;
+    wait_healthy(&http, &memory, "/healthz").await;
     wait_healthy(&http, &ours, "/healthz").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_kib(ours.child.id());
 
-    // Warm both up, then measure the baseline and ours back to back, twice, interleaved.
-    fire(&http, &trivial.base, bodies(1000, "warm_t"), concurrency).await;
-    fire(&http, &ours.base, bodies(1000, "warm_o"), concurrency).await;
-    let mut results = Vec::new();
+    // Warm all up, then measure them back to back, twice, interleaved.
+    for (server, tag) in [(&trivial, "warm_t"), (&memory, "warm_m"), (&ours, "warm_o")] {
+        fire(&http, &server.base, bodies(1000, tag), concurrency).await;
+    }
+    let mut results: Vec<[Load; 3]> = Vec::new();
     for round in 0..2 {
         let t = fire(
             &http,
             &trivial.base,
             bodies(requests, &format!("t{round}")),
+            concurrency,
+        )
+        .await;
+        let m = fire(
+            &http,
+            &memory.base,
+            bodies(requests, &format!("m{round}")),
             concurrency,
         )
         .await;
@@ -269,53 +287,53 @@ async fn run(requests: usize, concurrency: usize) {
             concurrency,
         )
         .await;
-        results.push((t, o));
+        results.push([t, m, o]);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded_rss = rss_kib(ours.child.id());
     let trivial_rss = rss_kib(trivial.child.id());
 
     // Best round of each (the machine is shared; the best is the least disturbed).
-    let best = |pick: fn(&(Load, Load)) -> &Load| {
+    let best = |i: usize| {
         results
             .iter()
-            .map(pick)
+            .map(|r| &r[i])
             .max_by(|a, b| a.rps.total_cmp(&b.rps))
             .unwrap()
     };
-    let t = best(|r| &r.0);
-    let o = best(|r| &r.1);
+    let (t, m, o) = (best(0), best(1), best(2));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("\nwebhook acceptance: {requests} signed echo invocations, {concurrency} connections, {WORKERS} HTTP workers each, loopback\n");
-    println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx | req/s vs ceiling |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, l) in [
+        ("trivial actix handler (ceiling)", t),
+        ("port-runner serve, in memory (--no-journal)", m),
+        ("port-runner serve, SQLite journal (default)", o),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} % |",
+            l.rps,
+            ms(l.p50),
+            ms(l.p99),
+            l.non_2xx,
+            100.0 * l.rps / t.rps
+        );
+    }
     println!(
-        "| trivial actix handler (ceiling) | {:.0} | {:.2} | {:.2} | {} |",
-        t.rps,
-        ms(t.p50),
-        ms(t.p99),
-        t.non_2xx
+        "\njournal cost on acceptance: {:.2}x (in-memory req/s / journal req/s); p50 {:.2}x, p99 {:.2}x",
+        m.rps / o.rps,
+        ms(o.p50) / ms(m.p50),
+        ms(o.p99) / ms(m.p99)
     );
     println!(
-        "| port-runner serve (local mode) | {:.0} | {:.2} | {:.2} | {} |",
-        o.rps,
-        ms(o.p50),
-        ms(o.p99),
-        o.non_2xx
-    );
-    println!(
-        "| **ratio port-runner / ceiling** | **{:.0} %** | {:.2}x | {:.2}x | |",
-        100.0 * o.rps / t.rps,
-        ms(o.p50) / ms(t.p50),
-        ms(o.p99) / ms(t.p99)
-    );
-    println!(
-        "\nRSS: port-runner idle {:.1} MiB, after {} runs {:.1} MiB (trivial actix: {:.1} MiB)",
+        "RSS: port-runner (journal) idle {:.1} MiB, after {} runs {:.1} MiB (trivial actix: {:.1} MiB)",
         idle_rss as f64 / 1024.0,
         2 * requests + 1000,
         loaded_rss as f64 / 1024.0,
         trivial_rss as f64 / 1024.0
     );
+    drop(memory);
     drop(ours);
     drop(trivial);
     let _ = std::fs::remove_dir_all(&data);

@@ -172,7 +172,7 @@ impl Application {
                 hourly.tick().await;
                 loop {
                     hourly.tick().await;
-                    if let Err(e) = journal.prune(retain) {
+                    if let Err(e) = journal.prune(retain).await {
                         tracing::error!(error = %e, "could not prune the journal");
                     }
                 }

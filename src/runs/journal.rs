@@ -7,15 +7,17 @@
 //! reports Port never acknowledged are sent again. SQLite in WAL mode with `synchronous=NORMAL`:
 //! a commit survives the process dying; only a power loss can take the last few.
 //!
-//! Calls are short and synchronous (no fsync per commit in WAL/NORMAL), so they are made
-//! directly from async code; one connection behind a mutex serializes them.
+//! One writer thread owns the connection and commits everything queued in one transaction
+//! (group commit): acceptance waits for its commit, later transitions are queued in order.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::domain::RunId;
 use crate::invocation::Invocation;
@@ -23,9 +25,8 @@ use crate::port::RunStatus;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE runs (
-    run_id        TEXT PRIMARY KEY,
+    run_id        TEXT PRIMARY KEY NOT NULL,
     action        TEXT NOT NULL,
-    invocation    TEXT NOT NULL,
     state         TEXT NOT NULL CHECK (state IN ('queued', 'running', 'finished')),
     accepted_at   INTEGER NOT NULL,
     started_at    INTEGER,
@@ -34,8 +35,12 @@ CREATE TABLE runs (
     final_summary TEXT,
     final_link    TEXT,
     reported      INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX runs_open ON runs (state, reported);
+) WITHOUT ROWID;
+-- Kept apart so that the state updates rewrite small rows.
+CREATE TABLE invocations (
+    run_id     TEXT PRIMARY KEY NOT NULL,
+    invocation TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE pending_logs (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id  TEXT NOT NULL,
@@ -77,9 +82,54 @@ pub struct Recovery {
     pub unreadable: Vec<String>,
 }
 
+/// One write, queued for the writer thread.
+enum Op {
+    Accept {
+        run_id: String,
+        action: String,
+        invocation: String,
+        reply: oneshot::Sender<rusqlite::Result<bool>>,
+    },
+    Started(String, Committed),
+    Requeue(String),
+    Finished {
+        run_id: String,
+        status: &'static str,
+        summary: String,
+        link: Option<String>,
+        /// Nothing to send (local mode): recorded as reported at once.
+        reported: bool,
+        committed: Committed,
+    },
+    Reported(String),
+    LogPending {
+        id: i64,
+        run_id: String,
+        message: String,
+        committed: Committed,
+    },
+    LogDone(i64),
+    /// Runs `f` on the connection after everything queued before it (reads, pruning).
+    Call(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// Told once the write is committed (or failed).
+type Committed = oneshot::Sender<bool>;
+
+/// The journal: a writer thread that commits whatever is waiting in one transaction
+/// (group commit), so many concurrent runs cost few commits.
 pub struct Journal {
-    conn: Mutex<Connection>,
+    tx: std::sync::mpsc::Sender<Op>,
+    next_log_id: AtomicI64,
     path: String,
+    /// Stops the checkpoint thread when the journal goes away.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 fn now_ms() -> i64 {
@@ -89,8 +139,11 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Largest number of queued writes committed in one transaction.
+const GROUP_MAX: usize = 1024;
+
 impl Journal {
-    /// Opens (creating and migrating) the journal at `path`.
+    /// Opens (creating and migrating) the journal at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         let shown = path.display().to_string();
         let err = |source| JournalError::Sqlite {
@@ -107,6 +160,11 @@ impl Journal {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
+        // Checkpoints are where WAL mode fsyncs. The writer never runs one (commits would
+        // stall behind the fsync); a background thread does, once a second, passively.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(err)?;
+        conn.pragma_update(None, "cache_size", -8192).map_err(err)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
@@ -116,193 +174,191 @@ impl Journal {
             ))
             .map_err(err)?;
         }
+        let last_log: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM pending_logs", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
+        let checkpoints = Connection::open(path).map_err(err)?;
+        checkpoints
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_checkpoints = stop.clone();
+        let checkpoint_path = shown.clone();
+        std::thread::Builder::new()
+            .name("run-journal-checkpoint".into())
+            .spawn(move || {
+                while !stop_checkpoints.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if let Err(e) = checkpoints
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(journal = %checkpoint_path, error = %e, "journal checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| JournalError::Sqlite {
+                path: shown.clone(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_path = shown.clone();
+        std::thread::Builder::new()
+            .name("run-journal".into())
+            .spawn(move || writer(conn, rx, thread_path))
+            .map_err(|e| JournalError::Sqlite {
+                path: shown.clone(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            tx,
+            next_log_id: AtomicI64::new(last_log + 1),
             path: shown,
+            stop,
         })
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, JournalError> {
-        let conn = self.conn.lock().expect("journal lock");
-        f(&conn).map_err(|source| JournalError::Sqlite {
+    fn gone(&self) -> JournalError {
+        JournalError::Sqlite {
             path: self.path.clone(),
-            source,
-        })
+            source: rusqlite::Error::InvalidQuery,
+        }
     }
 
-    /// Records a new run; `false` if this run id was accepted before (also before a restart).
-    pub fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
-        let stored = serde_json::to_string(invocation).expect("invocations serialize");
-        self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO runs (run_id, action, invocation, state, accepted_at)
-                 VALUES (?1, ?2, ?3, 'queued', ?4)",
-                params![
-                    invocation.run_id.as_str(),
-                    invocation.action.as_str(),
-                    stored,
-                    now_ms()
-                ],
-            )
-        })
-        .map(|inserted| inserted == 1)
+    fn send(&self, op: Op) -> Result<(), JournalError> {
+        self.tx.send(op).map_err(|_| self.gone())
     }
 
-    pub fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET state = 'running', started_at = ?2 WHERE run_id = ?1",
-                params![run_id.as_str(), now_ms()],
-            )
-        })
-        .map(|_| ())
+    /// Runs `f` on the connection once everything queued before has been written.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Call(Box::new(move |c| {
+            let _ = reply.send(f(c));
+        })))?;
+        answer
+            .await
+            .map_err(|_| self.gone())?
+            .map_err(|source| JournalError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Records a new run and waits until it is committed; `false` if this run id was
+    /// accepted before (also before a restart).
+    pub async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Accept {
+            run_id: invocation.run_id.to_string(),
+            action: invocation.action.to_string(),
+            invocation: serde_json::to_string(invocation).expect("invocations serialize"),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| self.gone())?
+            .map_err(|source| JournalError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    async fn committed(&self, answer: oneshot::Receiver<bool>) -> Result<(), JournalError> {
+        match answer.await {
+            Ok(true) => Ok(()),
+            _ => Err(self.gone()),
+        }
+    }
+
+    /// Records that the run started, and waits for the commit: a run must never look
+    /// merely queued after a crash once its handler may have had effects.
+    pub async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
+        let (committed, answer) = oneshot::channel();
+        self.send(Op::Started(run_id.to_string(), committed))?;
+        self.committed(answer).await
     }
 
     /// Puts a run back in the queue (a resumable run interrupted by a restart).
     pub fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET state = 'queued', started_at = NULL WHERE run_id = ?1",
-                params![run_id.as_str()],
-            )
-        })
-        .map(|_| ())
+        self.send(Op::Requeue(run_id.to_string()))
     }
 
-    /// Records the verdict before it is sent, so a crash re-sends it.
-    pub fn finished(
+    /// Records the verdict and waits for the commit before it is sent, so a crash re-sends
+    /// this verdict rather than deciding another.
+    pub async fn finished(
         &self,
         run_id: &RunId,
         status: RunStatus,
         summary: &str,
         link: Option<&str>,
+        reported: bool,
     ) -> Result<(), JournalError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET state = 'finished', finished_at = ?2, final_status = ?3,
-                        final_summary = ?4, final_link = ?5
-                 WHERE run_id = ?1",
-                params![run_id.as_str(), now_ms(), status.as_str(), summary, link],
-            )
-        })
-        .map(|_| ())
+        let (committed, answer) = oneshot::channel();
+        self.send(Op::Finished {
+            run_id: run_id.to_string(),
+            status: status.as_str(),
+            summary: summary.to_owned(),
+            link: link.map(str::to_owned),
+            reported,
+            committed,
+        })?;
+        self.committed(answer).await
     }
 
     /// Port acknowledged the final report (or will never take it): nothing left to send.
+    /// Queued, not awaited: if it is lost, the report is sent again and Port refuses it.
     pub fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET reported = 1 WHERE run_id = ?1",
-                params![run_id.as_str()],
-            )?;
-            c.execute(
-                "DELETE FROM pending_logs WHERE run_id = ?1",
-                params![run_id.as_str()],
-            )
-        })
-        .map(|_| ())
+        self.send(Op::Reported(run_id.to_string()))
     }
 
-    /// Keeps a log batch until Port acknowledges it; returns its id.
-    pub fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO pending_logs (run_id, message) VALUES (?1, ?2)",
-                params![run_id.as_str(), message],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
+    /// Keeps a log batch until Port acknowledges it (committed before it is sent); returns its id.
+    pub async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
+        let id = self.next_log_id.fetch_add(1, Ordering::Relaxed);
+        let (committed, answer) = oneshot::channel();
+        self.send(Op::LogPending {
+            id,
+            run_id: run_id.to_string(),
+            message: message.to_owned(),
+            committed,
+        })?;
+        self.committed(answer).await?;
+        Ok(id)
     }
 
     pub fn log_done(&self, id: i64) -> Result<(), JournalError> {
-        self.with(|c| c.execute("DELETE FROM pending_logs WHERE id = ?1", params![id]))
-            .map(|_| ())
+        self.send(Op::LogDone(id))
     }
 
     /// Everything a restart has to take care of.
-    pub fn recovery(&self) -> Result<Recovery, JournalError> {
-        let mut recovery = Recovery::default();
-        let rows: Vec<(String, String, String, String)> = self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT run_id, state, invocation, action FROM runs
-                 WHERE state IN ('queued', 'running') ORDER BY accepted_at, run_id",
-            )?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
-        for (run_id, state, stored, _action) in rows {
-            let parsed = serde_json::from_str::<Value>(&stored)
-                .map_err(|e| e.to_string())
-                .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(inv) if state == "queued" => recovery.queued.push(inv),
-                Ok(inv) => recovery.interrupted.push(inv),
-                Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
-            }
-        }
-        let finals: Vec<(String, String, String, String, Option<String>)> = self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT run_id, action, final_status, final_summary, final_link FROM runs
-                 WHERE state = 'finished' AND reported = 0 ORDER BY finished_at",
-            )?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
-        for (run_id, action, status, summary, link) in finals {
-            let Ok(run_id) = RunId::parse("run_id", &run_id) else {
-                recovery.unreadable.push(run_id);
-                continue;
-            };
-            recovery.unreported.push(UnreportedFinal {
-                run_id,
-                action,
-                status: if status == "SUCCESS" {
-                    RunStatus::Success
-                } else {
-                    RunStatus::Failure
-                },
-                summary,
-                link,
-            });
-        }
-        let logs: Vec<(i64, String, String)> = self.with(|c| {
-            let mut stmt = c.prepare("SELECT id, run_id, message FROM pending_logs ORDER BY id")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
-        for (id, run_id, message) in logs {
-            if let Ok(run_id) = RunId::parse("run_id", &run_id) {
-                recovery.pending_logs.push((id, run_id, message));
-            }
-        }
-        Ok(recovery)
+    pub async fn recovery(&self) -> Result<Recovery, JournalError> {
+        self.call(read_recovery).await
     }
 
     /// Deletes finished, reported runs older than `retain`; returns how many.
-    pub fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
+    pub async fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
         let cutoff = now_ms() - retain.as_millis() as i64;
-        self.with(|c| {
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM invocations WHERE run_id IN (SELECT run_id FROM runs
+                   WHERE state = 'finished' AND reported = 1 AND finished_at <= ?1)",
+                params![cutoff],
+            )?;
             c.execute(
                 "DELETE FROM runs WHERE state = 'finished' AND reported = 1 AND finished_at <= ?1",
                 params![cutoff],
             )
         })
+        .await
     }
 
-    /// The state of one run (`queued`, `running`, `finished`), for tests and diagnostics.
-    pub fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
-        self.with(|c| {
+    /// The state of one run (`queued`, `running`, `finished`) and whether it was reported.
+    pub async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
+        let run_id = run_id.to_owned();
+        self.call(move |c| {
             c.query_row(
                 "SELECT state, reported FROM runs WHERE run_id = ?1",
                 params![run_id],
@@ -310,7 +366,202 @@ impl Journal {
             )
             .optional()
         })
+        .await
     }
+}
+
+/// The writer thread: takes what is queued, commits it as one transaction, answers.
+fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, path: String) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let mut acks: Vec<Committed> = Vec::new();
+        let mut calls = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for op in group {
+                match op {
+                    Op::Accept {
+                        run_id,
+                        action,
+                        invocation,
+                        reply,
+                    } => {
+                        let inserted = tx
+                            .prepare_cached(
+                                "INSERT OR IGNORE INTO runs (run_id, action, state, accepted_at)
+                                 VALUES (?1, ?2, 'queued', ?3)",
+                            )?
+                            .execute(params![run_id, action, now_ms()])?;
+                        if inserted == 1 {
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO invocations (run_id, invocation) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![run_id, invocation])?;
+                        }
+                        replies.push((reply, inserted == 1));
+                    }
+                    Op::Started(run_id, committed) => {
+                        tx.prepare_cached(
+                            "UPDATE runs SET state = 'running', started_at = ?2 WHERE run_id = ?1",
+                        )?
+                        .execute(params![run_id, now_ms()])?;
+                        acks.push(committed);
+                    }
+                    Op::Requeue(run_id) => {
+                        tx.prepare_cached(
+                            "UPDATE runs SET state = 'queued', started_at = NULL WHERE run_id = ?1",
+                        )?
+                        .execute(params![run_id])?;
+                    }
+                    Op::Finished {
+                        run_id,
+                        status,
+                        summary,
+                        link,
+                        reported,
+                        committed,
+                    } => {
+                        acks.push(committed);
+                        tx.prepare_cached(
+                            "UPDATE runs SET state = 'finished', finished_at = ?2, final_status = ?3,
+                                    final_summary = ?4, final_link = ?5, reported = ?6
+                             WHERE run_id = ?1",
+                        )?
+                        .execute(params![run_id, now_ms(), status, summary, link, reported as i64])?;
+                    }
+                    Op::Reported(run_id) => {
+                        tx.prepare_cached("UPDATE runs SET reported = 1 WHERE run_id = ?1")?
+                            .execute(params![run_id])?;
+                        tx.prepare_cached("DELETE FROM pending_logs WHERE run_id = ?1")?
+                            .execute(params![run_id])?;
+                    }
+                    Op::LogPending {
+                        id,
+                        run_id,
+                        message,
+                        committed,
+                    } => {
+                        acks.push(committed);
+                        tx.prepare_cached(
+                            "INSERT INTO pending_logs (id, run_id, message) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![id, run_id, message])?;
+                    }
+                    Op::LogDone(id) => {
+                        tx.prepare_cached("DELETE FROM pending_logs WHERE id = ?1")?
+                            .execute(params![id])?;
+                    }
+                    Op::Call(f) => calls.push(f),
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                for (reply, inserted) in replies {
+                    let _ = reply.send(Ok(inserted));
+                }
+                for ack in acks {
+                    let _ = ack.send(true);
+                }
+            }
+            Err(e) => {
+                tracing::error!(journal = %path, error = %e, "journal write failed");
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(rusqlite::Error::InvalidQuery));
+                }
+                for ack in acks {
+                    let _ = ack.send(false);
+                }
+            }
+        }
+        // Reads run after the group is committed, so they see it.
+        for call in calls {
+            call(&conn);
+        }
+    }
+}
+
+fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
+    let mut recovery = Recovery::default();
+    let mut stmt = c.prepare(
+        "SELECT r.run_id, r.state, i.invocation FROM runs r JOIN invocations i USING (run_id)
+         WHERE r.state IN ('queued', 'running') ORDER BY r.accepted_at, r.run_id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (run_id, state, stored) in rows {
+        let parsed = serde_json::from_str::<Value>(&stored)
+            .map_err(|e| e.to_string())
+            .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(inv) if state == "queued" => recovery.queued.push(inv),
+            Ok(inv) => recovery.interrupted.push(inv),
+            Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
+        }
+    }
+    let mut stmt = c.prepare(
+        "SELECT run_id, action, final_status, final_summary, final_link FROM runs
+         WHERE state = 'finished' AND reported = 0 ORDER BY finished_at",
+    )?;
+    let finals = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (run_id, action, status, summary, link) in finals {
+        let Ok(run_id) = RunId::parse("run_id", &run_id) else {
+            recovery.unreadable.push(run_id);
+            continue;
+        };
+        recovery.unreported.push(UnreportedFinal {
+            run_id,
+            action,
+            status: if status == "SUCCESS" {
+                RunStatus::Success
+            } else {
+                RunStatus::Failure
+            },
+            summary,
+            link,
+        });
+    }
+    let mut stmt = c.prepare("SELECT id, run_id, message FROM pending_logs ORDER BY id")?;
+    let logs = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (id, run_id, message) in logs {
+        if let Ok(run_id) = RunId::parse("run_id", &run_id) {
+            recovery.pending_logs.push((id, run_id, message));
+        }
+    }
+    Ok(recovery)
 }
 
 #[cfg(test)]
@@ -332,39 +583,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_run_is_accepted_once_even_after_reopening() {
+    #[tokio::test]
+    async fn a_run_is_accepted_once_even_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.sqlite3");
         let j = Journal::open(&path).unwrap();
-        assert!(j.accept(&inv("r_1")).unwrap());
-        assert!(!j.accept(&inv("r_1")).unwrap());
+        assert!(j.accept(&inv("r_1")).await.unwrap());
+        assert!(!j.accept(&inv("r_1")).await.unwrap());
         drop(j);
         let j = Journal::open(&path).unwrap();
-        assert!(!j.accept(&inv("r_1")).unwrap());
+        assert!(!j.accept(&inv("r_1")).await.unwrap());
     }
 
-    #[test]
-    fn recovery_sorts_runs_by_what_is_left_to_do() {
+    #[tokio::test]
+    async fn concurrent_acceptances_are_grouped_and_each_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(Journal::open(&dir.path().join("j.db")).unwrap());
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let j = j.clone();
+                tokio::spawn(
+                    async move { j.accept(&inv(&format!("r_{}", i % 100))).await.unwrap() },
+                )
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += t.await.unwrap() as usize;
+        }
+        assert_eq!(accepted, 100, "each run id accepted exactly once");
+    }
+
+    #[tokio::test]
+    async fn recovery_sorts_runs_by_what_is_left_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(&dir.path().join("j.db")).unwrap();
         for id in ["r_q", "r_run", "r_fin", "r_done"] {
-            j.accept(&inv(id)).unwrap();
+            j.accept(&inv(id)).await.unwrap();
         }
         let id = |s: &str| RunId::parse("id", s).unwrap();
-        j.started(&id("r_run")).unwrap();
-        j.started(&id("r_fin")).unwrap();
-        j.finished(&id("r_fin"), RunStatus::Failure, "it broke", None)
+        j.started(&id("r_run")).await.unwrap();
+        j.started(&id("r_fin")).await.unwrap();
+        j.finished(&id("r_fin"), RunStatus::Failure, "it broke", None, false)
+            .await
             .unwrap();
-        j.started(&id("r_done")).unwrap();
-        j.finished(&id("r_done"), RunStatus::Success, "ok", Some("https://x"))
-            .unwrap();
+        j.started(&id("r_done")).await.unwrap();
+        j.finished(
+            &id("r_done"),
+            RunStatus::Success,
+            "ok",
+            Some("https://x"),
+            false,
+        )
+        .await
+        .unwrap();
         j.reported(&id("r_done")).unwrap();
-        let log = j.log_pending(&id("r_run"), "line 1").unwrap();
-        j.log_pending(&id("r_run"), "line 2").unwrap();
+        let log = j.log_pending(&id("r_run"), "line 1").await.unwrap();
+        j.log_pending(&id("r_run"), "line 2").await.unwrap();
         j.log_done(log).unwrap();
 
-        let r = j.recovery().unwrap();
+        let r = j.recovery().await.unwrap();
         assert_eq!(
             r.queued
                 .iter()
@@ -385,11 +663,14 @@ mod tests {
         assert_eq!(r.pending_logs[0].2, "line 2");
 
         assert_eq!(
-            j.prune(Duration::ZERO).unwrap(),
+            j.prune(Duration::ZERO).await.unwrap(),
             1,
             "only finished and reported runs"
         );
-        assert_eq!(j.state("r_done").unwrap(), None);
-        assert_eq!(j.state("r_fin").unwrap(), Some(("finished".into(), false)));
+        assert_eq!(j.state("r_done").await.unwrap(), None);
+        assert_eq!(
+            j.state("r_fin").await.unwrap(),
+            Some(("finished".into(), false))
+        );
     }
 }

@@ -272,21 +272,24 @@ impl RunReporter {
 
         // Recorded before it is sent: a crash from here on re-sends it at the next start.
         if let Some(journal) = &self.journal {
-            if let Err(e) = journal.finished(
-                &self.run_id,
-                verdict.status,
-                &summary,
-                verdict.link.as_deref(),
-            ) {
+            // In local mode there is nothing to send: finished and reported in one write.
+            let local = matches!(self.sink, Sink::Local);
+            if let Err(e) = journal
+                .finished(
+                    &self.run_id,
+                    verdict.status,
+                    &summary,
+                    verdict.link.as_deref(),
+                    local,
+                )
+                .await
+            {
                 tracing::error!(run_id = %self.run_id, error = %e, "could not journal the verdict");
             }
         }
         let client = match &self.sink {
             Sink::Local => {
                 self.set_report(ReportState::Local);
-                if let Some(journal) = &self.journal {
-                    let _ = journal.reported(&self.run_id);
-                }
                 return;
             }
             Sink::Port(client) => client.clone(),
@@ -504,7 +507,10 @@ impl Batch {
     async fn flush(&mut self, run_id: &RunId, client: &PortClient, journal: Option<&Journal>) {
         for message in self.messages.drain(..) {
             // Kept until Port has it, so a crash mid-send re-sends it at the next start.
-            let pending = journal.and_then(|j| j.log_pending(run_id, &message).ok());
+            let pending = match journal {
+                Some(j) => j.log_pending(run_id, &message).await.ok(),
+                None => None,
+            };
             match client.add_run_log(run_id.as_str(), &message).await {
                 Err(e) if e.is_transient() => {
                     tracing::warn!(%run_id, error = %e, "a batch of log lines is not delivered yet; it stays in the journal");

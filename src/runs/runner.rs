@@ -126,8 +126,9 @@ impl Runner {
         &self.handlers
     }
 
-    /// Admits a run and schedules it; returns at once (no I/O).
-    pub fn submit(self: &Arc<Self>, invocation: Invocation) -> Result<(), SubmitError> {
+    /// Admits a run (journalled and committed, when there is a journal) and schedules it.
+    /// No call to Port happens here.
+    pub async fn submit(self: &Arc<Self>, invocation: Invocation) -> Result<(), SubmitError> {
         if self.stopping.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -137,7 +138,7 @@ impl Runner {
         }
         // The journal decides (it remembers across restarts); the registry follows.
         if let Some(journal) = &self.journal {
-            match journal.accept(&invocation) {
+            match journal.accept(&invocation).await {
                 Ok(true) => {}
                 Ok(false) => return Err(SubmitError::Duplicate),
                 Err(e) => return Err(SubmitError::Journal(e.to_string())),
@@ -178,12 +179,12 @@ impl Runner {
         let Some(journal) = self.journal.clone() else {
             return;
         };
-        match journal.prune(retain) {
+        match journal.prune(retain).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "pruned finished runs from the journal"),
             Err(e) => tracing::error!(error = %e, "could not prune the journal"),
         }
-        let recovery = match journal.recovery() {
+        let recovery = match journal.recovery().await {
             Ok(recovery) => recovery,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the journal: nothing recovered");
@@ -367,7 +368,7 @@ impl Runner {
                     r.started_at = Some(OffsetDateTime::now_utc());
                 });
                 if let Some(journal) = &self.journal {
-                    if let Err(e) = journal.started(&run_id) {
+                    if let Err(e) = journal.started(&run_id).await {
                         tracing::error!(error = %e, "could not journal the start of the run");
                     }
                 }

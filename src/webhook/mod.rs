@@ -104,7 +104,7 @@ async fn accept(
     )?;
     let invocation = payload::parse(&body, header(RUN_ID_HEADER))?;
     let run_id = invocation.run_id.clone();
-    match state.runner.submit(invocation) {
+    match state.runner.submit(invocation).await {
         Ok(()) => Ok(HttpResponse::Accepted().json(json!({ "ok": true, "runId": run_id }))),
         Err(SubmitError::Duplicate) => {
             tracing::info!(%run_id, "duplicate delivery ignored");

@@ -23,4 +23,5 @@ pub mod runs;
 pub mod server;
 pub mod sync_cli;
 pub mod telemetry;
+pub mod tool;
 pub mod webhook;

@@ -17,5 +17,5 @@ pub use registry::{
     AffectedEntity, EntityChange, LogLine, ReportState, RunRecord, RunRegistry, RunState,
     RunSummary,
 };
-pub use reporter::{FinalReportRetry, LogBatching, RunLog, Sink, Verdict};
+pub use reporter::{FinalReportRetry, LogBatching, RunLog, RunReporter, Sink, Verdict};
 pub use runner::{Runner, RunnerConfig, SubmitError};

@@ -11,4 +11,5 @@ mod journal;
 mod port_client;
 mod runs;
 mod ship;
+mod tool;
 mod webhook;

@@ -1,0 +1,334 @@
+//! Child processes: the only place in port-runner that spawns one.
+//!
+//! A step is an argv and an environment, never a string for a shell. The environment is
+//! explicit (nothing of the runner's own, such as `PORT_CLIENT_SECRET`, is inherited), stdin
+//! is closed, stdout and stderr are streamed line by line into the run's log (masked and
+//! batched by [`RunLog`]), stdout can be captured (bounded) to parse JSON from it, and every
+//! step runs in its own process group, which is killed — SIGTERM, then SIGKILL — on timeout,
+//! on cancellation, and when the step's future is dropped, so no process outlives its run.
+
+mod locks;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::runs::RunLog;
+
+pub use locks::{LockGuard, Locks};
+
+/// Longest line kept; the rest of an overlong line is cut (a binary blob on stdout must not
+/// exhaust memory).
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Lines of stderr kept for the error message of a failed step.
+const STDERR_TAIL_LINES: usize = 20;
+/// How long a process group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Variables passed through from the runner's environment when set (nothing else is).
+const PASSED_THROUGH: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// One program to run.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub program: String,
+    pub args: Vec<String>,
+    /// The child's environment on top of the pass-through list.
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub timeout: Duration,
+    /// Keep stdout (up to this many bytes) to parse it afterwards; `None`: only log it.
+    pub capture_stdout: Option<usize>,
+}
+
+impl Step {
+    pub fn new(program: impl Into<String>, args: Vec<String>, cwd: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args,
+            env: BTreeMap::new(),
+            cwd: cwd.into(),
+            timeout: Duration::from_secs(600),
+            capture_stdout: None,
+        }
+    }
+
+    /// How the step is shown in logs: program and arguments, each quoted only if needed.
+    pub fn display(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| {
+                if !a.is_empty()
+                    && a.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+".contains(c))
+                {
+                    a.clone()
+                } else {
+                    format!("{a:?}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A step that exited 0.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// Captured stdout, when asked for.
+    pub stdout: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} exited {code}{}", tail(.stderr_tail))]
+    Failed {
+        program: String,
+        /// The exit code, or `signal N`.
+        code: String,
+        stderr_tail: Vec<String>,
+    },
+    #[error("{program} did not finish within {}s and was stopped", .after.as_secs())]
+    TimedOut { program: String, after: Duration },
+    #[error("{program} was stopped: the run was cancelled")]
+    Cancelled { program: String },
+    #[error("{program} printed more than {limit} bytes on stdout, more than is kept to parse")]
+    OutputTooLarge { program: String, limit: usize },
+}
+
+impl ToolError {
+    /// The stderr lines kept for a failed step (empty for other errors).
+    pub fn stderr_tail(&self) -> &[String] {
+        match self {
+            Self::Failed { stderr_tail, .. } => stderr_tail,
+            _ => &[],
+        }
+    }
+}
+
+fn tail(lines: &[String]) -> String {
+    match lines.last() {
+        Some(last) => format!(": {last}"),
+        None => String::new(),
+    }
+}
+
+/// Kills the step's process group if the step is dropped before it finished.
+struct GroupGuard {
+    pgid: Option<i32>,
+}
+
+impl GroupGuard {
+    fn signal(&self, signal: i32) {
+        if let Some(pgid) = self.pgid {
+            // SAFETY: kill(2) on a process group this step created.
+            unsafe {
+                libc::kill(-pgid, signal);
+            }
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// Runs a step to completion, streaming its output into `log`.
+pub async fn run(
+    step: &Step,
+    log: &RunLog,
+    cancel: &CancellationToken,
+) -> Result<StepOutput, ToolError> {
+    let mut command = Command::new(&step.program);
+    command
+        .args(&step.args)
+        .current_dir(&step.cwd)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group, so that everything it starts can be stopped together.
+        .process_group(0);
+    for name in PASSED_THROUGH {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command.envs(&step.env);
+    // The values a step is given in its environment are as secret as its inputs.
+    log.add_secrets(step.env.values().filter(|v| v.len() >= 8).cloned());
+
+    let mut child = command.spawn().map_err(|source| ToolError::Spawn {
+        program: step.program.clone(),
+        source,
+    })?;
+    let mut guard = GroupGuard {
+        pgid: child.id().map(|id| id as i32),
+    };
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let capture = step.capture_stdout;
+    let out_log = log.clone();
+    let err_log = log.clone();
+    let streams = async {
+        tokio::join!(
+            pump(stdout, out_log, capture, None),
+            pump(stderr, err_log, None, Some(STDERR_TAIL_LINES))
+        )
+    };
+
+    let finished = tokio::select! {
+        result = async { let streams = streams.await; (child.wait().await, streams) } => Some(result),
+        _ = tokio::time::sleep(step.timeout) => None,
+        _ = cancel.cancelled() => None,
+    };
+    let Some((status, (out, err))) = finished else {
+        stop_group(&mut guard, &mut child).await;
+        return Err(if cancel.is_cancelled() {
+            ToolError::Cancelled {
+                program: step.program.clone(),
+            }
+        } else {
+            ToolError::TimedOut {
+                program: step.program.clone(),
+                after: step.timeout,
+            }
+        });
+    };
+    // Whatever the step left running in its group goes with it.
+    guard.signal(libc::SIGKILL);
+    guard.pgid = None;
+    let status = status.map_err(|source| ToolError::Spawn {
+        program: step.program.clone(),
+        source,
+    })?;
+    if !status.success() {
+        let code = match status.code() {
+            Some(code) => code.to_string(),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                format!("on signal {}", status.signal().unwrap_or_default())
+            }
+        };
+        let masked = err
+            .tail
+            .iter()
+            .map(|l| log.masker().mask(l).into_owned())
+            .collect();
+        return Err(ToolError::Failed {
+            program: step.program.clone(),
+            code,
+            stderr_tail: masked,
+        });
+    }
+    if out.overflowed {
+        return Err(ToolError::OutputTooLarge {
+            program: step.program.clone(),
+            limit: capture.unwrap_or_default(),
+        });
+    }
+    Ok(StepOutput {
+        stdout: out.captured,
+    })
+}
+
+/// SIGTERM to the whole group, SIGKILL after a grace period.
+async fn stop_group(guard: &mut GroupGuard, child: &mut tokio::process::Child) {
+    guard.signal(libc::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        guard.signal(libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // The leader is gone; make sure nothing else of the group survives it.
+    guard.signal(libc::SIGKILL);
+    guard.pgid = None;
+}
+
+#[derive(Default)]
+struct Pumped {
+    captured: Option<String>,
+    overflowed: bool,
+    tail: Vec<String>,
+}
+
+/// Reads lines (each cut at [`MAX_LINE_BYTES`]) into the log; optionally keeps stdout or a tail.
+async fn pump(
+    stream: impl AsyncRead + Unpin,
+    log: RunLog,
+    capture: Option<usize>,
+    tail: Option<usize>,
+) -> Pumped {
+    let mut reader = BufReader::new(stream);
+    let mut pumped = Pumped {
+        captured: capture.map(|_| String::new()),
+        ..Pumped::default()
+    };
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let read = match read_line_capped(&mut reader, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim_end_matches(['\n', '\r']);
+        if let (Some(limit), Some(captured)) = (capture, pumped.captured.as_mut()) {
+            if captured.len() + read <= limit {
+                captured.push_str(line);
+                captured.push('\n');
+            } else {
+                pumped.overflowed = true;
+            }
+        }
+        if let Some(keep) = tail {
+            pumped.tail.push(line.to_owned());
+            if pumped.tail.len() > keep {
+                pumped.tail.remove(0);
+            }
+        }
+        log.line(line).await;
+    }
+    pumped
+}
+
+/// Reads one line, keeping at most [`MAX_LINE_BYTES`] of it (the rest is read and dropped).
+async fn read_line_capped<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let len = chunk.len();
+        let room = MAX_LINE_BYTES.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..len.min(room)]);
+        reader.consume(len);
+        total += len;
+        if done {
+            return Ok(total);
+        }
+    }
+}

@@ -40,6 +40,7 @@ WORKDIR /data
 ENV LISTEN_ADDR=0.0.0.0:8080 \
     PORT_RUNNER_DATA_DIR=/data \
     PORT_RUNNER_BLUEPRINTS_DIR=/opt/port-runner/blueprints \
+    PORT_RUNNER_ACTIONS_DIR=/opt/port-runner/actions \
     LOG_FORMAT=json
 VOLUME ["/data"]
 EXPOSE 8080

@@ -224,6 +224,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub bitbucket: BitbucketArgs,
 
+    /// The actions this runner serves (their userInputs are checked before a run starts).
+    #[arg(long, env = "PORT_RUNNER_ACTIONS_DIR", default_value = "./actions")]
+    pub actions_dir: PathBuf,
+
     /// Blueprint JSON used to check port.yaml files in local mode (Port's are used otherwise).
     #[arg(
         long,

@@ -99,6 +99,8 @@ pub struct Settings {
     pub gitops: Option<GitOpsSettings>,
     /// Blueprint JSON for checking port.yaml in local mode.
     pub blueprints_dir: PathBuf,
+    /// Action JSON whose userInputs are checked before runs start.
+    pub actions_dir: PathBuf,
     /// The SQLite run journal; `None` keeps runs in memory only.
     pub journal: Option<PathBuf>,
     /// How long finished runs stay in the journal.
@@ -146,6 +148,7 @@ impl Settings {
             max_log_lines_per_run: 10_000,
             gitops: None,
             blueprints_dir: PathBuf::from("./blueprints"),
+            actions_dir: PathBuf::from("./actions"),
             journal: None,
             retain: Duration::from_secs(14 * 24 * 3600),
         }
@@ -200,6 +203,7 @@ impl Settings {
             listen: args.listen.clone(),
             gitops,
             blueprints_dir: args.blueprints_dir.clone(),
+            actions_dir: args.actions_dir.clone(),
             journal: (!args.no_journal).then(|| args.data_dir.join("journal.sqlite3")),
             retain: Duration::from_secs(args.retain_days.saturating_mul(24 * 3600)),
             mode,
@@ -234,12 +238,13 @@ impl Settings {
 
 /// Keys of the optional configuration file and the environment variables they stand for.
 /// The environment wins over the file; secrets are not allowed in the file.
-const FILE_KEYS: [(&str, &str); 22] = [
+const FILE_KEYS: [(&str, &str); 23] = [
     ("listen", "LISTEN_ADDR"),
     ("port_client_id", "PORT_CLIENT_ID"),
     ("port_api_url", "PORT_API_URL"),
     ("data_dir", "PORT_RUNNER_DATA_DIR"),
     ("blueprints_dir", "PORT_RUNNER_BLUEPRINTS_DIR"),
+    ("actions_dir", "PORT_RUNNER_ACTIONS_DIR"),
     ("public_url", "PORT_RUNNER_PUBLIC_URL"),
     ("max_concurrent_runs", "PORT_RUNNER_MAX_CONCURRENT_RUNS"),
     ("max_queued_runs", "PORT_RUNNER_MAX_QUEUED_RUNS"),

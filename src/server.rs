@@ -21,8 +21,8 @@ use crate::config::{Mode, Settings};
 use crate::domain::RunId;
 use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter};
 use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine};
-use crate::handlers::GitOpsHandler;
 use crate::handlers::HandlerRegistry;
+use crate::handlers::{ActionInputs, GitOpsHandler};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{Journal, Masker, RunRegistry, Runner, Sink};
@@ -104,6 +104,7 @@ impl Application {
             Some(client) => Arc::new(PortBlueprints(client.clone())),
             None => Arc::new(DirBlueprints(settings.blueprints_dir.clone())),
         };
+        handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
         if !handlers.contains("gitops_sync") {
             handlers.register(
                 "gitops_sync",

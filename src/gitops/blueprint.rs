@@ -24,8 +24,9 @@ const ENTITY_KEYS: [&str; 7] = [
     "team",
 ];
 
+/// The schema of one property (or action input), compiled for checking values.
 #[derive(Debug, Clone)]
-struct PropSchema {
+pub struct PropSchema {
     kind: Option<String>,
     format: Option<String>,
     enum_values: Option<Vec<Value>>,
@@ -285,7 +286,7 @@ fn check_target(relation: &str, id: &str, problems: &mut Vec<String>) -> bool {
 }
 
 impl PropSchema {
-    fn from_json(v: &Value) -> Self {
+    pub fn from_json(v: &Value) -> Self {
         let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let pattern_text = text("pattern");
         Self {
@@ -302,7 +303,8 @@ impl PropSchema {
         }
     }
 
-    fn check(&self, what: &str, value: &Value, problems: &mut Vec<String>) {
+    /// Checks `value`; problems are worded with `what` (e.g. `input 'size'`).
+    pub fn check(&self, what: &str, value: &Value, problems: &mut Vec<String>) {
         let type_ok = match (self.kind.as_deref(), value) {
             (Some("string"), Value::String(_))
             | (Some("number"), Value::Number(_))

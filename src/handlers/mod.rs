@@ -6,6 +6,7 @@
 
 mod echo;
 mod gitops;
+pub mod inputs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::runs::{RunCatalog, RunLog};
 
 pub use echo::EchoHandler;
 pub use gitops::{sync_request, GitOpsHandler};
+pub use inputs::{ActionInputs, InputSchema};
 
 /// What a handler has to work with.
 pub struct RunContext {
@@ -76,6 +78,8 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct HandlerRegistry {
     handlers: BTreeMap<String, Arc<dyn Handler>>,
+    /// The actions' `userInputs`, checked before a handler runs.
+    inputs: ActionInputs,
 }
 
 impl HandlerRegistry {
@@ -97,6 +101,12 @@ impl HandlerRegistry {
 
     pub fn contains(&self, action: &str) -> bool {
         self.handlers.contains_key(action)
+    }
+
+    /// Checks runs' inputs against these actions' `userInputs` from now on.
+    pub fn with_inputs(&mut self, inputs: ActionInputs) -> &mut Self {
+        self.inputs = inputs;
+        self
     }
 
     pub fn known(&self) -> Vec<&str> {
@@ -123,6 +133,11 @@ impl HandlerRegistry {
                 invocation.operation,
                 supported.join(", ")
             ));
+        }
+        if let Some(schema) = self.inputs.get(action) {
+            schema
+                .check(&invocation.inputs)
+                .map_err(|problems| format!("invalid inputs: {}", problems.join("; ")))?;
         }
         Ok(handler.clone())
     }

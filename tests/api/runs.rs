@@ -155,19 +155,40 @@ async fn a_run_past_its_timeout_ends_as_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_failure_reaches_port_in_the_handlers_words() {
     let app = spawn_app().await;
+    // actions/echo.json says sleep_secs is a number from 0 to 600: checked before the handler runs.
     let bad_input = unique_run_id();
     app.post_signed(&legacy(
         &bad_input,
         "echo",
         "CREATE",
-        json!({"sleep_secs": "soon"}),
+        json!({"sleep_secs": "soon", "fail": "no"}),
     ))
     .await;
     let fin = app.port().wait_final(&bad_input).await;
     assert_eq!(fin["status"], "FAILURE");
     assert_eq!(
         fin["summary"],
-        "invalid input 'sleep_secs': expected a number, got \"soon\""
+        "invalid inputs: input 'sleep_secs' must be a number, got \"soon\"; input 'fail' must be a boolean, got \"no\""
+    );
+    let too_long = unique_run_id();
+    app.post_signed(&legacy(
+        &too_long,
+        "echo",
+        "CREATE",
+        json!({"sleep_secs": 9999}),
+    ))
+    .await;
+    let fin = app.port().wait_final(&too_long).await;
+    assert_eq!(
+        fin["summary"],
+        "invalid inputs: input 'sleep_secs' must be between 0 and 600, got 9999"
+    );
+    assert!(
+        app.port()
+            .log_lines(&too_long)
+            .iter()
+            .all(|l| !l.starts_with("echo:")),
+        "the handler never ran"
     );
 
     let asked = unique_run_id();

@@ -1,0 +1,162 @@
+//! User inputs checked against the action's `userInputs` before anything runs.
+//!
+//! The runner knows its actions (`actions/*.json`), so a run whose inputs do not fit them
+//! fails at once, naming every bad field, instead of reaching a handler or a tool.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::gitops::blueprint::PropSchema;
+
+/// One action's inputs.
+#[derive(Debug, Clone, Default)]
+pub struct InputSchema {
+    properties: BTreeMap<String, PropSchema>,
+    required: Vec<String>,
+    /// Encrypted inputs arrive as ciphertext: only their presence is checked.
+    encrypted: BTreeSet<String>,
+}
+
+impl InputSchema {
+    /// From an action in Port's current format (`trigger.userInputs`).
+    pub fn from_action(action: &Value) -> Self {
+        let inputs = &action["trigger"]["userInputs"];
+        let mut schema = Self::default();
+        if let Some(props) = inputs.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                if prop.get("encryption").is_some() {
+                    schema.encrypted.insert(name.clone());
+                }
+                schema
+                    .properties
+                    .insert(name.clone(), PropSchema::from_json(prop));
+            }
+        }
+        schema.required = inputs
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        schema
+    }
+
+    /// Every problem with `inputs`, each naming its field.
+    pub fn check(&self, inputs: &Map<String, Value>) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        // Inputs the action does not define are left to the handler (Port sends only defined
+        // ones; a custom action may reuse a handler with more).
+        for (name, value) in inputs {
+            match self.properties.get(name) {
+                None => {}
+                Some(_) if value.is_null() || self.encrypted.contains(name) => {}
+                Some(schema) => schema.check(&format!("input '{name}'"), value, &mut problems),
+            }
+        }
+        for name in &self.required {
+            if inputs.get(name).is_none_or(Value::is_null) {
+                problems.push(format!("input '{name}' is required"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The input schemas of the actions in a folder, by action identifier.
+#[derive(Debug, Clone, Default)]
+pub struct ActionInputs(HashMap<String, InputSchema>);
+
+impl ActionInputs {
+    /// Reads `dir/*.json`; files that do not parse are skipped with a warning (`validate`
+    /// reports them properly).
+    pub fn load(dir: &Path) -> Self {
+        let mut map = HashMap::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            tracing::warn!(dir = %dir.display(), "no actions folder: inputs are not checked against userInputs");
+            return Self(map);
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            {
+                Some(action) => {
+                    if let Some(id) = action.get("identifier").and_then(Value::as_str) {
+                        map.insert(id.to_owned(), InputSchema::from_action(&action));
+                    }
+                }
+                None => {
+                    tracing::warn!(file = %path.display(), "action file skipped: not valid JSON")
+                }
+            }
+        }
+        Self(map)
+    }
+
+    pub fn get(&self, action: &str) -> Option<&InputSchema> {
+        self.0.get(action)
+    }
+
+    pub fn insert(&mut self, action: &str, schema: InputSchema) {
+        self.0.insert(action.to_owned(), schema);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> InputSchema {
+        InputSchema::from_action(&json!({"trigger": {"userInputs": {
+            "properties": {
+                "bucket_name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{2,62}$"},
+                "acl": {"type": "string", "enum": ["private", "public-read"]},
+                "nodes": {"type": "number", "minimum": 1, "maximum": 10},
+                "tags": {"type": "object"},
+                "token": {"type": "string", "encryption": "aes256-gcm"}
+            },
+            "required": ["bucket_name", "acl"]
+        }}}))
+    }
+
+    #[test]
+    fn valid_inputs_pass_and_encrypted_ones_are_not_inspected() {
+        let ok = json!({"bucket_name": "my-bucket", "acl": "private", "nodes": 3, "token": "ZW5jcnlwdGVk", "tags": null});
+        schema().check(ok.as_object().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let bad = json!({"bucket_name": "../etc", "acl": "world", "nodes": 40, "tags": "a=b"});
+        let problems = schema().check(bad.as_object().unwrap()).unwrap_err();
+        for expected in [
+            "input 'bucket_name' must match /^[a-z0-9][a-z0-9-]{2,62}$/",
+            "input 'acl' must be one of \"private\", \"public-read\", got \"world\"",
+            "input 'nodes' must be between 1 and 10, got 40",
+            "input 'tags' must be an object, got \"a=b\"",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{expected} not in {problems:#?}"
+            );
+        }
+        let missing = schema().check(json!({}).as_object().unwrap()).unwrap_err();
+        assert_eq!(
+            missing,
+            vec!["input 'bucket_name' is required", "input 'acl' is required"]
+        );
+    }
+}

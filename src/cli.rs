@@ -66,13 +66,8 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Port client id (with PORT_CLIENT_SECRET).
-    #[arg(long, env = "PORT_CLIENT_ID")]
-    pub port_client_id: Option<String>,
-
-    /// Port API base URL, including /v1.
-    #[arg(long, env = "PORT_API_URL", default_value = "https://api.port.io/v1")]
-    pub port_api_url: String,
+    #[command(flatten)]
+    pub port: PortArgs,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +82,18 @@ pub struct ValidateArgs {
         default_value = "./blueprints"
     )]
     pub blueprints_dir: PathBuf,
+}
+
+/// Where Port is (shared by `serve`, `sync` and `apply`). The secret comes from the environment only.
+#[derive(Debug, Clone, Args)]
+pub struct PortArgs {
+    /// Port client id; with PORT_CLIENT_SECRET it makes this process talk to Port.
+    #[arg(long, env = "PORT_CLIENT_ID")]
+    pub port_client_id: Option<String>,
+
+    /// Port API base URL, including /v1 (US: https://api.us.port.io/v1).
+    #[arg(long, env = "PORT_API_URL", default_value = "https://api.port.io/v1")]
+    pub port_api_url: String,
 }
 
 /// Where Bitbucket Server is (shared by `serve` and `sync`). Secrets come from the environment only.
@@ -155,13 +162,8 @@ pub struct SyncArgs {
     #[command(flatten)]
     pub bitbucket: BitbucketArgs,
 
-    /// Port client id (with PORT_CLIENT_SECRET).
-    #[arg(long, env = "PORT_CLIENT_ID")]
-    pub port_client_id: Option<String>,
-
-    /// Port API base URL, including /v1.
-    #[arg(long, env = "PORT_API_URL", default_value = "https://api.port.io/v1")]
-    pub port_api_url: String,
+    #[command(flatten)]
+    pub port: PortArgs,
 
     /// Folder of the ownership record (gitops-state.json).
     #[arg(long, env = "PORT_RUNNER_DATA_DIR", default_value = "./data")]
@@ -179,13 +181,9 @@ pub struct ServeArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: String,
 
-    /// Port client id; with PORT_CLIENT_SECRET it makes runs report to Port. Without both: local mode.
-    #[arg(long, env = "PORT_CLIENT_ID")]
-    pub port_client_id: Option<String>,
-
-    /// Port API base URL, including /v1 (US: https://api.us.port.io/v1).
-    #[arg(long, env = "PORT_API_URL", default_value = "https://api.port.io/v1")]
-    pub port_api_url: String,
+    /// Port credentials; without PORT_CLIENT_ID and PORT_CLIENT_SECRET: local mode.
+    #[command(flatten)]
+    pub port: PortArgs,
 
     /// Folder for the runner's state (local-mode secret, and later the run journal).
     #[arg(long, env = "PORT_RUNNER_DATA_DIR", default_value = "./data")]

@@ -3,17 +3,16 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::apply::apply;
 use crate::cli::{ApplyArgs, ServeArgs, ValidateArgs};
-use crate::config::is_secret_env;
+use crate::config::{port_config, SECRET_ENV};
 use crate::definitions::{check_port_yaml, load_file, Definition, Definitions, FileProblem};
 use crate::handlers::HandlerRegistry;
 use crate::metrics::Metrics;
-use crate::port::{PortClient, PortConfig, RetryPolicy};
+use crate::port::PortClient;
 
 /// The actions this build can run (what `validate` and `apply` accept as served here).
 pub fn served_actions() -> Vec<String> {
@@ -28,25 +27,9 @@ pub fn served_actions() -> Vec<String> {
 }
 
 pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let client_id = args
-        .port_client_id
-        .clone()
-        .filter(|s| !s.is_empty())
-        .context("PORT_CLIENT_ID is not set (apply writes to Port)")?;
-    let client_secret = std::env::var("PORT_CLIENT_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .context("PORT_CLIENT_SECRET is not set (apply writes to Port)")?;
-    let client = PortClient::new(
-        PortConfig {
-            api_url: args.port_api_url.clone(),
-            client_id,
-            client_secret,
-            retry: RetryPolicy::default(),
-            request_timeout: Duration::from_secs(30),
-        },
-        Arc::new(Metrics::new()),
-    )?;
+    let config = port_config(&args.port, |name| std::env::var(name).ok())?
+        .context("PORT_CLIENT_ID and PORT_CLIENT_SECRET are needed: apply writes to Port")?;
+    let client = PortClient::new(config, Arc::new(Metrics::new()))?;
     let (defs, load_problems) = Definitions::load(&args.dir);
     let known = served_actions();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -160,11 +143,15 @@ pub fn config_command(args: ServeArgs) -> ExitCode {
         ("listen (LISTEN_ADDR)", args.listen.clone()),
         (
             "port_client_id (PORT_CLIENT_ID)",
-            args.port_client_id
+            args.port
+                .port_client_id
                 .clone()
                 .unwrap_or_else(|| "unset: local mode".into()),
         ),
-        ("port_api_url (PORT_API_URL)", args.port_api_url.clone()),
+        (
+            "port_api_url (PORT_API_URL)",
+            args.port.port_api_url.clone(),
+        ),
         (
             "data_dir (PORT_RUNNER_DATA_DIR)",
             args.data_dir.display().to_string(),
@@ -206,15 +193,7 @@ pub fn config_command(args: ServeArgs) -> ExitCode {
     for (key, value) in rows {
         println!("{key}: {value}");
     }
-    for name in [
-        "PORT_CLIENT_SECRET",
-        "PORT_RUNNER_ADMIN_TOKEN",
-        "PORT_RUNNER_LOCAL_SECRET",
-        "BITBUCKET_PASSWORD",
-        "BITBUCKET_TOKEN",
-        "BITBUCKET_WEBHOOK_SECRET",
-    ] {
-        debug_assert!(is_secret_env(name));
+    for name in SECRET_ENV {
         let state = match std::env::var(name) {
             Ok(v) if !v.is_empty() => "set (****)",
             _ => "unset",

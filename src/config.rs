@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bitbucket::{BitbucketAuth, BitbucketConfig, FileApi};
-use crate::cli::{BitbucketArgs, FileApiArg, ServeArgs};
+use crate::cli::{BitbucketArgs, FileApiArg, PortArgs, ServeArgs};
 use crate::http::RetryPolicy as HttpRetryPolicy;
 use crate::port::{PortConfig, RetryPolicy};
 use crate::runs::RunnerConfig;
@@ -169,29 +169,9 @@ impl Settings {
                 other => Ok(other),
             }
         };
-        let client_id = args.port_client_id.clone().filter(|s| !s.is_empty());
-        let client_secret = non_empty("PORT_CLIENT_SECRET")?;
-        let mode = match (client_id, client_secret) {
-            (Some(client_id), Some(client_secret)) => Mode::Port(PortConfig {
-                api_url: args.port_api_url.clone(),
-                client_id,
-                client_secret,
-                retry: RetryPolicy::default(),
-                request_timeout: Duration::from_secs(30),
-            }),
-            (Some(_), None) => {
-                return Err(ConfigError::HalfCredentials {
-                    set: "PORT_CLIENT_ID",
-                    missing: "PORT_CLIENT_SECRET",
-                })
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::HalfCredentials {
-                    set: "PORT_CLIENT_SECRET",
-                    missing: "PORT_CLIENT_ID",
-                })
-            }
-            (None, None) => Mode::Local {
+        let mode = match port_config(&args.port, &env)? {
+            Some(config) => Mode::Port(config),
+            None => Mode::Local {
                 secret: match non_empty("PORT_RUNNER_LOCAL_SECRET")? {
                     Some(secret) => secret,
                     None => load_or_create_local_secret(&args.data_dir)?,
@@ -267,7 +247,8 @@ const FILE_KEYS: [(&str, &str); 23] = [
     ("admin_url", "PORT_RUNNER_URL"),
 ];
 
-const SECRET_ENV: [&str; 6] = [
+/// The environment variables that hold secrets (masked when configuration is shown).
+pub const SECRET_ENV: [&str; 6] = [
     "PORT_CLIENT_SECRET",
     "PORT_RUNNER_ADMIN_TOKEN",
     "PORT_RUNNER_LOCAL_SECRET",
@@ -348,6 +329,41 @@ pub fn read_config_file(path: &Path) -> Result<Vec<(&'static str, String)>, Conf
 /// Whether an environment variable holds a secret (masked when configuration is shown).
 pub fn is_secret_env(name: &str) -> bool {
     SECRET_ENV.contains(&name)
+}
+
+/// Port's configuration when both `PORT_CLIENT_ID` and `PORT_CLIENT_SECRET` are set, `None`
+/// when neither is; having only one of them is refused.
+pub fn port_config(
+    args: &PortArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<PortConfig>, ConfigError> {
+    let client_id = args.port_client_id.clone().filter(|s| !s.is_empty());
+    let client_secret = match env("PORT_CLIENT_SECRET") {
+        Some(v) if v.is_empty() => {
+            return Err(ConfigError::Empty {
+                name: "PORT_CLIENT_SECRET",
+            })
+        }
+        other => other,
+    };
+    match (client_id, client_secret) {
+        (Some(client_id), Some(client_secret)) => Ok(Some(PortConfig {
+            api_url: args.port_api_url.clone(),
+            client_id,
+            client_secret,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+        })),
+        (Some(_), None) => Err(ConfigError::HalfCredentials {
+            set: "PORT_CLIENT_ID",
+            missing: "PORT_CLIENT_SECRET",
+        }),
+        (None, Some(_)) => Err(ConfigError::HalfCredentials {
+            set: "PORT_CLIENT_SECRET",
+            missing: "PORT_CLIENT_ID",
+        }),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The file where local mode keeps its generated secret, so `invoke` can sign with it.

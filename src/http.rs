@@ -62,6 +62,26 @@ impl RetryPolicy {
     }
 }
 
+/// An answer read whole: what the retry rule and the error mapping look at.
+pub struct Raw {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` and reads the whole answer.
+pub async fn send(request: reqwest::RequestBuilder) -> Result<Raw, reqwest::Error> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let retry_after = retry_after(response.headers());
+    let body = response.bytes().await?.to_vec();
+    Ok(Raw {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 /// `Retry-After` (seconds or HTTP date), else `x-ratelimit-reset` (a delta below 1e9,
 /// else epoch seconds: Port's docs and its Terraform provider disagree).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {

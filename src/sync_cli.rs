@@ -6,17 +6,16 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
 use crate::bitbucket::{BitbucketClient, RepoRef};
 use crate::cli::{OutputFormat, SyncArgs};
-use crate::config::GitOpsSettings;
+use crate::config::{port_config, GitOpsSettings};
 use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter, StderrLog};
 use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine, SyncRequest};
 use crate::metrics::Metrics;
-use crate::port::{PortClient, PortConfig, RetryPolicy};
+use crate::port::PortClient;
 
 pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let gitops = GitOpsSettings::from_args(&args.bitbucket, |name| std::env::var(name).ok())?
@@ -28,25 +27,9 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--repo {e}"))?;
 
-    let client_secret = std::env::var("PORT_CLIENT_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let port = match (
-        args.port_client_id.clone().filter(|s| !s.is_empty()),
-        client_secret,
-    ) {
-        (Some(client_id), Some(client_secret)) => Some(Arc::new(PortClient::new(
-            PortConfig {
-                api_url: args.port_api_url.clone(),
-                client_id,
-                client_secret,
-                retry: RetryPolicy::default(),
-                request_timeout: Duration::from_secs(30),
-            },
-            Arc::new(Metrics::new()),
-        )?)),
-        _ => None,
-    };
+    let port = port_config(&args.port, |name| std::env::var(name).ok())?
+        .map(|config| PortClient::new(config, Arc::new(Metrics::new())).map(Arc::new))
+        .transpose()?;
     let (blueprints, writer): (Arc<dyn BlueprintSource>, Arc<dyn EntityWriter>) =
         match (&port, &args.blueprints_dir) {
             (_, Some(dir)) if args.dry_run => (Arc::new(DirBlueprints(dir.clone())), Arc::new(NullWriter)),

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::error::BitbucketError;
 use super::types::{Branch, BranchWire, ErrorBody, LinesPage, Page};
-use crate::http::{retry_after, RetryPolicy};
+use crate::http::{Raw, RetryPolicy};
 
 /// How Bitbucket authenticates us.
 #[derive(Clone)]
@@ -68,12 +68,6 @@ pub struct BitbucketClient {
     file_api: FileApi,
     page_limit: String,
     requests: AtomicU64,
-}
-
-struct Raw {
-    status: u16,
-    retry_after: Option<Duration>,
-    body: Vec<u8>,
 }
 
 impl BitbucketClient {
@@ -346,15 +340,7 @@ impl BitbucketClient {
             }
             BitbucketAuth::Bearer(token) => request.bearer_auth(token),
         };
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let retry_after = retry_after(response.headers());
-        let body = response.bytes().await?.to_vec();
-        Ok(Raw {
-            status,
-            retry_after,
-            body,
-        })
+        crate::http::send(request).await
     }
 }
 

@@ -134,17 +134,7 @@ impl EntityWriter for NullWriter {
         _blueprint: &str,
         entities: &[Value],
     ) -> Result<Vec<BulkItemResult>, PortError> {
-        Ok(entities
-            .iter()
-            .map(|e| BulkItemResult::Ok {
-                identifier: e
-                    .get("identifier")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                created: false,
-            })
-            .collect())
+        Ok(BulkItemResult::accepted_locally(entities))
     }
 
     async fn delete(&self, _blueprint: &str, _identifier: &str) -> Result<bool, PortError> {

@@ -20,7 +20,7 @@ use super::types::{
     BulkItemResult, BulkResponse, ErrorBody, RunPatch, SearchResponse, TokenRequest, TokenResponse,
     WriteMode,
 };
-use crate::http::{retry_after, RetryPolicy};
+use crate::http::{Raw, RetryPolicy};
 use crate::metrics::Metrics;
 
 /// Port accepts at most 20 entities per bulk call.
@@ -45,13 +45,6 @@ struct CachedToken {
     value: String,
     refresh_at: Instant,
     generation: u64,
-}
-
-/// An answer from Port, read whole.
-struct Raw {
-    status: u16,
-    retry_after: Option<Duration>,
-    body: Vec<u8>,
 }
 
 /// Client for Port's API; cheap to share behind an `Arc`.
@@ -442,18 +435,7 @@ impl PortClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let result = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let retry_after = retry_after(response.headers());
-            let body = response.bytes().await?.to_vec();
-            Ok(Raw {
-                status,
-                retry_after,
-                body,
-            })
-        }
-        .await;
+        let result = crate::http::send(request).await;
         match &result {
             Ok(raw) => {
                 self.reachable.store(true, Ordering::Relaxed);

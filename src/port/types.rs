@@ -72,6 +72,23 @@ pub enum BulkItemResult {
     },
 }
 
+impl BulkItemResult {
+    /// What a write that is only recorded locally (local mode) answers: each entity accepted.
+    pub fn accepted_locally(entities: &[Value]) -> Vec<Self> {
+        entities
+            .iter()
+            .map(|e| Self::Ok {
+                identifier: e
+                    .get("identifier")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                created: false,
+            })
+            .collect()
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct BulkResponse {
     #[serde(default)]

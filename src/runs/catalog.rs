@@ -73,17 +73,7 @@ impl RunCatalog {
                     )
                     .await?
             }
-            Sink::Local => entities
-                .iter()
-                .map(|e| BulkItemResult::Ok {
-                    identifier: e
-                        .get("identifier")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    created: false,
-                })
-                .collect(),
+            Sink::Local => BulkItemResult::accepted_locally(entities),
         };
         for result in &results {
             if let BulkItemResult::Ok { identifier, .. } = result {

@@ -489,22 +489,26 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, path: String)
     }
 }
 
+/// All rows of a query, mapped.
+fn rows<T>(
+    c: &Connection,
+    sql: &str,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = c.prepare(sql)?;
+    let mapped = stmt.query_map([], map)?;
+    mapped.collect()
+}
+
 fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
     let mut recovery = Recovery::default();
-    let mut stmt = c.prepare(
+    let open: Vec<(String, String, String)> = rows(
+        c,
         "SELECT r.run_id, r.state, i.invocation FROM runs r JOIN invocations i USING (run_id)
          WHERE r.state IN ('queued', 'running') ORDER BY r.accepted_at, r.run_id",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (run_id, state, stored) in rows {
+    for (run_id, state, stored) in open {
         let parsed = serde_json::from_str::<Value>(&stored)
             .map_err(|e| e.to_string())
             .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
@@ -514,48 +518,35 @@ fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
             Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
         }
     }
-    let mut stmt = c.prepare(
+    let finals: Vec<(String, String, String, String, Option<String>)> = rows(
+        c,
         "SELECT run_id, action, final_status, final_summary, final_link FROM runs
          WHERE state = 'finished' AND reported = 0 ORDER BY finished_at",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
-    let finals = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     for (run_id, action, status, summary, link) in finals {
         let Ok(run_id) = RunId::parse("run_id", &run_id) else {
             recovery.unreadable.push(run_id);
             continue;
         };
+        let status = if status == "SUCCESS" {
+            RunStatus::Success
+        } else {
+            RunStatus::Failure
+        };
         recovery.unreported.push(UnreportedFinal {
             run_id,
             action,
-            status: if status == "SUCCESS" {
-                RunStatus::Success
-            } else {
-                RunStatus::Failure
-            },
+            status,
             summary,
             link,
         });
     }
-    let mut stmt = c.prepare("SELECT id, run_id, message FROM pending_logs ORDER BY id")?;
-    let logs = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let logs: Vec<(i64, String, String)> = rows(
+        c,
+        "SELECT id, run_id, message FROM pending_logs ORDER BY id",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     for (id, run_id, message) in logs {
         if let Ok(run_id) = RunId::parse("run_id", &run_id) {
             recovery.pending_logs.push((id, run_id, message));

@@ -101,7 +101,7 @@ enum Op {
         reported: bool,
         committed: Committed,
     },
-    Reported(String),
+    Reported(String, Committed),
     LogPending {
         id: i64,
         run_id: String,
@@ -310,9 +310,15 @@ impl Journal {
     }
 
     /// Port acknowledged the final report (or will never take it): nothing left to send.
-    /// Queued, not awaited: if it is lost, the report is sent again and Port refuses it.
-    pub fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
-        self.send(Op::Reported(run_id.to_string()))
+    pub async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
+        let (committed, answer) = oneshot::channel();
+        self.send(Op::Reported(run_id.to_string(), committed))?;
+        self.committed(answer).await
+    }
+
+    /// Waits until everything queued so far is committed (at shutdown).
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.call(|_| Ok(())).await
     }
 
     /// Keeps a log batch until Port acknowledges it (committed before it is sent); returns its id.
@@ -436,7 +442,8 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, path: String)
                         )?
                         .execute(params![run_id, now_ms(), status, summary, link, reported as i64])?;
                     }
-                    Op::Reported(run_id) => {
+                    Op::Reported(run_id, committed) => {
+                        acks.push(committed);
                         tx.prepare_cached("UPDATE runs SET reported = 1 WHERE run_id = ?1")?
                             .execute(params![run_id])?;
                         tx.prepare_cached("DELETE FROM pending_logs WHERE run_id = ?1")?
@@ -628,7 +635,7 @@ mod tests {
         )
         .await
         .unwrap();
-        j.reported(&id("r_done")).unwrap();
+        j.reported(&id("r_done")).await.unwrap();
         let log = j.log_pending(&id("r_run"), "line 1").await.unwrap();
         j.log_pending(&id("r_run"), "line 2").await.unwrap();
         j.log_done(log).unwrap();

@@ -332,14 +332,14 @@ pub struct FinalDelivery {
 }
 
 impl FinalDelivery {
-    fn settle(&self, run_id: &RunId, state: ReportState) {
+    async fn settle(&self, run_id: &RunId, state: ReportState) {
         // Delivered, or refused for good: either way there is nothing left to send.
         if matches!(
             state,
             ReportState::Delivered | ReportState::Undelivered { .. }
         ) {
             if let Some(journal) = &self.journal {
-                if let Err(e) = journal.reported(run_id) {
+                if let Err(e) = journal.reported(run_id).await {
                     tracing::error!(%run_id, error = %e, "could not journal the delivery");
                 }
             }
@@ -352,7 +352,7 @@ impl FinalDelivery {
 /// `give_up_after` (and, with a journal, again at the next start).
 pub async fn deliver_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
     match ctx.client.patch_run(run_id.as_str(), &patch).await {
-        Ok(()) => ctx.settle(&run_id, ReportState::Delivered),
+        Ok(()) => ctx.settle(&run_id, ReportState::Delivered).await,
         Err(e) if e.is_transient() => {
             tracing::warn!(%run_id, error = %e, "final status not delivered yet; retrying in the background");
             ctx.registry.update(&run_id, |r| {
@@ -371,7 +371,8 @@ pub async fn deliver_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
                 ReportState::Undelivered {
                     reason: e.to_string(),
                 },
-            );
+            )
+            .await;
         }
     }
 }
@@ -390,7 +391,7 @@ async fn retry_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
         match ctx.client.patch_run(run_id.as_str(), &patch).await {
             Ok(()) => {
                 tracing::info!(%run_id, attempts, "final status delivered after retries");
-                ctx.settle(&run_id, ReportState::Delivered);
+                ctx.settle(&run_id, ReportState::Delivered).await;
                 return;
             }
             Err(e)
@@ -423,7 +424,8 @@ async fn retry_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
                     ReportState::Undelivered {
                         reason: e.to_string(),
                     },
-                );
+                )
+                .await;
                 return;
             }
         }

@@ -204,12 +204,57 @@ impl Runner {
                 "recovering runs from the journal"
             );
         }
+        // Runs that can start, start now.
+        let mut owed_failures = Vec::new();
+        for invocation in recovery.interrupted {
+            let resumable = self
+                .handlers
+                .resolve(&invocation)
+                .map(|h| h.resumable())
+                .unwrap_or(false);
+            self.registry.admit(&invocation);
+            if resumable {
+                tracing::info!(run_id = %invocation.run_id, "re-running an interrupted run (its handler is resumable)");
+                let _ = journal.requeue(&invocation.run_id);
+                self.schedule(invocation);
+            } else {
+                owed_failures.push(invocation);
+            }
+        }
+        for invocation in recovery.queued {
+            self.registry.admit(&invocation);
+            self.schedule(invocation);
+        }
+        // What Port is owed goes out in the background: a Port outage must not hold up the
+        // start (each report may take the client's whole retry budget).
+        let this = self.clone();
+        let owed = async move {
+            this.send_owed(
+                journal,
+                recovery.pending_logs,
+                recovery.unreported,
+                owed_failures,
+            )
+            .await;
+        };
+        self.tracker.spawn_on(owed.in_current_span(), &self.rt);
+    }
+
+    /// Re-sends log batches Port never acknowledged (skipping those it has), then verdicts,
+    /// then reports the interrupted runs that cannot simply run again.
+    async fn send_owed(
+        &self,
+        journal: Arc<Journal>,
+        pending_logs: Vec<(i64, RunId, String)>,
+        unreported: Vec<super::journal::UnreportedFinal>,
+        interrupted: Vec<Invocation>,
+    ) {
         // Log lines first: Port takes none for a run after its final status. A batch may have
         // reached Port just before the crash: skip those Port already has (no idempotency key
         // in Port's log API, so its copy is asked for).
         if let Sink::Port(client) = &self.sink {
             let mut known: std::collections::HashMap<RunId, Vec<String>> = Default::default();
-            for (id, run_id, message) in &recovery.pending_logs {
+            for (id, run_id, message) in &pending_logs {
                 if !known.contains_key(run_id) {
                     let messages = client
                         .run_log_messages(run_id.as_str())
@@ -231,7 +276,7 @@ impl Runner {
                 }
             }
         }
-        for fin in recovery.unreported {
+        for fin in unreported {
             match &self.sink {
                 Sink::Port(client) => {
                     let patch = RunPatch {
@@ -243,36 +288,20 @@ impl Runner {
                     deliver_final(self.delivery(client.clone()), fin.run_id, patch).await;
                 }
                 Sink::Local => {
-                    let _ = journal.reported(&fin.run_id);
+                    let _ = journal.reported(&fin.run_id).await;
                 }
             }
         }
-        for invocation in recovery.interrupted {
-            let resumable = self
-                .handlers
-                .resolve(&invocation)
-                .map(|h| h.resumable())
-                .unwrap_or(false);
-            self.registry.admit(&invocation);
-            if resumable {
-                tracing::info!(run_id = %invocation.run_id, "re-running an interrupted run (its handler is resumable)");
-                let _ = journal.requeue(&invocation.run_id);
-                self.schedule(invocation);
-            } else {
-                let reporter = self.reporter(&invocation);
-                reporter
-                    .finish(
-                        Verdict::failure("interrupted: runner restarted during the run"),
-                        &self.metrics,
-                        invocation.action.as_str(),
-                    )
-                    .await;
-                self.registry.retire(&invocation.run_id);
-            }
-        }
-        for invocation in recovery.queued {
-            self.registry.admit(&invocation);
-            self.schedule(invocation);
+        for invocation in interrupted {
+            let reporter = self.reporter(&invocation);
+            reporter
+                .finish(
+                    Verdict::failure("interrupted: runner restarted during the run"),
+                    &self.metrics,
+                    invocation.action.as_str(),
+                )
+                .await;
+            self.registry.retire(&invocation.run_id);
         }
     }
 
@@ -469,7 +498,15 @@ impl Runner {
                 .await
                 .is_err()
             {
-                tracing::error!("some final reports were not delivered before exit");
+                tracing::error!(
+                    "some final reports were not delivered before exit; they stay in the journal"
+                );
+            }
+        }
+        // Whatever was queued for the journal reaches the disk before the process exits.
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal.flush().await {
+                tracing::error!(error = %e, "could not flush the journal");
             }
         }
     }

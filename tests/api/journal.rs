@@ -147,8 +147,10 @@ async fn a_final_status_port_never_acknowledged_is_sent_after_a_restart() {
     })
     .await;
     assert_eq!(fake.final_patch(&run_id).unwrap()["status"], "SUCCESS");
-    // A second restart has nothing left to send.
-    drop(served);
+    // After a graceful stop, a second restart has nothing left to send.
+    let mut served = served;
+    let stopping = &mut served;
+    assert!(tokio::task::block_in_place(|| stopping.terminate()).success());
     let before = fake.terminal_patches(&run_id);
     let served = serve(&fake, data.path());
     tokio::time::sleep(Duration::from_millis(300)).await;

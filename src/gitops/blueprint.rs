@@ -86,15 +86,7 @@ impl Blueprint {
                     .collect()
             })
             .unwrap_or_default();
-        let required = schema
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let required = string_list(schema.get("required"));
         let relations = json
             .get("relations")
             .and_then(Value::as_object)
@@ -437,6 +429,19 @@ fn short(value: &Value) -> String {
     } else {
         text
     }
+}
+
+/// The strings of a JSON list (`schema.required`, `userInputs.required`); anything else is empty.
+pub fn string_list(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// SHA-256 of the value serialized with object keys sorted, so key order in YAML does not matter.

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::gitops::blueprint::PropSchema;
+use crate::gitops::blueprint::{string_list, PropSchema};
 
 /// One action's inputs.
 #[derive(Debug, Clone, Default)]
@@ -34,15 +34,7 @@ impl InputSchema {
                     .insert(name.clone(), PropSchema::from_json(prop));
             }
         }
-        schema.required = inputs
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        schema.required = string_list(inputs.get("required"));
         schema
     }
 

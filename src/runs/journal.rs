@@ -239,6 +239,14 @@ impl Journal {
         self.send(Op::Call(Box::new(move |c| {
             let _ = reply.send(f(c));
         })))?;
+        self.answer(answer).await
+    }
+
+    /// The writer's answer to one request.
+    async fn answer<T>(
+        &self,
+        answer: oneshot::Receiver<rusqlite::Result<T>>,
+    ) -> Result<T, JournalError> {
         answer
             .await
             .map_err(|_| self.gone())?
@@ -258,13 +266,7 @@ impl Journal {
             invocation: serde_json::to_string(invocation).expect("invocations serialize"),
             reply,
         })?;
-        answer
-            .await
-            .map_err(|_| self.gone())?
-            .map_err(|source| JournalError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })
+        self.answer(answer).await
     }
 
     async fn committed(&self, answer: oneshot::Receiver<bool>) -> Result<(), JournalError> {

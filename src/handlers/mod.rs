@@ -7,6 +7,7 @@
 mod echo;
 mod gitops;
 pub mod inputs;
+pub mod jq;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

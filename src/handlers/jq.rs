@@ -1,0 +1,190 @@
+//! jq expressions (via the jaq crates), as Port's own mappings use them: compiled once,
+//! evaluated against a JSON context such as `{inputs, entity, run, outputs}`.
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, Filter, Native, RcIter};
+use jaq_json::Val;
+use serde_json::Value;
+
+/// A compiled jq expression.
+pub struct Expr {
+    source: String,
+    filter: Filter<Native<Val>>,
+}
+
+/// Why an expression did not compile or evaluate; the text names the expression.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JqError {
+    #[error("jq expression {expr:?} does not compile: {message}")]
+    Compile { expr: String, message: String },
+    #[error("jq expression {expr:?} failed: {message}")]
+    Eval { expr: String, message: String },
+    #[error("jq expression {expr:?} produced no value")]
+    Empty { expr: String },
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+impl Expr {
+    pub fn compile(source: &str) -> Result<Self, JqError> {
+        let error = |message: String| JqError::Compile {
+            expr: source.to_owned(),
+            message,
+        };
+        let loader = Loader::new(jaq_std::defs().chain(jaq_json::defs()));
+        let arena = Arena::default();
+        let modules = loader
+            .load(
+                &arena,
+                File {
+                    code: source,
+                    path: (),
+                },
+            )
+            .map_err(|errs| error(describe_load(source, &errs)))?;
+        let filter = Compiler::default()
+            .with_funs(jaq_std::funs().chain(jaq_json::funs()))
+            .compile(modules)
+            .map_err(|errs| error(describe_compile(&errs)))?;
+        Ok(Self {
+            source: source.to_owned(),
+            filter,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The first value the expression produces for `input`.
+    pub fn eval(&self, input: &Value) -> Result<Value, JqError> {
+        let inputs = RcIter::new(core::iter::empty());
+        let mut out = self
+            .filter
+            .run((Ctx::new([], &inputs), Val::from(input.clone())));
+        match out.next() {
+            Some(Ok(value)) => Ok(Value::from(value)),
+            Some(Err(e)) => Err(JqError::Eval {
+                expr: self.source.clone(),
+                message: e.to_string(),
+            }),
+            None => Err(JqError::Empty {
+                expr: self.source.clone(),
+            }),
+        }
+    }
+}
+
+/// Where `rest` (a suffix of `source`, as jaq reports it) starts, in words.
+fn position(source: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        return "at the end".to_owned();
+    }
+    let at = source[..source.len().saturating_sub(rest.len())]
+        .chars()
+        .count()
+        + 1;
+    format!("at character {at}")
+}
+
+fn describe_load(source: &str, errs: &jaq_core::load::Errors<&str, ()>) -> String {
+    use jaq_core::load::Error;
+    let mut out = Vec::new();
+    for (_, err) in errs {
+        match err {
+            Error::Io(items) => out.extend(
+                items
+                    .iter()
+                    .map(|(path, e)| format!("cannot load {path}: {e}")),
+            ),
+            Error::Lex(items) => out.extend(items.iter().map(|(expect, rest)| {
+                format!("expected {} {}", expect.as_str(), position(source, rest))
+            })),
+            Error::Parse(items) => out.extend(items.iter().map(|(expect, rest)| {
+                format!("expected {} {}", expect.as_str(), position(source, rest))
+            })),
+        }
+    }
+    out.join("; ")
+}
+
+fn describe_compile(errs: &jaq_core::compile::Errors<&str, ()>) -> String {
+    use jaq_core::compile::Undefined;
+    errs.iter()
+        .flat_map(|(_, items)| items.iter())
+        .map(|(name, undefined)| match undefined {
+            Undefined::Filter(arity) => format!("undefined filter {name}/{arity}"),
+            other => format!("undefined {} {name}", other.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn expressions_map_a_run_context_like_ports_mappings() {
+        let ctx = json!({
+            "inputs": {"bucket_name": "logs", "tags": {"team": "pay"}},
+            "outputs": {"create": {"Location": "/logs"}},
+            "run": {"id": "r_1"}
+        });
+        let cases = [
+            (".inputs.bucket_name", json!("logs")),
+            ("\"s3://\" + .inputs.bucket_name", json!("s3://logs")),
+            (
+                ".inputs.tags | to_entries | map(\"\\(.key)=\\(.value)\") | join(\",\")",
+                json!("team=pay"),
+            ),
+            (".outputs.create.Location", json!("/logs")),
+            (".inputs.missing // \"default\"", json!("default")),
+            (
+                "{identifier: .inputs.bucket_name, run: .run.id}",
+                json!({"identifier": "logs", "run": "r_1"}),
+            ),
+        ];
+        for (source, expected) in cases {
+            assert_eq!(
+                Expr::compile(source).unwrap().eval(&ctx).unwrap(),
+                expected,
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_expression() {
+        let err = Expr::compile(".inputs.(").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "jq expression \".inputs.(\" does not compile: expected closing parenthesis at the end"
+        );
+        let err = Expr::compile(".a | ] | .b").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "jq expression \".a | ] | .b\" does not compile: expected token at character 6"
+        );
+        let err = Expr::compile("foo(1)").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "jq expression \"foo(1)\" does not compile: undefined filter foo/1"
+        );
+        let err = Expr::compile("error(\"nope\")")
+            .unwrap()
+            .eval(&json!({}))
+            .unwrap_err();
+        assert!(matches!(err, JqError::Eval { .. }), "{err}");
+        let err = Expr::compile("empty")
+            .unwrap()
+            .eval(&json!({}))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "jq expression \"empty\" produced no value");
+    }
+}

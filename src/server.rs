@@ -22,10 +22,11 @@ use crate::domain::RunId;
 use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter};
 use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine};
 use crate::handlers::HandlerRegistry;
-use crate::handlers::{ActionInputs, GitOpsHandler};
+use crate::handlers::{ActionInputs, CommandHandler, GitOpsHandler};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{Journal, Masker, RunRegistry, Runner, Sink};
+use crate::tool::Locks;
 use crate::webhook::bitbucket::PushHook;
 use crate::webhook::{self, signature::SignatureVerifier};
 
@@ -66,6 +67,8 @@ pub enum StartError {
     Bitbucket(#[from] crate::bitbucket::BitbucketError),
     #[error(transparent)]
     Journal(#[from] crate::runs::JournalError),
+    #[error("invalid handler definitions:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Definitions(Vec<crate::handlers::DefinitionError>),
 }
 
 /// A bound, wired server that has not started serving yet.
@@ -105,6 +108,20 @@ impl Application {
             None => Arc::new(DirBlueprints(settings.blueprints_dir.clone())),
         };
         handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
+        // Declarative command actions (actions/handlers/*.yaml), compiled now: a bad file stops the start.
+        let locks = Locks::new();
+        let commands = CommandHandler::load_dir(
+            &settings.actions_dir.join("handlers"),
+            &settings.data_dir,
+            &locks,
+        )
+        .map_err(StartError::Definitions)?;
+        for command in commands {
+            let action = command.action().to_owned();
+            if !handlers.contains(&action) {
+                handlers.register(&action, command);
+            }
+        }
         if !handlers.contains("gitops_sync") {
             handlers.register(
                 "gitops_sync",

@@ -4,6 +4,7 @@
 //! run, a cancellation token) and returns an [`Outcome`] or a [`HandlerError`] whose text
 //! is what the hub user reads. Timeouts, panics and shutdown are the runner's business.
 
+pub mod command;
 mod echo;
 mod gitops;
 pub mod inputs;
@@ -20,6 +21,7 @@ use crate::invocation::Invocation;
 use crate::port::PortError;
 use crate::runs::{RunCatalog, RunLog};
 
+pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
 pub use gitops::{sync_request, GitOpsHandler};
 pub use inputs::{ActionInputs, InputSchema};

@@ -35,6 +35,8 @@ pub struct AppOptions {
     /// Start a fake Bitbucket and configure GitOps against it.
     pub gitops: bool,
     pub file_api: FileApi,
+    /// Actions folder (with `handlers/`); default: the repository's `actions/`.
+    pub actions_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AppOptions {
@@ -48,6 +50,7 @@ impl Default for AppOptions {
             port_retries: 4,
             gitops: false,
             file_api: FileApi::Raw,
+            actions_dir: None,
         }
     }
 }
@@ -97,6 +100,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     settings.admin_token = options.admin_token.clone();
     let data_dir = tempfile::tempdir().unwrap();
     settings.data_dir = data_dir.path().to_path_buf();
+    if let Some(dir) = &options.actions_dir {
+        settings.actions_dir = dir.clone();
+    }
     // Every test runs with the journal, as `serve` does by default.
     settings.journal = Some(data_dir.path().join("journal.sqlite3"));
     let bitbucket = if options.gitops {

@@ -3,6 +3,7 @@
 mod admin;
 mod apply;
 mod cli;
+mod command;
 mod fake_bitbucket;
 mod fake_port;
 mod gitops;

@@ -10,28 +10,39 @@ use crate::apply::apply;
 use crate::cli::{ApplyArgs, ServeArgs, ValidateArgs};
 use crate::config::{port_config, SECRET_ENV};
 use crate::definitions::{check_port_yaml, load_file, Definition, Definitions, FileProblem};
-use crate::handlers::HandlerRegistry;
+use crate::handlers::{CommandHandler, HandlerRegistry};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
+use crate::tool::Locks;
 
-/// The actions this build can run (what `validate` and `apply` accept as served here).
-pub fn served_actions() -> Vec<String> {
+/// The actions this build can run with the command definitions in `actions_dir/handlers`
+/// (what `validate` and `apply` accept as served here), and the definitions' problems.
+pub fn served_actions(actions_dir: &Path) -> (Vec<String>, Vec<FileProblem>) {
     let mut known: Vec<String> = HandlerRegistry::builtin()
         .known()
         .into_iter()
         .map(str::to_owned)
         .collect();
     known.push("gitops_sync".into());
+    let mut problems = Vec::new();
+    match CommandHandler::load_dir(&actions_dir.join("handlers"), actions_dir, &Locks::new()) {
+        Ok(commands) => known.extend(commands.iter().map(|c| c.action().to_owned())),
+        Err(errors) => problems.extend(errors.into_iter().map(|e| FileProblem {
+            file: e.file.into(),
+            message: e.message,
+        })),
+    }
     known.sort();
-    known
+    (known, problems)
 }
 
 pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let config = port_config(&args.port, |name| std::env::var(name).ok())?
         .context("PORT_CLIENT_ID and PORT_CLIENT_SECRET are needed: apply writes to Port")?;
     let client = PortClient::new(config, Arc::new(Metrics::new()))?;
-    let (defs, load_problems) = Definitions::load(&args.dir);
-    let known = served_actions();
+    let (defs, mut load_problems) = Definitions::load(&args.dir);
+    let (known, handler_problems) = served_actions(&args.dir.join("actions"));
+    load_problems.extend(handler_problems);
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     let report = apply(
         &client,
@@ -59,11 +70,22 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.paths.clone()
     };
-    let known = served_actions();
+    let (blueprints, mut problems) = Definitions::load_blueprints(&args.blueprints_dir);
+    // Command definitions of every checkout given, and of the current folder's actions/.
+    let mut known: Vec<String> = Vec::new();
+    let action_dirs = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .map(|p| p.join("actions"))
+        .chain([Path::new("./actions").to_path_buf()]);
+    for dir in action_dirs {
+        let (served, definition_problems) = served_actions(&dir);
+        known.extend(served);
+        problems.extend(definition_problems);
+    }
+    known.sort();
+    known.dedup();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
-    let (blueprint_defs, mut problems) =
-        Definitions::load(args.blueprints_dir.parent().unwrap_or(Path::new(".")));
-    let blueprints = blueprint_defs.blueprints;
     let mut checked = 0;
     for path in &paths {
         if path.is_dir() {

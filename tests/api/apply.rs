@@ -352,3 +352,83 @@ async fn the_shipped_definitions_validate_and_apply_clean() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(writes(&port).len(), before, "idempotent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_command_definitions_and_counts_their_actions_as_served() {
+    let dir = fixture();
+    // A command action: its JSON is served by its definition in actions/handlers/.
+    let mut action = echo_action();
+    action["identifier"] = json!("restart_service");
+    write(dir.path(), "actions/restart_service.json", &action);
+    std::fs::create_dir_all(dir.path().join("actions/handlers")).unwrap();
+    std::fs::write(
+        dir.path().join("actions/handlers/restart_service.yaml"),
+        "action: restart_service\nhandler: command\nsteps:\n  - name: go\n    program: printf\n    args: ['\"ok\"']\n",
+    )
+    .unwrap();
+    let out = run(
+        vec!["validate".into(), dir.path().display().to_string()],
+        None,
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(
+        dir.path().join("actions/handlers/broken.yaml"),
+        "action: broken\nhandler: command\nsteps:\n  - name: go\n    program: x\n    args: [.inputs.(]\n",
+    )
+    .unwrap();
+    let out = run(
+        vec!["validate".into(), dir.path().display().to_string()],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "broken.yaml: steps[0] (go).args[0]: jq expression \".inputs.(\" does not compile"
+        ),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_reads_blueprints_from_the_folder_given_whatever_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "catalog-schemas/service.json",
+        &json!({
+            "identifier": "service", "title": "Service",
+            "schema": {"properties": {"tier": {"type": "string", "enum": ["a"]}}}
+        }),
+    );
+    let yaml = dir.path().join("port.yaml");
+    std::fs::write(
+        &yaml,
+        "identifier: s\ntitle: S\nblueprint: service\nproperties:\n  tier: b\n",
+    )
+    .unwrap();
+    let out = run(
+        vec![
+            "validate".into(),
+            yaml.display().to_string(),
+            "--blueprints-dir".into(),
+            dir.path().join("catalog-schemas").display().to_string(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("property 'tier' must be one of \"a\", got \"b\""),
+        "{stderr}"
+    );
+}

@@ -332,6 +332,8 @@ impl Runner {
         )
     }
 
+    /// Ends a run whose supervision itself failed, through the same path as every verdict
+    /// (journalled first, then delivered with background retries).
     async fn report_internal_error(&self, run_id: &RunId, message: &str) {
         let summary = format!("internal error in port-runner: {message}");
         self.registry.update(run_id, |r| {
@@ -339,15 +341,22 @@ impl Runner {
             r.summary = Some(summary.clone());
             r.finished_at = Some(OffsetDateTime::now_utc());
         });
+        let local = matches!(self.sink, Sink::Local);
+        if let Some(journal) = &self.journal {
+            if let Err(e) = journal
+                .finished(run_id, RunStatus::Failure, &summary, None, local)
+                .await
+            {
+                tracing::error!(%run_id, error = %e, "could not journal the internal error");
+            }
+        }
         if let Sink::Port(client) = &self.sink {
             let patch = RunPatch {
                 status: Some(RunStatus::Failure),
                 summary: Some(summary),
                 ..RunPatch::default()
             };
-            if let Err(e) = client.patch_run(run_id.as_str(), &patch).await {
-                tracing::error!(%run_id, error = %e, "could not report the internal error to Port");
-            }
+            deliver_final(self.delivery(client.clone()), run_id.clone(), patch).await;
         }
     }
 

@@ -98,7 +98,7 @@ struct CommandStep {
 }
 
 struct EntityMapping {
-    blueprint: String,
+    blueprint: Identifier,
     identifier: Expr,
     title: Option<Expr>,
     properties: Vec<(String, Expr)>,
@@ -210,8 +210,7 @@ impl CommandHandler {
             None => None,
             Some(e) => Some(EntityMapping {
                 blueprint: Identifier::schema("entity.blueprint", &e.blueprint)
-                    .map_err(|e| error(e.to_string()))?
-                    .to_string(),
+                    .map_err(|e| error(e.to_string()))?,
                 identifier: jq("entity.identifier", &e.identifier)?,
                 title: e
                     .title
@@ -335,13 +334,12 @@ impl Handler for CommandHandler {
         let Some(mapping) = &self.entity else {
             return Ok(Outcome::new(format!("{} step(s) done", self.steps.len())));
         };
-        let blueprint = Identifier::schema("entity.blueprint", &mapping.blueprint)
-            .map_err(|e| HandlerError::Failed(e.to_string()))?;
+        let blueprint = &mapping.blueprint;
         if inv.operation == Operation::Delete {
             let entity = inv.entity.as_ref().ok_or_else(|| {
                 HandlerError::Failed("a DELETE run needs an entity to delete".into())
             })?;
-            ctx.catalog.delete(&blueprint, &entity.identifier).await?;
+            ctx.catalog.delete(blueprint, &entity.identifier).await?;
             return Ok(Outcome::new(format!(
                 "deleted {}/{}",
                 blueprint, entity.identifier
@@ -374,7 +372,7 @@ impl Handler for CommandHandler {
             WriteMode::Replace
         };
         ctx.catalog
-            .upsert(&blueprint, &Value::Object(body), mode)
+            .upsert(blueprint, &Value::Object(body), mode)
             .await?;
         Ok(Outcome::new(format!(
             "{} step(s) done; {blueprint}/{identifier} up to date",

@@ -196,8 +196,7 @@ impl BitbucketClient {
         path: &str,
         at: Option<&str>,
     ) -> Result<String, BitbucketError> {
-        let mut segments = vec!["projects", project, "repos", slug, "raw"];
-        segments.extend(path.split('/'));
+        let segments = file_segments(project, slug, "raw", path);
         let query: Vec<(&str, &str)> = at.map(|at| ("at", at)).into_iter().collect();
         let raw = self.get(&segments, &query).await?;
         String::from_utf8(raw.body).map_err(|_| BitbucketError::Unexpected {
@@ -212,8 +211,7 @@ impl BitbucketClient {
         path: &str,
         at: Option<&str>,
     ) -> Result<String, BitbucketError> {
-        let mut segments = vec!["projects", project, "repos", slug, "browse"];
-        segments.extend(path.split('/'));
+        let segments = file_segments(project, slug, "browse", path);
         let mut text = String::new();
         let mut start = 0u64;
         loop {
@@ -342,6 +340,13 @@ impl BitbucketClient {
         };
         crate::http::send(request).await
     }
+}
+
+/// `projects/{p}/repos/{s}/{raw|browse}/{path…}`, each path component its own segment.
+fn file_segments<'a>(project: &'a str, slug: &'a str, api: &'a str, path: &'a str) -> Vec<&'a str> {
+    let mut segments = vec!["projects", project, "repos", slug, api];
+    segments.extend(path.split('/'));
+    segments
 }
 
 fn classify(outcome: Result<Raw, reqwest::Error>, url: &Url) -> BitbucketError {

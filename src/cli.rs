@@ -234,6 +234,10 @@ pub struct ServeArgs {
     )]
     pub blueprints_dir: PathBuf,
 
+    /// The Pulumi CLI that `handler: pulumi` actions run.
+    #[arg(long, env = "PORT_RUNNER_PULUMI_BIN", default_value = "pulumi")]
+    pub pulumi_bin: String,
+
     /// Keep runs in memory only (no journal in the data dir): a crash then loses runs in flight.
     #[arg(long, env = "PORT_RUNNER_NO_JOURNAL")]
     pub no_journal: bool,

@@ -10,7 +10,7 @@ use crate::apply::apply;
 use crate::cli::{ApplyArgs, ServeArgs, ValidateArgs};
 use crate::config::{port_config, SECRET_ENV};
 use crate::definitions::{check_port_yaml, load_file, Definition, Definitions, FileProblem};
-use crate::handlers::{CommandHandler, HandlerRegistry};
+use crate::handlers::{load_definitions, DefinitionContext, HandlerRegistry, PulumiSettings};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::tool::Locks;
@@ -25,8 +25,20 @@ pub fn served_actions(actions_dir: &Path) -> (Vec<String>, Vec<FileProblem>) {
         .collect();
     known.push("gitops_sync".into());
     let mut problems = Vec::new();
-    match CommandHandler::load_dir(&actions_dir.join("handlers"), actions_dir, &Locks::new()) {
-        Ok(commands) => known.extend(commands.iter().map(|c| c.action().to_owned())),
+    // Only compiled here: nothing is created, so the default settings do.
+    let pulumi = PulumiSettings {
+        program: "pulumi".into(),
+        projects_dir: actions_dir.into(),
+        env: Default::default(),
+        secret_env: Default::default(),
+    };
+    let ctx = DefinitionContext {
+        workdir: actions_dir,
+        pulumi: &pulumi,
+        locks: &Locks::new(),
+    };
+    match load_definitions(&actions_dir.join("handlers"), &ctx) {
+        Ok(loaded) => known.extend(loaded.into_iter().map(|d| d.action)),
         Err(errors) => problems.extend(errors.into_iter().map(|e| FileProblem {
             file: e.file.into(),
             message: e.message,

@@ -105,6 +105,8 @@ pub struct Settings {
     pub journal: Option<PathBuf>,
     /// How long finished runs stay in the journal.
     pub retain: Duration,
+    /// The Pulumi CLI the `pulumi` handlers run (`pulumi` on PATH by default).
+    pub pulumi_bin: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +153,7 @@ impl Settings {
             actions_dir: PathBuf::from("./actions"),
             journal: None,
             retain: Duration::from_secs(14 * 24 * 3600),
+            pulumi_bin: "pulumi".into(),
         }
     }
 
@@ -199,6 +202,7 @@ impl Settings {
             max_body_bytes: args.max_body_bytes,
             signature_tolerance: Duration::from_secs(args.signature_tolerance_secs),
             http_workers: args.http_workers as usize,
+            pulumi_bin: args.pulumi_bin.clone(),
             ..Self::local("")
         })
     }

@@ -22,7 +22,9 @@ use crate::domain::RunId;
 use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter};
 use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine};
 use crate::handlers::HandlerRegistry;
-use crate::handlers::{ActionInputs, CommandHandler, GitOpsHandler};
+use crate::handlers::{
+    load_definitions, ActionInputs, DefinitionContext, GitOpsHandler, PulumiSettings,
+};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{Journal, Masker, RunRegistry, Runner, Sink};
@@ -69,6 +71,8 @@ pub enum StartError {
     Journal(#[from] crate::runs::JournalError),
     #[error("invalid handler definitions:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<crate::handlers::DefinitionError>),
+    #[error("cannot prepare Pulumi's state folder: {0}")]
+    Pulumi(String),
 }
 
 /// A bound, wired server that has not started serving yet.
@@ -108,18 +112,24 @@ impl Application {
             None => Arc::new(DirBlueprints(settings.blueprints_dir.clone())),
         };
         handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
-        // Declarative command actions (actions/handlers/*.yaml), compiled now: a bad file stops the start.
+        // Declarative actions (actions/handlers/*.yaml), compiled now: a bad file stops the start.
         let locks = Locks::new();
-        let commands = CommandHandler::load_dir(
+        let mut pulumi =
+            PulumiSettings::from_env(&settings.data_dir, |name| std::env::var(name).ok())
+                .map_err(|e| StartError::Pulumi(e.to_string()))?;
+        pulumi.program = settings.pulumi_bin.clone();
+        let definitions = load_definitions(
             &settings.actions_dir.join("handlers"),
-            &settings.data_dir,
-            &locks,
+            &DefinitionContext {
+                workdir: &settings.data_dir,
+                pulumi: &pulumi,
+                locks: &locks,
+            },
         )
         .map_err(StartError::Definitions)?;
-        for command in commands {
-            let action = command.action().to_owned();
-            if !handlers.contains(&action) {
-                handlers.register(&action, command);
+        for definition in definitions {
+            if !handlers.contains(&definition.action) {
+                handlers.register_shared(&definition.action, definition.handler);
             }
         }
         if !handlers.contains("gitops_sync") {

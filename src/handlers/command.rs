@@ -8,9 +8,15 @@
 //! steps:
 //!   - name: create
 //!     program: aws
-//!     args: ['"s3api"', '"create-bucket"', '"--bucket"', .inputs.bucket_name]
+//!     args: ['"s3api"', '"create-bucket"', '"--bucket"', .inputs.bucket_name,
+//!            {option: '"--region"', value: .inputs.region}]   # both left out when null
 //!     env: {AWS_DEFAULT_REGION: '.inputs.region // "us-east-1"'}
 //!     json: true                             # stdout parsed into .outputs.create
+//!   - name: tag
+//!     when: '.inputs.tags // {} | length > 0'   # skipped unless true
+//!     program: aws
+//!     args: [...]
+//! pass_env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL]
 //! entity:
 //!   blueprint: s3_bucket
 //!   identifier: .inputs.bucket_name
@@ -19,9 +25,11 @@
 //! ```
 //!
 //! Every argument, variable and mapping is a jq expression over
-//! `{inputs, entity, run, outputs}`, compiled when the runner starts. CREATE upserts the
-//! entity, DAY-2 merges it, DELETE deletes the run's entity. A value computed from the run
-//! that starts with `-` is refused as an argument: the program would read it as an option.
+//! `{inputs, entity, run, outputs}`, compiled when the runner starts. An argument that
+//! evaluates to null is left out. CREATE upserts the entity, DAY-2 merges it, DELETE
+//! deletes the run's entity. A value computed from the run that starts with `-` is refused
+//! as an argument: the program would read it as an option. Tools see only the variables
+//! listed in `pass_env` of the runner's environment (never the runner's own secrets).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,12 +37,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use super::jq::{Expr, JqError};
+use super::jq::Expr;
+use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
 use super::{Handler, HandlerError, Outcome, RunContext};
 use crate::domain::{Identifier, Operation};
-use crate::port::WriteMode;
 use crate::tool::{self, Locks, Step, ToolError};
 
 /// Bytes of stdout kept to parse as JSON.
@@ -49,6 +57,8 @@ struct DefinitionFile {
     lock: Option<String>,
     #[serde(default)]
     operations: Option<Vec<String>>,
+    #[serde(default)]
+    pass_env: Vec<String>,
     steps: Vec<StepFile>,
     #[serde(default)]
     entity: Option<EntityFile>,
@@ -60,7 +70,9 @@ struct StepFile {
     name: String,
     program: String,
     #[serde(default)]
-    args: Vec<String>,
+    when: Option<String>,
+    #[serde(default)]
+    args: Vec<ArgFile>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -70,39 +82,28 @@ struct StepFile {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EntityFile {
-    blueprint: String,
-    identifier: String,
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    properties: BTreeMap<String, String>,
-    #[serde(default)]
-    relations: BTreeMap<String, String>,
+#[serde(untagged)]
+enum ArgFile {
+    One(String),
+    Option { option: String, value: String },
 }
 
-/// An argument: a literal string, or an expression computed from the run.
+/// An argument: a literal string, an expression computed from the run (left out when
+/// null), or an option followed by its computed value (both left out when it is null).
 enum Arg {
     Literal(String),
     Computed(Expr),
+    Option(String, Expr),
 }
 
 struct CommandStep {
     name: String,
     program: String,
+    when: Option<Expr>,
     args: Vec<Arg>,
     env: Vec<(String, Expr)>,
     json: bool,
     timeout: Duration,
-}
-
-struct EntityMapping {
-    blueprint: Identifier,
-    identifier: Expr,
-    title: Option<Expr>,
-    properties: Vec<(String, Expr)>,
-    relations: Vec<(String, Expr)>,
 }
 
 /// One action's definition, compiled.
@@ -110,6 +111,7 @@ pub struct CommandHandler {
     action: String,
     operations: Vec<Operation>,
     lock: Option<Expr>,
+    pass_env: PassEnv,
     steps: Vec<CommandStep>,
     entity: Option<EntityMapping>,
     workdir: PathBuf,
@@ -124,61 +126,22 @@ pub struct DefinitionError {
     pub message: String,
 }
 
-impl CommandHandler {
-    /// Loads every `*.yaml` in `dir` (none: no command actions). All problems are reported.
-    pub fn load_dir(
-        dir: &Path,
-        workdir: &Path,
-        locks: &Locks,
-    ) -> Result<Vec<Self>, Vec<DefinitionError>> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(Vec::new());
-        };
-        let mut files: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect();
-        files.sort();
-        let (mut handlers, mut errors) = (Vec::new(), Vec::new());
-        for file in files {
-            match Self::load(&file, workdir, locks) {
-                Ok(handler) => handlers.push(handler),
-                Err(e) => errors.push(e),
-            }
-        }
-        if errors.is_empty() {
-            Ok(handlers)
-        } else {
-            Err(errors)
-        }
-    }
+/// A literal given as a JSON string (`'"s3api"'`), or `None` for an expression.
+fn literal(source: &str) -> Option<String> {
+    serde_json::from_str::<String>(source).ok()
+}
 
-    fn load(file: &Path, workdir: &Path, locks: &Locks) -> Result<Self, DefinitionError> {
-        let shown = file.display().to_string();
-        let error = |message: String| DefinitionError {
-            file: shown.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(file).map_err(|e| error(format!("cannot read: {e}")))?;
-        let def: DefinitionFile =
-            serde_yaml_ng::from_str(&text).map_err(|e| error(e.to_string()))?;
+impl CommandHandler {
+    /// Compiles a `handler: command` definition; the error says which field is wrong.
+    pub(super) fn parse(text: &str, workdir: &Path, locks: &Locks) -> Result<Self, String> {
+        let def: DefinitionFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         if def.handler != "command" {
-            return Err(error(format!("handler '{}' is not 'command'", def.handler)));
+            return Err(format!("handler '{}' is not 'command'", def.handler));
         }
-        Identifier::schema("action", &def.action).map_err(|e| error(e.to_string()))?;
-        let jq = |field: &str, source: &str| {
-            Expr::compile(source).map_err(|e| error(format!("{field}: {e}")))
-        };
-        let operations = match &def.operations {
-            None => Operation::ALL.to_vec(),
-            Some(ops) => ops
-                .iter()
-                .map(|op| Operation::parse("operations", op).map_err(|e| error(e.to_string())))
-                .collect::<Result<_, _>>()?,
-        };
+        Identifier::schema("action", &def.action).map_err(|e| e.to_string())?;
+        let operations = super::parse_operations(def.operations.as_deref())?;
         if def.steps.is_empty() {
-            return Err(error("steps: at least one step is needed".into()));
+            return Err("steps: at least one step is needed".into());
         }
         let mut steps = Vec::new();
         for (i, step) in def.steps.iter().enumerate() {
@@ -187,54 +150,57 @@ impl CommandHandler {
                 .args
                 .iter()
                 .enumerate()
-                .map(|(j, source)| match serde_json::from_str::<String>(source) {
-                    Ok(literal) => Ok(Arg::Literal(literal)),
-                    Err(_) => jq(&format!("{at}.args[{j}]"), source).map(Arg::Computed),
+                .map(|(j, arg)| match arg {
+                    ArgFile::One(source) => match literal(source) {
+                        Some(text) => Ok(Arg::Literal(text)),
+                        None => compile(&format!("{at}.args[{j}]"), source).map(Arg::Computed),
+                    },
+                    ArgFile::Option { option, value } => {
+                        let option = literal(option)
+                            .or_else(|| option.starts_with('-').then(|| option.clone()))
+                            .filter(|o| o.starts_with('-'))
+                            .ok_or_else(|| {
+                                format!("{at}.args[{j}].option: {option:?} is not an option such as \"--region\"")
+                            })?;
+                        compile(&format!("{at}.args[{j}].value"), value)
+                            .map(|v| Arg::Option(option, v))
+                    }
                 })
                 .collect::<Result<_, _>>()?;
             let env = step
                 .env
                 .iter()
-                .map(|(k, v)| jq(&format!("{at}.env.{k}"), v).map(|e| (k.clone(), e)))
+                .map(|(k, v)| compile(&format!("{at}.env.{k}"), v).map(|e| (k.clone(), e)))
                 .collect::<Result<_, _>>()?;
             steps.push(CommandStep {
                 name: step.name.clone(),
                 program: step.program.clone(),
+                when: step
+                    .when
+                    .as_deref()
+                    .map(|w| compile(&format!("{at}.when"), w))
+                    .transpose()?,
                 args,
                 env,
                 json: step.json,
                 timeout: Duration::from_secs(step.timeout_secs.unwrap_or(600)),
             });
         }
-        let entity = match &def.entity {
-            None => None,
-            Some(e) => Some(EntityMapping {
-                blueprint: Identifier::schema("entity.blueprint", &e.blueprint)
-                    .map_err(|e| error(e.to_string()))?,
-                identifier: jq("entity.identifier", &e.identifier)?,
-                title: e
-                    .title
-                    .as_deref()
-                    .map(|t| jq("entity.title", t))
-                    .transpose()?,
-                properties: e
-                    .properties
-                    .iter()
-                    .map(|(k, v)| jq(&format!("entity.properties.{k}"), v).map(|x| (k.clone(), x)))
-                    .collect::<Result<_, _>>()?,
-                relations: e
-                    .relations
-                    .iter()
-                    .map(|(k, v)| jq(&format!("entity.relations.{k}"), v).map(|x| (k.clone(), x)))
-                    .collect::<Result<_, _>>()?,
-            }),
-        };
         Ok(Self {
             action: def.action,
             operations,
-            lock: def.lock.as_deref().map(|l| jq("lock", l)).transpose()?,
+            lock: def
+                .lock
+                .as_deref()
+                .map(|l| compile("lock", l))
+                .transpose()?,
+            pass_env: PassEnv::compile(&def.pass_env)?,
             steps,
-            entity,
+            entity: def
+                .entity
+                .as_ref()
+                .map(EntityMapping::compile)
+                .transpose()?,
             workdir: workdir.to_path_buf(),
             locks: locks.clone(),
         })
@@ -245,20 +211,42 @@ impl CommandHandler {
     }
 }
 
-fn failed(e: JqError) -> HandlerError {
-    HandlerError::Failed(e.to_string())
+/// A computed argument, refused when it would be read as an option.
+fn checked_arg(
+    what: &str,
+    text: String,
+    previous: Option<&String>,
+) -> Result<String, HandlerError> {
+    if text.starts_with('-') && previous.map(String::as_str) != Some("--") {
+        return Err(HandlerError::Failed(format!(
+            "{what} is {text:?}: a value starting with '-' would be read as an option, so it is refused"
+        )));
+    }
+    Ok(text)
 }
 
-/// A computed value as one argument or variable: strings as they are, numbers and booleans
-/// printed; anything else is a mistake in the definition or the inputs.
-fn as_text(what: &str, value: &Value) -> Result<String, HandlerError> {
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        other => Err(HandlerError::Failed(format!(
-            "{what} evaluated to {other}, not a string, number or boolean"
-        ))),
+impl CommandStep {
+    fn argv(&self, context: &Value) -> Result<Vec<String>, HandlerError> {
+        let mut argv: Vec<String> = Vec::with_capacity(self.args.len());
+        for (i, arg) in self.args.iter().enumerate() {
+            let (option, expr) = match arg {
+                Arg::Literal(text) => {
+                    argv.push(text.clone());
+                    continue;
+                }
+                Arg::Computed(expr) => (None, expr),
+                Arg::Option(option, expr) => (Some(option), expr),
+            };
+            let value = expr.eval(context).map_err(failed)?;
+            if value.is_null() {
+                continue;
+            }
+            let what = format!("step {} argument {} ({})", self.name, i + 1, expr.source());
+            let text = checked_arg(&what, as_text(&what, &value)?, argv.last())?;
+            argv.extend(option.cloned());
+            argv.push(text);
+        }
+        Ok(argv)
     }
 }
 
@@ -270,13 +258,7 @@ impl Handler for CommandHandler {
 
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let inv = &ctx.invocation;
-        let mut context = json!({
-            "inputs": inv.inputs,
-            "entity": inv.entity.as_ref().map(|e| Value::Object(e.raw.clone())).unwrap_or(Value::Null),
-            "run": {"id": inv.run_id, "action": inv.action, "operation": inv.operation,
-                    "blueprint": inv.blueprint},
-            "outputs": {}
-        });
+        let mut context = run_context(inv);
         let _lock = match &self.lock {
             Some(expr) => {
                 let name = as_text("lock", &expr.eval(&context).map_err(failed)?)?;
@@ -284,25 +266,24 @@ impl Handler for CommandHandler {
             }
             None => None,
         };
+        let (plain_env, secret_env) = self.pass_env.collect();
+        let mut ran = 0;
         for step in &self.steps {
-            let mut argv = Vec::with_capacity(step.args.len());
-            for (i, arg) in step.args.iter().enumerate() {
-                match arg {
-                    Arg::Literal(text) => argv.push(text.clone()),
-                    Arg::Computed(expr) => {
-                        let what =
-                            format!("step {} argument {} ({})", step.name, i + 1, expr.source());
-                        let text = as_text(&what, &expr.eval(&context).map_err(failed)?)?;
-                        if text.starts_with('-') && argv.last().map(String::as_str) != Some("--") {
-                            return Err(HandlerError::Failed(format!(
-                                "{what} is {text:?}: a value starting with '-' would be read as an option, so it is refused"
-                            )));
-                        }
-                        argv.push(text);
-                    }
+            if let Some(when) = &step.when {
+                let go = when.eval(&context).map_err(failed)?;
+                if matches!(go, Value::Null | Value::Bool(false)) {
+                    ctx.log
+                        .line(format!(
+                            "step {} skipped: {} is {go}",
+                            step.name,
+                            when.source()
+                        ))
+                        .await;
+                    continue;
                 }
             }
-            let mut env = BTreeMap::new();
+            let argv = step.argv(&context)?;
+            let mut env = secret_env.clone();
             for (name, expr) in &step.env {
                 let value = expr.eval(&context).map_err(failed)?;
                 if !value.is_null() {
@@ -314,6 +295,7 @@ impl Handler for CommandHandler {
             }
             let mut command = Step::new(step.program.clone(), argv, self.workdir.clone());
             command.env = env;
+            command.plain_env = plain_env.clone();
             command.timeout = step.timeout;
             command.capture_stdout = step.json.then_some(JSON_OUTPUT_LIMIT);
             ctx.log.line(format!("$ {}", command.display())).await;
@@ -323,60 +305,26 @@ impl Handler for CommandHandler {
                     ToolError::Cancelled { .. } => HandlerError::Cancelled,
                     other => HandlerError::Failed(format!("step {}: {other}", step.name)),
                 })?;
+            ran += 1;
             if step.json {
                 let text = output.stdout.unwrap_or_default();
-                let parsed: Value = serde_json::from_str(&text).map_err(|e| {
-                    HandlerError::Failed(format!("step {}: stdout is not JSON: {e}", step.name))
-                })?;
+                let parsed: Value = if text.trim().is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&text).map_err(|e| {
+                        HandlerError::Failed(format!("step {}: stdout is not JSON: {e}", step.name))
+                    })?
+                };
                 context["outputs"][&step.name] = parsed;
             }
         }
-        let Some(mapping) = &self.entity else {
-            return Ok(Outcome::new(format!("{} step(s) done", self.steps.len())));
-        };
-        let blueprint = &mapping.blueprint;
-        if inv.operation == Operation::Delete {
-            let entity = inv.entity.as_ref().ok_or_else(|| {
-                HandlerError::Failed("a DELETE run needs an entity to delete".into())
-            })?;
-            ctx.catalog.delete(blueprint, &entity.identifier).await?;
-            return Ok(Outcome::new(format!(
-                "deleted {}/{}",
-                blueprint, entity.identifier
-            )));
+        let done = format!("{ran} step(s) done");
+        match &self.entity {
+            None => Ok(Outcome::new(done)),
+            Some(mapping) => {
+                let applied = mapping.apply(&ctx, &context).await?;
+                Ok(Outcome::new(format!("{done}; {applied}")))
+            }
         }
-        let identifier = as_text(
-            "entity.identifier",
-            &mapping.identifier.eval(&context).map_err(failed)?,
-        )?;
-        Identifier::entity("entity.identifier", &identifier)
-            .map_err(|e| HandlerError::Failed(e.to_string()))?;
-        let mut body = Map::new();
-        body.insert("identifier".into(), Value::String(identifier.clone()));
-        if let Some(title) = &mapping.title {
-            body.insert("title".into(), title.eval(&context).map_err(failed)?);
-        }
-        let mut properties = Map::new();
-        for (name, expr) in &mapping.properties {
-            properties.insert(name.clone(), expr.eval(&context).map_err(failed)?);
-        }
-        let mut relations = Map::new();
-        for (name, expr) in &mapping.relations {
-            relations.insert(name.clone(), expr.eval(&context).map_err(failed)?);
-        }
-        body.insert("properties".into(), Value::Object(properties));
-        body.insert("relations".into(), Value::Object(relations));
-        let mode = if inv.operation == Operation::Day2 {
-            WriteMode::Merge
-        } else {
-            WriteMode::Replace
-        };
-        ctx.catalog
-            .upsert(blueprint, &Value::Object(body), mode)
-            .await?;
-        Ok(Outcome::new(format!(
-            "{} step(s) done; {blueprint}/{identifier} up to date",
-            self.steps.len()
-        )))
     }
 }

@@ -9,8 +9,11 @@ mod echo;
 mod gitops;
 pub mod inputs;
 pub mod jq;
+mod mapping;
+pub mod pulumi;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -25,6 +28,98 @@ pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
 pub use gitops::{sync_request, GitOpsHandler};
 pub use inputs::{ActionInputs, InputSchema};
+pub use pulumi::{PulumiHandler, PulumiSettings};
+
+use crate::tool::Locks;
+
+/// `operations:` of a definition file (absent: all of them).
+fn parse_operations(ops: Option<&[String]>) -> Result<Vec<Operation>, String> {
+    match ops {
+        None => Ok(Operation::ALL.to_vec()),
+        Some(ops) => ops
+            .iter()
+            .map(|op| Operation::parse("operations", op).map_err(|e| e.to_string()))
+            .collect(),
+    }
+}
+
+/// What the declarative handlers need to be built.
+pub struct DefinitionContext<'a> {
+    /// Where `command` steps run.
+    pub workdir: &'a Path,
+    pub pulumi: &'a PulumiSettings,
+    pub locks: &'a Locks,
+}
+
+/// A compiled definition: the action it serves and its handler.
+pub struct Definition {
+    pub action: String,
+    pub file: PathBuf,
+    pub handler: Arc<dyn Handler>,
+}
+
+/// Loads every `*.yaml` handler definition in `dir` (no folder: none), dispatching on its
+/// `handler:` field. Every problem is reported, each with its file.
+pub fn load_definitions(
+    dir: &Path,
+    ctx: &DefinitionContext<'_>,
+) -> Result<Vec<Definition>, Vec<DefinitionError>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    let (mut loaded, mut errors) = (Vec::<Definition>::new(), Vec::new());
+    for file in files {
+        let error = |message: String| DefinitionError {
+            file: file.display().to_string(),
+            message,
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(error(format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let kind = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("handler").and_then(|h| h.as_str()).map(str::to_owned));
+        let built: Result<(String, Arc<dyn Handler>), String> = match kind.as_deref() {
+            Some("pulumi") => PulumiHandler::parse(&text, &file, ctx.pulumi, ctx.locks)
+                .map(|h| (h.action().to_owned(), Arc::new(h) as Arc<dyn Handler>)),
+            Some("command") | None => CommandHandler::parse(&text, ctx.workdir, ctx.locks)
+                .map(|h| (h.action().to_owned(), Arc::new(h) as Arc<dyn Handler>)),
+            Some(other) => Err(format!("handler '{other}' is not one of: command, pulumi")),
+        };
+        match built {
+            Ok((action, handler)) => {
+                if let Some(first) = loaded.iter().find(|d| d.action == action) {
+                    errors.push(error(format!(
+                        "action '{action}' is already defined in {}",
+                        first.file.display()
+                    )));
+                } else {
+                    loaded.push(Definition {
+                        action,
+                        file: file.clone(),
+                        handler,
+                    });
+                }
+            }
+            Err(message) => errors.push(error(message)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(errors)
+    }
+}
 
 /// What a handler has to work with.
 pub struct RunContext {
@@ -98,7 +193,11 @@ impl HandlerRegistry {
     }
 
     pub fn register(&mut self, action: &str, handler: impl Handler) -> &mut Self {
-        self.handlers.insert(action.to_owned(), Arc::new(handler));
+        self.register_shared(action, Arc::new(handler))
+    }
+
+    pub fn register_shared(&mut self, action: &str, handler: Arc<dyn Handler>) -> &mut Self {
+        self.handlers.insert(action.to_owned(), handler);
         self
     }
 

@@ -38,12 +38,16 @@ const PASSED_THROUGH: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPD
 pub struct Step {
     pub program: String,
     pub args: Vec<String>,
-    /// The child's environment on top of the pass-through list.
+    /// The child's environment on top of the pass-through list; values are masked in logs.
     pub env: BTreeMap<String, String>,
+    /// More of the child's environment, not secret (endpoints, state paths): not masked.
+    pub plain_env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub timeout: Duration,
     /// Keep stdout (up to this many bytes) to parse it afterwards; `None`: only log it.
     pub capture_stdout: Option<usize>,
+    /// Capture stdout without logging it (it may hold secrets the log cannot mask yet).
+    pub quiet_stdout: bool,
 }
 
 impl Step {
@@ -52,9 +56,11 @@ impl Step {
             program: program.into(),
             args,
             env: BTreeMap::new(),
+            plain_env: BTreeMap::new(),
             cwd: cwd.into(),
             timeout: Duration::from_secs(600),
             capture_stdout: None,
+            quiet_stdout: false,
         }
     }
 
@@ -167,7 +173,7 @@ pub async fn run(
             command.env(name, value);
         }
     }
-    command.envs(&step.env);
+    command.envs(&step.plain_env).envs(&step.env);
     // The values a step is given in its environment are as secret as its inputs.
     log.add_secrets(step.env.values().filter(|v| v.len() >= 8).cloned());
 
@@ -185,8 +191,13 @@ pub async fn run(
     let err_log = log.clone();
     let streams = async {
         tokio::join!(
-            pump(stdout, out_log, capture, None),
-            pump(stderr, err_log, None, Some(STDERR_TAIL_LINES))
+            pump(
+                stdout,
+                (!step.quiet_stdout).then_some(out_log),
+                capture,
+                None
+            ),
+            pump(stderr, Some(err_log), None, Some(STDERR_TAIL_LINES))
         )
     };
 
@@ -270,7 +281,7 @@ struct Pumped {
 /// Reads lines (each cut at [`MAX_LINE_BYTES`]) into the log; optionally keeps stdout or a tail.
 async fn pump(
     stream: impl AsyncRead + Unpin,
-    log: RunLog,
+    log: Option<RunLog>,
     capture: Option<usize>,
     tail: Option<usize>,
 ) -> Pumped {
@@ -302,7 +313,9 @@ async fn pump(
                 pumped.tail.remove(0);
             }
         }
-        log.line(line).await;
+        if let Some(log) = &log {
+            log.line(line).await;
+        }
     }
     pumped
 }

@@ -118,7 +118,7 @@ async fn create_day2_and_delete_map_steps_and_outputs_to_the_entity() {
     body["payload"]["entity"] = json!({"identifier": "pay", "blueprint": "service"});
     app.post_signed(&body).await;
     let fin = app.port().wait_final(&delete).await;
-    assert_eq!(fin["summary"], "deleted service/pay");
+    assert_eq!(fin["summary"], "2 step(s) done; deleted service/pay");
     assert!(app.port().entity("service", "pay").is_none());
     app.shutdown().await;
 }
@@ -279,10 +279,14 @@ fn a_bad_definition_is_refused_naming_the_file_and_field() {
         "action: b\nhandler: command\nsteps: []\nextra: 1\n",
     )
     .unwrap();
-    let errors = port_runner::handlers::CommandHandler::load_dir(
+    let pulumi = port_runner::handlers::PulumiSettings::from_env(dir.path(), |_| None).unwrap();
+    let errors = port_runner::handlers::load_definitions(
         dir.path(),
-        dir.path(),
-        &port_runner::tool::Locks::new(),
+        &port_runner::handlers::DefinitionContext {
+            workdir: dir.path(),
+            pulumi: &pulumi,
+            locks: &port_runner::tool::Locks::new(),
+        },
     )
     .err()
     .unwrap();

@@ -68,10 +68,19 @@ impl Expr {
             .run((Ctx::new([], &inputs), Val::from(input.clone())));
         match out.next() {
             Some(Ok(value)) => Ok(Value::from(value)),
-            Some(Err(e)) => Err(JqError::Eval {
-                expr: self.source.clone(),
-                message: e.to_string(),
-            }),
+            Some(Err(e)) => {
+                let mut message = e.to_string();
+                if message.contains("cannot use null as iterable") {
+                    // jaq differs from jq here, on purpose; say how to write it for both.
+                    message.push_str(
+                        " (unlike jq, jaq refuses to index null: write `.a.b? // null` for a field that may be missing)",
+                    );
+                }
+                Err(JqError::Eval {
+                    expr: self.source.clone(),
+                    message,
+                })
+            }
             None => Err(JqError::Empty {
                 expr: self.source.clone(),
             }),

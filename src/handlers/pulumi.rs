@@ -151,10 +151,11 @@ struct DefinitionFile {
     program: String,
     #[serde(default)]
     stack: Option<String>,
+    /// In the order written (serde_json keeps it), which is the order of `config set`.
     #[serde(default)]
-    config: BTreeMap<String, String>,
+    config: Map<String, Value>,
     #[serde(default)]
-    secrets: BTreeMap<String, String>,
+    secrets: Map<String, Value>,
     #[serde(default)]
     pass_env: Vec<String>,
     #[serde(default)]
@@ -305,6 +306,11 @@ impl PulumiHandler {
             for (key, source) in map {
                 check_config_key(key)?;
                 let section = if secret { "secrets" } else { "config" };
+                let Value::String(source) = source else {
+                    return Err(format!(
+                        "{section}.{key}: {source} is not a jq expression (a string)"
+                    ));
+                };
                 config.push((
                     key.clone(),
                     compile(&format!("{section}.{key}"), source)?,
@@ -420,8 +426,16 @@ impl PulumiHandler {
                 ToolError::Failed {
                     ref code,
                     ref stderr_tail,
+                    ref stdout_tail,
                     ..
-                } => (classify(code, &stderr_tail.join("\n")), e.to_string()),
+                } => {
+                    // Engine and program errors are printed on stdout, the CLI's own on stderr.
+                    let mut detail = e.to_string();
+                    if let Some(line) = stdout_tail.iter().rev().find(|l| l.contains("error:")) {
+                        detail.push_str(&format!("; {}", line.trim()));
+                    }
+                    (classify(code, &stderr_tail.join("\n")), detail)
+                }
                 other => (Failure::Other, other.to_string()),
             })
     }

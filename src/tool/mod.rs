@@ -103,7 +103,11 @@ pub enum ToolError {
         /// The exit code, or `signal N`.
         code: String,
         stderr_tail: Vec<String>,
+        /// The last lines of stdout (where some tools, Pulumi among them, print their errors).
+        stdout_tail: Vec<String>,
     },
+    #[error("{program}: {what} contains a NUL character, which no argument or variable can carry")]
+    Nul { program: String, what: String },
     #[error("{program} did not finish within {}s and was stopped", .after.as_secs())]
     TimedOut { program: String, after: Duration },
     #[error("{program} was stopped: the run was cancelled")]
@@ -157,6 +161,21 @@ pub async fn run(
     log: &RunLog,
     cancel: &CancellationToken,
 ) -> Result<StepOutput, ToolError> {
+    let nul = |what: String| ToolError::Nul {
+        program: step.program.clone(),
+        what,
+    };
+    if let Some(i) = step.args.iter().position(|a| a.contains('\0')) {
+        return Err(nul(format!("argument {}", i + 1)));
+    }
+    if let Some((name, _)) = step
+        .env
+        .iter()
+        .chain(&step.plain_env)
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(nul(format!("variable {name}")));
+    }
     let mut command = Command::new(&step.program);
     command
         .args(&step.args)
@@ -195,7 +214,7 @@ pub async fn run(
                 stdout,
                 (!step.quiet_stdout).then_some(out_log),
                 capture,
-                None
+                Some(STDERR_TAIL_LINES)
             ),
             pump(stderr, Some(err_log), None, Some(STDERR_TAIL_LINES))
         )
@@ -234,15 +253,21 @@ pub async fn run(
                 format!("on signal {}", status.signal().unwrap_or_default())
             }
         };
-        let masked = err
-            .tail
-            .iter()
-            .map(|l| log.masker().mask(l).into_owned())
-            .collect();
+        let masked = |tail: &[String]| {
+            tail.iter()
+                .map(|l| log.masker().mask(l).into_owned())
+                .collect()
+        };
         return Err(ToolError::Failed {
             program: step.program.clone(),
             code,
-            stderr_tail: masked,
+            stderr_tail: masked(&err.tail),
+            // A quiet stdout may hold what the log could not mask: it is not kept.
+            stdout_tail: if step.quiet_stdout {
+                Vec::new()
+            } else {
+                masked(&out.tail)
+            },
         });
     }
     if out.overflowed {

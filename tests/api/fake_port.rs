@@ -364,9 +364,29 @@ async fn handle(
             let Some(id) = body["identifier"].as_str() else {
                 return error(422, "invalid_request", "identifier is required");
             };
-            st.entities
-                .insert((bp.to_string(), id.to_owned()), body.clone());
-            HttpResponse::Created().json(json!({"ok": true, "entity": body}))
+            let key = (bp.to_string(), id.to_owned());
+            let mut stored = body.clone();
+            // upsert=true&merge=true updates the given fields (properties and relations key by key).
+            if req.query_string().split('&').any(|p| p == "merge=true") {
+                if let Some(Value::Object(old)) = st.entities.get(&key) {
+                    let mut merged = old.clone();
+                    for (field, value) in body.as_object().cloned().unwrap_or_default() {
+                        match (merged.get_mut(&field), value) {
+                            (Some(Value::Object(into)), Value::Object(from))
+                                if field == "properties" || field == "relations" =>
+                            {
+                                into.extend(from)
+                            }
+                            (_, value) => {
+                                merged.insert(field, value);
+                            }
+                        }
+                    }
+                    stored = Value::Object(merged);
+                }
+            }
+            st.entities.insert(key, stored.clone());
+            HttpResponse::Created().json(json!({"ok": true, "entity": stored}))
         }
         ("POST", ["v1", "blueprints", bp, "entities", "bulk"]) => {
             let entities = body["entities"].as_array().cloned().unwrap_or_default();

@@ -354,3 +354,47 @@ impl Handler for TouchEntityHandler {
         })
     }
 }
+
+/// Values a hostile user could type into an input: shell syntax, paths, option look-alikes,
+/// control characters, escapes, long text. Each must reach a tool verbatim as one argument
+/// or be refused with a clear message.
+pub fn hostile_values() -> Vec<String> {
+    let mut values: Vec<String> = [
+        "$(touch pwned)",
+        "`id`",
+        "; rm -rf / ;",
+        "a b c",
+        "../../etc/passwd",
+        "'",
+        "\"",
+        "*",
+        "x && y",
+        "|cat",
+        "%s%s%n",
+        "\\n",
+        "line1\nline2",
+        "\r\n",
+        "\t tab",
+        "<>",
+        "{{ .secrets.x }}",
+        "ünïcødé",
+        "\u{202e}rtl",
+        "$HOME",
+        "${PATH}",
+        "a=b",
+        "C:\\x",
+        "#comment",
+        "\\xff\\xfe\\x00",
+        "%00",
+        "!!",
+        "~root",
+        "-rf",
+        "--force=yes",
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    values.push("x".repeat(10_000));
+    values
+}

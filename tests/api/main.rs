@@ -10,6 +10,7 @@ mod gitops;
 mod helpers;
 mod journal;
 mod port_client;
+mod provision;
 mod runs;
 mod ship;
 mod tool;

@@ -271,7 +271,7 @@ async fn an_unknown_action_ends_as_failure_naming_the_known_actions() {
         "{summary}"
     );
     assert!(
-        summary.contains("create_only, echo, gitops_sync, panic, touch_entity"),
+        summary.contains("create_only, delete_bucket, delete_civo_cluster, echo, gitops_sync, panic, scale_civo_cluster, touch_entity"),
         "{summary}"
     );
     app.shutdown().await;

@@ -1,0 +1,846 @@
+//! Provisioning end to end through the real `port-runner serve` binary and a signed webhook:
+//! the shipped S3 actions with the real `aws` CLI against a real S3-compatible server
+//! (`moto_server`), and the shipped Pulumi definitions against the recording stand-in for the
+//! Pulumi CLI (`tests/fixtures/pulumi`; the real CLI cannot be installed on our machines).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cli::Served;
+use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use crate::helpers::{hostile_values, unique_run_id, v2};
+use port_runner::webhook::signature::{sign, timestamp_now};
+
+const AWS_KEY_ID: &str = "AKIATESTINGKEYID0001";
+const AWS_SECRET: &str = "moto-secret-access-key-never-logged";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real S3-compatible server on loopback, stopped on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    async fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "moto_server (pip install 'moto[server]' awscli; .ci/setup does) must be on PATH",
+            );
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if reqwest::get(&url).await.is_ok() {
+                return Self { child, url };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("moto_server did not start on {url}");
+    }
+
+    /// The real `aws` CLI, as the test's own eyes on S3.
+    fn aws(&self, line: &str) -> Value {
+        let args = w(line);
+        let out = Command::new("aws")
+            .args(&args)
+            .args(["--output", "json", "--region", "us-east-1"])
+            .env("AWS_ENDPOINT_URL", &self.url)
+            .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+            .output()
+            .expect("aws CLI on PATH");
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An actions folder: the shipped action JSON plus the given handler definitions.
+fn actions_with(handlers: &[PathBuf]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("actions")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("handlers")).unwrap();
+    for file in handlers {
+        std::fs::copy(
+            file,
+            dir.path().join("handlers").join(file.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn serve(fake: &FakePort, actions: &Path, data: &Path, extra: &[(&str, &str)]) -> Served {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let mut envs = vec![
+        ("PORT_CLIENT_ID", CLIENT_ID),
+        ("PORT_CLIENT_SECRET", CLIENT_SECRET),
+        ("PORT_API_URL", fake.api_url.as_str()),
+        ("HOME", home.as_str()),
+    ];
+    envs.extend_from_slice(extra);
+    Served::start(
+        &envs,
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--actions-dir",
+            actions.to_str().unwrap(),
+            "--max-concurrent-runs",
+            "4",
+        ],
+    )
+}
+
+async fn post(served: &Served, body: &Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let ts = timestamp_now();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/webhook", served.addr))
+        .header("x-port-timestamp", &ts)
+        .header("x-port-signature", sign(CLIENT_SECRET, &ts, &raw))
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(status, 202, "{}", response.text().await.unwrap());
+}
+
+/// Runs one action to its end and returns the final PATCH.
+async fn run(
+    served: &Served,
+    fake: &FakePort,
+    action: &str,
+    operation: &str,
+    inputs: Value,
+    entity: Option<Value>,
+) -> (String, Value) {
+    let run_id = unique_run_id();
+    let mut body = v2(&run_id, action, operation, inputs);
+    if let Some(entity) = entity {
+        body["entity"] = entity;
+    }
+    post(served, &body).await;
+    let fin = fake.wait_final(&run_id).await;
+    (run_id, fin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_bucket_lifecycle_with_the_real_aws_cli_against_moto() {
+    let moto = Moto::start().await;
+    let fake = FakePort::start().await;
+    let examples = repo().join("actions/examples/aws-cli");
+    let actions = actions_with(&[
+        examples.join("create_bucket.yaml"),
+        examples.join("change_acl.yaml"),
+        examples.join("delete_bucket.yaml"),
+    ]);
+    let data = tempfile::tempdir().unwrap();
+    let mut served = serve(
+        &fake,
+        actions.path(),
+        data.path(),
+        &[
+            ("AWS_ENDPOINT_URL", &moto.url),
+            ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ],
+    );
+
+    let (create, fin) = run(
+        &served,
+        &fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "port-runner-test", "bucket_acl": "private",
+               "tags": {"team": "payments", "env": "dev"}}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&create));
+    let tags = moto.aws(r#"s3api get-bucket-tagging --bucket port-runner-test"#);
+    let mut tag_set: Vec<(String, String)> = tags["TagSet"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().unwrap().into(),
+                t["Value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    tag_set.sort();
+    assert_eq!(
+        tag_set,
+        [
+            ("env".into(), "dev".into()),
+            ("team".into(), "payments".into())
+        ]
+    );
+    let entity = fake.entity("s3_bucket", "port-runner-test").unwrap();
+    assert_eq!(
+        entity["properties"],
+        json!({"bucket_name": "port-runner-test", "bucket_acl": "private", "region": "us-east-1",
+               "url": "https://port-runner-test.s3.us-east-1.amazonaws.com",
+               "tags": {"team": "payments", "env": "dev"}})
+    );
+    let lines = fake.log_lines(&create);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("$ aws s3api create-bucket")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("step public-access skipped")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains(AWS_SECRET)));
+
+    let bucket = json!({"identifier": "port-runner-test", "blueprint": "s3_bucket",
+                        "properties": entity["properties"]});
+    let (day2, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "public-read"}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&day2));
+    let acl = moto.aws(r#"s3api get-bucket-acl --bucket port-runner-test"#);
+    assert!(
+        acl["Grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |g| g["Grantee"]["URI"] == "http://acs.amazonaws.com/groups/global/AllUsers"
+                    && g["Permission"] == "READ"
+            ),
+        "{acl:#}"
+    );
+    assert_eq!(
+        fake.entity("s3_bucket", "port-runner-test").unwrap()["properties"]["bucket_acl"],
+        "public-read"
+    );
+
+    // A DAY-2 change on a bucket that does not exist fails with aws's own reason.
+    let (missing, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private"}),
+        Some(json!({"identifier": "no-such-bucket", "blueprint": "s3_bucket"})),
+    )
+    .await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("step acl: aws exited 255") && summary.contains("NoSuchBucket"),
+        "{summary}\n{:#?}",
+        fake.log_lines(&missing)
+    );
+
+    let (delete, fin) = run(
+        &served,
+        &fake,
+        "delete_bucket",
+        "DELETE",
+        json!({}),
+        Some(bucket),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&delete));
+    let buckets = moto.aws(r#"s3api list-buckets"#);
+    assert_eq!(buckets["Buckets"], json!([]));
+    assert!(fake.entity("s3_bucket", "port-runner-test").is_none());
+    served.terminate();
+}
+
+/// An argv written as one line (no argument here has a space).
+fn w(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The stand-in's record of the calls it received.
+fn calls(state: &Path) -> Vec<Value> {
+    std::fs::read_to_string(state.join("standin-calls.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn argv(call: &Value) -> Vec<String> {
+    call["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn control(state: &Path, control: Value) {
+    std::fs::write(
+        state.join("standin-control.json"),
+        serde_json::to_vec(&control).unwrap(),
+    )
+    .unwrap();
+}
+
+struct PulumiRig {
+    fake: FakePort,
+    served: Served,
+    state: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+async fn pulumi_rig() -> PulumiRig {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let standin = repo().join("tests/fixtures/pulumi");
+    let served = serve(
+        &fake,
+        &repo().join("actions"),
+        data.path(),
+        &[
+            ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
+            ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+            ("CIVO_TOKEN", "civo-token-for-tests"),
+        ],
+    );
+    PulumiRig {
+        state: data.path().join("pulumi-state"),
+        fake,
+        served,
+        _data: data,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    let (create, fin) = run(
+        &rig.served,
+        fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "pay-assets", "bucket_acl": "private", "region": "eu-west-1",
+               "tags": {"team": "payments"}}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&create));
+    let recorded: Vec<Vec<String>> = calls(state).iter().map(argv).collect();
+    assert_eq!(
+        recorded,
+        [
+            w(
+                r#"--non-interactive stack select --create --secrets-provider passphrase --stack pay-assets"#
+            ),
+            w(
+                r#"--non-interactive config set --stack pay-assets --plaintext aws:region -- eu-west-1"#
+            ),
+            w(
+                r#"--non-interactive config set --stack pay-assets --plaintext bucketName -- pay-assets"#
+            ),
+            w(r#"--non-interactive config set --stack pay-assets --plaintext acl -- private"#),
+            w(
+                r#"--non-interactive config set --stack pay-assets --path --plaintext tags["team"] -- payments"#
+            ),
+            w(
+                r#"--non-interactive up --yes --skip-preview --suppress-progress --color never --stack pay-assets"#
+            ),
+            w(r#"--non-interactive stack output --json --stack pay-assets"#),
+        ]
+    );
+    let first = &calls(state)[0];
+    let names: Vec<&str> = first["env_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"PORT_CLIENT_SECRET") && !names.contains(&"CIVO_TOKEN"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"PULUMI_CONFIG_PASSPHRASE_FILE")
+            && names.contains(&"AWS_SECRET_ACCESS_KEY")
+    );
+    assert_eq!(
+        first["env"]["PULUMI_BACKEND_URL"],
+        format!("file://{}", state.display())
+    );
+    let entity = fake.entity("s3_bucket", "pay-assets").unwrap();
+    assert_eq!(
+        entity["properties"],
+        json!({"bucket_name": "pay-assets", "url": "https://pay-assets.s3.eu-west-1.amazonaws.com",
+               "bucket_acl": "private", "region": "eu-west-1", "tags": {"team": "payments"}})
+    );
+
+    // DAY-2 on the entity's stack: select (never --create), set, up, merge the entity.
+    let bucket = json!({"identifier": "pay-assets", "blueprint": "s3_bucket"});
+    let before = calls(state).len();
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "public-read"}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS");
+    let day2: Vec<Vec<String>> = calls(state)[before..].iter().map(argv).collect();
+    assert_eq!(
+        day2[0],
+        w(r#"--non-interactive stack select --stack pay-assets"#)
+    );
+    assert_eq!(
+        day2[1],
+        w(r#"--non-interactive config set --stack pay-assets --plaintext acl -- public-read"#)
+    );
+    assert_eq!(
+        fake.entity("s3_bucket", "pay-assets").unwrap()["properties"]["bucket_acl"],
+        "public-read"
+    );
+
+    // A failed DAY-2 destroys nothing and leaves the entity as it was.
+    control(state, json!({"fail": {"up": "program"}}));
+    let before = calls(state).len();
+    let (failed, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private"}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("pulumi up failed for stack pay-assets")
+            && summary.contains("an unhandled error occurred: the provider refused the change"),
+        "{summary}"
+    );
+    assert!(calls(state)[before..]
+        .iter()
+        .all(|c| argv(c)[1] != "destroy"));
+    assert!(fake
+        .log_lines(&failed)
+        .iter()
+        .any(|l| l.starts_with("nothing was destroyed")));
+    assert_eq!(
+        fake.entity("s3_bucket", "pay-assets").unwrap()["properties"]["bucket_acl"],
+        "public-read"
+    );
+
+    // A stale lock left by a crashed process: a message that says what to do.
+    control(state, json!({"fail": {"up": "locked"}}));
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private"}),
+        Some(bucket.clone()),
+    )
+    .await;
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("stack pay-assets is locked by another Pulumi operation")
+            && summary.contains("pulumi cancel --yes --stack pay-assets"),
+        "{summary}"
+    );
+    let lock_dir = state.join(".pulumi/locks/organization/port-s3-bucket/pay-assets");
+    for lock in std::fs::read_dir(&lock_dir).unwrap() {
+        std::fs::remove_file(lock.unwrap().path()).unwrap();
+    }
+    control(state, json!({}));
+
+    let before = calls(state).len();
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "delete_bucket",
+        "DELETE",
+        json!({}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let delete: Vec<Vec<String>> = calls(state)[before..].iter().map(argv).collect();
+    assert_eq!(
+        delete,
+        [
+            w(
+                r#"--non-interactive destroy --yes --skip-preview --suppress-progress --color never --stack pay-assets"#
+            ),
+            w(r#"--non-interactive stack rm --yes --stack pay-assets"#),
+        ]
+    );
+    assert!(fake.entity("s3_bucket", "pay-assets").is_none());
+    assert!(!state
+        .join(".pulumi/stacks/port-s3-bucket/pay-assets.json")
+        .exists());
+
+    // Deleting again: the stack is gone, the run still succeeds and says so.
+    let (again, fin) = run(
+        &rig.served,
+        fake,
+        "delete_bucket",
+        "DELETE",
+        json!({}),
+        Some(bucket),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS");
+    assert!(fake
+        .log_lines(&again)
+        .contains(&"stack pay-assets does not exist: nothing to destroy".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn civo_cluster_kubeconfig_stays_out_of_the_catalog_and_the_logs() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    let (create, fin) = run(
+        &rig.served,
+        fake,
+        "create_civo_cluster",
+        "CREATE",
+        json!({"cluster_name": "team-a", "region": "FRA1", "count": 3, "size": "g4s.kube.medium",
+               "type": "k3s", "cni": "cilium"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&create));
+    let entity = fake.entity("civo_cluster", "team-a").unwrap();
+    assert_eq!(
+        entity["properties"],
+        json!({"cluster_name": "team-a", "region": "FRA1", "count": 3, "size": "g4s.kube.medium",
+               "type": "k3s", "cni": "cilium",
+               "api_endpoint": "https://team-a.k8s.civo.example:6443"})
+    );
+    assert!(!entity.to_string().contains("standin-"), "{entity}");
+    let stack: Value = serde_json::from_slice(
+        &std::fs::read(state.join(".pulumi/stacks/port-civo-cluster/team-a.json")).unwrap(),
+    )
+    .unwrap();
+    let kubeconfig = stack["outputs"]["kubeconfig"].as_str().unwrap();
+    let token = kubeconfig
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .trim_start_matches("token: ");
+    let all = fake
+        .requests()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect::<String>();
+    assert!(!all.contains(token), "the kubeconfig token reached Port");
+    assert!(fake
+        .log_lines(&create)
+        .contains(&"secret outputs kept out of the catalog: kubeconfig".to_owned()));
+    let civo_calls = calls(state);
+    assert!(civo_calls
+        .iter()
+        .all(|c| c["env"]["CIVO_TOKEN"] == "civo-token-for-tests"
+            && c["env"].get("AWS_SECRET_ACCESS_KEY").is_none()));
+
+    let cluster = json!({"identifier": "team-a", "blueprint": "civo_cluster"});
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "scale_civo_cluster",
+        "DAY-2",
+        json!({"count": 5}),
+        Some(cluster),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS");
+    assert_eq!(
+        fake.entity("civo_cluster", "team-a").unwrap()["properties"]["count"],
+        5
+    );
+    assert_eq!(
+        fake.entity("civo_cluster", "team-a").unwrap()["properties"]["cni"],
+        "cilium"
+    );
+
+    // Two runs on one stack at once: the second waits for the first (the CLI's own lock
+    // would otherwise fail it), and says so.
+    control(state, json!({"up_seconds": 0.6}));
+    let cluster = json!({"identifier": "team-a", "blueprint": "civo_cluster"});
+    let (a, b) = (unique_run_id(), unique_run_id());
+    for (id, count) in [(&a, 2), (&b, 4)] {
+        let mut body = v2(id, "scale_civo_cluster", "DAY-2", json!({"count": count}));
+        body["entity"] = cluster.clone();
+        post(&rig.served, &body).await;
+    }
+    let (fa, fb) = (fake.wait_final(&a).await, fake.wait_final(&b).await);
+    assert_eq!(
+        (fa["status"].as_str(), fb["status"].as_str()),
+        (Some("SUCCESS"), Some("SUCCESS"))
+    );
+    let waited: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|id| fake.log_lines(id))
+        .filter(|l| l.starts_with("waiting for pulumi:port-civo-cluster/team-a: locked by run "))
+        .collect();
+    assert_eq!(waited.len(), 1, "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulumi_failures_are_explained_and_a_failed_create_keeps_its_stack() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    for (kind, expected) in [
+        ("auth", "Pulumi could not log in: set PULUMI_ACCESS_TOKEN"),
+        ("passphrase", "the stack's secrets cannot be decrypted"),
+        ("crash", "pulumi up failed for stack"),
+    ] {
+        control(state, json!({"fail": {"up": kind}}));
+        let (run_id, fin) = run(
+            &rig.served,
+            fake,
+            "create_bucket",
+            "CREATE",
+            json!({"bucket_name": format!("b-{kind}")}),
+            None,
+        )
+        .await;
+        assert_eq!(fin["status"], "FAILURE");
+        let summary = fin["summary"].as_str().unwrap();
+        assert!(summary.contains(expected), "{kind}: {summary}");
+        assert!(
+            fake.log_lines(&run_id)
+                .iter()
+                .any(|l| l.starts_with(&format!("stack b-{kind} is kept as it is"))),
+            "{kind}"
+        );
+        assert!(fake.entity("s3_bucket", &format!("b-{kind}")).is_none());
+    }
+    control(state, json!({}));
+    // DAY-2 on a stack this runner never created.
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private"}),
+        Some(json!({"identifier": "never-made", "blueprint": "s3_bucket"})),
+    )
+    .await;
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("stack never-made of project port-s3-bucket does not exist"),
+        "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_reach_pulumi_as_one_argument_or_are_refused() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    let values = hostile_values();
+    let tags: serde_json::Map<String, Value> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("k{i}"), json!(v)))
+        .chain([("empty".to_owned(), Value::Null)])
+        .collect();
+    let (run_id, fin) = run(
+        &rig.served,
+        fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "hostile-tags", "tags": tags}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&run_id));
+    let recorded: Vec<Vec<String>> = calls(state).iter().map(argv).collect();
+    for (i, value) in values.iter().enumerate() {
+        let expected = vec![
+            "--non-interactive".to_owned(),
+            "config".into(),
+            "set".into(),
+            "--stack".into(),
+            "hostile-tags".into(),
+            "--path".into(),
+            "--plaintext".into(),
+            format!("tags[\"k{i}\"]"),
+            "--".into(),
+            value.clone(),
+        ];
+        assert_eq!(
+            recorded.iter().filter(|a| **a == expected).count(),
+            1,
+            "{value:?}"
+        );
+    }
+    // Nothing else ran: select, 3 scalar sets, one set per value (the null is skipped), up, output.
+    assert_eq!(recorded.len(), 1 + 3 + values.len() + 2);
+    // Every value came back as one value in the stack's outputs and so in the entity.
+    let entity = fake.entity("s3_bucket", "hostile-tags").unwrap();
+    for (i, value) in values.iter().enumerate() {
+        assert_eq!(
+            entity["properties"]["tags"][format!("k{i}")],
+            json!(value),
+            "{value:?}"
+        );
+    }
+
+    // As stack names they are refused by the action's input pattern before anything runs.
+    let before = calls(state).len();
+    for value in &values {
+        let (_, fin) = run(
+            &rig.served,
+            fake,
+            "create_bucket",
+            "CREATE",
+            json!({"bucket_name": value}),
+            None,
+        )
+        .await;
+        assert_eq!(fin["status"], "FAILURE", "{value:?}");
+        assert!(
+            fin["summary"].as_str().unwrap().contains("bucket_name"),
+            "{fin}"
+        );
+    }
+    // And as the entity a DAY-2 run names, by the stack-name check.
+    // (Values Port identifiers cannot hold never get past the webhook: 422.)
+    for value in ["../x", "-rf", "a/b", "x..y", ":x", "@x"] {
+        let (_, fin) = run(
+            &rig.served,
+            fake,
+            "change_acl",
+            "DAY-2",
+            json!({"bucket_acl": "private"}),
+            Some(json!({"identifier": value, "blueprint": "s3_bucket"})),
+        )
+        .await;
+        assert_eq!(fin["status"], "FAILURE", "{value:?}");
+    }
+    assert_eq!(
+        calls(state).len(),
+        before,
+        "a refused value still ran the CLI"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_reach_a_command_as_one_argument_or_are_refused() {
+    let fake = FakePort::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("argv.jsonl");
+    let recorder = repo().join("tests/fixtures/record-argv");
+    std::fs::create_dir(dir.path().join("handlers")).unwrap();
+    std::fs::write(
+        dir.path().join("handlers/note.yaml"),
+        format!(
+            "action: note\nhandler: command\nsteps:\n  - name: record\n    program: {}\n    args: ['{}', '\"--note\"', .inputs.note]\n",
+            recorder.display(),
+            serde_json::to_string(record.to_str().unwrap()).unwrap()
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let served = serve(&fake, dir.path(), data.path(), &[]);
+    let recorded = || -> Vec<Vec<String>> {
+        std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    for value in hostile_values() {
+        let before = recorded().len();
+        let (_, fin) = run(
+            &served,
+            &fake,
+            "note",
+            "CREATE",
+            json!({"note": value}),
+            None,
+        )
+        .await;
+        if value.starts_with('-') {
+            assert_eq!(fin["status"], "FAILURE", "{value:?}");
+            let summary = fin["summary"].as_str().unwrap();
+            assert!(summary.contains("would be read as an option"), "{summary}");
+            assert_eq!(recorded().len(), before, "{value:?} ran");
+        } else {
+            assert_eq!(fin["status"], "SUCCESS", "{value:?}: {fin}");
+            assert_eq!(
+                recorded()[before..],
+                [vec!["--note".to_owned(), value.clone()]]
+            );
+        }
+    }
+    let (_, fin) = run(
+        &served,
+        &fake,
+        "note",
+        "CREATE",
+        json!({"note": "a\u{0}b"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "FAILURE");
+    assert!(
+        fin["summary"].as_str().unwrap().contains("NUL character"),
+        "{fin}"
+    );
+}

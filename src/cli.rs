@@ -234,6 +234,16 @@ pub struct ServeArgs {
     )]
     pub blueprints_dir: PathBuf,
 
+    /// With DATABASE_URL: this replica's name in the shared journal (default: host name and
+    /// a random part). A fixed name lets a restarted replica take its runs back at once.
+    #[arg(long, env = "PORT_RUNNER_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// With DATABASE_URL: seconds a replica's claim on its runs and locks holds without a
+    /// heartbeat (beats every third of it); a dead replica's runs are taken over after it.
+    #[arg(long, env = "PORT_RUNNER_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+
     /// The Pulumi CLI that `handler: pulumi` actions run.
     #[arg(long, env = "PORT_RUNNER_PULUMI_BIN", default_value = "pulumi")]
     pub pulumi_bin: String,

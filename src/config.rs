@@ -107,6 +107,29 @@ pub struct Settings {
     pub retain: Duration,
     /// The Pulumi CLI the `pulumi` handlers run (`pulumi` on PATH by default).
     pub pulumi_bin: String,
+    /// A PostgreSQL journal shared by replicas (`DATABASE_URL`); wins over `journal`.
+    pub database: Option<DatabaseSettings>,
+}
+
+/// The shared journal of a replica.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// A libpq connection string or URL (`postgres://user:pass@host/db`): secret.
+    pub url: String,
+    /// This replica's name in the database (claims, locks).
+    pub replica: String,
+    /// How long a replica's claim on its runs and locks holds without a heartbeat.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &"<secret>")
+            .field("replica", &self.replica)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +177,7 @@ impl Settings {
             journal: None,
             retain: Duration::from_secs(14 * 24 * 3600),
             pulumi_bin: "pulumi".into(),
+            database: None,
         }
     }
 
@@ -203,6 +227,11 @@ impl Settings {
             signature_tolerance: Duration::from_secs(args.signature_tolerance_secs),
             http_workers: args.http_workers as usize,
             pulumi_bin: args.pulumi_bin.clone(),
+            database: non_empty("DATABASE_URL")?.map(|url| DatabaseSettings {
+                url,
+                replica: args.replica_id.clone().unwrap_or_else(default_replica_id),
+                lease: Duration::from_secs(args.lease_secs.max(3)),
+            }),
             ..Self::local("")
         })
     }
@@ -252,7 +281,8 @@ const FILE_KEYS: [(&str, &str); 23] = [
 ];
 
 /// The environment variables that hold secrets (masked when configuration is shown).
-pub const SECRET_ENV: [&str; 6] = [
+pub const SECRET_ENV: [&str; 7] = [
+    "DATABASE_URL",
     "PORT_CLIENT_SECRET",
     "PORT_RUNNER_ADMIN_TOKEN",
     "PORT_RUNNER_LOCAL_SECRET",
@@ -260,6 +290,16 @@ pub const SECRET_ENV: [&str; 6] = [
     "BITBUCKET_TOKEN",
     "BITBUCKET_WEBHOOK_SECRET",
 ];
+
+/// A replica name unique to this process: the host name (a pod's name) and a random part.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
 
 /// The default configuration file, read when present.
 pub const DEFAULT_CONFIG_FILE: &str = "port-runner.yaml";

@@ -113,7 +113,19 @@ impl Application {
         };
         handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
         // Declarative actions (actions/handlers/*.yaml), compiled now: a bad file stops the start.
-        let locks = Locks::new();
+        // The journal: PostgreSQL shared by replicas, SQLite in the data dir, or none.
+        let journal = match (&settings.database, &settings.journal) {
+            (Some(db), _) => Some(Arc::new(
+                Journal::connect(&db.url, &db.replica, db.lease).await?,
+            )),
+            (None, Some(path)) => Some(Arc::new(Journal::open(path)?)),
+            (None, None) => None,
+        };
+        // Stacks and resources are locked across replicas when they share a database.
+        let locks = match journal.as_ref().and_then(|j| j.shared()) {
+            Some(shared) => Locks::global(shared.clone()),
+            None => Locks::new(),
+        };
         let mut pulumi =
             PulumiSettings::from_env(&settings.data_dir, |name| std::env::var(name).ok())
                 .map_err(|e| StartError::Pulumi(e.to_string()))?;
@@ -177,10 +189,6 @@ impl Application {
             settings.keep_finished_runs,
             settings.max_log_lines_per_run,
         ));
-        let journal = match &settings.journal {
-            Some(path) => Some(Arc::new(Journal::open(path)?)),
-            None => None,
-        };
         let runner = Runner::new(
             Handle::current(),
             journal.clone(),
@@ -193,6 +201,19 @@ impl Application {
         );
         // Take over from the previous process before accepting new runs.
         runner.recover(settings.retain).await;
+        if let Some(db) = &settings.database {
+            // Replicas look after each other: runs whose replica's lease ran out are claimed.
+            let (runner, retain, every) = (runner.clone(), settings.retain, db.lease / 2);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if runner.is_stopping() {
+                        return;
+                    }
+                    runner.recover(retain).await;
+                }
+            });
+        }
         if let Some(journal) = journal {
             let retain = settings.retain;
             tokio::spawn(async move {

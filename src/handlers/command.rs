@@ -259,11 +259,15 @@ impl Handler for CommandHandler {
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let inv = &ctx.invocation;
         let mut context = run_context(inv);
+        // A lock expression that evaluates to null means: this run needs no lock.
         let _lock = match &self.lock {
-            Some(expr) => {
-                let name = as_text("lock", &expr.eval(&context).map_err(failed)?)?;
-                Some(self.locks.acquire(&name, &inv.run_id, &ctx.log).await)
-            }
+            Some(expr) => match expr.eval(&context).map_err(failed)? {
+                Value::Null => None,
+                value => {
+                    let name = as_text("lock", &value)?;
+                    Some(self.locks.acquire(&name, &inv.run_id, &ctx.log).await)
+                }
+            },
             None => None,
         };
         let (plain_env, secret_env) = self.pass_env.collect();

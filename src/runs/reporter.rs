@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::journal::Journal;
+use super::journal::{Journal, JournalError};
 use super::mask::Masker;
 use super::registry::{ReportState, RunRegistry, RunState};
 use crate::domain::RunId;
@@ -284,6 +284,12 @@ impl RunReporter {
                 )
                 .await
             {
+                if let JournalError::NotOwner(_) = e {
+                    // This replica lost the run to another one, which reports it.
+                    tracing::warn!(run_id = %self.run_id, "run taken over by another replica: its verdict is not sent from here");
+                    self.set_report(ReportState::Local);
+                    return;
+                }
                 tracing::error!(run_id = %self.run_id, error = %e, "could not journal the verdict");
             }
         }

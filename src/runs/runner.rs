@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::catalog::RunCatalog;
-use super::journal::Journal;
+use super::journal::{Journal, JournalError};
 use super::mask::Masker;
 use super::registry::{Admission, RunRegistry, RunState};
 use super::reporter::{
@@ -116,6 +116,11 @@ impl Runner {
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
         })
+    }
+
+    /// Whether shutdown began (no new runs are taken).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
     }
 
     pub fn registry(&self) -> &Arc<RunRegistry> {
@@ -215,7 +220,9 @@ impl Runner {
             self.registry.admit(&invocation);
             if resumable {
                 tracing::info!(run_id = %invocation.run_id, "re-running an interrupted run (its handler is resumable)");
-                let _ = journal.requeue(&invocation.run_id);
+                if let Err(e) = journal.requeue(&invocation.run_id).await {
+                    tracing::error!(run_id = %invocation.run_id, error = %e, "could not journal the re-run");
+                }
                 self.schedule(invocation);
             } else {
                 owed_failures.push(invocation);
@@ -405,12 +412,26 @@ impl Runner {
                     r.state = RunState::InProgress;
                     r.started_at = Some(OffsetDateTime::now_utc());
                 });
+                let mut taken_over = false;
                 if let Some(journal) = &self.journal {
-                    if let Err(e) = journal.started(&run_id).await {
-                        tracing::error!(error = %e, "could not journal the start of the run");
+                    match journal.started(&run_id).await {
+                        Ok(()) => {}
+                        Err(JournalError::NotOwner(_)) => taken_over = true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not journal the start of the run")
+                        }
                     }
                 }
-                (self.run_handler(invocation, &reporter).await, Some(permit))
+                if taken_over {
+                    // Another replica claimed it while this one stalled: it is theirs now,
+                    // and the verdict below is fenced off.
+                    (
+                        Verdict::failure("taken over by another replica"),
+                        Some(permit),
+                    )
+                } else {
+                    (self.run_handler(invocation, &reporter).await, Some(permit))
+                }
             }
         };
         if verdict.status == RunStatus::Failure {

@@ -1,11 +1,14 @@
 //! Named locks: runs on the same stack or resource are serialized, different ones run in
 //! parallel. A run that has to wait says so in its log, naming the run that holds the lock.
 //!
-//! In-process (one replica); the PostgreSQL journal will make them global (issue 6).
+//! In-process by default; with replicas sharing a PostgreSQL journal, a lock is also taken
+//! there (with a lease, so a dead replica's lock expires), after the in-process one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::domain::RunId;
@@ -17,21 +20,40 @@ struct Entry {
     holder: Option<RunId>,
 }
 
+/// Locks shared between replicas.
+#[async_trait]
+pub trait GlobalLocks: Send + Sync {
+    /// Takes `name` for `run_id`: `None` when taken, else the run holding it.
+    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, String>;
+    async fn unlock(&self, name: &str, run_id: &str);
+}
+
+/// How often a run waiting for a lock held on another replica looks again.
+const GLOBAL_POLL: Duration = Duration::from_millis(200);
+
 /// Locks by name, e.g. `pulumi:s3-bucket/dev`.
 #[derive(Clone, Default)]
 pub struct Locks {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    global: Option<Arc<dyn GlobalLocks>>,
 }
 
 /// Held while the run works on the resource; released on drop.
 pub struct LockGuard {
     _guard: OwnedMutexGuard<()>,
     name: String,
+    run_id: RunId,
     locks: Locks,
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        if let Some(global) = self.locks.global.clone() {
+            let (name, run_id) = (self.name.clone(), self.run_id.to_string());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { global.unlock(&name, &run_id).await });
+            }
+        }
         if let Some(entry) = self
             .locks
             .entries
@@ -47,6 +69,14 @@ impl Drop for LockGuard {
 impl Locks {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Locks that also hold across replicas.
+    pub fn global(global: Arc<dyn GlobalLocks>) -> Self {
+        Self {
+            entries: Arc::default(),
+            global: Some(global),
+        }
     }
 
     /// Takes the lock `name` for `run_id`, waiting (and saying so in `log`) while another
@@ -74,9 +104,35 @@ impl Locks {
         if let Some(entry) = self.entries.lock().expect("locks").get_mut(name) {
             entry.holder = Some(run_id.clone());
         }
+        if let Some(global) = &self.global {
+            let mut said = None;
+            loop {
+                match global.try_lock(name, run_id.as_str()).await {
+                    Ok(None) => break,
+                    Ok(Some(holder)) => {
+                        if said.as_ref() != Some(&holder) {
+                            let by = if holder.is_empty() {
+                                "another run".to_owned()
+                            } else {
+                                format!("run {holder}")
+                            };
+                            log.line(format!("waiting for {name}: locked by {by}"))
+                                .await;
+                            said = Some(holder);
+                        }
+                        tokio::time::sleep(GLOBAL_POLL).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(lock = name, error = %e, "cannot take a shared lock; trying again");
+                        tokio::time::sleep(GLOBAL_POLL * 5).await;
+                    }
+                }
+            }
+        }
         LockGuard {
             _guard: guard,
             name: name.to_owned(),
+            run_id: run_id.clone(),
             locks: self.clone(),
         }
     }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::runs::RunLog;
 
-pub use locks::{LockGuard, Locks};
+pub use locks::{GlobalLocks, LockGuard, Locks};
 
 /// Longest line kept; the rest of an overlong line is cut (a binary blob on stdout must not
 /// exhaust memory).

@@ -1,11 +1,5 @@
-//! The run journal: the truth about runs across restarts.
-//!
-//! Every accepted run is written here before the webhook answers 202, with its state
-//! transitions, the log batches Port has not acknowledged yet, and the final report until Port
-//! acknowledged it. After a crash (kill -9, OOM, node loss) `serve` reads it back: queued runs
-//! start, interrupted ones are reported (or re-run when their handler is resumable), and
-//! reports Port never acknowledged are sent again. SQLite in WAL mode with `synchronous=NORMAL`:
-//! a commit survives the process dying; only a power loss can take the last few.
+//! The embedded journal: SQLite in `--data-dir`, WAL mode with `synchronous=NORMAL` (a commit
+//! survives the process dying; only a power loss can take the last few).
 //!
 //! One writer thread owns the connection and commits everything queued in one transaction
 //! (group commit): acceptance waits for its commit, later transitions are queued in order.
@@ -19,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::{JournalError, Recovery, UnreportedFinal};
 use crate::domain::RunId;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
@@ -48,39 +43,6 @@ CREATE TABLE pending_logs (
 );
 CREATE INDEX pending_logs_run ON pending_logs (run_id, id);
 ";
-
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("run journal {path}: {source}")]
-    Sqlite {
-        path: String,
-        source: rusqlite::Error,
-    },
-}
-
-/// A final report that Port has not acknowledged.
-#[derive(Debug, Clone)]
-pub struct UnreportedFinal {
-    pub run_id: RunId,
-    pub action: String,
-    pub status: RunStatus,
-    pub summary: String,
-    pub link: Option<String>,
-}
-
-/// What a restart has to take care of.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    /// Accepted, never started: start them.
-    pub queued: Vec<Invocation>,
-    /// Started when the process died.
-    pub interrupted: Vec<Invocation>,
-    /// Log batches Port never acknowledged, in order: `(id, run, message)`.
-    pub pending_logs: Vec<(i64, RunId, String)>,
-    pub unreported: Vec<UnreportedFinal>,
-    /// Rows that could not be read back (reported, then dropped).
-    pub unreadable: Vec<String>,
-}
 
 /// One write, queued for the writer thread.
 enum Op {
@@ -118,7 +80,7 @@ type Committed = oneshot::Sender<bool>;
 
 /// The journal: a writer thread that commits whatever is waiting in one transaction
 /// (group commit), so many concurrent runs cost few commits.
-pub struct Journal {
+pub struct SqliteJournal {
     tx: std::sync::mpsc::Sender<Op>,
     next_log_id: AtomicI64,
     path: String,
@@ -126,7 +88,7 @@ pub struct Journal {
     stop: Arc<AtomicBool>,
 }
 
-impl Drop for Journal {
+impl Drop for SqliteJournal {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -142,7 +104,7 @@ fn now_ms() -> i64 {
 /// Largest number of queued writes committed in one transaction.
 const GROUP_MAX: usize = 1024;
 
-impl Journal {
+impl SqliteJournal {
     /// Opens (creating and migrating) the journal at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         let shown = path.display().to_string();
@@ -587,18 +549,18 @@ mod tests {
     async fn a_run_is_accepted_once_even_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.sqlite3");
-        let j = Journal::open(&path).unwrap();
+        let j = SqliteJournal::open(&path).unwrap();
         assert!(j.accept(&inv("r_1")).await.unwrap());
         assert!(!j.accept(&inv("r_1")).await.unwrap());
         drop(j);
-        let j = Journal::open(&path).unwrap();
+        let j = SqliteJournal::open(&path).unwrap();
         assert!(!j.accept(&inv("r_1")).await.unwrap());
     }
 
     #[tokio::test]
     async fn concurrent_acceptances_are_grouped_and_each_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let j = std::sync::Arc::new(Journal::open(&dir.path().join("j.db")).unwrap());
+        let j = std::sync::Arc::new(SqliteJournal::open(&dir.path().join("j.db")).unwrap());
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let j = j.clone();
@@ -617,7 +579,7 @@ mod tests {
     #[tokio::test]
     async fn recovery_sorts_runs_by_what_is_left_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let j = SqliteJournal::open(&dir.path().join("j.db")).unwrap();
         for id in ["r_q", "r_run", "r_fin", "r_done"] {
             j.accept(&inv(id)).await.unwrap();
         }

@@ -1,0 +1,524 @@
+//! The shared journal: PostgreSQL, for several replicas behind one load balancer.
+//!
+//! Any replica accepts a webhook and owns the run it accepted (`owner`), renewing a lease on
+//! everything it owns with a heartbeat. When a replica dies its leases run out, and the
+//! others claim its runs with `UPDATE … WHERE run_id IN (SELECT … FOR UPDATE SKIP LOCKED)`,
+//! so each run is taken by exactly one replica, then recovered as after a restart. Writes
+//! about a run are fenced by ownership: a replica that stalled past its lease finds its run
+//! taken over and does not report it a second time. Locks on stacks and resources live in
+//! the same database, with leases, so a dead replica's lock expires instead of sticking.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::RwLock;
+use tokio_postgres::{Client, Config, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::{JournalError, Recovery, UnreportedFinal};
+use crate::domain::RunId;
+use crate::invocation::Invocation;
+use crate::port::RunStatus;
+use crate::tool::GlobalLocks;
+
+/// Migrations, in order; each is applied once.
+const MIGRATIONS: [(i32, &str); 1] = [(
+    1,
+    include_str!("../../../migrations/postgres/0001_runs.sql"),
+)];
+/// Serializes migrations between replicas starting together.
+const MIGRATION_LOCK: i64 = 0x0070_6f72_7472_756e; // "portrun"
+/// Runs claimed per recovery round.
+const CLAIM_BATCH: i64 = 500;
+
+pub struct PgJournal {
+    config: Config,
+    /// Where, for messages: host, port and database, never the password.
+    target: String,
+    client: RwLock<Arc<Client>>,
+    replica: String,
+    lease: Duration,
+    /// The first recovery also takes back this replica's own runs (a restart with a fixed
+    /// replica id); later rounds only take expired leases of others.
+    recovered_once: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Drop for PgJournal {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn target_of(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl PgJournal {
+    /// Connects, applies the migrations and starts the heartbeat.
+    pub async fn connect(
+        url: &str,
+        replica: &str,
+        lease: Duration,
+    ) -> Result<Arc<Self>, JournalError> {
+        let config: Config = url.parse().map_err(|e| JournalError::Postgres {
+            target: "DATABASE_URL".into(),
+            message: format!("not a PostgreSQL connection string: {e}"),
+        })?;
+        let target = target_of(&config);
+        let mut client = open(&config, &target).await?;
+        migrate(&mut client, &target).await?;
+        let journal = Arc::new(Self {
+            config,
+            target,
+            client: RwLock::new(Arc::new(client)),
+            replica: replica.to_owned(),
+            lease,
+            recovered_once: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(heartbeat(
+            Arc::downgrade(&journal),
+            journal.stop.clone(),
+            lease / 3,
+        ));
+        tracing::info!(database = %journal.target, replica, lease_secs = lease.as_secs(), "run journal on PostgreSQL");
+        Ok(journal)
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> JournalError {
+        JournalError::Postgres {
+            target: self.target.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The connection, reconnected if it was lost.
+    async fn client(&self) -> Result<Arc<Client>, JournalError> {
+        {
+            let client = self.client.read().await;
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+        }
+        let mut slot = self.client.write().await;
+        if slot.is_closed() {
+            tracing::warn!(database = %self.target, "journal connection lost; reconnecting");
+            *slot = Arc::new(open(&self.config, &self.target).await?);
+        }
+        Ok(slot.clone())
+    }
+
+    /// Runs one statement; returns the rows it changed.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, JournalError> {
+        let client = self.client().await?;
+        client.execute(sql, params).await.map_err(|e| self.error(e))
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, JournalError> {
+        let client = self.client().await?;
+        client.query(sql, params).await.map_err(|e| self.error(e))
+    }
+
+    pub async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
+        let stored = serde_json::to_string(invocation).expect("invocations serialize");
+        let inserted = self
+            .execute(
+                "INSERT INTO port_runner_runs (run_id, action, state, invocation, owner, lease_until)
+                 VALUES ($1, $2, 'queued', $3, $4, now() + make_interval(secs => $5))
+                 ON CONFLICT (run_id) DO NOTHING",
+                &[
+                    &invocation.run_id.as_str(),
+                    &invocation.action.as_str(),
+                    &stored,
+                    &self.replica,
+                    &secs(self.lease),
+                ],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    /// A write about a run this replica must still own.
+    async fn owned(
+        &self,
+        run_id: &RunId,
+        sql: &str,
+        extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), JournalError> {
+        let id = run_id.as_str();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&id, &self.replica];
+        params.extend_from_slice(extra);
+        match self.execute(sql, &params).await? {
+            0 => Err(JournalError::NotOwner(run_id.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
+        self.owned(
+            run_id,
+            "UPDATE port_runner_runs SET state = 'running', started_at = now()
+             WHERE run_id = $1 AND owner = $2",
+            &[],
+        )
+        .await
+    }
+
+    pub async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
+        self.owned(
+            run_id,
+            "UPDATE port_runner_runs SET state = 'queued', started_at = NULL
+             WHERE run_id = $1 AND owner = $2",
+            &[],
+        )
+        .await
+    }
+
+    pub async fn finished(
+        &self,
+        run_id: &RunId,
+        status: RunStatus,
+        summary: &str,
+        link: Option<&str>,
+        reported: bool,
+    ) -> Result<(), JournalError> {
+        self.owned(
+            run_id,
+            "UPDATE port_runner_runs SET state = 'finished', finished_at = now(),
+                    final_status = $3, final_summary = $4, final_link = $5, reported = $6
+             WHERE run_id = $1 AND owner = $2",
+            &[&status.as_str(), &summary, &link, &reported],
+        )
+        .await
+    }
+
+    pub async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
+        self.execute(
+            "UPDATE port_runner_runs SET reported = true WHERE run_id = $1",
+            &[&run_id.as_str()],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM port_runner_pending_logs WHERE run_id = $1",
+            &[&run_id.as_str()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
+        let rows = self
+            .query(
+                "INSERT INTO port_runner_pending_logs (run_id, message) VALUES ($1, $2) RETURNING id",
+                &[&run_id.as_str(), &message],
+            )
+            .await?;
+        Ok(rows[0].get(0))
+    }
+
+    /// Forgets an acknowledged batch, in the background (at worst it is checked against
+    /// Port's copy and skipped after a crash).
+    pub fn log_done(self: &Arc<Self>, id: i64) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this
+                .execute("DELETE FROM port_runner_pending_logs WHERE id = $1", &[&id])
+                .await
+            {
+                tracing::warn!(error = %e, "could not drop a delivered log batch from the journal");
+            }
+        });
+    }
+
+    /// Claims the runs nobody is looking after: at first this replica's own (after a
+    /// restart with a fixed replica id) and any whose lease ran out; later only others'
+    /// expired ones. SKIP LOCKED: two replicas claiming at once take different runs.
+    pub async fn claim(&self) -> Result<Recovery, JournalError> {
+        let first = !self.recovered_once.swap(true, Ordering::AcqRel);
+        let rows = self
+            .query(
+                "UPDATE port_runner_runs r
+                    SET owner = $1, lease_until = now() + make_interval(secs => $2)
+                  WHERE r.run_id IN (
+                        SELECT run_id FROM port_runner_runs
+                         WHERE NOT reported
+                           AND ((lease_until < now() AND owner <> $1) OR ($3 AND owner = $1)
+                                OR ($3 AND lease_until < now()))
+                         ORDER BY accepted_at
+                         LIMIT $4
+                         FOR UPDATE SKIP LOCKED)
+                RETURNING r.run_id, r.state, r.invocation, r.action, r.final_status,
+                          r.final_summary, r.final_link",
+                &[&self.replica, &secs(self.lease), &first, &CLAIM_BATCH],
+            )
+            .await?;
+        let mut recovery = Recovery::default();
+        let mut claimed: Vec<String> = Vec::new();
+        for row in rows {
+            let run_id: String = row.get(0);
+            let state: String = row.get(1);
+            claimed.push(run_id.clone());
+            if state == "finished" {
+                let status: Option<String> = row.get(4);
+                let Ok(id) = RunId::parse("run_id", &run_id) else {
+                    recovery.unreadable.push(run_id);
+                    continue;
+                };
+                recovery.unreported.push(UnreportedFinal {
+                    run_id: id,
+                    action: row.get(3),
+                    status: if status.as_deref() == Some("SUCCESS") {
+                        RunStatus::Success
+                    } else {
+                        RunStatus::Failure
+                    },
+                    summary: row.get::<_, Option<String>>(5).unwrap_or_default(),
+                    link: row.get(6),
+                });
+                continue;
+            }
+            let stored: String = row.get(2);
+            let parsed = serde_json::from_str::<Value>(&stored)
+                .map_err(|e| e.to_string())
+                .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(inv) if state == "queued" => recovery.queued.push(inv),
+                Ok(inv) => recovery.interrupted.push(inv),
+                Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
+            }
+        }
+        if !claimed.is_empty() {
+            tracing::info!(
+                runs = claimed.len(),
+                "claimed runs left by a stopped replica or a previous start"
+            );
+            let logs = self
+                .query(
+                    "SELECT id, run_id, message FROM port_runner_pending_logs
+                      WHERE run_id = ANY($1) ORDER BY id",
+                    &[&claimed],
+                )
+                .await?;
+            for row in logs {
+                if let Ok(run_id) = RunId::parse("run_id", row.get::<_, &str>(1)) {
+                    recovery.pending_logs.push((row.get(0), run_id, row.get(2)));
+                }
+            }
+        }
+        Ok(recovery)
+    }
+
+    pub async fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
+        let n = self
+            .execute(
+                "DELETE FROM port_runner_runs
+                  WHERE reported AND finished_at <= now() - make_interval(secs => $1)",
+                &[&secs(retain)],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+
+    pub async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
+        let rows = self
+            .query(
+                "SELECT state, reported FROM port_runner_runs WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Hands this replica's open runs and locks to the others now (graceful shutdown).
+    pub async fn release(&self) -> Result<(), JournalError> {
+        self.stop.cancel();
+        self.execute(
+            "UPDATE port_runner_runs SET lease_until = now() - interval '1 second'
+              WHERE owner = $1 AND NOT reported",
+            &[&self.replica],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM port_runner_locks WHERE owner = $1",
+            &[&self.replica],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn renew(&self) -> Result<(), JournalError> {
+        let lease = secs(self.lease);
+        self.execute(
+            "UPDATE port_runner_runs SET lease_until = now() + make_interval(secs => $2)
+              WHERE owner = $1 AND NOT reported",
+            &[&self.replica, &lease],
+        )
+        .await?;
+        self.execute(
+            "UPDATE port_runner_locks SET lease_until = now() + make_interval(secs => $2)
+              WHERE owner = $1",
+            &[&self.replica, &lease],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn open(config: &Config, target: &str) -> Result<Client, JournalError> {
+    let mut config = config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("port-runner");
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| JournalError::Postgres {
+            target: target.to_owned(),
+            message: format!("cannot connect: {e}"),
+        })?;
+    let shown = target.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(database = %shown, error = %e, "journal connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn migrate(client: &mut Client, target: &str) -> Result<(), JournalError> {
+    let error = |e: tokio_postgres::Error| JournalError::Postgres {
+        target: target.to_owned(),
+        message: format!("migrating the schema: {e}"),
+    };
+    let tx = client.transaction().await.map_err(error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(error)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS port_runner_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(error)?;
+    let applied: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM port_runner_migrations",
+            &[],
+        )
+        .await
+        .map_err(error)?
+        .get(0);
+    for (version, sql) in MIGRATIONS {
+        if version > applied {
+            tx.batch_execute(sql).await.map_err(error)?;
+            tx.execute(
+                "INSERT INTO port_runner_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(error)?;
+            tracing::info!(version, "journal schema migrated");
+        }
+    }
+    tx.commit().await.map_err(error)
+}
+
+/// Renews this replica's leases until stopped; a missed renewal is retried at the next beat
+/// (the lease is three beats long).
+async fn heartbeat(journal: std::sync::Weak<PgJournal>, stop: CancellationToken, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Some(journal) = journal.upgrade() else {
+            return;
+        };
+        if let Err(e) = journal.renew().await {
+            tracing::warn!(error = %e, "journal heartbeat failed; runs may be taken over if it keeps failing");
+        }
+    }
+}
+
+#[async_trait]
+impl GlobalLocks for PgJournal {
+    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, String> {
+        let rows = self
+            .query(
+                "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+                 ON CONFLICT (name) DO UPDATE
+                    SET run_id = EXCLUDED.run_id, owner = EXCLUDED.owner,
+                        lease_until = EXCLUDED.lease_until
+                  WHERE port_runner_locks.lease_until < now()
+                     OR port_runner_locks.run_id = EXCLUDED.run_id
+                 RETURNING run_id",
+                &[&name, &run_id, &self.replica, &secs(self.lease)],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !rows.is_empty() {
+            return Ok(None);
+        }
+        let holder = self
+            .query(
+                "SELECT run_id FROM port_runner_locks WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Some(
+            holder
+                .first()
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_default(),
+        ))
+    }
+
+    async fn unlock(&self, name: &str, run_id: &str) {
+        if let Err(e) = self
+            .execute(
+                "DELETE FROM port_runner_locks WHERE name = $1 AND run_id = $2",
+                &[&name, &run_id],
+            )
+            .await
+        {
+            tracing::warn!(lock = name, error = %e, "could not release a lock; it expires with its lease");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! A throwaway PostgreSQL server for the tests: one per test binary, started on first use
+//! on a free loopback port in a temporary folder (Debian's `postgresql` package provides the
+//! binaries; `.ci/setup` installs it), stopped when the tests exit. Each test gets its own
+//! database. `PORT_RUNNER_TEST_DATABASE_URL` points the tests at an existing server instead.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static SERVER: OnceLock<String> = OnceLock::new();
+
+/// A `bin` of the PostgreSQL server: on PATH, or in Debian's versioned folder.
+fn pg_bin(name: &str) -> PathBuf {
+    let on_path = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file());
+    if let Some(path) = on_path {
+        return path;
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path().join("bin").join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.is_file());
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        panic!("PostgreSQL's {name} not found: install Debian's postgresql (bash .ci/setup does), or set PORT_RUNNER_TEST_DATABASE_URL")
+    })
+}
+
+/// PostgreSQL refuses to run as root: as root, the server runs as the `postgres` user.
+fn server_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .expect("running as root needs the postgres user (Debian's postgresql package creates it)");
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields[2].parse().unwrap(), fields[3].parse().unwrap()))
+}
+
+fn as_server_user(command: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = user {
+        command.uid(uid).gid(gid).env("HOME", "/tmp");
+    }
+    command
+}
+
+fn start() -> String {
+    if let Ok(url) = std::env::var("PORT_RUNNER_TEST_DATABASE_URL") {
+        return url;
+    }
+    remove_stale_servers();
+    let user = server_user();
+    let dir = tempfile::Builder::new()
+        .prefix("port-runner-pg-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let data = dir.join("data");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    }
+    let out = as_server_user(&mut Command::new(pg_bin("initdb")), user)
+        .args([
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ])
+        .output()
+        .expect("initdb runs");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let postgres = pg_bin("postgres");
+    let (socket_dir, data_dir) = (dir.clone(), data.clone());
+    // The server's parent is a thread that lives as long as the test process, so the
+    // parent-death signal stops the server when the tests end.
+    std::thread::spawn(move || {
+        let mut command = Command::new(postgres);
+        as_server_user(&mut command, user)
+            .args(["-D", data_dir.to_str().unwrap(), "-p", &port.to_string()])
+            .args([
+                "-k",
+                socket_dir.to_str().unwrap(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "max_connections=300",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl in the child between fork and exec, async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("postgres starts");
+        let _ = child.wait();
+    });
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "postgres did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// Removes the folders of earlier test servers that are no longer running.
+fn remove_stale_servers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let is_ours = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("port-runner-pg-"));
+        if !is_ours {
+            continue;
+        }
+        let pid = std::fs::read_to_string(dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if !alive {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// A new, empty database on the test server; its connection URL.
+pub async fn fresh_database() -> String {
+    let server = SERVER.get_or_init(start).clone();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = loop {
+        match tokio_postgres::connect(&server, tokio_postgres::NoTls).await {
+            Ok(pair) => break pair,
+            // The server accepts connections a moment after it listens.
+            Err(e) if e.to_string().contains("starting up") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("cannot connect to the test PostgreSQL: {e}"),
+        }
+    };
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let base = server.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}

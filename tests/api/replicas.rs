@@ -1,0 +1,261 @@
+//! Scale-out: several `port-runner serve` replicas sharing one PostgreSQL journal (a real
+//! server, see `pg.rs`), behind an imaginary load balancer that sends webhooks to any of them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use port_runner::webhook::signature::{sign, timestamp_now};
+use serde_json::{json, Value};
+
+use crate::cli::Served;
+use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use crate::helpers::{unique_run_id, v2};
+use crate::pg::fresh_database;
+
+/// An action that stamps its start and end (with the time) into a file shared by the
+/// replicas, sleeping `secs` in between, under the lock `stack:<stack>` when a stack is given.
+fn stamp_actions(stamps: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stamp");
+    let file = serde_json::to_string(stamps.to_str().unwrap()).unwrap();
+    std::fs::create_dir(dir.path().join("handlers")).unwrap();
+    std::fs::write(
+        dir.path().join("handlers/stamp.yaml"),
+        format!(
+            r#"action: stamp
+handler: command
+lock: 'if .inputs.stack then "stack:" + .inputs.stack else null end'
+steps:
+  - name: start
+    program: {stamp}
+    args: ['{file}', '"start"', .run.id]
+  - name: work
+    program: sleep
+    args: ['.inputs.secs // 0']
+  - name: end
+    program: {stamp}
+    args: ['{file}', '"end"', .run.id]
+"#,
+            stamp = stamp.display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+struct Replica {
+    served: Served,
+    _data: tempfile::TempDir,
+}
+
+fn replica(fake: &FakePort, database: &str, actions: &Path, name: &str, slots: &str) -> Replica {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        &[
+            ("PORT_CLIENT_ID", CLIENT_ID),
+            ("PORT_CLIENT_SECRET", CLIENT_SECRET),
+            ("PORT_API_URL", &fake.api_url),
+            ("DATABASE_URL", database),
+            ("HOME", &std::env::var("HOME").unwrap_or_default()),
+        ],
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--actions-dir",
+            actions.to_str().unwrap(),
+            "--replica-id",
+            name,
+            "--lease-secs",
+            "3",
+            "--max-concurrent-runs",
+            slots,
+        ],
+    );
+    Replica {
+        served,
+        _data: data,
+    }
+}
+
+async fn post(replica: &Replica, body: &Value) -> u16 {
+    let raw = serde_json::to_vec(body).unwrap();
+    let ts = timestamp_now();
+    reqwest::Client::new()
+        .post(format!("http://{}/webhook", replica.served.addr))
+        .header("x-port-timestamp", &ts)
+        .header("x-port-signature", sign(CLIENT_SECRET, &ts, &raw))
+        .body(raw)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn stamp_run(run_id: &str, inputs: Value) -> Value {
+    v2(run_id, "stamp", "CREATE", inputs)
+}
+
+/// `(event, run, time)` of every stamp written so far.
+fn stamps(file: &Path) -> Vec<(String, String, f64)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["event"].as_str().unwrap().to_owned(),
+                v["run"].as_str().unwrap().to_owned(),
+                v["t"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn count(stamps: &[(String, String, f64)], event: &str, run: &str) -> usize {
+    stamps
+        .iter()
+        .filter(|(e, r, _)| e == event && r == run)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_run_200_runs_each_exactly_once() {
+    let database = fresh_database().await;
+    let fake = FakePort::start().await;
+    let stamp_file = tempfile::NamedTempFile::new().unwrap();
+    let actions = stamp_actions(stamp_file.path());
+    let a = replica(&fake, &database, actions.path(), "replica-a", "8");
+    let b = replica(&fake, &database, actions.path(), "replica-b", "8");
+
+    let runs: Vec<String> = (0..200).map(|_| unique_run_id()).collect();
+    for (i, run_id) in runs.iter().enumerate() {
+        let target = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(post(target, &stamp_run(run_id, json!({}))).await, 202);
+    }
+    // The same deliveries again, each to the other replica: duplicates, not new runs.
+    for (i, run_id) in runs.iter().take(20).enumerate() {
+        let other = if i % 2 == 0 { &b } else { &a };
+        assert_eq!(post(other, &stamp_run(run_id, json!({}))).await, 200);
+    }
+    for run_id in &runs {
+        assert_eq!(fake.wait_final(run_id).await["status"], "SUCCESS");
+    }
+    let seen = stamps(stamp_file.path());
+    for run_id in &runs {
+        assert_eq!(count(&seen, "start", run_id), 1, "{run_id} started");
+        assert_eq!(count(&seen, "end", run_id), 1, "{run_id} ended");
+        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id} final reports");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_run_leaves_its_runs_and_locks_to_the_other() {
+    let database = fresh_database().await;
+    let fake = FakePort::start().await;
+    let stamp_file = tempfile::NamedTempFile::new().unwrap();
+    let actions = stamp_actions(stamp_file.path());
+    let mut a = replica(&fake, &database, actions.path(), "replica-a", "1");
+    let b = replica(&fake, &database, actions.path(), "replica-b", "2");
+
+    // On A: one run executing (holding stack:k), two queued behind it.
+    let running = unique_run_id();
+    let queued: Vec<String> = (0..2).map(|_| unique_run_id()).collect();
+    assert_eq!(
+        post(&a, &stamp_run(&running, json!({"secs": 4, "stack": "k"}))).await,
+        202
+    );
+    for run_id in &queued {
+        assert_eq!(post(&a, &stamp_run(run_id, json!({}))).await, 202);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count(&stamps(stamp_file.path()), "start", &running) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.served.child.kill().unwrap(); // SIGKILL: no shutdown, no hand-over
+    a.served.child.wait().unwrap();
+
+    // B needs the lock A's dead run held: it waits for the lease to run out, then runs.
+    let after = unique_run_id();
+    assert_eq!(
+        post(&b, &stamp_run(&after, json!({"stack": "k"}))).await,
+        202
+    );
+
+    let fin = fake.wait_final(&running).await;
+    assert_eq!(fin["status"], "FAILURE");
+    assert_eq!(
+        fin["summary"],
+        "interrupted: runner restarted during the run"
+    );
+    for run_id in queued.iter().chain([&after]) {
+        assert_eq!(
+            fake.wait_final(run_id).await["status"],
+            "SUCCESS",
+            "{run_id}"
+        );
+    }
+    let seen = stamps(stamp_file.path());
+    for run_id in queued.iter().chain([&after]) {
+        assert_eq!(count(&seen, "start", run_id), 1, "{run_id}");
+    }
+    for run_id in queued.iter().chain([&running, &after]) {
+        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id}");
+    }
+    assert!(
+        fake.log_lines(&after)
+            .contains(&format!("waiting for stack:k: locked by run {running}")),
+        "{:#?}",
+        fake.log_lines(&after)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_one_stack_never_overlap_across_replicas() {
+    let database = fresh_database().await;
+    let fake = FakePort::start().await;
+    let stamp_file = tempfile::NamedTempFile::new().unwrap();
+    let actions = stamp_actions(stamp_file.path());
+    let a = replica(&fake, &database, actions.path(), "replica-a", "4");
+    let b = replica(&fake, &database, actions.path(), "replica-b", "4");
+
+    let same: Vec<String> = (0..6).map(|_| unique_run_id()).collect();
+    for (i, run_id) in same.iter().enumerate() {
+        let target = if i % 2 == 0 { &a } else { &b };
+        let inputs = json!({"stack": "shared", "secs": 0.3});
+        assert_eq!(post(target, &stamp_run(run_id, inputs)).await, 202);
+    }
+    for run_id in &same {
+        assert_eq!(fake.wait_final(run_id).await["status"], "SUCCESS");
+    }
+    let seen = stamps(stamp_file.path());
+    let mut spans: Vec<(f64, f64)> = same
+        .iter()
+        .map(|run_id| {
+            let at = |event: &str| {
+                seen.iter()
+                    .find(|(e, r, _)| e == event && r == run_id)
+                    .unwrap()
+                    .2
+            };
+            (at("start"), at("end"))
+        })
+        .collect();
+    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two runs on one stack overlapped: {spans:?}"
+        );
+    }
+    let waited = same
+        .iter()
+        .flat_map(|run_id| fake.log_lines(run_id))
+        .filter(|l| l.starts_with("waiting for stack:shared: locked by run r_"))
+        .count();
+    assert!(waited >= 1, "no run said it waited");
+}

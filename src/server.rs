@@ -97,11 +97,23 @@ impl Application {
             }
             Mode::Local { .. } => (Sink::Local, None),
         };
+        // The journal: PostgreSQL shared by replicas, SQLite in the data dir, or none.
+        let journal = match (&settings.database, &settings.journal) {
+            (Some(db), _) => Some(Arc::new(
+                Journal::connect(&db.url, &db.replica, db.lease).await?,
+            )),
+            (None, Some(path)) => Some(Arc::new(Journal::open(path)?)),
+            (None, None) => None,
+        };
         // GitOps: the action, and the push webhook when it has a secret.
         let engine = match &settings.gitops {
             Some(gitops) => Some(Arc::new(SyncEngine::new(
                 Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
-                StateStore::in_dir(&settings.data_dir),
+                // Replicas share one ownership record, in the shared journal.
+                match journal.as_ref().and_then(|j| j.shared()) {
+                    Some(shared) => StateStore::shared(shared.clone()),
+                    None => StateStore::in_dir(&settings.data_dir),
+                },
                 gitops.projects_filter.clone(),
                 8,
             ))),
@@ -113,14 +125,6 @@ impl Application {
         };
         handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
         // Declarative actions (actions/handlers/*.yaml), compiled now: a bad file stops the start.
-        // The journal: PostgreSQL shared by replicas, SQLite in the data dir, or none.
-        let journal = match (&settings.database, &settings.journal) {
-            (Some(db), _) => Some(Arc::new(
-                Journal::connect(&db.url, &db.replica, db.lease).await?,
-            )),
-            (None, Some(path)) => Some(Arc::new(Journal::open(path)?)),
-            (None, None) => None,
-        };
         // Stacks and resources are locked across replicas when they share a database.
         let locks = match journal.as_ref().and_then(|j| j.shared()) {
             Some(shared) => Locks::global(shared.clone()),

@@ -176,7 +176,7 @@ impl SyncEngine {
                 .await;
         }
         let requests_before = self.bitbucket.request_count();
-        let mut state = self.store.load()?;
+        let mut state = self.store.load().await?;
         let mut report = SyncReport {
             dry_run: request.dry_run,
             full: request.full,
@@ -242,7 +242,7 @@ impl SyncEngine {
         // 3. Apply: intent first, so a crash mid-write never orphans an entity.
         record_intent(&mut state, &plans, &upserts);
         if !upserts.is_empty() || !deletes.is_empty() {
-            self.store.save(&state)?;
+            self.store.save(&state).await?;
         }
         let writes = AtomicU64::new(0);
         let written = self
@@ -252,7 +252,7 @@ impl SyncEngine {
             .delete_all(&deletes, writer, &writes, &mut report)
             .await;
         record_outcome(&mut state, plans, &upserts, &deletes, &written, &removed);
-        self.store.save(&state)?;
+        self.store.save(&state).await?;
 
         report.port_writes = writes.load(Ordering::Relaxed);
         report.bitbucket_requests = self.bitbucket.request_count() - requests_before;

@@ -2,13 +2,29 @@
 //!
 //! Nothing is ever deleted from Port unless it is in here. The record is one JSON document
 //! under `--data-dir`, replaced atomically (temp file, fsync, rename, fsync of the folder), so
-//! a crash leaves either the old or the new record, never half of one.
+//! a crash leaves either the old or the new record, never half of one. With replicas sharing
+//! a PostgreSQL journal, the document lives there instead (one row, replaced in one
+//! statement), so every replica's sync sees the same ownership, under a lock shared by all.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+use crate::tool::GlobalLocks;
+
+/// Name of the record (and of its lock) in a shared store.
+const SHARED_KEY: &str = "gitops-state";
+
+/// A store of named documents shared by replicas, with locks.
+#[async_trait]
+pub trait SharedRecords: GlobalLocks {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, String>;
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), String>;
+}
 
 const VERSION: u32 = 1;
 
@@ -50,6 +66,8 @@ pub enum StateError {
     },
     #[error("the GitOps ownership record {path} is corrupt ({reason}); move it away to start over (entities it recorded will then never be deleted by the sync)")]
     Corrupt { path: String, reason: String },
+    #[error("the GitOps ownership record in the shared journal: {0}")]
+    Shared(String),
     #[error("cannot write the GitOps ownership record {path}: {source}")]
     Write {
         path: String,
@@ -58,20 +76,63 @@ pub enum StateError {
 }
 
 /// Where the record lives.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StateStore {
     path: PathBuf,
+    shared: Option<Arc<dyn SharedRecords>>,
 }
 
-/// Held while a sync runs: another process syncing into the same data dir waits for it.
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+/// Held while a sync runs: another sync (another process, another replica) waits for it.
 pub struct StateLock {
-    _file: std::fs::File,
+    _file: Option<std::fs::File>,
+    shared: Option<(Arc<dyn SharedRecords>, String)>,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        if let Some((shared, holder)) = self.shared.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { shared.unlock(SHARED_KEY, &holder).await });
+            }
+        }
+    }
 }
 
 impl StateStore {
-    /// Takes the data dir's sync lock (an OS file lock, released when the process exits).
+    /// Takes the sync lock: an OS file lock on the data dir's record (released when the
+    /// process exits), or the shared lock (with a lease) when the record is shared.
     /// `on_wait` is called once if another sync holds it.
     pub async fn lock(&self, on_wait: impl FnOnce()) -> Result<StateLock, StateError> {
+        let mut on_wait = Some(on_wait);
+        if let Some(shared) = &self.shared {
+            let holder = format!("sync-{}", uuid::Uuid::new_v4().simple());
+            loop {
+                match shared.try_lock(SHARED_KEY, &holder).await {
+                    Ok(None) => {
+                        return Ok(StateLock {
+                            _file: None,
+                            shared: Some((shared.clone(), holder)),
+                        })
+                    }
+                    Ok(Some(_)) => {
+                        if let Some(f) = on_wait.take() {
+                            f();
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(StateError::Shared(e)),
+                }
+            }
+        }
         let err = |source| StateError::Write {
             path: self.path.display().to_string(),
             source,
@@ -84,10 +145,14 @@ impl StateStore {
             .write(true)
             .open(self.path.with_extension("lock"))
             .map_err(err)?;
-        let mut on_wait = Some(on_wait);
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(StateLock { _file: file }),
+                Ok(()) => {
+                    return Ok(StateLock {
+                        _file: Some(file),
+                        shared: None,
+                    })
+                }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     if let Some(f) = on_wait.take() {
                         f();
@@ -102,6 +167,15 @@ impl StateStore {
     pub fn in_dir(data_dir: &Path) -> Self {
         Self {
             path: data_dir.join("gitops-state.json"),
+            shared: None,
+        }
+    }
+
+    /// The record in a store shared by replicas.
+    pub fn shared(shared: Arc<dyn SharedRecords>) -> Self {
+        Self {
+            path: PathBuf::from("(shared journal)"),
+            shared: Some(shared),
         }
     }
 
@@ -109,25 +183,9 @@ impl StateStore {
         &self.path
     }
 
-    /// The record, or an empty one if none was written yet.
-    pub fn load(&self) -> Result<SyncState, StateError> {
+    fn parse(&self, text: &str) -> Result<SyncState, StateError> {
         let shown = self.path.display().to_string();
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(SyncState {
-                    version: VERSION,
-                    ..SyncState::default()
-                })
-            }
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: shown,
-                    source,
-                })
-            }
-        };
-        let state: SyncState = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+        let state: SyncState = serde_json::from_str(text).map_err(|e| StateError::Corrupt {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
@@ -140,8 +198,38 @@ impl StateStore {
         Ok(state)
     }
 
+    /// The record, or an empty one if none was written yet.
+    pub async fn load(&self) -> Result<SyncState, StateError> {
+        let empty = SyncState {
+            version: VERSION,
+            ..SyncState::default()
+        };
+        if let Some(shared) = &self.shared {
+            return match shared.read_record(SHARED_KEY).await {
+                Ok(Some(text)) => self.parse(&text),
+                Ok(None) => Ok(empty),
+                Err(e) => Err(StateError::Shared(e)),
+            };
+        }
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => self.parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(empty),
+            Err(source) => Err(StateError::Read {
+                path: self.path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Replaces the record atomically.
-    pub fn save(&self, state: &SyncState) -> Result<(), StateError> {
+    pub async fn save(&self, state: &SyncState) -> Result<(), StateError> {
+        if let Some(shared) = &self.shared {
+            let text = serde_json::to_string(state).expect("state serializes");
+            return shared
+                .write_record(SHARED_KEY, &text)
+                .await
+                .map_err(StateError::Shared);
+        }
         let err = |source| StateError::Write {
             path: self.path.display().to_string(),
             source,
@@ -167,11 +255,11 @@ impl StateStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_missing_record_is_empty_and_a_saved_one_round_trips() {
+    #[tokio::test]
+    async fn a_missing_record_is_empty_and_a_saved_one_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::in_dir(&dir.path().join("data"));
-        let mut state = store.load().unwrap();
+        let mut state = store.load().await.unwrap();
         assert!(state.repos.is_empty());
         state.repos.insert(
             "PRJ/a".into(),
@@ -186,8 +274,8 @@ mod tests {
                 }],
             },
         );
-        store.save(&state).unwrap();
-        assert_eq!(store.load().unwrap(), state);
+        store.save(&state).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), state);
         assert!(!store.path().with_extension("json.tmp").exists());
     }
 
@@ -212,12 +300,12 @@ mod tests {
         second.await.unwrap().unwrap();
     }
 
-    #[test]
-    fn a_corrupt_record_stops_the_sync_with_advice() {
+    #[tokio::test]
+    async fn a_corrupt_record_stops_the_sync_with_advice() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::in_dir(dir.path());
         std::fs::write(store.path(), "{not json").unwrap();
-        let err = store.load().unwrap_err().to_string();
+        let err = store.load().await.unwrap_err().to_string();
         assert!(
             err.contains("is corrupt") && err.contains("move it away"),
             "{err}"

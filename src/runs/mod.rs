@@ -11,7 +11,7 @@ mod reporter;
 mod runner;
 
 pub use catalog::RunCatalog;
-pub use journal::{Journal, JournalError, Recovery, UnreportedFinal};
+pub use journal::{Journal, JournalError, PgJournal, Recovery, UnreportedFinal};
 pub use mask::{Masker, MASK};
 pub use registry::{
     AffectedEntity, EntityChange, LogLine, ReportState, RunRecord, RunRegistry, RunState,

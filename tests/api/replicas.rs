@@ -259,3 +259,43 @@ async fn runs_on_one_stack_never_overlap_across_replicas() {
         .count();
     assert!(waited >= 1, "no run said it waited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
+    use port_runner::gitops::StateStore;
+    use port_runner::runs::PgJournal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let database = fresh_database().await;
+    let lease = Duration::from_secs(5);
+    let a = PgJournal::connect(&database, "replica-a", lease)
+        .await
+        .unwrap();
+    let b = PgJournal::connect(&database, "replica-b", lease)
+        .await
+        .unwrap();
+    let (store_a, store_b) = (StateStore::shared(a), StateStore::shared(b));
+
+    let held = store_a.lock(|| panic!("free at first")).await.unwrap();
+    let mut state = store_a.load().await.unwrap();
+    assert!(state.repos.is_empty());
+    state.repos.insert("PRJ/a".into(), Default::default());
+    let waited = Arc::new(AtomicBool::new(false));
+    let flag = waited.clone();
+    let other = store_b.clone();
+    let second = tokio::spawn(async move {
+        let _lock = other
+            .lock(move || flag.store(true, Ordering::SeqCst))
+            .await
+            .unwrap();
+        other.load().await.unwrap()
+    });
+    while !waited.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store_a.save(&state).await.unwrap();
+    drop(held);
+    // B got the lock only after A saved, and reads what A wrote.
+    assert_eq!(second.await.unwrap(), state);
+}

@@ -20,15 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::{JournalError, Recovery, UnreportedFinal};
 use crate::domain::RunId;
+use crate::gitops::SharedRecords;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
 use crate::tool::GlobalLocks;
 
 /// Migrations, in order; each is applied once.
-const MIGRATIONS: [(i32, &str); 1] = [(
-    1,
-    include_str!("../../../migrations/postgres/0001_runs.sql"),
-)];
+const MIGRATIONS: [(i32, &str); 2] = [
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_runs.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_records.sql"),
+    ),
+];
 /// Serializes migrations between replicas starting together.
 const MIGRATION_LOCK: i64 = 0x0070_6f72_7472_756e; // "portrun"
 /// Runs claimed per recovery round.
@@ -68,6 +75,14 @@ fn target_of(config: &Config) -> String {
         .or(config.get_user())
         .unwrap_or("postgres");
     format!("{host}:{port}/{db}")
+}
+
+/// A driver error with the server's own message (the driver's text alone is "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -140,7 +155,10 @@ impl PgJournal {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, JournalError> {
         let client = self.client().await?;
-        client.execute(sql, params).await.map_err(|e| self.error(e))
+        client
+            .execute(sql, params)
+            .await
+            .map_err(|e| self.error(describe(&e)))
     }
 
     async fn query(
@@ -149,7 +167,10 @@ impl PgJournal {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, JournalError> {
         let client = self.client().await?;
-        client.query(sql, params).await.map_err(|e| self.error(e))
+        client
+            .query(sql, params)
+            .await
+            .map_err(|e| self.error(describe(&e)))
     }
 
     pub async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
@@ -408,7 +429,7 @@ async fn open(config: &Config, target: &str) -> Result<Client, JournalError> {
         .await
         .map_err(|e| JournalError::Postgres {
             target: target.to_owned(),
-            message: format!("cannot connect: {e}"),
+            message: format!("cannot connect: {}", describe(&e)),
         })?;
     let shown = target.to_owned();
     tokio::spawn(async move {
@@ -422,7 +443,7 @@ async fn open(config: &Config, target: &str) -> Result<Client, JournalError> {
 async fn migrate(client: &mut Client, target: &str) -> Result<(), JournalError> {
     let error = |e: tokio_postgres::Error| JournalError::Postgres {
         target: target.to_owned(),
-        message: format!("migrating the schema: {e}"),
+        message: format!("migrating the schema: {}", describe(&e)),
     };
     let tx = client.transaction().await.map_err(error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -520,5 +541,30 @@ impl GlobalLocks for PgJournal {
         {
             tracing::warn!(lock = name, error = %e, "could not release a lock; it expires with its lease");
         }
+    }
+}
+
+#[async_trait]
+impl SharedRecords for PgJournal {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, String> {
+        let rows = self
+            .query(
+                "SELECT doc FROM port_runner_records WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), String> {
+        self.execute(
+            "INSERT INTO port_runner_records (key, doc) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
+            &[&key, &text],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 }

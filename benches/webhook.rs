@@ -1,7 +1,9 @@
 //! Webhook acceptance benchmark: `cargo bench --bench webhook`.
 //!
-//! Fires signed `echo` invocations at the real `port-runner serve` (local mode) and, in the
-//! same run, at a trivial actix handler that only reads the body and answers 202. Both run as
+//! Fires signed `echo` invocations at the real `port-runner serve` (local mode) — in memory,
+//! with the SQLite journal, and with the PostgreSQL journal (a throwaway local server with
+//! `synchronous_commit=off`, the durability of SQLite's `synchronous=NORMAL`) — and, in the
+//! same run, at a trivial actix handler that only reads the body and answers 202. All run as
 //! child processes with the same number of HTTP workers; this process only generates load.
 //! Reports accepted requests/s and p50/p99 latency as ratios to the trivial ceiling, and
 //! the server's RSS idle and after the load.
@@ -11,6 +13,10 @@
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/api/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use port_runner::webhook::signature::{sign, timestamp_now};
@@ -105,12 +111,26 @@ async fn wait_healthy(http: &reqwest::Client, server: &Server, path: &str) {
     panic!("{} did not start", server.name);
 }
 
-fn start_port_runner(data_dir: &std::path::Path, journal: bool) -> Server {
+#[derive(Clone, Copy, PartialEq)]
+enum Store<'a> {
+    Memory,
+    Sqlite,
+    Postgres(&'a str),
+}
+
+fn start_port_runner(data_dir: &std::path::Path, store: Store<'_>) -> Server {
     let addr = free_addr();
     let mut command = Command::new(env!("CARGO_BIN_EXE_port-runner"));
     command.args(["serve", "--listen", &addr, "--http-workers", WORKERS]);
-    if !journal {
-        command.arg("--no-journal");
+    command.env_remove("DATABASE_URL");
+    match store {
+        Store::Memory => {
+            command.arg("--no-journal");
+        }
+        Store::Sqlite => {}
+        Store::Postgres(url) => {
+            command.env("DATABASE_URL", url);
+        }
     }
     let child = command
         .args(["--max-queued-runs", "10000000"])
@@ -127,10 +147,10 @@ fn start_port_runner(data_dir: &std::path::Path, journal: bool) -> Server {
         .spawn()
         .expect("start port-runner");
     Server {
-        name: if journal {
-            "port-runner (journal)"
-        } else {
-            "port-runner (in memory)"
+        name: match store {
+            Store::Memory => "port-runner (in memory)",
+            Store::Sqlite => "port-runner (SQLite journal)",
+            Store::Postgres(_) => "port-runner (PostgreSQL journal)",
         },
         child,
         base: format!("http://{addr}"),
@@ -251,20 +271,29 @@ async fn run(requests: usize, concurrency: usize) {
         .build()
         .unwrap();
 
+    let server = pg::start_server(&["synchronous_commit=off"]);
+    let database = pg::fresh_database_on(&server).await;
     let trivial = start_trivial();
-    let memory = start_port_runner(&data.join("memory"), false);
-    let ours = start_port_runner(&data.join("journal"), true);
+    let memory = start_port_runner(&data.join("memory"), Store::Memory);
+    let ours = start_port_runner(&data.join("journal"), Store::Sqlite);
+    let shared = start_port_runner(&data.join("postgres"), Store::Postgres(&database));
     wait_healthy(&http, &trivial, "/").await;
     wait_healthy(&http, &memory, "/healthz").await;
     wait_healthy(&http, &ours, "/healthz").await;
+    wait_healthy(&http, &shared, "/healthz").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_kib(ours.child.id());
 
     // Warm all up, then measure them back to back, twice, interleaved.
-    for (server, tag) in [(&trivial, "warm_t"), (&memory, "warm_m"), (&ours, "warm_o")] {
+    for (server, tag) in [
+        (&trivial, "warm_t"),
+        (&memory, "warm_m"),
+        (&ours, "warm_o"),
+        (&shared, "warm_p"),
+    ] {
         fire(&http, &server.base, bodies(1000, tag), concurrency).await;
     }
-    let mut results: Vec<[Load; 3]> = Vec::new();
+    let mut results: Vec<[Load; 4]> = Vec::new();
     for round in 0..2 {
         let t = fire(
             &http,
@@ -287,7 +316,14 @@ async fn run(requests: usize, concurrency: usize) {
             concurrency,
         )
         .await;
-        results.push([t, m, o]);
+        let p = fire(
+            &http,
+            &shared.base,
+            bodies(requests, &format!("p{round}")),
+            concurrency,
+        )
+        .await;
+        results.push([t, m, o, p]);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded_rss = rss_kib(ours.child.id());
@@ -301,7 +337,7 @@ async fn run(requests: usize, concurrency: usize) {
             .max_by(|a, b| a.rps.total_cmp(&b.rps))
             .unwrap()
     };
-    let (t, m, o) = (best(0), best(1), best(2));
+    let (t, m, o, p) = (best(0), best(1), best(2), best(3));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("\nwebhook acceptance: {requests} signed echo invocations, {concurrency} connections, {WORKERS} HTTP workers each, loopback\n");
     println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx | req/s vs ceiling |");
@@ -310,6 +346,7 @@ async fn run(requests: usize, concurrency: usize) {
         ("trivial actix handler (ceiling)", t),
         ("port-runner serve, in memory (--no-journal)", m),
         ("port-runner serve, SQLite journal (default)", o),
+        ("port-runner serve, PostgreSQL journal (DATABASE_URL)", p),
     ] {
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} % |",
@@ -327,6 +364,12 @@ async fn run(requests: usize, concurrency: usize) {
         ms(o.p99) / ms(m.p99)
     );
     println!(
+        "PostgreSQL journal cost on acceptance: {:.2}x (in-memory req/s / PostgreSQL req/s); p50 {:.2}x, p99 {:.2}x",
+        m.rps / p.rps,
+        ms(p.p50) / ms(m.p50),
+        ms(p.p99) / ms(m.p99)
+    );
+    println!(
         "RSS: port-runner (journal) idle {:.1} MiB, after {} runs {:.1} MiB (trivial actix: {:.1} MiB)",
         idle_rss as f64 / 1024.0,
         2 * requests + 1000,
@@ -335,6 +378,7 @@ async fn run(requests: usize, concurrency: usize) {
     );
     drop(memory);
     drop(ours);
+    drop(shared);
     drop(trivial);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -63,6 +63,12 @@ fn start() -> String {
     if let Ok(url) = std::env::var("PORT_RUNNER_TEST_DATABASE_URL") {
         return url;
     }
+    // Tests need no durability: no fsync at all.
+    start_server(&["fsync=off", "synchronous_commit=off"])
+}
+
+/// Starts a server with these `-c` settings; its URL (database `postgres`).
+pub fn start_server(settings: &[&str]) -> String {
     remove_stale_servers();
     let user = server_user();
     let dir = tempfile::Builder::new()
@@ -99,6 +105,7 @@ fn start() -> String {
         .unwrap()
         .port();
     let postgres = pg_bin("postgres");
+    let settings: Vec<String> = settings.iter().map(|c| c.to_string()).collect();
     let (socket_dir, data_dir) = (dir.clone(), data.clone());
     // The server's parent is a thread that lives as long as the test process, so the
     // parent-death signal stops the server when the tests end.
@@ -112,14 +119,8 @@ fn start() -> String {
                 "-c",
                 "listen_addresses=127.0.0.1",
             ])
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "max_connections=300",
-            ])
+            .args(["-c", "max_connections=300"])
+            .args(settings.iter().flat_map(|c| ["-c", c.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: prctl in the child between fork and exec, async-signal-safe.
@@ -168,7 +169,12 @@ fn remove_stale_servers() {
 
 /// A new, empty database on the test server; its connection URL.
 pub async fn fresh_database() -> String {
-    let server = SERVER.get_or_init(start).clone();
+    fresh_database_on(&SERVER.get_or_init(start).clone()).await
+}
+
+/// A new, empty database on the server at `server`; its connection URL.
+pub async fn fresh_database_on(server: &str) -> String {
+    let server = server.to_owned();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let (client, connection) = loop {
         match tokio_postgres::connect(&server, tokio_postgres::NoTls).await {

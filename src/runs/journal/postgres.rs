@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::RwLock;
+use tokio::sync::{mpsc, oneshot, RwLock};
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,21 @@ pub struct PgJournal {
     /// replica id); later rounds only take expired leases of others.
     recovered_once: AtomicBool,
     stop: CancellationToken,
+    /// Group commit: acceptances and starts queued while a statement is in flight go
+    /// together in the next one (one round trip and one commit for many runs).
+    accepts: mpsc::UnboundedSender<(Accepting, oneshot::Sender<Result<bool, String>>)>,
+    starts: mpsc::UnboundedSender<(String, oneshot::Sender<Result<bool, String>>)>,
 }
+
+/// A run to record as accepted.
+struct Accepting {
+    run_id: String,
+    action: String,
+    invocation: String,
+}
+
+/// Largest group written in one statement.
+const GROUP_MAX: usize = 512;
 
 impl Drop for PgJournal {
     fn drop(&mut self) {
@@ -85,6 +99,14 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The server's message of a journal error, without the journal's own prefix.
+fn message(e: JournalError) -> String {
+    match e {
+        JournalError::Postgres { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -103,6 +125,8 @@ impl PgJournal {
         let target = target_of(&config);
         let mut client = open(&config, &target).await?;
         migrate(&mut client, &target).await?;
+        let (accepts, accepts_rx) = mpsc::unbounded_channel();
+        let (starts, starts_rx) = mpsc::unbounded_channel();
         let journal = Arc::new(Self {
             config,
             target,
@@ -111,7 +135,19 @@ impl PgJournal {
             lease,
             recovered_once: AtomicBool::new(false),
             stop: CancellationToken::new(),
+            accepts,
+            starts,
         });
+        tokio::spawn(group_commit(
+            Arc::downgrade(&journal),
+            accepts_rx,
+            |j, group| Box::pin(async move { j.accept_group(group).await }),
+        ));
+        tokio::spawn(group_commit(
+            Arc::downgrade(&journal),
+            starts_rx,
+            |j, group| Box::pin(async move { j.start_group(group).await }),
+        ));
         tokio::spawn(heartbeat(
             Arc::downgrade(&journal),
             journal.stop.clone(),
@@ -174,22 +210,62 @@ impl PgJournal {
     }
 
     pub async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
-        let stored = serde_json::to_string(invocation).expect("invocations serialize");
-        let inserted = self
-            .execute(
+        let item = Accepting {
+            run_id: invocation.run_id.to_string(),
+            action: invocation.action.to_string(),
+            invocation: serde_json::to_string(invocation).expect("invocations serialize"),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.accepts
+            .send((item, reply))
+            .map_err(|_| self.error("the journal is closed"))?;
+        answer
+            .await
+            .map_err(|_| self.error("the journal is closed"))?
+            .map_err(|e| self.error(e))
+    }
+
+    /// Inserts a group of runs in one statement; for each, whether it was new.
+    async fn accept_group(&self, group: Vec<Accepting>) -> Result<Vec<bool>, String> {
+        let ids: Vec<&str> = group.iter().map(|a| a.run_id.as_str()).collect();
+        let actions: Vec<&str> = group.iter().map(|a| a.action.as_str()).collect();
+        let invocations: Vec<&str> = group.iter().map(|a| a.invocation.as_str()).collect();
+        let rows = self
+            .query(
                 "INSERT INTO port_runner_runs (run_id, action, state, invocation, owner, lease_until)
-                 VALUES ($1, $2, 'queued', $3, $4, now() + make_interval(secs => $5))
-                 ON CONFLICT (run_id) DO NOTHING",
-                &[
-                    &invocation.run_id.as_str(),
-                    &invocation.action.as_str(),
-                    &stored,
-                    &self.replica,
-                    &secs(self.lease),
-                ],
+                 SELECT u.id, u.action, 'queued', u.inv, $4, now() + make_interval(secs => $5)
+                   FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, action, inv)
+                 ON CONFLICT (run_id) DO NOTHING
+                 RETURNING run_id",
+                &[&ids, &actions, &invocations, &self.replica, &secs(self.lease)],
             )
-            .await?;
-        Ok(inserted == 1)
+            .await
+            .map_err(message)?;
+        let inserted: std::collections::HashSet<String> =
+            rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        // The same id twice in one group: only its first delivery is new.
+        let mut seen = std::collections::HashSet::new();
+        Ok(ids
+            .iter()
+            .map(|id| inserted.contains(*id) && seen.insert(*id))
+            .collect())
+    }
+
+    /// Marks a group of this replica's runs started; for each, whether it is still ours.
+    async fn start_group(&self, group: Vec<String>) -> Result<Vec<bool>, String> {
+        let rows = self
+            .query(
+                "UPDATE port_runner_runs r SET state = 'running', started_at = now()
+                   FROM unnest($1::text[]) AS u(id)
+                  WHERE r.run_id = u.id AND r.owner = $2
+                 RETURNING r.run_id",
+                &[&group, &self.replica],
+            )
+            .await
+            .map_err(message)?;
+        let ours: std::collections::HashSet<String> =
+            rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        Ok(group.iter().map(|id| ours.contains(id)).collect())
     }
 
     /// A write about a run this replica must still own.
@@ -209,13 +285,18 @@ impl PgJournal {
     }
 
     pub async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
-        self.owned(
-            run_id,
-            "UPDATE port_runner_runs SET state = 'running', started_at = now()
-             WHERE run_id = $1 AND owner = $2",
-            &[],
-        )
-        .await
+        let (reply, answer) = oneshot::channel();
+        self.starts
+            .send((run_id.to_string(), reply))
+            .map_err(|_| self.error("the journal is closed"))?;
+        match answer
+            .await
+            .map_err(|_| self.error("the journal is closed"))?
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JournalError::NotOwner(run_id.to_string())),
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     pub async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
@@ -477,6 +558,45 @@ async fn migrate(client: &mut Client, target: &str) -> Result<(), JournalError> 
         }
     }
     tx.commit().await.map_err(error)
+}
+
+type GroupFuture<'a, R> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<R>, String>> + Send + 'a>>;
+
+/// Writes whatever is queued as one group, answers each, repeats: while one statement is in
+/// flight the next group gathers.
+async fn group_commit<T, R>(
+    journal: std::sync::Weak<PgJournal>,
+    mut rx: mpsc::UnboundedReceiver<(T, oneshot::Sender<Result<R, String>>)>,
+    write: impl for<'a> Fn(&'a PgJournal, Vec<T>) -> GroupFuture<'a, R>,
+) where
+    R: Clone,
+{
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        while items.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        let (group, replies): (Vec<T>, Vec<_>) = items.into_iter().unzip();
+        let Some(journal) = journal.upgrade() else {
+            return;
+        };
+        match write(&journal, group).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Renews this replica's leases until stopped; a missed renewal is retried at the next beat

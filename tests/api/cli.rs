@@ -283,11 +283,14 @@ async fn every_shipped_sample_invocation_runs_to_success() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap().to_owned();
+    // The provisioning samples run the shipped Pulumi definitions against the stand-in CLI.
+    let standin = root.join("tests/fixtures/pulumi");
     let served = Served::start(
         &[
             ("BITBUCKET_HOST", &bb.url),
             ("BITBUCKET_USERNAME", USER),
             ("BITBUCKET_PASSWORD", PASSWORD),
+            ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
         ],
         &[
             "--data-dir",
@@ -297,12 +300,31 @@ async fn every_shipped_sample_invocation_runs_to_success() {
         ],
     );
     let addr = served.addr.clone();
+    // CREATE samples before DAY-2 ones before DELETE ones: the later ones act on what the
+    // earlier ones made.
+    let mut samples: Vec<(usize, std::path::PathBuf)> =
+        std::fs::read_dir(root.join("actions/samples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+            .map(|path| {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let op = body["port_context"]["operation"]
+                    .as_str()
+                    .or(body["payload"]["action"]["trigger"].as_str())
+                    .unwrap_or("CREATE")
+                    .to_owned();
+                let rank = ["CREATE", "DAY-2", "DELETE"]
+                    .iter()
+                    .position(|o| *o == op)
+                    .unwrap();
+                (rank, path)
+            })
+            .collect();
+    samples.sort();
     let mut count = 0;
-    for entry in std::fs::read_dir(root.join("actions/samples")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
+    for (_, path) in samples {
         count += 1;
         let (addr, data_dir, shown) = (addr.clone(), data_dir.clone(), path.display().to_string());
         let output = tokio::task::spawn_blocking(move || {
@@ -335,7 +357,7 @@ async fn every_shipped_sample_invocation_runs_to_success() {
             );
         }
     }
-    assert!(count >= 3, "samples found: {count}");
+    assert!(count >= 9, "samples found: {count}");
     drop(served);
 }
 

@@ -248,6 +248,23 @@ impl TestApp {
         }
     }
 
+    /// Waits until the run's final report reaches `state` (Port may have the report a moment
+    /// before the runner has read Port's answer).
+    pub async fn wait_report(&self, run_id: &str, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let run = self.run(run_id).await;
+            if run["report"]["state"] == state {
+                return run;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {run_id}'s report never became {state}: {run:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Requests shutdown, waits for the server and runner to stop, and hands back the fake Port.
     pub async fn shutdown(mut self) -> Option<FakePort> {
         self.shutdown.cancel();

@@ -180,10 +180,17 @@ pub async fn fresh_database_on(server: &str) -> String {
         match tokio_postgres::connect(&server, tokio_postgres::NoTls).await {
             Ok(pair) => break pair,
             // The server accepts connections a moment after it listens.
-            Err(e) if e.to_string().contains("starting up") => {
+            Err(e)
+                if e.as_db_error().is_some_and(|d| {
+                    d.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+                }) =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
-            Err(e) => panic!("cannot connect to the test PostgreSQL: {e}"),
+            Err(e) => panic!(
+                "cannot connect to the test PostgreSQL: {e} {:?}",
+                e.as_db_error().map(|d| d.message())
+            ),
         }
     };
     tokio::spawn(connection);

@@ -162,3 +162,59 @@ fn a_config_file_sets_defaults_under_the_environment_and_secrets_stay_masked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("secrets come from the environment only"));
 }
+
+/// The README's `docker-compose.yml` examples, parsed.
+fn compose_examples() -> Vec<serde_yaml_ng::Value> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.starts_with("# docker-compose.yml"))
+        .map(|block| serde_yaml_ng::from_str(block).expect("compose example is YAML"))
+        .collect()
+}
+
+#[test]
+fn the_readmes_compose_example_scales_out_on_postgresql() {
+    let examples = compose_examples();
+    assert_eq!(
+        examples.len(),
+        2,
+        "one single-replica and one scale-out example"
+    );
+    let scale = &examples[1]["services"];
+    let runner = &scale["port-runner"];
+    assert_eq!(runner["deploy"]["replicas"].as_u64(), Some(2));
+    let url = runner["environment"]["DATABASE_URL"].as_str().unwrap();
+    assert!(
+        url.starts_with("postgres://") && url.contains("@postgres:5432/"),
+        "{url}"
+    );
+    assert_eq!(
+        runner["depends_on"]["postgres"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert!(scale["postgres"]["healthcheck"]["test"].is_sequence());
+    let nginx = examples[1]["configs"]["nginx"]["content"].as_str().unwrap();
+    assert!(
+        nginx.contains("proxy_pass http://port-runner:8080;"),
+        "{nginx}"
+    );
+    // Every variable the runner is given is one the README documents.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for example in &examples {
+        let env = example["services"]["port-runner"]["environment"]
+            .as_mapping()
+            .unwrap();
+        for name in env.keys() {
+            let name = name.as_str().unwrap();
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "{name} is not in the configuration table"
+            );
+        }
+    }
+}

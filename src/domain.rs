@@ -34,6 +34,47 @@ fn describe(value: &str) -> String {
     format!("{shown:?}")
 }
 
+/// A Pulumi stack name. It becomes a path in the state backend (`.pulumi/stacks/<project>/<stack>.json`)
+/// and an argument of the CLI, so only letters, digits, `-`, `_` and `.` (no `..`), starting
+/// with a letter or digit, at most 100.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StackName(String);
+
+impl StackName {
+    pub const MAX_LEN: usize = 100;
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, DomainError> {
+        let ok = (1..=Self::MAX_LEN).contains(&value.len())
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !value.contains("..");
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(DomainError::new(
+                field,
+                format!(
+                    "{} is not a stack name: use 1 to {} letters, digits, '-', '_' or '.', starting with a letter or digit",
+                    describe(value),
+                    Self::MAX_LEN
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StackName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Port's id of an action run (`r_…` today, `run_…` in older examples: the prefix is not checked).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]

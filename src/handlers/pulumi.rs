@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use super::jq::Expr;
 use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
 use super::{Handler, HandlerError, Outcome, RunContext};
-use crate::domain::{Identifier, Operation};
+use crate::domain::{Identifier, Operation, StackName};
 use crate::tool::{self, Locks, Step, StepOutput, ToolError};
 
 /// Stdout kept of `stack output`.
@@ -217,26 +217,6 @@ fn classify(code: &str, stderr: &str) -> Failure {
         Failure::Cancelled
     } else {
         Failure::Other
-    }
-}
-
-/// Stack names become paths in the state backend: letters, digits, `-`, `_`, `.`.
-fn check_stack(name: &str, source: &str) -> Result<(), HandlerError> {
-    let ok = (1..=100).contains(&name.len())
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && !name.contains("..");
-    if ok {
-        Ok(())
-    } else {
-        Err(HandlerError::Failed(format!(
-            "stack name {name:?} (from {source}) is not allowed: use 1 to 100 letters, digits, '-', '_' or '.', starting with a letter or digit"
-        )))
     }
 }
 
@@ -532,7 +512,8 @@ impl Handler for PulumiHandler {
         let inv = ctx.invocation.clone();
         let mut context = run_context(&inv);
         let stack = as_text("stack", &self.stack.eval(&context).map_err(failed)?)?;
-        check_stack(&stack, self.stack.source())?;
+        let stack = StackName::parse(&format!("stack (from {})", self.stack.source()), &stack)
+            .map_err(|e| HandlerError::Failed(e.to_string()))?;
         let lock = format!("pulumi:{}/{stack}", self.project);
         let _guard = self.locks.acquire(&lock, &inv.run_id, &ctx.log).await;
         let workdir = self.prepare_workdir()?;
@@ -675,7 +656,7 @@ mod tests {
     #[test]
     fn stack_names_are_constrained() {
         for good in ["b1", "my-bucket.v2", "A_b"] {
-            assert!(check_stack(good, ".inputs.x").is_ok(), "{good}");
+            assert!(StackName::parse("stack", good).is_ok(), "{good}");
         }
         for bad in [
             "",
@@ -687,7 +668,11 @@ mod tests {
             "$(id)",
             &"x".repeat(101),
         ] {
-            assert!(check_stack(bad, ".inputs.x").is_err(), "{bad}");
+            let err = StackName::parse("stack", bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("stack: ") && err.contains("is not a stack name"),
+                "{err}"
+            );
         }
     }
 

@@ -100,23 +100,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if settings.gitops.is_some() {
         tracing::info!("GitOps sync from Bitbucket is configured (action gitops_sync)");
     }
+    // Signals are caught from here on, before anything is started or announced: a SIGTERM
+    // during start-up (recovery may already run runs) is a graceful stop too.
+    let shutdown = CancellationToken::new();
+    let signals = Signals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
+    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
     let app = Application::build(settings, HandlerRegistry::builtin()).await?;
     tracing::info!(addr = %app.local_addr(), "listening");
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_on_terminate(shutdown.clone()));
     app.run_until(shutdown).await.context("server failed")?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT (the one signal handler of the process).
-async fn signal_on_terminate(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+/// The process's one SIGTERM/SIGINT handler, registered at once (not when a task first runs).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    shutdown.cancel();
+
+    /// Cancels `shutdown` on the first signal.
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    }
 }

@@ -70,6 +70,22 @@ impl Served {
         }
     }
 
+    /// Posts `body` to the webhook, signed with the fake Port's client secret.
+    pub(crate) async fn post_signed(&self, body: &Value) -> reqwest::Response {
+        let raw = serde_json::to_vec(body).unwrap();
+        let ts = port_runner::webhook::signature::timestamp_now();
+        let signature =
+            port_runner::webhook::signature::sign(crate::fake_port::CLIENT_SECRET, &ts, &raw);
+        reqwest::Client::new()
+            .post(format!("http://{}/webhook", self.addr))
+            .header("x-port-timestamp", &ts)
+            .header("x-port-signature", signature)
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
@@ -78,7 +94,7 @@ impl Served {
         self.child.wait().expect("serve exits")
     }
 
-    fn log_lines(&self) -> Vec<String> {
+    pub(crate) fn log_lines(&self) -> Vec<String> {
         self.log.try_iter().collect()
     }
 }
@@ -450,4 +466,16 @@ async fn the_sync_command_applies_reports_json_and_exits_by_outcome() {
             .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("BITBUCKET_HOST is not set"));
+}
+
+#[test]
+fn a_sigterm_right_after_start_is_a_graceful_stop() {
+    // The handler is registered before `listening` is announced, so even an immediate
+    // SIGTERM is caught (the default action would kill the process by signal).
+    for _ in 0..5 {
+        let data = tempfile::tempdir().unwrap();
+        let mut served = Served::start(&[], &["--data-dir", data.path().to_str().unwrap()]);
+        let status = served.terminate();
+        assert!(status.success(), "{status:?}");
+    }
 }

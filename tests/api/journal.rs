@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use port_runner::webhook::signature::{sign, timestamp_now};
 use serde_json::{json, Value};
 
 use crate::cli::Served;
@@ -26,17 +25,7 @@ fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
 }
 
 async fn post(served: &Served, body: &Value) -> reqwest::StatusCode {
-    let raw = serde_json::to_vec(body).unwrap();
-    let ts = timestamp_now();
-    reqwest::Client::new()
-        .post(format!("http://{}/webhook", served.addr))
-        .header("x-port-timestamp", &ts)
-        .header("x-port-signature", sign(CLIENT_SECRET, &ts, &raw))
-        .body(raw)
-        .send()
-        .await
-        .unwrap()
-        .status()
+    served.post_signed(body).await.status()
 }
 
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -150,7 +139,8 @@ async fn a_final_status_port_never_acknowledged_is_sent_after_a_restart() {
     // After a graceful stop, a second restart has nothing left to send.
     let mut served = served;
     let stopping = &mut served;
-    assert!(tokio::task::block_in_place(|| stopping.terminate()).success());
+    let status = tokio::task::block_in_place(|| stopping.terminate());
+    assert!(status.success(), "{status:?}: {:#?}", stopping.log_lines());
     let before = fake.terminal_patches(&run_id);
     let served = serve(&fake, data.path());
     tokio::time::sleep(Duration::from_millis(300)).await;

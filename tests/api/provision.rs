@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use crate::cli::Served;
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
 use crate::helpers::{hostile_values, unique_run_id, v2};
-use port_runner::webhook::signature::{sign, timestamp_now};
 
 const AWS_KEY_ID: &str = "AKIATESTINGKEYID0001";
 const AWS_SECRET: &str = "moto-secret-access-key-never-logged";
@@ -129,16 +128,7 @@ fn serve(fake: &FakePort, actions: &Path, data: &Path, extra: &[(&str, &str)]) -
 }
 
 async fn post(served: &Served, body: &Value) {
-    let raw = serde_json::to_vec(body).unwrap();
-    let ts = timestamp_now();
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/webhook", served.addr))
-        .header("x-port-timestamp", &ts)
-        .header("x-port-signature", sign(CLIENT_SECRET, &ts, &raw))
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let response = served.post_signed(body).await;
     let status = response.status();
     assert_eq!(status, 202, "{}", response.text().await.unwrap());
 }

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use port_runner::webhook::signature::{sign, timestamp_now};
 use serde_json::{json, Value};
 
 use crate::cli::Served;
@@ -78,18 +77,7 @@ fn replica(fake: &FakePort, database: &str, actions: &Path, name: &str, slots: &
 }
 
 async fn post(replica: &Replica, body: &Value) -> u16 {
-    let raw = serde_json::to_vec(body).unwrap();
-    let ts = timestamp_now();
-    reqwest::Client::new()
-        .post(format!("http://{}/webhook", replica.served.addr))
-        .header("x-port-timestamp", &ts)
-        .header("x-port-signature", sign(CLIENT_SECRET, &ts, &raw))
-        .body(raw)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    replica.served.post_signed(body).await.status().as_u16()
 }
 
 fn stamp_run(run_id: &str, inputs: Value) -> Value {

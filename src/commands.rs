@@ -223,6 +223,27 @@ pub fn config_command(args: ServeArgs) -> ExitCode {
             "bitbucket_file_api",
             format!("{:?}", b.bitbucket_file_api).to_lowercase(),
         ),
+        ("actions_dir", args.actions_dir.display().to_string()),
+        ("pulumi_bin", args.pulumi_bin.clone()),
+        (
+            "journal",
+            match (std::env::var("DATABASE_URL"), args.no_journal) {
+                (Ok(url), _) if !url.is_empty() => "PostgreSQL (DATABASE_URL)".into(),
+                (_, true) => "none: runs in memory only (--no-journal)".into(),
+                _ => format!(
+                    "SQLite in {}",
+                    args.data_dir.join("journal.sqlite3").display()
+                ),
+            },
+        ),
+        (
+            "replica_id",
+            args.replica_id
+                .clone()
+                .unwrap_or_else(|| "host name + random (default)".into()),
+        ),
+        ("lease_secs", args.lease_secs.to_string()),
+        ("retain_days", args.retain_days.to_string()),
     ];
     for (key, value) in rows {
         println!("{key}: {value}");

@@ -251,7 +251,7 @@ impl Settings {
 
 /// Keys of the optional configuration file and the environment variables they stand for.
 /// The environment wins over the file; secrets are not allowed in the file.
-const FILE_KEYS: [(&str, &str); 23] = [
+const FILE_KEYS: [(&str, &str); 26] = [
     ("listen", "LISTEN_ADDR"),
     ("port_client_id", "PORT_CLIENT_ID"),
     ("port_api_url", "PORT_API_URL"),
@@ -270,6 +270,9 @@ const FILE_KEYS: [(&str, &str); 23] = [
     ),
     ("http_workers", "PORT_RUNNER_HTTP_WORKERS"),
     ("retain_days", "PORT_RUNNER_RETAIN_DAYS"),
+    ("replica_id", "PORT_RUNNER_REPLICA_ID"),
+    ("lease_secs", "PORT_RUNNER_LEASE_SECS"),
+    ("pulumi_bin", "PORT_RUNNER_PULUMI_BIN"),
     ("log_format", "LOG_FORMAT"),
     ("bitbucket_host", "BITBUCKET_HOST"),
     ("bitbucket_username", "BITBUCKET_USERNAME"),

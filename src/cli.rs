@@ -165,7 +165,7 @@ pub struct SyncArgs {
     #[command(flatten)]
     pub port: PortArgs,
 
-    /// Folder of the ownership record (gitops-state.json).
+    /// Folder of the run journal that holds the ownership record (without DATABASE_URL).
     #[arg(long, env = "PORT_RUNNER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 

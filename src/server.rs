@@ -109,9 +109,12 @@ impl Application {
         let engine = match &settings.gitops {
             Some(gitops) => Some(Arc::new(SyncEngine::new(
                 Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
-                // Replicas share one ownership record, in the shared journal.
-                match journal.as_ref().and_then(|j| j.shared()) {
-                    Some(shared) => StateStore::shared(shared.clone()),
+                // The ownership record lives in the journal (shared by replicas on PostgreSQL).
+                match &journal {
+                    Some(j) => match j.shared() {
+                        Some(shared) => StateStore::shared(shared.clone()),
+                        None => StateStore::in_journal(&settings.data_dir, j.records()),
+                    },
                     None => StateStore::in_dir(&settings.data_dir),
                 },
                 gitops.projects_filter.clone(),

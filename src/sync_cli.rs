@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
@@ -16,6 +17,7 @@ use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWri
 use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine, SyncRequest};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
+use crate::runs::Journal;
 
 pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let gitops = GitOpsSettings::from_args(&args.bitbucket, |name| std::env::var(name).ok())?
@@ -43,9 +45,26 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
             ),
         };
 
+    // The ownership record is where `serve` keeps it: the shared PostgreSQL journal when
+    // DATABASE_URL is set, else the data dir's SQLite journal.
+    let store = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let replica = format!("sync-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let journal = Journal::connect(&url, &replica, Duration::from_secs(30)).await?;
+            let shared = journal
+                .shared()
+                .expect("a PostgreSQL journal is shared")
+                .clone();
+            StateStore::shared(shared)
+        }
+        None => {
+            let journal = Arc::new(Journal::open(&args.data_dir.join("journal.sqlite3"))?);
+            StateStore::in_journal(&args.data_dir, journal.records())
+        }
+    };
     let engine = SyncEngine::new(
         Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
-        StateStore::in_dir(&args.data_dir),
+        store,
         gitops.projects_filter.clone(),
         8,
     );

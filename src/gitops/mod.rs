@@ -14,4 +14,4 @@ pub use engine::{
     BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest, FILE_NAMES,
 };
 pub use report::{Problem, ProblemKind, SyncReport};
-pub use state::{SharedRecords, StateStore};
+pub use state::{RecordStore, SharedRecords, StateStore};

@@ -2,9 +2,11 @@
 //!
 //! Nothing is ever deleted from Port unless it is in here. The record is one JSON document
 //! under `--data-dir`, replaced atomically (temp file, fsync, rename, fsync of the folder), so
-//! a crash leaves either the old or the new record, never half of one. With replicas sharing
-//! a PostgreSQL journal, the document lives there instead (one row, replaced in one
-//! statement), so every replica's sync sees the same ownership, under a lock shared by all.
+//! a crash leaves either the old or the new record, never half of one. Normally the document
+//! lives in the run journal instead (one row, replaced in one statement): SQLite in the data
+//! dir, under the data dir's file lock, or, with replicas, PostgreSQL, under a lock shared by
+//! all, so every replica's sync sees the same ownership. A record file left by an earlier
+//! version is read once and then kept as `gitops-state.json.imported`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -19,12 +21,16 @@ use crate::tool::GlobalLocks;
 /// Name of the record (and of its lock) in a shared store.
 const SHARED_KEY: &str = "gitops-state";
 
-/// A store of named documents shared by replicas, with locks.
+/// Named documents kept in the run journal (SQLite or PostgreSQL), each replaced whole.
 #[async_trait]
-pub trait SharedRecords: GlobalLocks {
+pub trait RecordStore: Send + Sync {
     async fn read_record(&self, key: &str) -> Result<Option<String>, String>;
     async fn write_record(&self, key: &str, text: &str) -> Result<(), String>;
 }
+
+/// Records shared by replicas, with locks that hold across them.
+pub trait SharedRecords: RecordStore + GlobalLocks {}
+impl<T: RecordStore + GlobalLocks> SharedRecords for T {}
 
 const VERSION: u32 = 1;
 
@@ -66,7 +72,7 @@ pub enum StateError {
     },
     #[error("the GitOps ownership record {path} is corrupt ({reason}); move it away to start over (entities it recorded will then never be deleted by the sync)")]
     Corrupt { path: String, reason: String },
-    #[error("the GitOps ownership record in the shared journal: {0}")]
+    #[error("the GitOps ownership record in the run journal: {0}")]
     Shared(String),
     #[error("cannot write the GitOps ownership record {path}: {source}")]
     Write {
@@ -78,7 +84,9 @@ pub enum StateError {
 /// Where the record lives.
 #[derive(Clone)]
 pub struct StateStore {
+    /// The record file (without a journal), or the one to import; its `.lock` beside it.
     path: PathBuf,
+    records: Option<Arc<dyn RecordStore>>,
     shared: Option<Arc<dyn SharedRecords>>,
 }
 
@@ -164,17 +172,29 @@ impl StateStore {
         }
     }
 
+    /// The record as a file in the data dir (runs without a journal).
     pub fn in_dir(data_dir: &Path) -> Self {
         Self {
             path: data_dir.join("gitops-state.json"),
+            records: None,
             shared: None,
         }
     }
 
-    /// The record in a store shared by replicas.
+    /// The record in the data dir's journal, under the data dir's file lock.
+    pub fn in_journal(data_dir: &Path, records: Arc<dyn RecordStore>) -> Self {
+        Self {
+            path: data_dir.join("gitops-state.json"),
+            records: Some(records),
+            shared: None,
+        }
+    }
+
+    /// The record in a journal shared by replicas, under their shared lock.
     pub fn shared(shared: Arc<dyn SharedRecords>) -> Self {
         Self {
-            path: PathBuf::from("(shared journal)"),
+            path: PathBuf::from("gitops-state.json"),
+            records: Some(shared.clone()),
             shared: Some(shared),
         }
     }
@@ -204,12 +224,14 @@ impl StateStore {
             version: VERSION,
             ..SyncState::default()
         };
-        if let Some(shared) = &self.shared {
-            return match shared.read_record(SHARED_KEY).await {
-                Ok(Some(text)) => self.parse(&text),
-                Ok(None) => Ok(empty),
-                Err(e) => Err(StateError::Shared(e)),
-            };
+        if let Some(records) = &self.records {
+            match records.read_record(SHARED_KEY).await {
+                Ok(Some(text)) => return self.parse(&text),
+                Ok(None) if self.shared.is_some() => return Ok(empty),
+                // Not in the journal yet: the file of an earlier version, if any, is the record.
+                Ok(None) => {}
+                Err(e) => return Err(StateError::Shared(e)),
+            }
         }
         match std::fs::read_to_string(&self.path) {
             Ok(text) => self.parse(&text),
@@ -223,12 +245,17 @@ impl StateStore {
 
     /// Replaces the record atomically.
     pub async fn save(&self, state: &SyncState) -> Result<(), StateError> {
-        if let Some(shared) = &self.shared {
+        if let Some(records) = &self.records {
             let text = serde_json::to_string(state).expect("state serializes");
-            return shared
+            records
                 .write_record(SHARED_KEY, &text)
                 .await
-                .map_err(StateError::Shared);
+                .map_err(StateError::Shared)?;
+            if self.shared.is_none() && self.path.exists() {
+                // Imported: the journal holds the record from now on.
+                let _ = std::fs::rename(&self.path, self.path.with_extension("json.imported"));
+            }
+            return Ok(());
         }
         let err = |source| StateError::Write {
             path: self.path.display().to_string(),
@@ -277,6 +304,40 @@ mod tests {
         store.save(&state).await.unwrap();
         assert_eq!(store.load().await.unwrap(), state);
         assert!(!store.path().with_extension("json.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn the_record_lives_in_the_journal_and_an_old_file_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = StateStore::in_dir(dir.path());
+        let mut state = old.load().await.unwrap();
+        state.repos.insert("PRJ/old".into(), RepoState::default());
+        old.save(&state).await.unwrap();
+
+        let journal = std::sync::Arc::new(
+            crate::runs::Journal::open(&dir.path().join("journal.sqlite3")).unwrap(),
+        );
+        let store = StateStore::in_journal(dir.path(), journal.records());
+        let mut imported = store.load().await.unwrap();
+        assert_eq!(
+            imported, state,
+            "the file of an earlier version is the record"
+        );
+        imported
+            .repos
+            .insert("PRJ/new".into(), RepoState::default());
+        store.save(&imported).await.unwrap();
+        assert!(!dir.path().join("gitops-state.json").exists());
+        assert!(dir.path().join("gitops-state.json.imported").exists());
+        drop(store);
+        drop(journal);
+
+        // Reopened: the journal has it, the file is not read again.
+        let journal = std::sync::Arc::new(
+            crate::runs::Journal::open(&dir.path().join("journal.sqlite3")).unwrap(),
+        );
+        let store = StateStore::in_journal(dir.path(), journal.records());
+        assert_eq!(store.load().await.unwrap(), imported);
     }
 
     #[tokio::test]

@@ -190,11 +190,33 @@ impl Journal {
         }
     }
 
+    /// Named documents in the journal (the GitOps ownership record).
+    pub fn records(self: &Arc<Self>) -> Arc<dyn crate::gitops::RecordStore> {
+        self.clone()
+    }
+
     /// The state of one run (`queued`, `running`, `finished`) and whether it was reported.
     pub async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
         match &self.store {
             Store::Sqlite(j) => j.state(run_id).await,
             Store::Postgres(j) => j.state(run_id).await,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::gitops::RecordStore for Journal {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, String> {
+        match &self.store {
+            Store::Sqlite(j) => j.read_record(key).await.map_err(|e| e.to_string()),
+            Store::Postgres(j) => j.read_record(key).await,
+        }
+    }
+
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), String> {
+        match &self.store {
+            Store::Sqlite(j) => j.write_record(key, text).await.map_err(|e| e.to_string()),
+            Store::Postgres(j) => j.write_record(key, text).await,
         }
     }
 }

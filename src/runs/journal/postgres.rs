@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{JournalError, Recovery, UnreportedFinal};
 use crate::domain::RunId;
-use crate::gitops::SharedRecords;
+use crate::gitops::RecordStore;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
 use crate::tool::GlobalLocks;
@@ -665,7 +665,7 @@ impl GlobalLocks for PgJournal {
 }
 
 #[async_trait]
-impl SharedRecords for PgJournal {
+impl RecordStore for PgJournal {
     async fn read_record(&self, key: &str) -> Result<Option<String>, String> {
         let rows = self
             .query(

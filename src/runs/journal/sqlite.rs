@@ -18,6 +18,15 @@ use crate::domain::RunId;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
 
+/// Named documents (the GitOps ownership record), each replaced whole.
+const SCHEMA_V2: &str = "
+CREATE TABLE records (
+    key        TEXT PRIMARY KEY NOT NULL,
+    doc        TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 const SCHEMA_V1: &str = "
 CREATE TABLE runs (
     run_id        TEXT PRIMARY KEY NOT NULL,
@@ -130,9 +139,21 @@ impl SqliteJournal {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
-        if version == 0 {
+        // Each schema version once, in order; a journal from a newer build is refused.
+        let schema = [SCHEMA_V1, SCHEMA_V2];
+        if version > schema.len() as i64 {
+            return Err(JournalError::Sqlite {
+                path: shown.clone(),
+                source: rusqlite::Error::InvalidParameterName(format!(
+                    "schema version {version} is newer than this build's ({})",
+                    schema.len()
+                )),
+            });
+        }
+        for (i, sql) in schema.iter().enumerate().skip(version as usize) {
             conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+                "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+                i + 1
             ))
             .map_err(err)?;
         }
@@ -321,6 +342,34 @@ impl SqliteJournal {
                 "DELETE FROM runs WHERE state = 'finished' AND reported = 1 AND finished_at <= ?1",
                 params![cutoff],
             )
+        })
+        .await
+    }
+
+    /// A named document, after everything queued before.
+    pub async fn read_record(&self, key: &str) -> Result<Option<String>, JournalError> {
+        let key = key.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT doc FROM records WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Replaces a named document (committed when this returns).
+    pub async fn write_record(&self, key: &str, text: &str) -> Result<(), JournalError> {
+        let (key, text) = (key.to_owned(), text.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                params![key, text, now_ms()],
+            )
+            .map(|_| ())
         })
         .await
     }

@@ -117,6 +117,80 @@ impl Invocation {
     }
 }
 
+/// The key of Port's secret inputs: the first 32 bytes of the client secret (the webhook
+/// key in local mode). Debug output never shows it.
+#[derive(Clone)]
+pub struct InputKey([u8; 32]);
+
+impl std::fmt::Debug for InputKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputKey(<secret>)")
+    }
+}
+
+impl InputKey {
+    /// `None` when the secret is shorter than a key.
+    pub fn from_secret(secret: &str) -> Option<Self> {
+        secret.as_bytes().get(..32)?.try_into().ok().map(Self)
+    }
+}
+
+/// Bytes of the nonce and of the tag around the ciphertext.
+const NONCE_LEN: usize = 16;
+const TAG_LEN: usize = 16;
+
+impl Invocation {
+    /// Decrypts the secret inputs Port encrypted (`"encryption": "aes256-gcm"`): base64 of a
+    /// 16-byte nonce, the ciphertext and a 16-byte tag. A value that is not such a blob (a
+    /// secret typed into a local invocation) stays as it is; one that is, but does not
+    /// authenticate with this key, is refused. Decrypted JSON text becomes its value.
+    /// Done when the run starts, so the journal only ever holds the encrypted form.
+    pub fn decrypt_secret_inputs(&mut self, key: Option<&InputKey>) -> Result<(), DomainError> {
+        use aes_gcm::aead::{consts::U16, Aead, KeyInit};
+        use aes_gcm::aes::Aes256;
+        use base64::Engine as _;
+        for name in &self.secret_inputs {
+            let Some(Value::String(text)) = self.inputs.get(name) else {
+                continue;
+            };
+            let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(text.trim()) else {
+                continue;
+            };
+            if blob.len() <= NONCE_LEN + TAG_LEN {
+                continue;
+            }
+            let field = format!("inputs.{name}");
+            let Some(key) = key else {
+                return Err(DomainError::new(
+                    field,
+                    "is encrypted, but this runner has no key to decrypt it (the client secret is shorter than 32 bytes)",
+                ));
+            };
+            let cipher = aes_gcm::AesGcm::<Aes256, U16>::new((&key.0).into());
+            let (nonce, sealed) = blob.split_at(NONCE_LEN);
+            let plain = cipher
+                .decrypt(nonce.into(), sealed)
+                .map_err(|_| DomainError::new(
+                    field.clone(),
+                    "could not be decrypted with this runner's client secret (aes256-gcm): was it encrypted by the same Port organization?",
+                ))?;
+            let plain = String::from_utf8(plain).map_err(|_| {
+                DomainError::new(field.clone(), "decrypted to bytes that are not text")
+            })?;
+            // Port encrypts the input's JSON value as text: a string stays that text.
+            let value = match serde_json::from_str::<Value>(&plain) {
+                Ok(Value::String(s)) => Value::String(s),
+                Ok(
+                    v @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_)),
+                ) => v,
+                _ => Value::String(plain),
+            };
+            self.inputs.insert(name.clone(), value);
+        }
+        Ok(())
+    }
+}
+
 fn collect_strings(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::String(s) => out.push(s.clone()),
@@ -131,6 +205,60 @@ fn collect_strings(value: &Value, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn encrypt(secret: &str, nonce: [u8; 16], plain: &str) -> String {
+        use aes_gcm::aead::{consts::U16, Aead, KeyInit};
+        use base64::Engine as _;
+        let key = InputKey::from_secret(secret).unwrap();
+        let cipher = aes_gcm::AesGcm::<aes_gcm::aes::Aes256, U16>::new((&key.0).into());
+        let mut blob = nonce.to_vec();
+        blob.extend(cipher.encrypt((&nonce).into(), plain.as_bytes()).unwrap());
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    }
+
+    fn with_secrets(inputs: Value, secret: &[&str]) -> Invocation {
+        Invocation::from_stored(&json!({
+            "run_id": "r_1", "action": "a", "operation": "CREATE",
+            "inputs": inputs, "secret_inputs": secret,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn secret_inputs_are_decrypted_with_the_first_32_bytes_of_the_client_secret() {
+        let secret = "0123456789abcdef0123456789abcdef-and-the-rest-of-the-secret";
+        let mut inv = with_secrets(
+            json!({
+                "password": encrypt(secret, [7; 16], "hunter2-is-long"),
+                "config": encrypt(secret, [9; 16], r#"{"a": 1}"#),
+                "typed": "not-encrypted",
+                "plain": encrypt(secret, [1; 16], "visible"),
+            }),
+            &["password", "config", "typed"],
+        );
+        inv.decrypt_secret_inputs(InputKey::from_secret(secret).as_ref())
+            .unwrap();
+        assert_eq!(inv.inputs["password"], "hunter2-is-long");
+        assert_eq!(inv.inputs["config"], json!({"a": 1}));
+        assert_eq!(inv.inputs["typed"], "not-encrypted");
+        // Only inputs Port marked secret are touched.
+        assert_ne!(inv.inputs["plain"], "visible");
+        assert!(inv.secret_values().contains(&"hunter2-is-long".to_owned()));
+    }
+
+    #[test]
+    fn a_secret_input_encrypted_with_another_key_is_refused_naming_it() {
+        let mut inv = with_secrets(
+            json!({"password": encrypt("another-organisations-secret-0123456789", [7; 16], "x")}),
+            &["password"],
+        );
+        let key = InputKey::from_secret("0123456789abcdef0123456789abcdef");
+        let err = inv.decrypt_secret_inputs(key.as_ref()).unwrap_err();
+        assert_eq!(err.field, "inputs.password");
+        assert!(err.reason.contains("could not be decrypted"), "{err}");
+        assert!(InputKey::from_secret("short").is_none());
+        assert_eq!(format!("{:?}", key.unwrap()), "InputKey(<secret>)");
+    }
 
     #[test]
     fn an_invocation_survives_being_stored() {

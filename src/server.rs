@@ -25,9 +25,10 @@ use crate::handlers::HandlerRegistry;
 use crate::handlers::{
     load_definitions, ActionInputs, DefinitionContext, GitOpsHandler, PulumiSettings,
 };
+use crate::invocation::InputKey;
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::{Journal, Masker, RunRegistry, Runner, Sink};
+use crate::runs::{Journal, Masker, RunRegistry, Runner, RunnerConfig, Sink};
 use crate::tool::Locks;
 use crate::webhook::bitbucket::PushHook;
 use crate::webhook::{self, signature::SignatureVerifier};
@@ -204,7 +205,10 @@ impl Application {
             sink,
             metrics.clone(),
             masker,
-            settings.runner.clone(),
+            RunnerConfig {
+                input_key: InputKey::from_secret(settings.webhook_secret()),
+                ..settings.runner.clone()
+            },
         );
         // Take over from the previous process before accepting new runs.
         runner.recover(settings.retain).await;

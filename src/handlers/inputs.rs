@@ -3,7 +3,7 @@
 //! The runner knows its actions (`actions/*.json`), so a run whose inputs do not fit them
 //! fails at once, naming every bad field, instead of reaching a handler or a tool.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -15,8 +15,6 @@ use crate::gitops::blueprint::{string_list, PropSchema};
 pub struct InputSchema {
     properties: BTreeMap<String, PropSchema>,
     required: Vec<String>,
-    /// Encrypted inputs arrive as ciphertext: only their presence is checked.
-    encrypted: BTreeSet<String>,
 }
 
 impl InputSchema {
@@ -26,9 +24,6 @@ impl InputSchema {
         let mut schema = Self::default();
         if let Some(props) = inputs.get("properties").and_then(Value::as_object) {
             for (name, prop) in props {
-                if prop.get("encryption").is_some() {
-                    schema.encrypted.insert(name.clone());
-                }
                 schema
                     .properties
                     .insert(name.clone(), PropSchema::from_json(prop));
@@ -46,7 +41,8 @@ impl InputSchema {
         for (name, value) in inputs {
             match self.properties.get(name) {
                 None => {}
-                Some(_) if value.is_null() || self.encrypted.contains(name) => {}
+                // Encrypted inputs are checked too: the runner decrypts them first.
+                Some(_) if value.is_null() => {}
                 Some(schema) => schema.check(&format!("input '{name}'"), value, &mut problems),
             }
         }
@@ -125,9 +121,15 @@ mod tests {
     }
 
     #[test]
-    fn valid_inputs_pass_and_encrypted_ones_are_not_inspected() {
-        let ok = json!({"bucket_name": "my-bucket", "acl": "private", "nodes": 3, "token": "ZW5jcnlwdGVk", "tags": null});
+    fn valid_inputs_pass_and_decrypted_secret_ones_are_checked_too() {
+        let ok = json!({"bucket_name": "my-bucket", "acl": "private", "nodes": 3, "token": "s3cret", "tags": null});
         schema().check(ok.as_object().unwrap()).unwrap();
+        let bad = json!({"bucket_name": "my-bucket", "acl": "private", "token": 12});
+        let problems = schema().check(bad.as_object().unwrap()).unwrap_err();
+        assert!(
+            problems[0].starts_with("input 'token' must be a string"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::reporter::{
 };
 use crate::domain::RunId;
 use crate::handlers::{HandlerError, HandlerRegistry, RunContext};
-use crate::invocation::Invocation;
+use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::{RunPatch, RunStatus};
 
@@ -42,6 +42,8 @@ pub struct RunnerConfig {
     pub final_report_retry: FinalReportRetry,
     /// How long shutdown waits for final reports after the runs ended.
     pub report_drain: Duration,
+    /// Decrypts Port's encrypted secret inputs when a run starts.
+    pub input_key: Option<InputKey>,
 }
 
 impl Default for RunnerConfig {
@@ -53,6 +55,7 @@ impl Default for RunnerConfig {
             log_batching: LogBatching::default(),
             final_report_retry: FinalReportRetry::default(),
             report_drain: Duration::from_secs(15),
+            input_key: None,
         }
     }
 }
@@ -447,7 +450,13 @@ impl Runner {
         self.registry.retire(&run_id);
     }
 
-    async fn run_handler(&self, invocation: Invocation, reporter: &RunReporter) -> Verdict {
+    async fn run_handler(&self, mut invocation: Invocation, reporter: &RunReporter) -> Verdict {
+        // Secret inputs are decrypted only now (the journal keeps them encrypted), before the
+        // inputs are checked, and their plain values are masked from here on.
+        if let Err(e) = invocation.decrypt_secret_inputs(self.config.input_key.as_ref()) {
+            return Verdict::failure(format!("invalid input {e}"));
+        }
+        reporter.log().add_secrets(invocation.secret_values());
         let handler = match self.handlers.resolve(&invocation) {
             Ok(handler) => handler,
             Err(reason) => return Verdict::failure(reason),

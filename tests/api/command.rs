@@ -281,3 +281,81 @@ fn a_bad_definition_is_refused_naming_the_file_and_field() {
         "{text:#?}"
     );
 }
+
+/// Encrypts like Port does for a secret input: base64(nonce 16 | ciphertext | tag 16), keyed
+/// with the first 32 bytes of the client secret.
+fn port_encrypt(plain: &str) -> String {
+    use aes_gcm::aead::{consts::U16, Aead, KeyInit};
+    use base64::Engine as _;
+    let key: [u8; 32] = crate::fake_port::CLIENT_SECRET.as_bytes()[..32]
+        .try_into()
+        .unwrap();
+    let cipher = aes_gcm::AesGcm::<aes_gcm::aes::Aes256, U16>::new((&key).into());
+    let nonce = [42u8; 16];
+    let mut blob = nonce.to_vec();
+    blob.extend(cipher.encrypt((&nonce).into(), plain.as_bytes()).unwrap());
+    base64::engine::general_purpose::STANDARD.encode(blob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_secret_input_reaches_the_tool_decrypted_and_never_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("argv.jsonl");
+    let recorder =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record-argv");
+    let def = format!(
+        "action: login\nhandler: command\nsteps:\n  - name: use\n    program: {}\n    args: ['{}', .inputs.password]\n  - name: say\n    program: printf\n    args: ['\"password is %s\\n\"', .inputs.password]\n",
+        recorder.display(),
+        serde_json::to_string(record.to_str().unwrap()).unwrap()
+    );
+    let (app, _defs) = app(&[("login.yaml", &def)]).await;
+    let run = unique_run_id();
+    let mut body = legacy(
+        &run,
+        "login",
+        "CREATE",
+        json!({"password": port_encrypt("correct horse battery staple")}),
+    );
+    body["payload"]["censoredProperties"] = json!(["password"]);
+    app.post_signed(&body).await;
+    let fin = app.port().wait_final(&run).await;
+    assert_eq!(
+        fin["status"],
+        "SUCCESS",
+        "{:#?}",
+        app.port().log_lines(&run)
+    );
+    let argv = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(argv.trim(), r#"["correct horse battery staple"]"#);
+    let lines = app.port().log_lines(&run);
+    assert!(lines.contains(&"password is ****".to_owned()), "{lines:#?}");
+    let everything: String = app
+        .port()
+        .requests()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    assert!(!everything.contains("correct horse"));
+
+    // Encrypted with another key: refused, naming the input, and nothing ran.
+    let run = unique_run_id();
+    let mut body = legacy(
+        &run,
+        "login",
+        "CREATE",
+        json!({"password": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
+    );
+    body["payload"]["censoredProperties"] = json!(["password"]);
+    app.post_signed(&body).await;
+    let fin = app.port().wait_final(&run).await;
+    assert_eq!(fin["status"], "FAILURE");
+    assert!(
+        fin["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid input inputs.password: could not be decrypted"),
+        "{fin}"
+    );
+    assert_eq!(std::fs::read_to_string(&record).unwrap().lines().count(), 1);
+    app.shutdown().await;
+}

@@ -14,7 +14,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
 pub const CLIENT_ID: &str = "test-client-id";
-pub const CLIENT_SECRET: &str = "test-client-secret-0123456789";
+pub const CLIENT_SECRET: &str = "test-client-secret-0123456789-0123456789ab";
 
 #[derive(Debug, Clone)]
 pub struct Recorded {

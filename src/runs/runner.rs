@@ -302,11 +302,16 @@ impl Runner {
                 }
             }
         }
+        let why = if journal.shared().is_some() {
+            "interrupted: the replica running it stopped during the run"
+        } else {
+            "interrupted: runner restarted during the run"
+        };
         for invocation in interrupted {
             let reporter = self.reporter(&invocation);
             reporter
                 .finish(
-                    Verdict::failure("interrupted: runner restarted during the run"),
+                    Verdict::failure(why),
                     &self.metrics,
                     invocation.action.as_str(),
                 )

@@ -834,3 +834,55 @@ async fn hostile_values_reach_a_command_as_one_argument_or_are_refused() {
         "{fin}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulumi_up_that_hangs_is_stopped_at_its_timeout_and_fails_the_run() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let actions = tempfile::tempdir().unwrap();
+    std::fs::create_dir(actions.path().join("handlers")).unwrap();
+    std::fs::write(
+        actions.path().join("handlers/slow_bucket.yaml"),
+        format!(
+            "action: slow_bucket\nhandler: pulumi\nprogram: {}\nstack: .inputs.name\ntimeout_secs: 2\nconfig:\n  bucketName: .inputs.name\n",
+            repo().join("actions/pulumi/s3_bucket").display()
+        ),
+    )
+    .unwrap();
+    let standin = repo().join("tests/fixtures/pulumi");
+    let served = serve(
+        &fake,
+        actions.path(),
+        data.path(),
+        &[("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap())],
+    );
+    let state = data.path().join("pulumi-state");
+    control(&state, json!({"fail": {"up": "hang"}}));
+    let (run_id, fin) = run(
+        &served,
+        &fake,
+        "slow_bucket",
+        "CREATE",
+        json!({"name": "slow-one"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("pulumi up failed for stack slow-one")
+            && summary.contains("did not finish within 2s and was stopped"),
+        "{summary}"
+    );
+    assert!(fake
+        .log_lines(&run_id)
+        .iter()
+        .any(|l| l.starts_with("stack slow-one is kept as it is")));
+    // The hanging stand-in (its whole process group) is gone.
+    let standin_alive = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+        .any(|cmd| cmd.contains("fixtures/pulumi") && cmd.contains("slow-one"));
+    assert!(!standin_alive, "the stand-in still runs");
+}

@@ -178,7 +178,7 @@ async fn a_replica_killed_mid_run_leaves_its_runs_and_locks_to_the_other() {
     assert_eq!(fin["status"], "FAILURE");
     assert_eq!(
         fin["summary"],
-        "interrupted: runner restarted during the run"
+        "interrupted: the replica running it stopped during the run"
     );
     for run_id in queued.iter().chain([&after]) {
         assert_eq!(
@@ -286,4 +286,107 @@ async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
     drop(held);
     // B got the lock only after A saved, and reads what A wrote.
     assert_eq!(second.await.unwrap(), state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
+    use port_runner::invocation::Invocation;
+    use port_runner::port::RunStatus;
+    use port_runner::runs::{Journal, JournalError};
+
+    let database = fresh_database().await;
+    let lease = Duration::from_secs(3);
+    let a = Journal::connect(&database, "replica-a", lease)
+        .await
+        .unwrap();
+    let b = Journal::connect(&database, "replica-b", lease)
+        .await
+        .unwrap();
+    // Both start with nothing to recover.
+    assert!(a.recovery().await.unwrap().queued.is_empty());
+    assert!(b.recovery().await.unwrap().queued.is_empty());
+
+    let run_id = unique_run_id();
+    let invocation = Invocation::from_stored(&json!({
+        "run_id": run_id, "action": "stamp", "operation": "CREATE", "inputs": {}
+    }))
+    .unwrap();
+    assert!(a.accept(&invocation).await.unwrap());
+    assert!(!b.accept(&invocation).await.unwrap(), "a duplicate on B");
+    a.started(&invocation.run_id).await.unwrap();
+    // While A's lease holds, B takes nothing.
+    assert!(b.recovery().await.unwrap().interrupted.is_empty());
+
+    // A stalls: its heartbeat stops and its lease runs out (release() does both at once).
+    a.flush().await.unwrap();
+    let taken = b.recovery().await.unwrap();
+    assert_eq!(taken.interrupted.len(), 1, "B claims the interrupted run");
+    assert!(
+        b.recovery().await.unwrap().interrupted.is_empty(),
+        "and claims it once"
+    );
+
+    // A wakes up: its verdict is fenced off, B's goes through.
+    let late = a
+        .finished(&invocation.run_id, RunStatus::Success, "done", None, false)
+        .await;
+    assert!(matches!(late, Err(JournalError::NotOwner(_))), "{late:?}");
+    b.finished(
+        &invocation.run_id,
+        RunStatus::Failure,
+        "interrupted",
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    b.reported(&invocation.run_id).await.unwrap();
+    assert_eq!(
+        b.state(invocation.run_id.as_str()).await.unwrap(),
+        Some(("finished".to_owned(), true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_claiming_a_dead_replicas_runs_at_once_each_take_different_ones() {
+    use port_runner::invocation::Invocation;
+    use port_runner::runs::Journal;
+
+    let database = fresh_database().await;
+    let lease = Duration::from_secs(30);
+    let dead = Journal::connect(&database, "replica-dead", lease)
+        .await
+        .unwrap();
+    let mut accepted = Vec::new();
+    for _ in 0..300 {
+        let run_id = unique_run_id();
+        let invocation = Invocation::from_stored(&json!({
+            "run_id": run_id, "action": "stamp", "operation": "CREATE", "inputs": {}
+        }))
+        .unwrap();
+        assert!(dead.accept(&invocation).await.unwrap());
+        accepted.push(run_id);
+    }
+    dead.flush().await.unwrap(); // its leases end now
+
+    let mut survivors = Vec::new();
+    for name in ["replica-b", "replica-c", "replica-d"] {
+        survivors.push(Journal::connect(&database, name, lease).await.unwrap());
+    }
+    let (b, c, d) = tokio::join!(
+        survivors[0].recovery(),
+        survivors[1].recovery(),
+        survivors[2].recovery()
+    );
+    let mut claimed: Vec<String> = [b, c, d]
+        .into_iter()
+        .flat_map(|r| r.unwrap().queued)
+        .map(|inv| inv.run_id.to_string())
+        .collect();
+    claimed.sort();
+    accepted.sort();
+    assert_eq!(
+        claimed, accepted,
+        "every run claimed by exactly one replica"
+    );
 }

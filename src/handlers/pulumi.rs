@@ -14,7 +14,8 @@
 //!          properties: {url: .outputs.url}}                    # .outputs: the stack's outputs
 //! ```
 //!
-//! CREATE: `stack select --create`, `config set`, `up`, `stack output`, upsert the entity.
+//! CREATE: `stack select --create`, `config set` (objects: `config rm`, then leaf by leaf with
+//! `--path`), `up`, `stack output`, upsert the entity.
 //! DAY-2: the same on the run's entity's stack (never created, never destroyed: a failed
 //! change leaves the resource and the entity as they were), then merge the entity. DELETE:
 //! `destroy`, `stack rm`, delete the entity. Runs on one stack take turns; secret outputs
@@ -573,6 +574,19 @@ impl Handler for PulumiHandler {
             let value = expr.eval(&context).map_err(failed)?;
             let mut sets = Vec::new();
             let nested = matches!(value, Value::Object(_) | Value::Array(_));
+            if nested {
+                // Set leaf by leaf, so first cleared: a key removed from the object (a tag
+                // taken away) must not linger in the stack's config. Tolerant: a CLI that
+                // refuses to remove a key it does not have must not stop the run.
+                let rm = ["config", "rm", "--stack", s, key.as_str()];
+                if let Err((_, detail)) = self.cli(&ctx, &workdir, &rm, None).await {
+                    ctx.log
+                        .line(format!(
+                            "could not clear {key} first (continuing): {detail}"
+                        ))
+                        .await;
+                }
+            }
             leaves(key.clone(), &value, &mut sets);
             for (name, text, _) in sets {
                 if *secret {

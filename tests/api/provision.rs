@@ -380,6 +380,7 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
                 r#"--non-interactive config set --stack pay-assets --plaintext bucketName -- pay-assets"#
             ),
             w(r#"--non-interactive config set --stack pay-assets --plaintext acl -- private"#),
+            w(r#"--non-interactive config rm --stack pay-assets tags"#),
             w(
                 r#"--non-interactive config set --stack pay-assets --path --plaintext tags["team"] -- payments"#
             ),
@@ -719,8 +720,9 @@ async fn hostile_values_reach_pulumi_as_one_argument_or_are_refused() {
             "{value:?}"
         );
     }
-    // Nothing else ran: select, 3 scalar sets, one set per value (the null is skipped), up, output.
-    assert_eq!(recorded.len(), 1 + 3 + values.len() + 2);
+    // Nothing else ran: select, 3 scalar sets, clearing the tags, one set per value (the null
+    // is skipped), up, output.
+    assert_eq!(recorded.len(), 1 + 3 + 1 + values.len() + 2);
     // Every value came back as one value in the stack's outputs and so in the entity.
     let entity = fake.entity("s3_bucket", "hostile-tags").unwrap();
     for (i, value) in values.iter().enumerate() {
@@ -885,4 +887,26 @@ async fn a_pulumi_up_that_hangs_is_stopped_at_its_timeout_and_fails_the_run() {
         .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
         .any(|cmd| cmd.contains("fixtures/pulumi") && cmd.contains("slow-one"));
     assert!(!standin_alive, "the stand-in still runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_taken_away_leaves_the_stack_config_and_the_entity() {
+    let rig = pulumi_rig().await;
+    let fake = &rig.fake;
+    for tags in [json!({"team": "pay", "cost": "high"}), json!({"team": "pay"})] {
+        let (run_id, fin) = run(
+            &rig.served,
+            fake,
+            "create_bucket",
+            "CREATE",
+            json!({"bucket_name": "tagged", "tags": tags}),
+            None,
+        )
+        .await;
+        assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&run_id));
+        assert_eq!(
+            fake.entity("s3_bucket", "tagged").unwrap()["properties"]["tags"],
+            tags
+        );
+    }
 }

@@ -5,11 +5,15 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
+# Cargo checks that every target in the manifest has a file: stand-ins for all of them.
 RUN mkdir -p src benches tests/api \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && echo 'fn main() {}' > benches/webhook.rs && touch tests/api/main.rs \
+ && for bench in webhook gitops tool; do echo 'fn main() {}' > "benches/$bench.rs"; done \
+ && touch tests/api/main.rs \
  && cargo build --release --locked --bin port-runner \
  && rm -rf src benches tests
+# The PostgreSQL migrations are compiled into the binary (include_str!).
+COPY migrations ./migrations
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests

@@ -893,7 +893,10 @@ async fn a_pulumi_up_that_hangs_is_stopped_at_its_timeout_and_fails_the_run() {
 async fn a_tag_taken_away_leaves_the_stack_config_and_the_entity() {
     let rig = pulumi_rig().await;
     let fake = &rig.fake;
-    for tags in [json!({"team": "pay", "cost": "high"}), json!({"team": "pay"})] {
+    for tags in [
+        json!({"team": "pay", "cost": "high"}),
+        json!({"team": "pay"}),
+    ] {
         let (run_id, fin) = run(
             &rig.served,
             fake,

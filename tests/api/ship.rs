@@ -72,6 +72,72 @@ fn the_dockerfile_has_what_operators_rely_on() {
 }
 
 #[test]
+fn the_dockerfile_builder_has_every_file_the_build_needs() {
+    let lines = dockerfile();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    // Cargo refuses a manifest whose targets have no file: the dependency layer needs a
+    // stand-in for every bench.
+    let dummy = instruction(&lines, "RUN")
+        .into_iter()
+        .find(|r| r.contains("fn main"))
+        .unwrap()
+        .to_owned();
+    let benches: Vec<&str> = manifest
+        .split("[[bench]]")
+        .skip(1)
+        .filter_map(|b| b.lines().find_map(|l| l.trim().strip_prefix("name = ")))
+        .map(|n| n.trim_matches('"'))
+        .collect();
+    assert!(!benches.is_empty());
+    for bench in benches {
+        assert!(
+            dummy.contains(&format!("benches/{bench}.rs"))
+                || dummy.contains(&format!(" {bench} "))
+                || dummy.contains(&format!(" {bench};")),
+            "no stand-in for bench {bench}: {dummy}"
+        );
+    }
+    // Whatever the sources include at compile time must be copied in.
+    let copies = instruction(&lines, "COPY").join("\n");
+    let mut included = Vec::new();
+    for entry in walk(&root.join("src")) {
+        let text = std::fs::read_to_string(&entry).unwrap();
+        for part in text.split("include_str!(\"").skip(1) {
+            let rel = part.split('"').next().unwrap();
+            let file = entry.parent().unwrap().join(rel).canonicalize().unwrap();
+            let top = file
+                .strip_prefix(root)
+                .unwrap()
+                .components()
+                .next()
+                .unwrap();
+            included.push(top.as_os_str().to_string_lossy().into_owned());
+        }
+    }
+    assert!(!included.is_empty());
+    for top in included {
+        assert!(
+            copies.contains(&format!("COPY {top} ")),
+            "{top} is not copied: {copies}"
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
 fn the_binary_needs_only_libraries_the_runtime_image_has() {
     let out = Command::new("ldd")
         .arg(BIN)

@@ -25,12 +25,16 @@ pub fn served_actions(actions_dir: &Path) -> (Vec<String>, Vec<FileProblem>) {
         .collect();
     known.push("gitops_sync".into());
     let mut problems = Vec::new();
-    // Only compiled here: nothing is created, so the default settings do.
-    let pulumi = PulumiSettings {
-        program: "pulumi".into(),
-        projects_dir: actions_dir.into(),
-        env: Default::default(),
-        secret_env: Default::default(),
+    // Only compiled here (from_env creates nothing).
+    let pulumi = match PulumiSettings::from_env(actions_dir, |_| None) {
+        Ok(pulumi) => pulumi,
+        Err(e) => {
+            let problem = FileProblem {
+                file: actions_dir.into(),
+                message: format!("cannot resolve the folder: {e}"),
+            };
+            return (known, vec![problem]);
+        }
     };
     let ctx = DefinitionContext {
         workdir: actions_dir,

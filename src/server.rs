@@ -72,7 +72,7 @@ pub enum StartError {
     Journal(#[from] crate::runs::JournalError),
     #[error("invalid handler definitions:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<crate::handlers::DefinitionError>),
-    #[error("cannot prepare Pulumi's state folder: {0}")]
+    #[error("cannot resolve Pulumi's folders in the data dir: {0}")]
     Pulumi(String),
 }
 

@@ -51,11 +51,16 @@ pub struct PulumiSettings {
     pub env: BTreeMap<String, String>,
     /// Secret: `PULUMI_ACCESS_TOKEN`, `PULUMI_CONFIG_PASSPHRASE`.
     pub secret_env: BTreeMap<String, String>,
+    /// A file backend's folder, created before the first command (the CLI refuses a missing one).
+    pub state_dir: Option<PathBuf>,
+    /// The passphrase file the runner generates when none is configured.
+    pub generated_passphrase: Option<PathBuf>,
 }
 
 impl PulumiSettings {
     /// From the environment. The zero-setup default is a file backend in the data
     /// directory with a passphrase generated there once (`pulumi-passphrase`, mode 0600).
+    /// Nothing is created here: [`Self::prepare`] does, when a Pulumi action first runs.
     pub fn from_env(
         data_dir: &Path,
         env: impl Fn(&str) -> Option<String>,
@@ -70,10 +75,10 @@ impl PulumiSettings {
                 format!("file://{}", dir.display())
             }
         };
-        if let Some(dir) = backend.strip_prefix("file://") {
-            // The CLI refuses a file backend whose folder is missing.
-            std::fs::create_dir_all(dir.split('?').next().unwrap_or(dir))?;
-        }
+        let state_dir = backend
+            .strip_prefix("file://")
+            .map(|dir| PathBuf::from(dir.split('?').next().unwrap_or(dir)));
+        let mut generated_passphrase = None;
         if !backend.is_empty() {
             plain.insert("PULUMI_BACKEND_URL".into(), backend.clone());
         }
@@ -101,9 +106,7 @@ impl PulumiSettings {
             }
             (None, None) if backend.starts_with("file://") => {
                 let file = std::path::absolute(data_dir.join("pulumi-passphrase"))?;
-                if !file.exists() {
-                    write_private(&file, &uuid::Uuid::new_v4().simple().to_string())?;
-                }
+                generated_passphrase = Some(file.clone());
                 plain.insert(
                     "PULUMI_CONFIG_PASSPHRASE_FILE".into(),
                     file.display().to_string(),
@@ -116,7 +119,24 @@ impl PulumiSettings {
             projects_dir: std::path::absolute(data_dir.join("pulumi-projects"))?,
             env: plain,
             secret_env: secret,
+            state_dir,
+            generated_passphrase,
         })
+    }
+
+    /// Creates the file backend's folder and the generated passphrase, if they are missing.
+    fn prepare(&self) -> std::io::Result<()> {
+        if let Some(dir) = &self.state_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        if let Some(file) = &self.generated_passphrase {
+            match write_private(file, &uuid::Uuid::new_v4().simple().to_string()) {
+                // Made by an earlier run (or a run on another stack just now): keep it.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +356,9 @@ impl PulumiHandler {
                 workdir.display()
             ))
         };
+        self.settings.prepare().map_err(|e| {
+            HandlerError::Failed(format!("cannot prepare Pulumi's state folder: {e}"))
+        })?;
         std::fs::create_dir_all(&workdir).map_err(io)?;
         for entry in std::fs::read_dir(&self.program_dir).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -665,6 +688,26 @@ mod tests {
         );
         assert_eq!(classify("8", ""), Failure::Cancelled);
         assert_eq!(classify("1", "error: update failed"), Failure::Other);
+    }
+
+    #[test]
+    fn the_default_backend_and_passphrase_are_made_when_first_needed_not_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = PulumiSettings::from_env(dir.path(), |_| None).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        settings.prepare().unwrap();
+        let passphrase = std::fs::read_to_string(dir.path().join("pulumi-passphrase")).unwrap();
+        assert!(dir.path().join("pulumi-state").is_dir());
+        settings.prepare().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("pulumi-passphrase")).unwrap(),
+            passphrase,
+            "generated once"
+        );
+        assert_eq!(
+            settings.env["PULUMI_BACKEND_URL"],
+            format!("file://{}", dir.path().join("pulumi-state").display())
+        );
     }
 
     #[test]

@@ -314,6 +314,8 @@ fn argv(call: &Value) -> Vec<String> {
 }
 
 fn control(state: &Path, control: Value) {
+    // The runner creates the state folder when a Pulumi action first runs.
+    std::fs::create_dir_all(state).unwrap();
     std::fs::write(
         state.join("standin-control.json"),
         serde_json::to_vec(&control).unwrap(),

@@ -191,7 +191,8 @@ impl Invocation {
     }
 }
 
-fn collect_strings(value: &Value, out: &mut Vec<String>) {
+/// The string forms of every scalar in `value` (what must be masked of a secret value).
+pub(crate) fn collect_strings(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::String(s) => out.push(s.clone()),
         Value::Number(n) => out.push(n.to_string()),

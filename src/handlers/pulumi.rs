@@ -499,7 +499,10 @@ impl PulumiHandler {
             let plain = parse(plain)?;
             let mut values = Vec::new();
             for key in &secret {
-                collect_strings(plain.get(key).unwrap_or(&Value::Null), &mut values);
+                crate::invocation::collect_strings(
+                    plain.get(key).unwrap_or(&Value::Null),
+                    &mut values,
+                );
                 outputs.remove(key);
             }
             ctx.log.add_secrets(values);
@@ -511,18 +514,6 @@ impl PulumiHandler {
                 .await;
         }
         Ok(outputs)
-    }
-}
-
-fn collect_strings(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::String(s) => {
-            out.push(s.clone());
-            out.extend(s.lines().map(str::to_owned));
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
-        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
-        other => out.push(other.to_string()),
     }
 }
 

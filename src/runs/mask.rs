@@ -38,8 +38,20 @@ impl Masker {
         let mut list = self.secrets.write().expect("masker lock");
         for secret in secrets {
             let secret = secret.into();
-            if secret.chars().count() >= MIN_SECRET_LEN && !list.contains(&secret) {
-                list.push(secret);
+            // Logs are masked line by line: a multi-line secret (a kubeconfig, a key) is
+            // also masked as each of its lines.
+            let lines: Vec<String> = if secret.contains('\n') {
+                secret
+                    .lines()
+                    .map(|l| l.trim_end_matches('\r').to_owned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for value in std::iter::once(secret).chain(lines) {
+                if value.chars().count() >= MIN_SECRET_LEN && !list.contains(&value) {
+                    list.push(value);
+                }
             }
         }
         // Longest first, so a secret that contains another is masked whole.
@@ -77,5 +89,12 @@ mod tests {
         fork.add_all(["run-only"]);
         assert_eq!(fork.mask("run-only s3cret"), "**** ****");
         assert_eq!(base.mask("run-only"), "run-only");
+    }
+
+    #[test]
+    fn a_multi_line_secret_is_masked_line_by_line_too() {
+        let m = Masker::new(["token: abc123\r\nkey: xyz789"]);
+        assert_eq!(m.mask("token: abc123"), "****");
+        assert_eq!(m.mask("got key: xyz789"), "got ****");
     }
 }

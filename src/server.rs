@@ -214,14 +214,15 @@ impl Application {
         runner.recover(settings.retain).await;
         if let Some(db) = &settings.database {
             // Replicas look after each other: runs whose replica's lease ran out are claimed.
-            let (runner, retain, every) = (runner.clone(), settings.retain, db.lease / 2);
+            // (Pruning stays with the hourly task below.)
+            let (runner, every) = (runner.clone(), db.lease / 2);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     if runner.is_stopping() {
                         return;
                     }
-                    runner.recover(retain).await;
+                    runner.take_over().await;
                 }
             });
         }

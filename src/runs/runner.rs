@@ -192,6 +192,15 @@ impl Runner {
             Ok(n) => tracing::info!(runs = n, "pruned finished runs from the journal"),
             Err(e) => tracing::error!(error = %e, "could not prune the journal"),
         }
+        self.take_over().await;
+    }
+
+    /// Takes the runs nobody looks after (after a restart; with replicas, those of a replica
+    /// whose lease ran out) and recovers them.
+    pub async fn take_over(self: &Arc<Self>) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
         let recovery = match journal.recovery().await {
             Ok(recovery) => recovery,
             Err(e) => {

@@ -23,8 +23,7 @@ use futures_util::future::join_all;
 use port_runner::bitbucket::{BitbucketAuth, BitbucketClient, BitbucketConfig, FileApi};
 use port_runner::gitops::manifest;
 use port_runner::http::RetryPolicy;
-use port_runner::metrics::Metrics;
-use port_runner::port::{PortClient, PortConfig, WriteMode};
+use port_runner::port::WriteMode;
 use serde_json::{json, Value};
 
 use fake_bitbucket::{FakeBitbucket, PASSWORD, USER};
@@ -235,19 +234,7 @@ async fn reference_strategy(bb: &FakeBitbucket, port: &FakePort) {
         page_limit: 25,
     })
     .unwrap();
-    let port_client = Arc::new(
-        PortClient::new(
-            PortConfig {
-                api_url: port.api_url.clone(),
-                client_id: CLIENT_ID.into(),
-                client_secret: CLIENT_SECRET.into(),
-                retry: RetryPolicy::default(),
-                request_timeout: Duration::from_secs(30),
-            },
-            Arc::new(Metrics::new()),
-        )
-        .unwrap(),
-    );
+    let port_client = Arc::new(port.client(RetryPolicy::default(), Duration::from_secs(30)));
     for project in client.project_keys().await.unwrap() {
         let slugs = client.repo_slugs(&project).await.unwrap();
         for page in slugs.chunks(25) {

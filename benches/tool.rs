@@ -16,11 +16,11 @@ mod fake_port;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use fake_port::FakePort;
 use port_runner::domain::RunId;
 use port_runner::http::RetryPolicy;
 use port_runner::metrics::Metrics;
-use port_runner::port::{PortClient, PortConfig};
+use port_runner::port::PortClient;
 use port_runner::runs::{
     FinalReportRetry, LogBatching, Masker, RunRegistry, RunReporter, Sink, Verdict,
 };
@@ -106,19 +106,7 @@ async fn raw(program: &str, args: &[String]) -> usize {
 
 async fn run(steps: usize, lines: usize) {
     let port = FakePort::start().await;
-    let client = Arc::new(
-        PortClient::new(
-            PortConfig {
-                api_url: port.api_url.clone(),
-                client_id: CLIENT_ID.into(),
-                client_secret: CLIENT_SECRET.into(),
-                retry: RetryPolicy::default(),
-                request_timeout: Duration::from_secs(30),
-            },
-            Arc::new(Metrics::new()),
-        )
-        .unwrap(),
-    );
+    let client = Arc::new(port.client(RetryPolicy::default(), Duration::from_secs(30)));
     let rig = Rig {
         client,
         registry: Arc::new(RunRegistry::new(100, 1000)),

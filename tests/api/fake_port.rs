@@ -91,6 +91,25 @@ impl FakePort {
     }
 
     /// The next `times` requests whose method and path match get `status`.
+    /// A real Port client pointed at this fake, with the fake's credentials.
+    pub fn client(
+        &self,
+        retry: port_runner::port::RetryPolicy,
+        request_timeout: Duration,
+    ) -> port_runner::port::PortClient {
+        port_runner::port::PortClient::new(
+            port_runner::port::PortConfig {
+                api_url: self.api_url.clone(),
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                retry,
+                request_timeout,
+            },
+            Arc::new(port_runner::metrics::Metrics::new()),
+        )
+        .unwrap()
+    }
+
     pub fn fail(&self, method: &str, path_contains: &str, status: u16, times: usize) {
         self.fail_with_retry_after(method, path_contains, status, times, None);
     }

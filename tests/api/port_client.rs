@@ -1,33 +1,20 @@
 //! The Port client against the fake: rate limits, refusals, bulk writes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use port_runner::metrics::Metrics;
-use port_runner::port::{
-    BulkItemResult, PortClient, PortConfig, PortError, RetryPolicy, WriteMode,
-};
+use port_runner::port::{BulkItemResult, PortClient, PortError, RetryPolicy, WriteMode};
 use serde_json::{json, Value};
 
-use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use crate::fake_port::FakePort;
 
 fn client(fake: &FakePort) -> PortClient {
-    PortClient::new(
-        PortConfig {
-            api_url: fake.api_url.clone(),
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            retry: RetryPolicy {
-                max_retries: 3,
-                base: Duration::from_millis(5),
-                cap: Duration::from_millis(20),
-                max_retry_after: Duration::from_secs(2),
-            },
-            request_timeout: Duration::from_secs(5),
-        },
-        Arc::new(Metrics::new()),
-    )
-    .unwrap()
+    let retry = RetryPolicy {
+        max_retries: 3,
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(20),
+        max_retry_after: Duration::from_secs(2),
+    };
+    fake.client(retry, Duration::from_secs(5))
 }
 
 #[tokio::test]

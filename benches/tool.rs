@@ -17,13 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_port::FakePort;
+use port_runner::core::{Masker, RunRegistry, Sink};
 use port_runner::domain::RunId;
 use port_runner::http::RetryPolicy;
 use port_runner::metrics::Metrics;
 use port_runner::port::PortClient;
-use port_runner::runs::{
-    FinalReportRetry, LogBatching, Masker, RunRegistry, RunReporter, Sink, Verdict,
-};
+use port_runner::runs::{FinalReportRetry, LogBatching, RunReporter, Verdict};
 use port_runner::tool::{self, Step};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;

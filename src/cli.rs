@@ -4,14 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const SECRETS_HELP: &str = "\
-Secrets are read from the environment only (never from flags):
-  PORT_CLIENT_SECRET        Port client secret: API credentials and webhook signing key
-  PORT_RUNNER_ADMIN_TOKEN   bearer token for GET /runs outside local mode (unset: /runs is off)
-  PORT_RUNNER_LOCAL_SECRET  webhook signing key in local mode (default: generated, kept in <data-dir>/local-secret)
-  BITBUCKET_PASSWORD        Bitbucket password for BITBUCKET_USERNAME (or BITBUCKET_TOKEN, sent as a bearer token)
-  BITBUCKET_WEBHOOK_SECRET  key of the X-Hub-Signature on POST /bitbucket/webhook (unset: that route is off)";
-
 #[derive(Debug, Parser)]
 #[command(name = "port-runner", version, about = "Runs Port self-service actions", long_about = None)]
 pub struct Cli {
@@ -175,7 +167,7 @@ pub struct SyncArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = SECRETS_HELP)]
+#[command(after_help = crate::secret::help())]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]

@@ -8,11 +8,12 @@ use anyhow::Context as _;
 
 use crate::apply::apply;
 use crate::cli::{ApplyArgs, ServeArgs, ValidateArgs};
-use crate::config::{port_config, SECRET_ENV};
+use crate::config::port_config;
 use crate::definitions::{check_port_yaml, load_file, Definition, Definitions, FileProblem};
 use crate::handlers::{load_definitions, DefinitionContext, HandlerRegistry, PulumiSettings};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
+use crate::secret::SECRET_ENV;
 use crate::tool::Locks;
 
 /// The actions this build can run with the command definitions in `actions_dir/handlers`
@@ -252,7 +253,7 @@ pub fn config_command(args: ServeArgs) -> ExitCode {
     for (key, value) in rows {
         println!("{key}: {value}");
     }
-    for name in SECRET_ENV {
+    for (name, _) in SECRET_ENV {
         let state = match std::env::var(name) {
             Ok(v) if !v.is_empty() => "set (****)",
             _ => "unset",

@@ -283,17 +283,6 @@ const FILE_KEYS: [(&str, &str); 26] = [
     ("admin_url", "PORT_RUNNER_URL"),
 ];
 
-/// The environment variables that hold secrets (masked when configuration is shown).
-pub const SECRET_ENV: [&str; 7] = [
-    "DATABASE_URL",
-    "PORT_CLIENT_SECRET",
-    "PORT_RUNNER_ADMIN_TOKEN",
-    "PORT_RUNNER_LOCAL_SECRET",
-    "BITBUCKET_PASSWORD",
-    "BITBUCKET_TOKEN",
-    "BITBUCKET_WEBHOOK_SECRET",
-];
-
 /// A replica name unique to this process: the host name (a pod's name) and a random part.
 fn default_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -371,11 +360,6 @@ pub fn read_config_file(path: &Path) -> Result<Vec<(&'static str, String)>, Conf
         out.push((*env, text));
     }
     Ok(out)
-}
-
-/// Whether an environment variable holds a secret (masked when configuration is shown).
-pub fn is_secret_env(name: &str) -> bool {
-    SECRET_ENV.contains(&name)
 }
 
 /// Port's configuration when both `PORT_CLIENT_ID` and `PORT_CLIENT_SECRET` are set, `None`

@@ -17,7 +17,7 @@ use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWri
 use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine, SyncRequest};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::Journal;
+use crate::store::Journal;
 
 pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let gitops = GitOpsSettings::from_args(&args.bitbucket, |name| std::env::var(name).ok())?

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::engine::{BlueprintSource, EntityWriter, SyncLog};
+use crate::core::{RunCatalog, RunLog};
 use crate::domain::Identifier;
 use crate::port::{BulkItemResult, PortClient, PortError, WriteMode};
-use crate::runs::{RunCatalog, RunLog};
 
 /// Writes straight to Port (the `sync` command and the push webhook: no action run).
 pub struct PortWriter(pub Arc<PortClient>);

@@ -4,9 +4,13 @@
 //! Bitbucket push webhook. See [`engine`] for the phases and the safety rules.
 
 pub mod adapters;
+mod apply;
 pub mod blueprint;
 pub mod engine;
 pub mod manifest;
+mod plan;
+mod read;
+mod record;
 pub mod report;
 pub mod state;
 
@@ -14,4 +18,4 @@ pub use engine::{
     BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest, FILE_NAMES,
 };
 pub use report::{Problem, ProblemKind, SyncReport};
-pub use state::{RecordStore, SharedRecords, StateStore};
+pub use state::StateStore;

@@ -13,24 +13,12 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::tool::GlobalLocks;
+use crate::core::{RecordStore, SharedRecords, StoreError};
 
 /// Name of the record (and of its lock) in a shared store.
 const SHARED_KEY: &str = "gitops-state";
-
-/// Named documents kept in the run journal (SQLite or PostgreSQL), each replaced whole.
-#[async_trait]
-pub trait RecordStore: Send + Sync {
-    async fn read_record(&self, key: &str) -> Result<Option<String>, String>;
-    async fn write_record(&self, key: &str, text: &str) -> Result<(), String>;
-}
-
-/// Records shared by replicas, with locks that hold across them.
-pub trait SharedRecords: RecordStore + GlobalLocks {}
-impl<T: RecordStore + GlobalLocks> SharedRecords for T {}
 
 const VERSION: u32 = 1;
 
@@ -73,7 +61,7 @@ pub enum StateError {
     #[error("the GitOps ownership record {path} is corrupt ({reason}); move it away to start over (entities it recorded will then never be deleted by the sync)")]
     Corrupt { path: String, reason: String },
     #[error("the GitOps ownership record in the run journal: {0}")]
-    Shared(String),
+    Shared(#[from] StoreError),
     #[error("cannot write the GitOps ownership record {path}: {source}")]
     Write {
         path: String,
@@ -247,10 +235,7 @@ impl StateStore {
     pub async fn save(&self, state: &SyncState) -> Result<(), StateError> {
         if let Some(records) = &self.records {
             let text = serde_json::to_string(state).expect("state serializes");
-            records
-                .write_record(SHARED_KEY, &text)
-                .await
-                .map_err(StateError::Shared)?;
+            records.write_record(SHARED_KEY, &text).await?;
             if self.shared.is_none() && self.path.exists() {
                 // Imported: the journal holds the record from now on.
                 let _ = std::fs::rename(&self.path, self.path.with_extension("json.imported"));
@@ -315,7 +300,7 @@ mod tests {
         old.save(&state).await.unwrap();
 
         let journal = std::sync::Arc::new(
-            crate::runs::Journal::open(&dir.path().join("journal.sqlite3")).unwrap(),
+            crate::store::Journal::open(&dir.path().join("journal.sqlite3")).unwrap(),
         );
         let store = StateStore::in_journal(dir.path(), journal.records());
         let mut imported = store.load().await.unwrap();
@@ -334,7 +319,7 @@ mod tests {
 
         // Reopened: the journal has it, the file is not read again.
         let journal = std::sync::Arc::new(
-            crate::runs::Journal::open(&dir.path().join("journal.sqlite3")).unwrap(),
+            crate::store::Journal::open(&dir.path().join("journal.sqlite3")).unwrap(),
         );
         let store = StateStore::in_journal(dir.path(), journal.records());
         assert_eq!(store.load().await.unwrap(), imported);

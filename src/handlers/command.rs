@@ -41,7 +41,7 @@ use serde_json::Value;
 
 use super::jq::Expr;
 use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
-use super::{Handler, HandlerError, Outcome, RunContext};
+use crate::core::{Handler, HandlerError, Outcome, RunContext};
 use crate::domain::{Identifier, Operation};
 use crate::tool::{self, Locks, Step, ToolError};
 

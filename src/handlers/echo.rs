@@ -7,9 +7,9 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Handler, HandlerError, Outcome, RunContext};
+use crate::core::MASK;
+use crate::core::{Handler, HandlerError, Outcome, RunContext};
 use crate::domain::Operation;
-use crate::runs::MASK;
 
 const MAX_SLEEP_SECS: f64 = 24.0 * 3600.0;
 const MAX_LINES: u64 = 1_000_000;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Handler, HandlerError, Outcome, RunContext};
 use crate::bitbucket::RepoRef;
+use crate::core::{Handler, HandlerError, Outcome, RunContext};
 use crate::domain::Operation;
 use crate::gitops::{BlueprintSource, SyncEngine, SyncRequest};
 

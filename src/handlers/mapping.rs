@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::jq::{Expr, JqError};
-use super::{HandlerError, RunContext};
+use crate::core::{HandlerError, RunContext};
 use crate::domain::{Identifier, Operation};
 use crate::invocation::Invocation;
 use crate::port::WriteMode;
@@ -172,7 +172,7 @@ impl PassEnv {
                     "pass_env: {name:?} is not an environment variable name (A-Z, 0-9, _)"
                 ));
             }
-            if crate::config::SECRET_ENV.contains(&name.as_str())
+            if crate::secret::is_secret_env(name)
                 || name.starts_with("PORT_")
                 || name.starts_with("BITBUCKET_")
                 || name == "DATABASE_URL"

@@ -1,8 +1,7 @@
 //! Action handlers: one trait, registered by action identifier.
 //!
-//! A handler gets a [`RunContext`] (the invocation, a log, catalog access scoped to the
-//! run, a cancellation token) and returns an [`Outcome`] or a [`HandlerError`] whose text
-//! is what the hub user reads. Timeouts, panics and shutdown are the runner's business.
+//! The contract (`Handler`, `RunContext`, `Outcome`, `HandlerError`) lives in `core/`; this
+//! module holds the handlers themselves and the registry the runner resolves them from.
 
 pub mod command;
 mod echo;
@@ -16,13 +15,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
-
+use crate::core::Handler;
 use crate::domain::Operation;
 use crate::invocation::Invocation;
-use crate::port::PortError;
-use crate::runs::{RunCatalog, RunLog};
 
 pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
@@ -119,57 +114,6 @@ pub fn load_definitions(
     } else {
         Err(errors)
     }
-}
-
-/// What a handler has to work with.
-pub struct RunContext {
-    pub invocation: Arc<Invocation>,
-    pub log: RunLog,
-    pub catalog: RunCatalog,
-    /// Cancelled on timeout and shutdown; long-running handlers should watch it.
-    pub cancel: CancellationToken,
-}
-
-/// A successful run's report.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub summary: String,
-    pub link: Option<String>,
-}
-
-impl Outcome {
-    pub fn new(summary: impl Into<String>) -> Self {
-        Self {
-            summary: summary.into(),
-            link: None,
-        }
-    }
-}
-
-/// Why a handler failed, in words for the hub user.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    #[error("invalid input '{field}': {reason}")]
-    Input { field: String, reason: String },
-    #[error("{0}")]
-    Failed(String),
-    #[error("cancelled")]
-    Cancelled,
-    #[error(transparent)]
-    Port(#[from] PortError),
-}
-
-#[async_trait]
-pub trait Handler: Send + Sync + 'static {
-    /// Whether the handler does anything for this operation.
-    fn supports(&self, operation: Operation) -> bool;
-
-    /// Whether a run interrupted by a restart may simply run again (idempotent handlers).
-    /// Otherwise it is reported as interrupted.
-    fn resumable(&self) -> bool {
-        false
-    }
-    async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError>;
 }
 
 /// Handlers by action identifier.

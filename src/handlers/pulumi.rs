@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 
 use super::jq::Expr;
 use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
-use super::{Handler, HandlerError, Outcome, RunContext};
+use crate::core::{Handler, HandlerError, Outcome, RunContext};
 use crate::domain::{Identifier, Operation, StackName};
 use crate::tool::{self, Locks, Step, StepOutput, ToolError};
 

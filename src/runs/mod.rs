@@ -1,21 +1,11 @@
 //! Runs: admission, execution and reporting.
 //!
-//! [`Runner`] owns the life of a run from the moment the webhook accepts it to its final
-//! report; [`RunRegistry`] is the in-memory record served at `GET /runs`.
+//! [`Runner`] owns the life of a run from the moment an edge (the webhook) hands it over to
+//! its final report: it admits through the journal (`store/`), executes with a handler from
+//! `handlers/`, and reports through [`RunReporter`]. The types handlers see live in `core/`.
 
-mod catalog;
-mod journal;
-mod mask;
-mod registry;
 mod reporter;
 mod runner;
 
-pub use catalog::RunCatalog;
-pub use journal::{Journal, JournalError, PgJournal, Recovery, UnreportedFinal};
-pub use mask::{Masker, MASK};
-pub use registry::{
-    AffectedEntity, EntityChange, LogLine, ReportState, RunRecord, RunRegistry, RunState,
-    RunSummary,
-};
-pub use reporter::{FinalReportRetry, LogBatching, RunLog, RunReporter, Sink, Verdict};
+pub use reporter::{FinalReportRetry, LogBatching, RunReporter, Verdict};
 pub use runner::{Runner, RunnerConfig, SubmitError};

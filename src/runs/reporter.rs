@@ -15,20 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::journal::{Journal, JournalError};
-use super::mask::Masker;
-use super::registry::{ReportState, RunRegistry, RunState};
+use crate::core::{LogCmd, Masker, ReportState, RunLog, RunRegistry, RunState, Sink};
 use crate::domain::RunId;
 use crate::metrics::Metrics;
 use crate::port::{PortClient, RunPatch, RunStatus};
-
-/// Where a run's reports go.
-#[derive(Clone)]
-pub enum Sink {
-    Port(Arc<PortClient>),
-    /// Local mode: the registry (and the server log) are the only record.
-    Local,
-}
+use crate::store::{Journal, JournalError};
 
 /// Batching limits of the log pump.
 #[derive(Debug, Clone)]
@@ -66,68 +57,6 @@ impl Default for FinalReportRetry {
             max_delay: Duration::from_secs(60),
         }
     }
-}
-
-enum LogCmd {
-    Line(String),
-    Close(oneshot::Sender<()>),
-}
-
-/// A handle to write a run's log; clone it freely. Every line is masked first.
-#[derive(Clone)]
-pub struct RunLog {
-    inner: Arc<LogInner>,
-}
-
-struct LogInner {
-    run_id: RunId,
-    registry: Arc<RunRegistry>,
-    masker: Masker,
-    tx: Option<mpsc::Sender<LogCmd>>,
-    max_bytes: usize,
-}
-
-impl RunLog {
-    /// Appends a line (multi-line text is split). Waits when Port is slower than the handler.
-    pub async fn line(&self, text: impl AsRef<str>) {
-        for raw in text.as_ref().lines() {
-            let masked = self.inner.masker.mask(raw);
-            let line = truncate(&masked, self.inner.max_bytes);
-            // In local mode the server log is where a developer watches the run.
-            if self.inner.tx.is_none() {
-                tracing::info!(run_id = %self.inner.run_id, "{line}");
-            } else {
-                tracing::debug!(run_id = %self.inner.run_id, "{line}");
-            }
-            self.inner
-                .registry
-                .push_log(&self.inner.run_id, line.clone());
-            if let Some(tx) = &self.inner.tx {
-                // A closed pump means the run already ended: the line stays local.
-                let _ = tx.send(LogCmd::Line(line)).await;
-            }
-        }
-    }
-
-    /// Values to mask from now on (e.g. a secret output a handler just learnt).
-    pub fn add_secrets<I: IntoIterator<Item = String>>(&self, secrets: I) {
-        self.inner.masker.add_all(secrets);
-    }
-
-    pub fn masker(&self) -> &Masker {
-        &self.inner.masker
-    }
-}
-
-fn truncate(line: &str, max_bytes: usize) -> String {
-    if line.len() <= max_bytes {
-        return line.to_owned();
-    }
-    let mut end = max_bytes.saturating_sub(64);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes cut)", &line[..end], line.len() - end)
 }
 
 /// The verdict on a finished run.
@@ -199,15 +128,13 @@ impl RunReporter {
             }
             Sink::Local => None,
         };
-        let log = RunLog {
-            inner: Arc::new(LogInner {
-                run_id: run_id.clone(),
-                registry: registry.clone(),
-                masker,
-                tx: pump.as_ref().map(|(tx, _)| tx.clone()),
-                max_bytes: batching.max_bytes,
-            }),
-        };
+        let log = RunLog::new(
+            run_id.clone(),
+            registry.clone(),
+            masker,
+            pump.as_ref().map(|(tx, _)| tx.clone()),
+            batching.max_bytes,
+        );
         Self {
             run_id,
             sink,
@@ -550,14 +477,5 @@ mod tests {
         }
         assert_eq!(b.messages, vec!["aaaa\nbbbb", "cccc", "dddddddddd"]);
         assert_eq!(b.lines, 4);
-    }
-
-    #[test]
-    fn overlong_lines_are_cut_at_a_char_boundary() {
-        let line = "é".repeat(100);
-        let cut = truncate(&line, 80);
-        assert!(cut.len() < line.len());
-        assert!(cut.ends_with("bytes cut)"));
-        assert_eq!(truncate("short", 80), "short");
     }
 }

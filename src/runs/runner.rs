@@ -18,18 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::catalog::RunCatalog;
-use super::journal::{Journal, JournalError};
-use super::mask::Masker;
-use super::registry::{Admission, RunRegistry, RunState};
 use super::reporter::{
-    deliver_final, FinalDelivery, FinalReportRetry, LogBatching, RunReporter, Sink, Verdict,
+    deliver_final, FinalDelivery, FinalReportRetry, LogBatching, RunReporter, Verdict,
+};
+use crate::core::{
+    Admission, HandlerError, Masker, RunCatalog, RunContext, RunRegistry, RunState, Sink,
 };
 use crate::domain::RunId;
-use crate::handlers::{HandlerError, HandlerRegistry, RunContext};
+use crate::handlers::HandlerRegistry;
 use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::{RunPatch, RunStatus};
+use crate::store::{Journal, JournalError};
 
 /// Limits of the runner.
 #[derive(Debug, Clone)]
@@ -265,7 +265,7 @@ impl Runner {
         &self,
         journal: Arc<Journal>,
         pending_logs: Vec<(i64, RunId, String)>,
-        unreported: Vec<super::journal::UnreportedFinal>,
+        unreported: Vec<crate::store::UnreportedFinal>,
         interrupted: Vec<Invocation>,
     ) {
         // Log lines first: Port takes none for a run after its final status. A batch may have
@@ -526,6 +526,41 @@ impl Runner {
             task.abort();
         }
         stop
+    }
+
+    /// Runs `work` every `every` until shutdown begins. The loop is tracked like a run, so
+    /// shutdown waits for an iteration in progress.
+    pub fn every<F, Fut>(self: &Arc<Self>, every: Duration, mut work: F)
+    where
+        F: FnMut(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let runner = self.clone();
+        self.tracker.spawn_on(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = runner.stopping.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    work(runner.clone()).await;
+                }
+            },
+            &self.rt,
+        );
+    }
+
+    /// Runs `work` in the background, tracked like a run: shutdown waits for it (within the
+    /// grace period). `false` when shutdown already began and the work was not started.
+    pub fn spawn_tracked(
+        &self,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> bool {
+        if self.is_stopping() {
+            return false;
+        }
+        self.tracker.spawn_on(work, &self.rt);
+        true
     }
 
     /// Stops accepting, fails queued runs, waits `grace` for running ones, fails the rest,

@@ -8,24 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::sync::OwnedMutexGuard;
 
+use crate::core::{GlobalLocks, RunLog};
 use crate::domain::RunId;
-use crate::runs::RunLog;
 
 #[derive(Default)]
 struct Entry {
     mutex: Arc<tokio::sync::Mutex<()>>,
     holder: Option<RunId>,
-}
-
-/// Locks shared between replicas.
-#[async_trait]
-pub trait GlobalLocks: Send + Sync {
-    /// Takes `name` for `run_id`: `None` when taken, else the run holding it.
-    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, String>;
-    async fn unlock(&self, name: &str, run_id: &str);
 }
 
 /// How often a run waiting for a lock held on another replica looks again.

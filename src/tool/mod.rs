@@ -18,9 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::runs::RunLog;
+use crate::core::RunLog;
 
-pub use locks::{GlobalLocks, LockGuard, Locks};
+pub use locks::{LockGuard, Locks};
 
 /// Longest line kept; the rest of an overlong line is cut (a binary blob on stdout must not
 /// exhaust memory).

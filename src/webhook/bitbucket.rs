@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
 
+use super::AppState;
 use crate::bitbucket::RepoRef;
 use crate::gitops::adapters::TracingLog;
 use crate::gitops::{BlueprintSource, EntityWriter, SyncEngine, SyncRequest};
-use crate::server::AppState;
 
 /// What the push webhook needs to run a sync.
 pub struct PushHook {
@@ -39,6 +39,8 @@ pub enum PushError {
     BadSignature,
     #[error("not a repo:refs_changed body: {0}")]
     Payload(String),
+    #[error("the runner is shutting down; the push was not taken")]
+    ShuttingDown,
 }
 
 impl ResponseError for PushError {
@@ -48,6 +50,7 @@ impl ResponseError for PushError {
             Self::Body(e) => e.status_code(),
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
             Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -132,7 +135,8 @@ pub async fn receive(
     }
     tracing::info!(repository = %repo, "push received: syncing the repository");
     let shown = repo.to_string();
-    state.rt.spawn(async move {
+    // Tracked like a run: a graceful stop waits for the sync in progress.
+    let started = state.runner.spawn_tracked(async move {
         let request = SyncRequest {
             repos: vec![repo.clone()],
             ..SyncRequest::default()
@@ -155,6 +159,9 @@ pub async fn receive(
             Err(e) => tracing::error!(repository = %repo, error = %e, "push sync failed"),
         }
     });
+    if !started {
+        return Err(PushError::ShuttingDown);
+    }
     Ok(HttpResponse::Accepted().json(json!({ "ok": true, "repository": shown })))
 }
 

@@ -1,9 +1,10 @@
-//! The HTTP edge for Port: `POST /webhook`.
+//! The HTTP edge: every route and the state it shares (`AppState`); `POST /webhook` here.
 //!
 //! Order matters and is the security model: cap the body, check the signature on the raw
 //! bytes, only then parse, admit by run id (duplicates are a no-op), enqueue, answer 202.
 //! Nothing in the request path calls out to Port.
 
+mod admin;
 pub mod bitbucket;
 pub mod payload;
 pub mod signature;
@@ -16,9 +17,69 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 
 use crate::runs::SubmitError;
-use crate::server::AppState;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use tokio::runtime::Handle;
+
+use crate::metrics::Metrics;
+use crate::port::PortClient;
+use crate::runs::Runner;
+use bitbucket::PushHook;
 use payload::PayloadError;
+use signature::SignatureVerifier;
 use signature::{SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+/// Who may read `GET /runs`.
+#[derive(Clone)]
+pub enum AdminAccess {
+    /// Local mode: anyone who can reach the port (it is the developer's machine).
+    Open,
+    /// A bearer token is required (stored hashed).
+    Token([u8; 32]),
+    /// Outside local mode without a token: the routes are off.
+    Disabled,
+}
+
+/// Shared by all HTTP workers.
+pub struct AppState {
+    pub runner: Arc<Runner>,
+    pub verifier: SignatureVerifier,
+    pub metrics: Arc<Metrics>,
+    pub port: Option<Arc<PortClient>>,
+    pub admin: AdminAccess,
+    pub max_body_bytes: usize,
+    pub rt: Handle,
+    /// The Bitbucket push webhook, when GitOps and its secret are configured.
+    pub push_hook: Option<Arc<PushHook>>,
+}
+
+impl AdminAccess {
+    /// The token if one is set, else open in local mode and off otherwise.
+    pub fn new(token: Option<&str>, local: bool) -> Self {
+        match (token, local) {
+            (Some(token), _) => Self::Token(Sha256::digest(token.as_bytes()).into()),
+            (None, true) => Self::Open,
+            (None, false) => Self::Disabled,
+        }
+    }
+}
+
+/// All routes of the app.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhook")
+            .route(web::post().to(receive))
+            .route(web::put().to(receive))
+            .route(web::patch().to(receive)),
+    )
+    .route("/bitbucket/webhook", web::post().to(bitbucket::receive))
+    .route("/runs", web::get().to(admin::list_runs))
+    .route("/runs/{run_id}", web::get().to(admin::get_run))
+    .route("/healthz", web::get().to(admin::healthz))
+    .route("/readyz", web::get().to(admin::readyz))
+    .route("/metrics", web::get().to(admin::metrics));
+}
 
 /// Header a v2 action may use to carry the run id (`"RUN_ID": "{{ .run.id }}"`).
 const RUN_ID_HEADER: &str = "run_id";

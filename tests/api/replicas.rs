@@ -251,7 +251,7 @@ async fn runs_on_one_stack_never_overlap_across_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
     use port_runner::gitops::StateStore;
-    use port_runner::runs::PgJournal;
+    use port_runner::store::PgJournal;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -292,7 +292,7 @@ async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
 async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
     use port_runner::invocation::Invocation;
     use port_runner::port::RunStatus;
-    use port_runner::runs::{Journal, JournalError};
+    use port_runner::store::{Journal, JournalError};
 
     let database = fresh_database().await;
     let lease = Duration::from_secs(3);
@@ -350,7 +350,7 @@ async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_claiming_a_dead_replicas_runs_at_once_each_take_different_ones() {
     use port_runner::invocation::Invocation;
-    use port_runner::runs::Journal;
+    use port_runner::store::Journal;
 
     let database = fresh_database().await;
     let lease = Duration::from_secs(30);

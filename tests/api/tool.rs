@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use port_runner::core::{Masker, RunLog, RunRegistry, Sink};
 use port_runner::domain::RunId;
-use port_runner::runs::{
-    FinalReportRetry, LogBatching, Masker, RunLog, RunRegistry, RunReporter, Sink,
-};
+use port_runner::runs::{FinalReportRetry, LogBatching, RunReporter};
 use port_runner::tool::{self, Locks, Step, ToolError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

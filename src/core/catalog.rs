@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::log::Sink;
 use super::registry::{AffectedEntity, EntityChange, RunRegistry};
-use super::reporter::Sink;
 use crate::domain::{BlueprintId, EntityId, RunId};
 use crate::port::{BulkItemResult, PortError, WriteMode};
 

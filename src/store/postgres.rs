@@ -19,21 +19,17 @@ use tokio_postgres::{Client, Config, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::{JournalError, Recovery, UnreportedFinal};
+use crate::core::{GlobalLocks, RecordStore, StoreError};
 use crate::domain::RunId;
-use crate::gitops::RecordStore;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
-use crate::tool::GlobalLocks;
 
 /// Migrations, in order; each is applied once.
 const MIGRATIONS: [(i32, &str); 2] = [
-    (
-        1,
-        include_str!("../../../migrations/postgres/0001_runs.sql"),
-    ),
+    (1, include_str!("../../migrations/postgres/0001_runs.sql")),
     (
         2,
-        include_str!("../../../migrations/postgres/0002_records.sql"),
+        include_str!("../../migrations/postgres/0002_records.sql"),
     ),
 ];
 /// Serializes migrations between replicas starting together.
@@ -618,7 +614,7 @@ async fn heartbeat(journal: std::sync::Weak<PgJournal>, stop: CancellationToken,
 
 #[async_trait]
 impl GlobalLocks for PgJournal {
-    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, String> {
+    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, StoreError> {
         let rows = self
             .query(
                 "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
@@ -632,7 +628,7 @@ impl GlobalLocks for PgJournal {
                 &[&name, &run_id, &self.replica, &secs(self.lease)],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::new)?;
         if !rows.is_empty() {
             return Ok(None);
         }
@@ -642,7 +638,7 @@ impl GlobalLocks for PgJournal {
                 &[&name],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::new)?;
         Ok(Some(
             holder
                 .first()
@@ -666,18 +662,18 @@ impl GlobalLocks for PgJournal {
 
 #[async_trait]
 impl RecordStore for PgJournal {
-    async fn read_record(&self, key: &str) -> Result<Option<String>, String> {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
         let rows = self
             .query(
                 "SELECT doc FROM port_runner_records WHERE key = $1",
                 &[&key],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::new)?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
-    async fn write_record(&self, key: &str, text: &str) -> Result<(), String> {
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO port_runner_records (key, doc) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
@@ -685,6 +681,6 @@ impl RecordStore for PgJournal {
         )
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(StoreError::new)
     }
 }

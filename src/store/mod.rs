@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::core::{RecordStore, StoreError};
 use crate::domain::RunId;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
@@ -191,7 +192,7 @@ impl Journal {
     }
 
     /// Named documents in the journal (the GitOps ownership record).
-    pub fn records(self: &Arc<Self>) -> Arc<dyn crate::gitops::RecordStore> {
+    pub fn records(self: &Arc<Self>) -> Arc<dyn RecordStore> {
         self.clone()
     }
 
@@ -205,17 +206,17 @@ impl Journal {
 }
 
 #[async_trait::async_trait]
-impl crate::gitops::RecordStore for Journal {
-    async fn read_record(&self, key: &str) -> Result<Option<String>, String> {
+impl RecordStore for Journal {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
         match &self.store {
-            Store::Sqlite(j) => j.read_record(key).await.map_err(|e| e.to_string()),
+            Store::Sqlite(j) => j.read_record(key).await.map_err(StoreError::new),
             Store::Postgres(j) => j.read_record(key).await,
         }
     }
 
-    async fn write_record(&self, key: &str, text: &str) -> Result<(), String> {
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
         match &self.store {
-            Store::Sqlite(j) => j.write_record(key, text).await.map_err(|e| e.to_string()),
+            Store::Sqlite(j) => j.write_record(key, text).await.map_err(StoreError::new),
             Store::Postgres(j) => j.write_record(key, text).await,
         }
     }

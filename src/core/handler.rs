@@ -1,0 +1,66 @@
+//! The handler contract: what a handler gets ([`RunContext`]) and returns ([`Outcome`] or
+//! [`HandlerError`], whose text is what the hub user reads).
+//!
+//! Timeouts, panics and shutdown are the runner's business, not the handler's.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::RunCatalog;
+use super::log::RunLog;
+use crate::domain::Operation;
+use crate::invocation::Invocation;
+use crate::port::PortError;
+
+/// What a handler has to work with.
+pub struct RunContext {
+    pub invocation: Arc<Invocation>,
+    pub log: RunLog,
+    pub catalog: RunCatalog,
+    /// Cancelled on timeout and shutdown; long-running handlers should watch it.
+    pub cancel: CancellationToken,
+}
+
+/// A successful run's report.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub summary: String,
+    pub link: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(summary: impl Into<String>) -> Self {
+        Self {
+            summary: summary.into(),
+            link: None,
+        }
+    }
+}
+
+/// Why a handler failed, in words for the hub user.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("invalid input '{field}': {reason}")]
+    Input { field: String, reason: String },
+    #[error("{0}")]
+    Failed(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Whether the handler does anything for this operation.
+    fn supports(&self, operation: Operation) -> bool;
+
+    /// Whether a run interrupted by a restart may simply run again (idempotent handlers).
+    /// Otherwise it is reported as interrupted.
+    fn resumable(&self) -> bool {
+        false
+    }
+    async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError>;
+}

@@ -1,0 +1,38 @@
+//! What the layers above need from a durable store, as traits: named documents (the GitOps
+//! ownership record) and locks that hold across replicas.
+//!
+//! The SQLite and PostgreSQL journals (`store/`) implement them; GitOps and the process
+//! layer use them without knowing which store is behind.
+
+use async_trait::async_trait;
+
+/// A store operation that failed. The store's own error is kept as the source, so its
+/// message (which names the store) reaches the log unchanged.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
+
+impl StoreError {
+    pub fn new(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(source))
+    }
+}
+
+/// Named documents kept in the run journal (SQLite or PostgreSQL), each replaced whole.
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError>;
+}
+
+/// Locks shared between replicas.
+#[async_trait]
+pub trait GlobalLocks: Send + Sync {
+    /// Takes `name` for `run_id`: `None` when taken, else the run holding it.
+    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, StoreError>;
+    async fn unlock(&self, name: &str, run_id: &str);
+}
+
+/// Records shared by replicas, with locks that hold across them.
+pub trait SharedRecords: RecordStore + GlobalLocks {}
+impl<T: RecordStore + GlobalLocks> SharedRecords for T {}

@@ -1,0 +1,123 @@
+//! Phase 3, apply: bulk upserts (at most 20 a call, grouped by blueprint) and deletes,
+//! concurrently up to the engine's write concurrency. Every failure is reported against its
+//! entity and file; what landed is returned so the record only claims what Port has.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{stream, StreamExt as _};
+use serde_json::Value;
+
+use super::engine::EntityWriter;
+use super::plan::{Declared, Key};
+use super::report::{Problem, ProblemKind, SyncReport};
+use crate::port::{BulkItemResult, PortError, BULK_MAX};
+
+/// One bulk call's entities (indices into the upserts) and Port's answer.
+type BulkOutcome = (Vec<usize>, Result<Vec<BulkItemResult>, PortError>);
+
+/// Writes every planned upsert; returns the keys Port accepted.
+pub(super) async fn upsert_all(
+    concurrency: usize,
+    upserts: &[Declared],
+    writer: &dyn EntityWriter,
+    writes: &AtomicU64,
+    report: &mut SyncReport,
+) -> HashSet<Key> {
+    // Owned items (indices and bodies): the stream's closures must not borrow per item.
+    let mut by_blueprint: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, d) in upserts.iter().enumerate() {
+        by_blueprint
+            .entry(d.entity.blueprint.clone())
+            .or_default()
+            .push(i);
+    }
+    let chunks: Vec<(String, Vec<usize>, Vec<Value>)> = by_blueprint
+        .into_iter()
+        .flat_map(|(bp, items)| {
+            items
+                .chunks(BULK_MAX)
+                .map(|c| {
+                    let bodies = c.iter().map(|&i| upserts[i].entity.body.clone()).collect();
+                    (bp.clone(), c.to_vec(), bodies)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let results: Vec<BulkOutcome> = stream::iter(chunks)
+        .map(|(blueprint, indices, bodies)| async move {
+            writes.fetch_add(1, Ordering::Relaxed);
+            (indices, writer.upsert_batch(&blueprint, &bodies).await)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut written = HashSet::new();
+    for (indices, result) in results {
+        let chunk: Vec<&Declared> = indices.iter().map(|&i| &upserts[i]).collect();
+        let outcomes: Vec<Result<bool, String>> = match result {
+            Ok(items) => items
+                .into_iter()
+                .map(|r| match r {
+                    BulkItemResult::Ok { created, .. } => Ok(created),
+                    BulkItemResult::Failed { message, .. } => Err(message),
+                })
+                .collect(),
+            Err(e) => chunk.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        for (d, outcome) in chunk.iter().zip(outcomes) {
+            let key = (d.entity.blueprint.clone(), d.entity.identifier.clone());
+            let name = format!("{}/{}", key.0, key.1);
+            match outcome {
+                Ok(true) => report.created.push(name),
+                Ok(false) => report.updated.push(name),
+                Err(message) => {
+                    report.problems.push(Problem {
+                        kind: ProblemKind::WriteFailed,
+                        location: d.location.clone(),
+                        entity: Some(d.label.clone()),
+                        message,
+                    });
+                    continue;
+                }
+            }
+            written.insert(key);
+        }
+    }
+    written
+}
+
+/// Deletes every planned deletion; returns the keys that are gone.
+pub(super) async fn delete_all(
+    concurrency: usize,
+    deletes: &[(String, Key)],
+    writer: &dyn EntityWriter,
+    writes: &AtomicU64,
+    report: &mut SyncReport,
+) -> HashSet<Key> {
+    let results: Vec<(String, Key, Result<bool, PortError>)> = stream::iter(deletes.to_vec())
+        .map(|(repo, key)| async move {
+            writes.fetch_add(1, Ordering::Relaxed);
+            let result = writer.delete(&key.0, &key.1).await;
+            (repo, key, result)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut removed = HashSet::new();
+    for (repo, key, result) in results {
+        match result {
+            Ok(_) => {
+                report.deleted.push(format!("{}/{}", key.0, key.1));
+                removed.insert(key);
+            }
+            Err(e) => report.problems.push(Problem {
+                kind: ProblemKind::WriteFailed,
+                location: repo.clone(),
+                entity: Some(format!("{}/{}", key.0, key.1)),
+                message: format!("could not delete it: {e}"),
+            }),
+        }
+    }
+    removed
+}

@@ -1,0 +1,333 @@
+//! Phase 2, plan: parse, validate against the blueprints, settle conflicts, and diff
+//! against the ownership record. No I/O but the blueprint fetches.
+//!
+//! This is what decides what gets deleted from a customer's catalog, so the rules are
+//! here in one place and tested table by table: only entities the record says a file
+//! produced are ever deleted; a repository not decisively read this time (unreadable,
+//! unparsable, unchanged, out of scope) still declares everything it declared; the
+//! current owner keeps a contested entity.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use super::blueprint::{Blueprint, ValidEntity};
+use super::engine::BlueprintSource;
+use super::manifest::{self, kind, ManifestEntity};
+use super::read::Scan;
+use super::report::{Problem, ProblemKind, SyncReport};
+use super::state::SyncState;
+
+/// `(blueprint, identifier)`.
+pub(super) type Key = (String, String);
+
+/// What planning decided: writes, deletions (with the owning repository), per-repository notes.
+pub(super) struct Plan {
+    pub upserts: Vec<Declared>,
+    pub deletes: Vec<(String, Key)>,
+    pub repos: HashMap<String, RepoPlan>,
+}
+
+/// A valid entity, where it came from.
+pub(super) struct Declared {
+    pub repo: String,
+    pub location: String,
+    pub label: String,
+    pub entity: ValidEntity,
+}
+
+/// What planning decided for one repository.
+#[derive(Default)]
+pub(super) struct RepoPlan {
+    /// `Some` when the repository's outcome is decisive (file parsed, no file, gone).
+    pub decisive: Option<Decisive>,
+    /// Every blueprint/identifier the file declares, valid or not (never deleted).
+    pub declared: HashSet<Key>,
+    pub dirty: bool,
+}
+
+pub(super) enum Decisive {
+    File { name: String, sha: String },
+    NoFile { commit: Option<String> },
+    Gone,
+}
+
+/// A parsed file: its repository, its location (`PROJECT/repo:port.yaml`) and its items.
+pub(super) type Parsed = (String, String, Vec<ManifestEntity>);
+
+/// The blueprints the files use, as fetched (once each).
+pub(super) type Known = HashMap<String, Result<Option<Blueprint>, String>>;
+
+/// Turns what was read into per-repository plans and the files to validate; unreadable and
+/// unparsable repositories are marked (they keep everything) and reported.
+pub(super) fn classify(
+    scans: &BTreeMap<String, Scan>,
+    report: &mut SyncReport,
+) -> (HashMap<String, RepoPlan>, Vec<Parsed>) {
+    let mut plans: HashMap<String, RepoPlan> = HashMap::new();
+    let mut parsed: Vec<Parsed> = Vec::new();
+    for (repo, scan) in scans {
+        let plan = plans.entry(repo.clone()).or_default();
+        match scan {
+            Scan::File { name, text, sha } => match manifest::parse(text) {
+                Ok(entities) => {
+                    plan.decisive = Some(Decisive::File {
+                        name: name.clone(),
+                        sha: sha.clone(),
+                    });
+                    parsed.push((repo.clone(), format!("{repo}:{name}"), entities));
+                }
+                Err(e) => {
+                    // A broken file still exists: nothing of it is deleted.
+                    plan.dirty = true;
+                    report.problems.push(Problem {
+                        kind: ProblemKind::Rejected,
+                        location: format!("{repo}:{name}"),
+                        entity: None,
+                        message: e.to_string(),
+                    });
+                    report
+                        .deletions_skipped
+                        .push(format!("{repo}: its {name} could not be parsed"));
+                }
+            },
+            Scan::NoFile { commit } => {
+                plan.decisive = Some(Decisive::NoFile {
+                    commit: commit.clone(),
+                })
+            }
+            Scan::Gone => plan.decisive = Some(Decisive::Gone),
+            Scan::Failed(message) => {
+                plan.dirty = true;
+                report.problems.push(Problem {
+                    kind: ProblemKind::ReadFailed,
+                    location: repo.clone(),
+                    entity: None,
+                    message: message.clone(),
+                });
+                report
+                    .deletions_skipped
+                    .push(format!("{repo}: it could not be read"));
+            }
+            Scan::Unchanged => {}
+        }
+    }
+
+    (plans, parsed)
+}
+
+/// Fetches each blueprint the files name, once, all at once.
+pub(super) async fn fetch_blueprints(parsed: &[Parsed], blueprints: &dyn BlueprintSource) -> Known {
+    // Fetch each blueprint once, all at once.
+    let wanted: BTreeSet<String> = parsed
+        .iter()
+        .flat_map(|(_, _, entities)| entities.iter())
+        .filter_map(|e| e.value.get("blueprint").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect();
+    let fetched = join_all(wanted.iter().map(|id| async move {
+        let result = blueprints.blueprint(id).await.and_then(|json| match json {
+            Some(json) => Blueprint::from_port(&json).map(Some),
+            None => Ok(None),
+        });
+        (id.clone(), result)
+    }))
+    .await;
+    fetched.into_iter().collect()
+}
+
+/// Validates every entity of every parsed file; the valid ones are returned, the others
+/// reported. Whatever a file names (valid or not) counts as declared by it.
+pub(super) fn validate(
+    parsed: Vec<Parsed>,
+    known: &Known,
+    plans: &mut HashMap<String, RepoPlan>,
+    report: &mut SyncReport,
+) -> Vec<Declared> {
+    let mut declared = Vec::new();
+    for (repo, location, entities) in parsed {
+        let plan = plans.get_mut(&repo).expect("planned above");
+        let mut seen_here: HashSet<Key> = HashSet::new();
+        for item in entities {
+            let label = item.label();
+            let mut reject = |kind: ProblemKind, message: String, plan: &mut RepoPlan| {
+                plan.dirty = true;
+                report.problems.push(Problem {
+                    kind,
+                    location: location.clone(),
+                    entity: Some(label.clone()),
+                    message,
+                });
+            };
+            let Value::Object(map) = &item.value else {
+                reject(
+                    ProblemKind::Rejected,
+                    format!("an entity must be a mapping, got {}", kind(&item.value)),
+                    plan,
+                );
+                continue;
+            };
+            let blueprint_id = match map.get("blueprint") {
+                Some(Value::String(b)) => b.clone(),
+                Some(other) => {
+                    reject(
+                        ProblemKind::Rejected,
+                        format!("blueprint must be a string, got {}", kind(other)),
+                        plan,
+                    );
+                    continue;
+                }
+                None => {
+                    reject(ProblemKind::Rejected, "blueprint is missing".into(), plan);
+                    continue;
+                }
+            };
+            if let Some(Value::String(id)) = map.get("identifier") {
+                let key = (blueprint_id.clone(), id.clone());
+                if !seen_here.insert(key.clone()) {
+                    reject(
+                        ProblemKind::Rejected,
+                        format!("{blueprint_id}/{id} is declared more than once in this file"),
+                        plan,
+                    );
+                    continue;
+                }
+                plan.declared.insert(key);
+            }
+            match known.get(&blueprint_id) {
+                Some(Ok(Some(blueprint))) => match blueprint.check(map) {
+                    Ok(entity) => declared.push(Declared {
+                        repo: repo.clone(),
+                        location: location.clone(),
+                        label,
+                        entity,
+                    }),
+                    Err(problems) => reject(ProblemKind::Rejected, problems.join("; "), plan),
+                },
+                Some(Ok(None)) => reject(
+                    ProblemKind::Rejected,
+                    format!("unknown blueprint '{blueprint_id}'"),
+                    plan,
+                ),
+                Some(Err(e)) => reject(
+                    ProblemKind::ReadFailed,
+                    format!("cannot check it: blueprint '{blueprint_id}' could not be read: {e}"),
+                    plan,
+                ),
+                None => unreachable!("every named blueprint was fetched"),
+            }
+        }
+    }
+    declared
+}
+
+/// Settles ownership and conflicts; returns what to write and what to delete.
+pub(super) fn plan_changes(
+    state: &SyncState,
+    scans: &BTreeMap<String, Scan>,
+    mut plans: HashMap<String, RepoPlan>,
+    declared: Vec<Declared>,
+    full: bool,
+    report: &mut SyncReport,
+) -> Plan {
+    let owners = owner_index(state);
+    for (repo, scan) in scans {
+        if matches!(scan, Scan::Unchanged) {
+            report.unchanged += state.repos.get(repo).map_or(0, |r| r.entities.len());
+        }
+    }
+    // Does `repo` (the current owner) still declare `key`? Repositories not re-read this
+    // time (unchanged, unreadable, broken, out of scope) are taken to still declare theirs.
+    let still_declares = |repo: &str, key: &Key| match plans.get(repo) {
+        Some(RepoPlan {
+            decisive: Some(_),
+            declared,
+            ..
+        }) => declared.contains(key),
+        _ => true,
+    };
+
+    let mut claims: BTreeMap<Key, Vec<Declared>> = BTreeMap::new();
+    for d in declared {
+        let key = (d.entity.blueprint.clone(), d.entity.identifier.clone());
+        claims.entry(key).or_default().push(d);
+    }
+    let mut upserts = Vec::new();
+    let mut winners: HashMap<Key, String> = HashMap::new();
+    let mut conflicted: Vec<String> = Vec::new();
+    for (key, mut claimants) in claims {
+        claimants.sort_by(|a, b| a.repo.cmp(&b.repo));
+        let winner = match owners.get(&key) {
+            Some((owner, _)) if still_declares(owner, &key) => owner.clone(),
+            _ => claimants[0].repo.clone(),
+        };
+        for d in claimants {
+            if d.repo != winner {
+                conflicted.push(d.repo.clone());
+                report.problems.push(Problem {
+                    kind: ProblemKind::Conflict,
+                    location: d.location,
+                    entity: Some(d.label),
+                    message: format!(
+                        "{}/{} is also declared by {winner}, which keeps it; remove it from one of the files",
+                        key.0, key.1
+                    ),
+                });
+                continue;
+            }
+            let unchanged = !full
+                && owners.get(&key).is_some_and(|(owner, hash)| {
+                    owner == &d.repo && hash.as_deref() == Some(d.entity.hash.as_str())
+                });
+            if unchanged {
+                report.unchanged += 1;
+            } else {
+                upserts.push(d);
+            }
+        }
+        winners.insert(key, winner);
+    }
+    for repo in conflicted {
+        if let Some(plan) = plans.get_mut(&repo) {
+            plan.dirty = true;
+        }
+    }
+
+    let mut deletes = Vec::new();
+    for (repo, plan) in &plans {
+        if plan.decisive.is_none() {
+            continue;
+        }
+        let Some(repo_state) = state.repos.get(repo) else {
+            continue;
+        };
+        for owned in &repo_state.entities {
+            let key = (owned.blueprint.clone(), owned.identifier.clone());
+            // Still declared here (valid or not), or taken over by another file: keep.
+            if plan.declared.contains(&key) || winners.contains_key(&key) {
+                continue;
+            }
+            deletes.push((repo.clone(), key));
+        }
+    }
+    Plan {
+        upserts,
+        deletes,
+        repos: plans,
+    }
+}
+
+/// Who owns what: `(blueprint, identifier)` → (repository, last applied hash).
+pub(super) fn owner_index(state: &SyncState) -> HashMap<Key, (String, Option<String>)> {
+    let mut index = HashMap::new();
+    for (repo, repo_state) in &state.repos {
+        for owned in &repo_state.entities {
+            index.insert(
+                (owned.blueprint.clone(), owned.identifier.clone()),
+                (repo.clone(), owned.hash.clone()),
+            );
+        }
+    }
+    index
+}

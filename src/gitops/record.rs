@@ -1,0 +1,126 @@
+//! The ownership record around the writes: the intent before (planned upserts become
+//! owned, with no hash yet, so a crash mid-write never orphans an entity) and the outcome
+//! after (hashes of what landed, deletions confirmed, per-repository markers for the next
+//! incremental read).
+
+use std::collections::{HashMap, HashSet};
+
+use super::plan::{Decisive, Declared, Key, RepoPlan};
+use super::state::{Owned, SyncState};
+
+/// Before writing: planned upserts become owned (hash unknown), transfers move.
+///
+/// Planned deletions stay owned until Port confirms them.
+pub(super) fn record_intent(
+    state: &mut SyncState,
+    plans: &HashMap<String, RepoPlan>,
+    upserts: &[Declared],
+) {
+    let moving: HashSet<Key> = upserts
+        .iter()
+        .map(|d| (d.entity.blueprint.clone(), d.entity.identifier.clone()))
+        .collect();
+    for repo_state in state.repos.values_mut() {
+        repo_state
+            .entities
+            .retain(|o| !moving.contains(&(o.blueprint.clone(), o.identifier.clone())));
+    }
+    for d in upserts {
+        state
+            .repos
+            .entry(d.repo.clone())
+            .or_default()
+            .entities
+            .push(Owned {
+                blueprint: d.entity.blueprint.clone(),
+                identifier: d.entity.identifier.clone(),
+                hash: None,
+            });
+    }
+    for (repo, plan) in plans {
+        if plan.dirty {
+            // Re-read next time: something in it did not go through.
+            if let Some(repo_state) = state.repos.get_mut(repo) {
+                repo_state.content_sha = None;
+            }
+        }
+    }
+}
+
+/// After writing: hashes of what landed, deletions confirmed, per-repository markers.
+/// A repository with any failed write is marked to be read again next time.
+pub(super) fn record_outcome(
+    state: &mut SyncState,
+    mut plans: HashMap<String, RepoPlan>,
+    upserts: &[Declared],
+    deletes: &[(String, Key)],
+    written: &HashSet<Key>,
+    removed: &HashSet<Key>,
+) {
+    let landed: HashMap<Key, &str> = upserts
+        .iter()
+        .map(|d| {
+            (
+                (d.entity.blueprint.clone(), d.entity.identifier.clone()),
+                d.entity.hash.as_str(),
+            )
+        })
+        .filter(|(key, _)| written.contains(key))
+        .collect();
+    for d in upserts {
+        if !written.contains(&(d.entity.blueprint.clone(), d.entity.identifier.clone())) {
+            plans.entry(d.repo.clone()).or_default().dirty = true;
+        }
+    }
+    for (repo, key) in deletes {
+        if !removed.contains(key) {
+            plans.entry(repo.clone()).or_default().dirty = true;
+        }
+    }
+    for repo_state in state.repos.values_mut() {
+        repo_state
+            .entities
+            .retain(|o| !removed.contains(&(o.blueprint.clone(), o.identifier.clone())));
+        for owned in &mut repo_state.entities {
+            if let Some(hash) = landed.get(&(owned.blueprint.clone(), owned.identifier.clone())) {
+                owned.hash = Some((*hash).to_owned());
+            }
+        }
+    }
+    for (repo, plan) in &plans {
+        let Some(decisive) = &plan.decisive else {
+            if plan.dirty {
+                if let Some(repo_state) = state.repos.get_mut(repo) {
+                    repo_state.content_sha = None;
+                }
+            }
+            continue;
+        };
+        let repo_state = state.repos.entry(repo.clone()).or_default();
+        match decisive {
+            Decisive::File { name, sha } => {
+                repo_state.file = Some(name.clone());
+                repo_state.commit = None;
+                repo_state.content_sha = (!plan.dirty).then(|| sha.clone());
+            }
+            Decisive::NoFile { commit } => {
+                repo_state.file = None;
+                repo_state.content_sha = None;
+                // Only a clean repository may be skipped by its commit next time.
+                repo_state.commit = if plan.dirty || !repo_state.entities.is_empty() {
+                    None
+                } else {
+                    commit.clone()
+                };
+            }
+            Decisive::Gone => {
+                repo_state.file = None;
+                repo_state.content_sha = None;
+                repo_state.commit = None;
+            }
+        }
+    }
+    state
+        .repos
+        .retain(|_, r| !r.entities.is_empty() || r.file.is_some() || r.commit.is_some());
+}

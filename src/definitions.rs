@@ -12,25 +12,10 @@ use serde_json::{Map, Value};
 use crate::domain::{Identifier, Operation};
 use crate::gitops::blueprint::Blueprint;
 use crate::gitops::manifest;
+use crate::schema::definition::check_property;
 
 /// Placeholder in an action's `invocationMethod.url`, replaced with the public URL at apply time.
 pub const PUBLIC_URL_PLACEHOLDER: &str = "${PORT_RUNNER_PUBLIC_URL}";
-
-const TYPES: [&str; 5] = ["string", "number", "boolean", "object", "array"];
-const FORMATS: [&str; 12] = [
-    "url",
-    "email",
-    "user",
-    "team",
-    "date-time",
-    "ipv4",
-    "ipv6",
-    "yaml",
-    "markdown",
-    "timer",
-    "proto",
-    "entity",
-];
 
 /// A problem with one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,79 +388,6 @@ fn check_blueprint(json: &Map<String, Value>, known: &BTreeSet<&str>) -> Vec<Str
         Some(_) => out.push("relations must be an object".into()),
     }
     out
-}
-
-fn check_property(at: &str, prop: &Value, out: &mut Vec<String>) {
-    let Value::Object(prop) = prop else {
-        out.push(format!("{at} must be an object"));
-        return;
-    };
-    let kind = prop.get("type").and_then(Value::as_str);
-    match kind {
-        Some(t) if TYPES.contains(&t) => {}
-        Some(t) => out.push(format!(
-            "{at}.type '{t}' is not one of {}",
-            TYPES.join(", ")
-        )),
-        None => out.push(format!("{at}.type is missing")),
-    }
-    if let Some(format) = prop.get("format") {
-        match format.as_str() {
-            Some(f) if FORMATS.contains(&f) => {
-                if kind.is_some_and(|k| k != "string" && k != "array") {
-                    out.push(format!("{at}.format '{f}' only applies to strings"));
-                }
-            }
-            Some(f) => out.push(format!(
-                "{at}.format '{f}' is not one of {}",
-                FORMATS.join(", ")
-            )),
-            None => out.push(format!("{at}.format must be a string")),
-        }
-    }
-    if let Some(values) = prop.get("enum") {
-        let Some(values) = values.as_array() else {
-            out.push(format!("{at}.enum must be an array"));
-            return;
-        };
-        for v in values {
-            let fits = match (kind, v) {
-                (Some("string"), Value::String(_)) | (Some("number"), Value::Number(_)) => true,
-                (Some("string" | "number"), _) => false,
-                _ => true,
-            };
-            if !fits {
-                out.push(format!(
-                    "{at}.enum value {v} is not a {}",
-                    kind.unwrap_or("?")
-                ));
-            }
-        }
-        if let Some(colors) = prop.get("enumColors") {
-            match colors.as_object() {
-                Some(colors) => {
-                    for (key, color) in colors {
-                        if !values.iter().any(|v| v.as_str() == Some(key)) {
-                            out.push(format!(
-                                "{at}.enumColors names '{key}', which is not in enum"
-                            ));
-                        }
-                        if !color.is_string() {
-                            out.push(format!("{at}.enumColors.{key} must be a color name"));
-                        }
-                    }
-                }
-                None => out.push(format!("{at}.enumColors must be an object")),
-            }
-        }
-    } else if prop.contains_key("enumColors") {
-        out.push(format!("{at}.enumColors needs an enum"));
-    }
-    if kind == Some("array") {
-        if let Some(items) = prop.get("items") {
-            check_property(&format!("{at}.items"), items, out);
-        }
-    }
 }
 
 fn check_action(

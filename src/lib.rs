@@ -21,6 +21,7 @@ pub mod invoke;
 pub mod metrics;
 pub mod port;
 pub mod runs;
+pub mod schema;
 pub mod secret;
 pub mod server;
 pub mod store;

@@ -1,17 +1,19 @@
 //! Checks an entity against its blueprint as Port defines it, before anything is sent.
 //!
-//! Port's blueprint schema is JSON-Schema-like but its own (formats such as `user` or
-//! `markdown`, relations beside properties), so the checks are written for it: types, enums,
-//! formats, patterns, lengths and bounds, required properties, and relations (single vs many,
-//! required). Every problem of an entity is reported, not just the first.
+//! The properties go through the one JSON Schema validator (`schema/`: types, enums, Port's
+//! formats, patterns, lengths and bounds, required properties); what is Port's own is checked
+//! here: the entity's fields, its identifier, and relations (single vs many, required).
+//! Every problem of an entity is reported, not just the first.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::manifest::kind;
 use crate::domain::Identifier;
+use crate::schema::{short, string_list, ObjectSchema, Violation};
 
 /// Top-level keys an entity in `port.yaml` may have.
 const ENTITY_KEYS: [&str; 7] = [
@@ -24,23 +26,6 @@ const ENTITY_KEYS: [&str; 7] = [
     "team",
 ];
 
-/// The schema of one property (or action input), compiled for checking values.
-#[derive(Debug, Clone)]
-pub struct PropSchema {
-    kind: Option<String>,
-    format: Option<String>,
-    enum_values: Option<Vec<Value>>,
-    /// `None` when the blueprint has no pattern; `Some(None)` when Rust's regex cannot
-    /// express it (lookarounds): then the pattern is not checked rather than misjudged.
-    pattern: Option<Option<regex::Regex>>,
-    pattern_text: Option<String>,
-    min_length: Option<u64>,
-    max_length: Option<u64>,
-    minimum: Option<f64>,
-    maximum: Option<f64>,
-    items: Option<Box<PropSchema>>,
-}
-
 #[derive(Debug, Clone)]
 struct RelationSchema {
     many: bool,
@@ -51,8 +36,7 @@ struct RelationSchema {
 #[derive(Debug, Clone)]
 pub struct Blueprint {
     pub identifier: String,
-    properties: BTreeMap<String, PropSchema>,
-    required: Vec<String>,
+    properties: Arc<ObjectSchema>,
     relations: BTreeMap<String, RelationSchema>,
 }
 
@@ -76,17 +60,11 @@ impl Blueprint {
             .ok_or("blueprint has no identifier")?
             .to_owned();
         let schema = json.get("schema").cloned().unwrap_or(Value::Null);
-        let properties = schema
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|props| {
-                props
-                    .iter()
-                    .map(|(k, v)| (k.clone(), PropSchema::from_json(v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let required = string_list(schema.get("required"));
+        let properties = Arc::new(ObjectSchema::compile(
+            schema.get("properties"),
+            &string_list(schema.get("required")),
+            false,
+        ));
         let relations = json
             .get("relations")
             .and_then(Value::as_object)
@@ -110,7 +88,6 @@ impl Blueprint {
         Ok(Self {
             identifier,
             properties,
-            required,
             relations,
         })
     }
@@ -192,23 +169,18 @@ impl Blueprint {
                 return Map::new();
             }
         };
-        for (name, value) in &props {
-            match self.properties.get(name) {
-                None => problems.push(format!(
-                    "property '{name}' is not defined on blueprint '{}'",
-                    self.identifier
-                )),
-                Some(_) if value.is_null() => {}
-                Some(schema) => schema.check(&format!("property '{name}'"), value, problems),
-            }
-        }
-        for name in &self.required {
-            if props.get(name).is_none_or(Value::is_null) {
-                problems.push(format!(
+        for violation in self.properties.check(&props, "property") {
+            problems.push(match violation {
+                Violation::Missing(name) => format!(
                     "required property '{name}' of blueprint '{}' is missing",
                     self.identifier
-                ));
-            }
+                ),
+                Violation::Unknown(name) => format!(
+                    "property '{name}' is not defined on blueprint '{}'",
+                    self.identifier
+                ),
+                Violation::Invalid(message) => message,
+            });
         }
         props
     }
@@ -275,173 +247,6 @@ fn check_target(relation: &str, id: &str, problems: &mut Vec<String>) -> bool {
             true // reported precisely above; do not report the shape again
         }
     }
-}
-
-impl PropSchema {
-    pub fn from_json(v: &Value) -> Self {
-        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        let pattern_text = text("pattern");
-        Self {
-            kind: text("type"),
-            format: text("format"),
-            enum_values: v.get("enum").and_then(Value::as_array).cloned(),
-            pattern: pattern_text.as_deref().map(|p| regex::Regex::new(p).ok()),
-            pattern_text,
-            min_length: v.get("minLength").and_then(Value::as_u64),
-            max_length: v.get("maxLength").and_then(Value::as_u64),
-            minimum: v.get("minimum").and_then(Value::as_f64),
-            maximum: v.get("maximum").and_then(Value::as_f64),
-            items: v.get("items").map(|i| Box::new(Self::from_json(i))),
-        }
-    }
-
-    /// Checks `value`; problems are worded with `what` (e.g. `input 'size'`).
-    pub fn check(&self, what: &str, value: &Value, problems: &mut Vec<String>) {
-        let type_ok = match (self.kind.as_deref(), value) {
-            (Some("string"), Value::String(_))
-            | (Some("number"), Value::Number(_))
-            | (Some("boolean"), Value::Bool(_))
-            | (Some("object"), Value::Object(_))
-            | (Some("array"), Value::Array(_)) => true,
-            (Some("string" | "number" | "boolean" | "object" | "array"), _) => false,
-            // Types this runner does not know are left to Port.
-            _ => true,
-        };
-        if !type_ok {
-            problems.push(format!(
-                "{what} must be {}, got {}",
-                article(self.kind.as_deref().unwrap_or("?")),
-                short(value)
-            ));
-            return;
-        }
-        if let Some(allowed) = &self.enum_values {
-            if !allowed.contains(value) {
-                let list: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
-                problems.push(format!(
-                    "{what} must be one of {}, got {}",
-                    list.join(", "),
-                    short(value)
-                ));
-            }
-        }
-        match value {
-            Value::String(s) => self.check_string(what, s, problems),
-            Value::Number(n) => {
-                let x = n.as_f64().unwrap_or(f64::NAN);
-                if self.minimum.is_some_and(|min| x < min)
-                    || self.maximum.is_some_and(|max| x > max)
-                {
-                    problems.push(format!(
-                        "{what} must be between {} and {}, got {n}",
-                        self.minimum.map_or("-∞".into(), |m| m.to_string()),
-                        self.maximum.map_or("∞".into(), |m| m.to_string())
-                    ));
-                }
-            }
-            Value::Array(items) => {
-                if let Some(item_schema) = &self.items {
-                    for (i, item) in items.iter().enumerate() {
-                        item_schema.check(&format!("{what} item {i}"), item, problems);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn check_string(&self, what: &str, s: &str, problems: &mut Vec<String>) {
-        let len = s.chars().count() as u64;
-        if self.min_length.is_some_and(|m| len < m) || self.max_length.is_some_and(|m| len > m) {
-            problems.push(format!(
-                "{what} must be {}–{} characters long, got {len}",
-                self.min_length.unwrap_or(0),
-                self.max_length.map_or("∞".into(), |m| m.to_string())
-            ));
-        }
-        if let (Some(Some(re)), Some(text)) = (&self.pattern, &self.pattern_text) {
-            if !re.is_match(s) {
-                problems.push(format!("{what} must match /{text}/, got {s:?}"));
-            }
-        }
-        if let Some(format) = self.format.as_deref() {
-            if let Err(why) = check_format(format, s) {
-                problems.push(format!("{what} is not a valid {format}: {why}"));
-            }
-        }
-    }
-}
-
-fn check_format(format: &str, s: &str) -> Result<(), String> {
-    match format {
-        "url" => match reqwest::Url::parse(s) {
-            Ok(url) if url.has_host() => Ok(()),
-            Ok(_) => Err(format!("{s:?} has no host")),
-            Err(e) => Err(format!("{s:?}: {e}")),
-        },
-        "email" => {
-            let ok = match s.split_once('@') {
-                Some((local, domain)) => {
-                    !local.is_empty()
-                        && domain.contains('.')
-                        && !domain.starts_with('.')
-                        && !domain.ends_with('.')
-                        && !s.chars().any(char::is_whitespace)
-                        && !domain.contains('@')
-                }
-                None => false,
-            };
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("{s:?}"))
-            }
-        }
-        "date-time" => {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(|_| ())
-                .map_err(|_| format!("{s:?} (expected RFC 3339, e.g. 2026-11-22T10:00:00Z)"))
-        }
-        "ipv4" => s
-            .parse::<std::net::Ipv4Addr>()
-            .map(|_| ())
-            .map_err(|_| format!("{s:?}")),
-        "ipv6" => s
-            .parse::<std::net::Ipv6Addr>()
-            .map(|_| ())
-            .map_err(|_| format!("{s:?}")),
-        // user, team, markdown, yaml, timer, …: checked by Port.
-        _ => Ok(()),
-    }
-}
-
-fn article(kind: &str) -> String {
-    match kind {
-        "array" | "object" => format!("an {kind}"),
-        other => format!("a {other}"),
-    }
-}
-
-fn short(value: &Value) -> String {
-    let text = value.to_string();
-    if text.chars().count() > 60 {
-        format!("{}…", text.chars().take(60).collect::<String>())
-    } else {
-        text
-    }
-}
-
-/// The strings of a JSON list (`schema.required`, `userInputs.required`); anything else is empty.
-pub fn string_list(value: Option<&Value>) -> Vec<String> {
-    value
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// SHA-256 of the value serialized with object keys sorted, so key order in YAML does not matter.
@@ -639,14 +444,22 @@ mod tests {
     }
 
     #[test]
-    fn a_pattern_rust_cannot_compile_is_not_held_against_the_entity() {
+    fn a_look_around_pattern_port_accepts_is_checked() {
         let bp = Blueprint::from_port(&json!({
             "identifier": "x",
             "schema": {"properties": {"p": {"type": "string", "pattern": "^(?=a)a$"}}}
         }))
         .unwrap();
-        let mut e = entity(json!({"properties": {"p": "zzz"}, "relations": {}}));
-        e.insert("blueprint".into(), json!("x"));
-        assert!(bp.check(&e).is_ok());
+        let with = |p: &str| {
+            let mut e = entity(json!({"properties": {"p": p}, "relations": {}}));
+            e.insert("blueprint".into(), json!("x"));
+            e
+        };
+        assert!(bp.check(&with("a")).is_ok());
+        let problems = bp.check(&with("zzz")).unwrap_err();
+        assert_eq!(
+            problems,
+            vec!["property 'p' must match /^(?=a)a$/, got \"zzz\""]
+        );
     }
 }

@@ -3,54 +3,44 @@
 //! The runner knows its actions (`actions/*.json`), so a run whose inputs do not fit them
 //! fails at once, naming every bad field, instead of reaching a handler or a tool.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::gitops::blueprint::{string_list, PropSchema};
+use crate::schema::{string_list, ObjectSchema, Violation};
 
-/// One action's inputs.
-#[derive(Debug, Clone, Default)]
-pub struct InputSchema {
-    properties: BTreeMap<String, PropSchema>,
-    required: Vec<String>,
-}
+/// One action's inputs, compiled once.
+#[derive(Debug, Clone)]
+pub struct InputSchema(Arc<ObjectSchema>);
 
 impl InputSchema {
     /// From an action in Port's current format (`trigger.userInputs`).
     pub fn from_action(action: &Value) -> Self {
         let inputs = &action["trigger"]["userInputs"];
-        let mut schema = Self::default();
-        if let Some(props) = inputs.get("properties").and_then(Value::as_object) {
-            for (name, prop) in props {
-                schema
-                    .properties
-                    .insert(name.clone(), PropSchema::from_json(prop));
-            }
-        }
-        schema.required = string_list(inputs.get("required"));
-        schema
-    }
-
-    /// Every problem with `inputs`, each naming its field.
-    pub fn check(&self, inputs: &Map<String, Value>) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
         // Inputs the action does not define are left to the handler (Port sends only defined
         // ones; a custom action may reuse a handler with more).
-        for (name, value) in inputs {
-            match self.properties.get(name) {
-                None => {}
-                // Encrypted inputs are checked too: the runner decrypts them first.
-                Some(_) if value.is_null() => {}
-                Some(schema) => schema.check(&format!("input '{name}'"), value, &mut problems),
-            }
-        }
-        for name in &self.required {
-            if inputs.get(name).is_none_or(Value::is_null) {
-                problems.push(format!("input '{name}' is required"));
-            }
-        }
+        Self(Arc::new(ObjectSchema::compile(
+            inputs.get("properties"),
+            &string_list(inputs.get("required")),
+            true,
+        )))
+    }
+
+    /// Every problem with `inputs`, each naming its field. Encrypted inputs are checked
+    /// too: the runner decrypts them first.
+    pub fn check(&self, inputs: &Map<String, Value>) -> Result<(), Vec<String>> {
+        let problems: Vec<String> = self
+            .0
+            .check(inputs, "input")
+            .into_iter()
+            .map(|v| match v {
+                Violation::Missing(name) => format!("input '{name}' is required"),
+                Violation::Unknown(name) => format!("input '{name}' is not defined"),
+                Violation::Invalid(message) => message,
+            })
+            .collect();
         if problems.is_empty() {
             Ok(())
         } else {

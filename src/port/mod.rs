@@ -4,6 +4,7 @@
 //! connection pool.
 
 mod client;
+mod entities;
 mod error;
 pub mod types;
 

@@ -100,8 +100,8 @@ pub enum ToolError {
     #[error("{program} exited {code}{}", tail(.stderr_tail))]
     Failed {
         program: String,
-        /// The exit code, or `signal N`.
-        code: String,
+        /// How it ended: an exit code or a signal.
+        code: Exit,
         stderr_tail: Vec<String>,
         /// The last lines of stdout (where some tools, Pulumi among them, print their errors).
         stdout_tail: Vec<String>,
@@ -114,6 +114,32 @@ pub enum ToolError {
     Cancelled { program: String },
     #[error("{program} printed more than {limit} bytes on stdout, more than is kept to parse")]
     OutputTooLarge { program: String, limit: usize },
+}
+
+/// How a failed step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The exit code, `None` when a signal ended the step.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Self::Code(code) => Some(code),
+            Self::Signal(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "{code}"),
+            Self::Signal(signal) => write!(f, "on signal {signal}"),
+        }
+    }
 }
 
 impl ToolError {
@@ -246,29 +272,7 @@ pub async fn run(
         source,
     })?;
     if !status.success() {
-        let code = match status.code() {
-            Some(code) => code.to_string(),
-            None => {
-                use std::os::unix::process::ExitStatusExt;
-                format!("on signal {}", status.signal().unwrap_or_default())
-            }
-        };
-        let masked = |tail: &[String]| {
-            tail.iter()
-                .map(|l| log.masker().mask(l).into_owned())
-                .collect()
-        };
-        return Err(ToolError::Failed {
-            program: step.program.clone(),
-            code,
-            stderr_tail: masked(&err.tail),
-            // A quiet stdout may hold what the log could not mask: it is not kept.
-            stdout_tail: if step.quiet_stdout {
-                Vec::new()
-            } else {
-                masked(&out.tail)
-            },
-        });
+        return Err(failed(step, status, log, &out.tail, &err.tail));
     }
     if out.overflowed {
         return Err(ToolError::OutputTooLarge {
@@ -279,6 +283,37 @@ pub async fn run(
     Ok(StepOutput {
         stdout: out.captured,
     })
+}
+
+/// The error of a step that exited unsuccessfully, its output tails masked.
+fn failed(
+    step: &Step,
+    status: std::process::ExitStatus,
+    log: &RunLog,
+    stdout_tail: &[String],
+    stderr_tail: &[String],
+) -> ToolError {
+    use std::os::unix::process::ExitStatusExt;
+    let code = match status.code() {
+        Some(code) => Exit::Code(code),
+        None => Exit::Signal(status.signal().unwrap_or_default()),
+    };
+    let masked = |tail: &[String]| {
+        tail.iter()
+            .map(|l| log.masker().mask(l).into_owned())
+            .collect()
+    };
+    ToolError::Failed {
+        program: step.program.clone(),
+        code,
+        stderr_tail: masked(stderr_tail),
+        // A quiet stdout may hold what the log could not mask: it is not kept.
+        stdout_tail: if step.quiet_stdout {
+            Vec::new()
+        } else {
+            masked(stdout_tail)
+        },
+    }
 }
 
 /// SIGTERM to the whole group, SIGKILL after a grace period.

@@ -148,7 +148,7 @@ async fn a_failing_program_reports_its_code_and_stderr() {
     else {
         panic!("{err:?}")
     };
-    assert_eq!(code, "3");
+    assert_eq!(*code, tool::Exit::Code(3));
     assert_eq!(
         stderr_tail,
         &vec!["error: bucket **** already exists".to_owned()]

@@ -1,0 +1,489 @@
+//! `pulumi`: an action run as a Pulumi stack operation, declared in YAML next to the actions
+//! (`actions/handlers/<action>.yaml`), driving the CLI the way Pulumi's Automation API does.
+//!
+//! ```yaml
+//! action: create_bucket
+//! handler: pulumi
+//! operations: [CREATE]
+//! program: ../pulumi/s3_bucket        # a Pulumi project, relative to this file
+//! stack: .inputs.bucket_name          # jq; default .entity.identifier (DAY-2, DELETE)
+//! config: {aws:region: .inputs.region, tags: .inputs.tags}   # null: left as it is
+//! secrets: {dbPassword: .inputs.password}                     # set with --secret
+//! pass_env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]
+//! entity: {blueprint: s3_bucket, identifier: .inputs.bucket_name,
+//!          properties: {url: .outputs.url}}                    # .outputs: the stack's outputs
+//! ```
+//!
+//! CREATE: `stack select --create`, `config set` (objects: `config rm`, then leaf by leaf with
+//! `--path`), `up`, `stack output`, upsert the entity.
+//! DAY-2: the same on the run's entity's stack (never created, never destroyed: a failed
+//! change leaves the resource and the entity as they were), then merge the entity. DELETE:
+//! `destroy`, `stack rm`, delete the entity. Runs on one stack take turns; secret outputs
+//! (a kubeconfig) are masked in logs and never reach the catalog.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::jq::Expr;
+use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
+use crate::core::{Handler, HandlerError, Outcome, RunContext};
+use crate::domain::{Identifier, Operation, StackName};
+use crate::tool::{Locks, StepOutput};
+
+mod cli;
+mod settings;
+
+use cli::Failure;
+pub use settings::PulumiSettings;
+
+/// Stdout kept of `stack output`.
+pub(super) const OUTPUT_LIMIT: usize = 4 * 1024 * 1024;
+/// What `stack output --json` shows in place of a secret value.
+const SECRET_PLACEHOLDER: &str = "[secret]";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefinitionFile {
+    action: String,
+    handler: String,
+    #[serde(default)]
+    operations: Option<Vec<String>>,
+    program: String,
+    #[serde(default)]
+    stack: Option<String>,
+    /// In the order written (serde_json keeps it), which is the order of `config set`.
+    #[serde(default)]
+    config: Map<String, Value>,
+    #[serde(default)]
+    secrets: Map<String, Value>,
+    #[serde(default)]
+    pass_env: Vec<String>,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+    #[serde(default)]
+    entity: Option<EntityFile>,
+}
+
+#[derive(Deserialize)]
+struct ProjectFile {
+    name: String,
+}
+
+/// One action's definition, compiled.
+pub struct PulumiHandler {
+    action: String,
+    operations: Vec<Operation>,
+    program_dir: PathBuf,
+    project: String,
+    stack: Expr,
+    config: Vec<(String, Expr, bool)>,
+    pass_env: PassEnv,
+    timeout: Duration,
+    entity: Option<EntityMapping>,
+    settings: PulumiSettings,
+    locks: Locks,
+}
+
+/// A config key: `namespace:key` or `key`, with `--path` segments of the same characters.
+fn check_config_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c))
+        && !key.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "config: {key:?} is not a config key (letters, digits, '_', '-', ':', '.')"
+        ))
+    }
+}
+
+/// A value as `(path, text)` leaves for `config set --path`: objects and arrays are set key by
+/// key (`tags["team"]`, `names[0]`), scalars as they are; null leaves are skipped.
+fn leaves(path: String, value: &Value, out: &mut Vec<(String, String, bool)>) {
+    match value {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (key, value) in map {
+                let quoted = serde_json::to_string(key).unwrap_or_default();
+                leaves(format!("{path}[{quoted}]"), value, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, value) in items.iter().enumerate() {
+                leaves(format!("{path}[{i}]"), value, out);
+            }
+        }
+        Value::String(s) => out.push((path, s.clone(), false)),
+        other => out.push((path, other.to_string(), false)),
+    }
+}
+
+impl PulumiHandler {
+    /// Compiles a `handler: pulumi` definition read from `file`.
+    pub(super) fn parse(
+        text: &str,
+        file: &Path,
+        settings: &PulumiSettings,
+        locks: &Locks,
+    ) -> Result<Self, String> {
+        let def: DefinitionFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        if def.handler != "pulumi" {
+            return Err(format!("handler '{}' is not 'pulumi'", def.handler));
+        }
+        Identifier::schema("action", &def.action).map_err(|e| e.to_string())?;
+        let operations = super::parse_operations(def.operations.as_deref())?;
+        let program_dir = file.parent().unwrap_or(Path::new(".")).join(&def.program);
+        let project_text = std::fs::read_to_string(program_dir.join("Pulumi.yaml"))
+            .map_err(|e| format!("program: cannot read {}/Pulumi.yaml: {e}", def.program))?;
+        let project: ProjectFile = serde_yaml_ng::from_str(&project_text)
+            .map_err(|e| format!("program: {}/Pulumi.yaml: {e}", def.program))?;
+        if operations.contains(&Operation::Create) && def.stack.is_none() {
+            return Err(
+                "stack: a CREATE action must say which stack to create (e.g. .inputs.name)".into(),
+            );
+        }
+        let mut config = Vec::new();
+        for (map, secret) in [(&def.config, false), (&def.secrets, true)] {
+            for (key, source) in map {
+                check_config_key(key)?;
+                let section = if secret { "secrets" } else { "config" };
+                let Value::String(source) = source else {
+                    return Err(format!(
+                        "{section}.{key}: {source} is not a jq expression (a string)"
+                    ));
+                };
+                config.push((
+                    key.clone(),
+                    compile(&format!("{section}.{key}"), source)?,
+                    secret,
+                ));
+            }
+        }
+        Ok(Self {
+            action: def.action,
+            operations,
+            program_dir,
+            project: project.name,
+            stack: compile(
+                "stack",
+                def.stack.as_deref().unwrap_or(".entity.identifier"),
+            )?,
+            config,
+            pass_env: PassEnv::compile(&def.pass_env)?,
+            timeout: Duration::from_secs(def.timeout_secs.unwrap_or(3600)),
+            entity: def
+                .entity
+                .as_ref()
+                .map(EntityMapping::compile)
+                .transpose()?,
+            settings: settings.clone(),
+            locks: locks.clone(),
+        })
+    }
+
+    pub fn action(&self) -> &str {
+        &self.action
+    }
+
+    /// The folder the CLI runs in: a copy of the program, refreshed on every run, beside the
+    /// stacks' settings files (`Pulumi.<stack>.yaml`, which hold config and the encryption
+    /// salt and must survive between runs), so the shipped program folder stays read-only.
+    fn prepare_workdir(&self) -> Result<PathBuf, HandlerError> {
+        let workdir = self.settings.projects_dir.join(&self.project);
+        let io = |e: std::io::Error| {
+            HandlerError::Failed(format!(
+                "cannot prepare the Pulumi project folder {}: {e}",
+                workdir.display()
+            ))
+        };
+        self.settings.prepare().map_err(|e| {
+            HandlerError::Failed(format!("cannot prepare Pulumi's state folder: {e}"))
+        })?;
+        std::fs::create_dir_all(&workdir).map_err(io)?;
+        for entry in std::fs::read_dir(&self.program_dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stack_file = name.starts_with("Pulumi.") && name != "Pulumi.yaml";
+            if entry.file_type().map_err(io)?.is_file() && !stack_file {
+                std::fs::copy(entry.path(), workdir.join(&*name)).map_err(io)?;
+            }
+        }
+        Ok(workdir)
+    }
+
+    /// The stack's outputs; secret ones are masked from now on and left out.
+    async fn outputs(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        stack: &str,
+    ) -> Result<Map<String, Value>, HandlerError> {
+        let parse = |out: StepOutput| -> Result<Map<String, Value>, HandlerError> {
+            serde_json::from_str(out.stdout.as_deref().unwrap_or("{}")).map_err(|e| {
+                HandlerError::Failed(format!(
+                    "`pulumi stack output --json` is not a JSON object: {e}"
+                ))
+            })
+        };
+        let args = ["stack", "output", "--json", "--stack", stack];
+        let masked = self
+            .cli(ctx, workdir, &args, Some(false))
+            .await
+            .map_err(|f| self.fail("pulumi stack output", stack, f))?;
+        let mut outputs = parse(masked)?;
+        let secret: Vec<String> = outputs
+            .iter()
+            .filter(|(_, v)| v.to_string().contains(SECRET_PLACEHOLDER))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !secret.is_empty() {
+            // Read once, never logged: only so the values are masked wherever they show up.
+            let args = [
+                "stack",
+                "output",
+                "--json",
+                "--show-secrets",
+                "--stack",
+                stack,
+            ];
+            let plain = self
+                .cli(ctx, workdir, &args, Some(true))
+                .await
+                .map_err(|f| self.fail("pulumi stack output", stack, f))?;
+            let plain = parse(plain)?;
+            let mut values = Vec::new();
+            for key in &secret {
+                crate::invocation::collect_strings(
+                    plain.get(key).unwrap_or(&Value::Null),
+                    &mut values,
+                );
+                outputs.remove(key);
+            }
+            ctx.log.add_secrets(values);
+            ctx.log
+                .line(format!(
+                    "secret outputs kept out of the catalog: {}",
+                    secret.join(", ")
+                ))
+                .await;
+        }
+        Ok(outputs)
+    }
+}
+
+#[async_trait]
+impl Handler for PulumiHandler {
+    fn supports(&self, operation: Operation) -> bool {
+        self.operations.contains(&operation)
+    }
+
+    async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
+        let inv = ctx.invocation.clone();
+        let mut context = run_context(&inv);
+        let stack = as_text("stack", &self.stack.eval(&context).map_err(failed)?)?;
+        let stack = StackName::parse(&format!("stack (from {})", self.stack.source()), &stack)
+            .map_err(|e| HandlerError::Failed(e.to_string()))?;
+        let lock = format!("pulumi:{}/{stack}", self.project);
+        let _guard = self.locks.acquire(&lock, &inv.run_id, &ctx.log).await;
+        let workdir = self.prepare_workdir()?;
+        let s = stack.as_str();
+
+        if inv.operation == Operation::Delete {
+            return self.destroy(&ctx, &workdir, s, &context).await;
+        }
+        self.update(
+            &ctx,
+            &workdir,
+            s,
+            &mut context,
+            inv.operation == Operation::Create,
+        )
+        .await
+    }
+}
+
+impl PulumiHandler {
+    /// DELETE: `destroy`, `stack rm`, then the entity (a stack already gone is said and the
+    /// entity still deleted).
+    async fn destroy(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+        context: &Value,
+    ) -> Result<Outcome, HandlerError> {
+        let destroy = [
+            "destroy",
+            "--yes",
+            "--skip-preview",
+            "--suppress-progress",
+            "--color",
+            "never",
+            "--stack",
+            s,
+        ];
+        match self.cli(ctx, workdir, &destroy, None).await {
+            Ok(_) => {
+                self.cli(ctx, workdir, &["stack", "rm", "--yes", "--stack", s], None)
+                    .await
+                    .map_err(|f| self.fail("pulumi stack rm", s, f))?;
+            }
+            Err((Failure::NoStack, _)) => {
+                ctx.log
+                    .line(format!("stack {s} does not exist: nothing to destroy"))
+                    .await;
+            }
+            Err(f) => return Err(self.fail("pulumi destroy", s, f)),
+        }
+        let applied = match &self.entity {
+            Some(mapping) => format!("; {}", mapping.apply(ctx, context).await?),
+            None => String::new(),
+        };
+        Ok(Outcome::new(format!("stack {s} destroyed{applied}")))
+    }
+
+    /// CREATE and DAY-2: select (CREATE may create), set the config, `up`, read the outputs,
+    /// then the entity.
+    async fn update(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+        context: &mut Value,
+        create: bool,
+    ) -> Result<Outcome, HandlerError> {
+        let mut select = vec!["stack", "select"];
+        if create {
+            select.push("--create");
+            // A file backend's default; Pulumi Cloud keeps its own secrets provider.
+            if self.settings.file_backend() {
+                select.extend(["--secrets-provider", "passphrase"]);
+            }
+        }
+        select.extend(["--stack", s]);
+        self.cli(ctx, workdir, &select, None)
+            .await
+            .map_err(|f| self.fail("pulumi stack select", s, f))?;
+        self.set_config(ctx, workdir, s, context).await?;
+        let up = [
+            "up",
+            "--yes",
+            "--skip-preview",
+            "--suppress-progress",
+            "--color",
+            "never",
+            "--stack",
+            s,
+        ];
+        if let Err(f) = self.cli(ctx, workdir, &up, None).await {
+            let error = self.fail("pulumi up", s, f);
+            ctx.log
+                .line(if create {
+                    format!("stack {s} is kept as it is: run the action again to retry, or the delete action to destroy what was created")
+                } else {
+                    format!("nothing was destroyed: stack {s} and its entity stay as the failed update left them")
+                })
+                .await;
+            return Err(error);
+        }
+        context["outputs"] = Value::Object(self.outputs(ctx, workdir, s).await?);
+        let applied = match &self.entity {
+            Some(mapping) => format!("; {}", mapping.apply(ctx, context).await?),
+            None => String::new(),
+        };
+        Ok(Outcome::new(format!("stack {s} is up to date{applied}")))
+    }
+
+    /// `config set` for each configured key, in order; an object or array is cleared first
+    /// and set leaf by leaf with `--path`. Null leaves the stack's value alone.
+    async fn set_config(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+        context: &Value,
+    ) -> Result<(), HandlerError> {
+        for (key, expr, secret) in &self.config {
+            let value = expr.eval(context).map_err(failed)?;
+            let mut sets = Vec::new();
+            let nested = matches!(value, Value::Object(_) | Value::Array(_));
+            if nested {
+                // Set leaf by leaf, so first cleared: a key removed from the object (a tag
+                // taken away) must not linger in the stack's config. Tolerant: a CLI that
+                // refuses to remove a key it does not have must not stop the run.
+                let rm = ["config", "rm", "--stack", s, key.as_str()];
+                if let Err((_, detail)) = self.cli(ctx, workdir, &rm, None).await {
+                    ctx.log
+                        .line(format!(
+                            "could not clear {key} first (continuing): {detail}"
+                        ))
+                        .await;
+                }
+            }
+            leaves(key.clone(), &value, &mut sets);
+            for (name, text, _) in sets {
+                if *secret {
+                    ctx.log.add_secrets([text.clone()]);
+                }
+                let mut args = vec!["config", "set", "--stack", s];
+                if nested {
+                    args.push("--path");
+                }
+                args.push(if *secret { "--secret" } else { "--plaintext" });
+                args.extend([name.as_str(), "--", text.as_str()]);
+                self.cli(ctx, workdir, &args, None)
+                    .await
+                    .map_err(|f| self.fail(&format!("pulumi config set {key}"), s, f))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_names_are_constrained() {
+        for good in ["b1", "my-bucket.v2", "A_b"] {
+            assert!(StackName::parse("stack", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "../x",
+            "a/b",
+            "a b",
+            "a..b",
+            "$(id)",
+            &"x".repeat(101),
+        ] {
+            let err = StackName::parse("stack", bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("stack: ") && err.contains("is not a stack name"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn objects_become_path_leaves() {
+        let mut out = Vec::new();
+        leaves(
+            "tags".into(),
+            &serde_json::json!({"team": "pay", "a.b": 1, "skip": null}),
+            &mut out,
+        );
+        let names: Vec<_> = out.iter().map(|(p, v, _)| format!("{p}={v}")).collect();
+        assert_eq!(names, [r#"tags["team"]=pay"#, r#"tags["a.b"]=1"#]);
+    }
+}

@@ -32,6 +32,24 @@ pub enum JournalError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("run journal {path}: a write failed: {source}")]
+    Commit {
+        path: String,
+        source: std::sync::Arc<rusqlite::Error>,
+    },
+    #[error("run journal {path} was written by a newer port-runner (schema version {version}; this build knows {known})")]
+    NewerSchema {
+        path: String,
+        version: i64,
+        known: usize,
+    },
+    #[error("run journal {path}: cannot start its writer thread: {source}")]
+    Thread {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("run journal {path}: its writer has stopped (the process is shutting down)")]
+    Stopped { path: String },
     #[error("run journal (PostgreSQL {target}): {message}")]
     Postgres { target: String, message: String },
     /// Another replica took the run over (this one lost its lease): it must not report it.

@@ -59,7 +59,7 @@ enum Op {
         run_id: String,
         action: String,
         invocation: String,
-        reply: oneshot::Sender<rusqlite::Result<bool>>,
+        reply: oneshot::Sender<Result<bool, WriteFailure>>,
     },
     Started(String, Committed),
     Requeue(String),
@@ -85,7 +85,9 @@ enum Op {
 }
 
 /// Told once the write is committed (or failed).
-type Committed = oneshot::Sender<bool>;
+/// A failed group commit, shared by every request that was in the group.
+type WriteFailure = Arc<rusqlite::Error>;
+type Committed = oneshot::Sender<Result<(), WriteFailure>>;
 
 /// The journal: a writer thread that commits whatever is waiting in one transaction
 /// (group commit), so many concurrent runs cost few commits.
@@ -142,12 +144,10 @@ impl SqliteJournal {
         // Each schema version once, in order; a journal from a newer build is refused.
         let schema = [SCHEMA_V1, SCHEMA_V2];
         if version > schema.len() as i64 {
-            return Err(JournalError::Sqlite {
+            return Err(JournalError::NewerSchema {
                 path: shown.clone(),
-                source: rusqlite::Error::InvalidParameterName(format!(
-                    "schema version {version} is newer than this build's ({})",
-                    schema.len()
-                )),
+                version,
+                known: schema.len(),
             });
         }
         for (i, sql) in schema.iter().enumerate().skip(version as usize) {
@@ -181,18 +181,18 @@ impl SqliteJournal {
                     }
                 }
             })
-            .map_err(|e| JournalError::Sqlite {
+            .map_err(|source| JournalError::Thread {
                 path: shown.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                source,
             })?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_path = shown.clone();
         std::thread::Builder::new()
             .name("run-journal".into())
             .spawn(move || writer(conn, rx, thread_path))
-            .map_err(|e| JournalError::Sqlite {
+            .map_err(|source| JournalError::Thread {
                 path: shown.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                source,
             })?;
         Ok(Self {
             tx,
@@ -203,9 +203,8 @@ impl SqliteJournal {
     }
 
     fn gone(&self) -> JournalError {
-        JournalError::Sqlite {
+        JournalError::Stopped {
             path: self.path.clone(),
-            source: rusqlite::Error::InvalidQuery,
         }
     }
 
@@ -249,13 +248,28 @@ impl SqliteJournal {
             invocation: serde_json::to_string(invocation).expect("invocations serialize"),
             reply,
         })?;
-        self.answer(answer).await
+        match answer.await {
+            Ok(Ok(inserted)) => Ok(inserted),
+            Ok(Err(source)) => Err(self.commit_failed(source)),
+            Err(_) => Err(self.gone()),
+        }
     }
 
-    async fn committed(&self, answer: oneshot::Receiver<bool>) -> Result<(), JournalError> {
+    async fn committed(
+        &self,
+        answer: oneshot::Receiver<Result<(), WriteFailure>>,
+    ) -> Result<(), JournalError> {
         match answer.await {
-            Ok(true) => Ok(()),
-            _ => Err(self.gone()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(self.commit_failed(source)),
+            Err(_) => Err(self.gone()),
+        }
+    }
+
+    fn commit_failed(&self, source: WriteFailure) -> JournalError {
+        JournalError::Commit {
+            path: self.path.clone(),
+            source,
         }
     }
 
@@ -489,16 +503,17 @@ fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, path: String)
                     let _ = reply.send(Ok(inserted));
                 }
                 for ack in acks {
-                    let _ = ack.send(true);
+                    let _ = ack.send(Ok(()));
                 }
             }
             Err(e) => {
                 tracing::error!(journal = %path, error = %e, "journal write failed");
+                let e = Arc::new(e);
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(rusqlite::Error::InvalidQuery));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 for ack in acks {
-                    let _ = ack.send(false);
+                    let _ = ack.send(Err(e.clone()));
                 }
             }
         }

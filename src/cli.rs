@@ -1,8 +1,15 @@
-//! The command line. `main.rs` parses it and hands each subcommand to its module.
+//! The command line, and the one definition of every setting.
+//!
+//! A setting is a clap argument with an environment variable: its id is its name (and its
+//! key in `port-runner.yaml`), and its flag, variable, default and help are written once,
+//! here. The configuration file ([`parse`]) becomes the arguments' defaults, so the order is
+//! flags, then the environment, then the file, then the built-in default; `config` and the
+//! README's table are read off the same definitions. Secrets are not arguments: they come
+//! from the environment only (`secret::SECRET_ENV`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "port-runner", version, about = "Runs Port self-service actions", long_about = None)]
@@ -14,6 +21,16 @@ pub struct Cli {
     /// Log format: `auto` is human-readable on a terminal and JSON otherwise.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     pub log_format: LogFormat,
+
+    /// Which log lines are shown, as a tracing filter (e.g. `debug`, `info,port_runner=debug`).
+    #[arg(
+        long = "log-filter",
+        id = "rust_log",
+        env = "RUST_LOG",
+        default_value = "info,actix_server=warn",
+        global = true
+    )]
+    pub rust_log: String,
 
     #[command(subcommand)]
     pub command: Command,
@@ -51,8 +68,12 @@ pub struct ApplyArgs {
     pub dir: PathBuf,
 
     /// Public URL of this runner's webhook (e.g. https://ab12.ngrok.app/webhook), put into the actions.
-    #[arg(long, env = "PORT_RUNNER_PUBLIC_URL")]
-    pub webhook_url: Option<String>,
+    #[arg(
+        long = "webhook-url",
+        id = "public_url",
+        env = "PORT_RUNNER_PUBLIC_URL"
+    )]
+    pub public_url: Option<String>,
 
     /// Print what would be created, updated or left unchanged (with the differing fields); write nothing.
     #[arg(long)]
@@ -104,7 +125,7 @@ pub struct BitbucketArgs {
     pub bitbucket_projects_filter: Vec<String>,
 
     /// Requests in flight to Bitbucket at once, across all projects and repositories.
-    #[arg(long, env = "BITBUCKET_CONCURRENCY", default_value_t = 32,
+    #[arg(long = "concurrency", id = "bitbucket_concurrency", env = "BITBUCKET_CONCURRENCY", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=512))]
     pub concurrency: u32,
 
@@ -172,6 +193,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: String,
+
+    /// This runner's public base URL (what `apply --webhook-url` writes into the actions), e.g.
+    /// https://ab12.ngrok.app/webhook.
+    #[arg(long, env = "PORT_RUNNER_PUBLIC_URL")]
+    pub public_url: Option<String>,
 
     /// Port credentials; without PORT_CLIENT_ID and PORT_CLIENT_SECRET: local mode.
     #[command(flatten)]
@@ -264,8 +290,13 @@ pub struct InvokeArgs {
     pub file: PathBuf,
 
     /// Base URL of the running server.
-    #[arg(long, env = "PORT_RUNNER_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    #[arg(
+        long = "url",
+        id = "runner_url",
+        env = "PORT_RUNNER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub runner_url: String,
 
     /// Where `serve` keeps its local-mode secret.
     #[arg(long, env = "PORT_RUNNER_DATA_DIR", default_value = "./data")]
@@ -282,4 +313,288 @@ pub struct InvokeArgs {
     /// How long to follow the run before giving up.
     #[arg(long, default_value_t = 300)]
     pub wait_secs: u64,
+}
+
+/// The configuration file read when `--config` / `PORT_RUNNER_CONFIG` name none.
+pub const DEFAULT_CONFIG_FILE: &str = "port-runner.yaml";
+
+/// Keys of earlier versions, still read, under their current names.
+const RENAMED_KEYS: [(&str, &str); 1] = [("admin_url", "runner_url")];
+
+/// What the configuration file gave: its path and its settings, by id.
+#[derive(Debug, Default, Clone)]
+pub struct FileLayer {
+    pub path: Option<PathBuf>,
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+/// Why the command line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Bad flags, `--help`, `--version`: clap prints and exits.
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error("configuration file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// One setting as defined here: what `config`, the file layer and the README test read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The name, and the key in the configuration file.
+    pub id: String,
+    pub flag: Option<String>,
+    pub env: String,
+    pub default: Option<String>,
+    pub help: String,
+}
+
+/// Every setting of `serve` and the other commands (arguments with an environment
+/// variable), each once, in definition order.
+pub fn settings() -> Vec<Setting> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut out: Vec<Setting> = Vec::new();
+    for arg in std::iter::once(&cmd)
+        .chain(cmd.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+    {
+        let Some(env) = arg.get_env() else { continue };
+        let id = arg.get_id().as_str();
+        if id == "config" || out.iter().any(|s| s.id == id) {
+            continue;
+        }
+        out.push(Setting {
+            id: id.to_owned(),
+            flag: arg.get_long().map(|l| format!("--{l}")),
+            env: env.to_string_lossy().into_owned(),
+            default: (!arg.get_default_values().is_empty()).then(|| {
+                arg.get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            help: arg.get_help().map(|h| h.to_string()).unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// Parses `args` with the configuration file under the environment: `--config PATH` (or
+/// `PORT_RUNNER_CONFIG`), else `./port-runner.yaml` when it exists.
+pub fn parse(
+    args: Vec<std::ffi::OsString>,
+) -> Result<(Cli, clap::ArgMatches, FileLayer), ParseError> {
+    use clap::FromArgMatches as _;
+    // First without the file, to learn where it is (and to answer --help, --version and
+    // bad flags as clap does).
+    let first = Cli::try_parse_from(&args)?;
+    let path = match first.config {
+        Some(path) => Some(path),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+    };
+    let file = match path {
+        Some(path) => FileLayer {
+            values: read_config_file(&path)?,
+            path: Some(path),
+        },
+        None => FileLayer::default(),
+    };
+    let matches = with_defaults(Cli::command(), &file.values).try_get_matches_from(&args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, matches, file))
+}
+
+/// The file's values as the arguments' defaults (flags and the environment win over them).
+fn with_defaults(
+    mut cmd: clap::Command,
+    values: &std::collections::BTreeMap<String, String>,
+) -> clap::Command {
+    for (id, value) in values {
+        let has = |c: &clap::Command| {
+            c.get_arguments()
+                .any(|a| a.get_id() == id.as_str() && a.get_env().is_some())
+        };
+        if has(&cmd) {
+            cmd = cmd.mut_arg(id, |a| a.default_value(value.clone()));
+        }
+        let subcommands: Vec<String> = cmd
+            .get_subcommands()
+            .filter(|c| has(c))
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        for name in subcommands {
+            cmd = cmd.mut_subcommand(name, |c| c.mut_arg(id, |a| a.default_value(value.clone())));
+        }
+    }
+    cmd
+}
+
+/// Reads a configuration file into settings by id. Keys are the settings' names (as
+/// `port-runner config` prints them); lists become comma-separated; secrets are refused.
+pub fn read_config_file(
+    path: &Path,
+) -> Result<std::collections::BTreeMap<String, String>, ParseError> {
+    let bad = |message: String| ParseError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
+            Some(at) => bad(format!("line {}, column {}: {e}", at.line(), at.column())),
+            None => bad(e.to_string()),
+        })?;
+    let map = match value {
+        serde_yaml_ng::Value::Null => return Ok(Default::default()),
+        serde_yaml_ng::Value::Mapping(map) => map,
+        _ => return Err(bad("expected a mapping of settings".into())),
+    };
+    let known = settings();
+    let mut out = std::collections::BTreeMap::new();
+    for (key, value) in map {
+        let key = key
+            .as_str()
+            .ok_or_else(|| bad("keys must be strings".into()))?
+            .to_owned();
+        let upper = key.to_ascii_uppercase();
+        if ["SECRET", "PASSWORD", "TOKEN"]
+            .iter()
+            .any(|w| upper.contains(w))
+            || crate::secret::is_secret_env(&upper)
+        {
+            return Err(bad(format!(
+                "'{key}' looks like a secret: secrets come from the environment only"
+            )));
+        }
+        let id = RENAMED_KEYS
+            .iter()
+            .find(|(old, _)| *old == key)
+            .map_or(key.as_str(), |(_, new)| new);
+        if !known.iter().any(|s| s.id == id) {
+            let names: Vec<&str> = known.iter().map(|s| s.id.as_str()).collect();
+            return Err(bad(format!(
+                "unknown key '{key}'; known keys: {}",
+                names.join(", ")
+            )));
+        }
+        let text = match value {
+            serde_yaml_ng::Value::String(s) => s,
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            serde_yaml_ng::Value::Bool(b) => b.to_string(),
+            serde_yaml_ng::Value::Sequence(items) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad(format!("'{key}' must list strings")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            _ => {
+                return Err(bad(format!(
+                    "'{key}' must be a string, number, boolean or list"
+                )))
+            }
+        };
+        out.insert(id.to_owned(), text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse_in(dir: &Path, file: &str, argv: &[&str]) -> Result<Cli, ParseError> {
+        let path = dir.join("port-runner.yaml");
+        std::fs::write(&path, file).unwrap();
+        let mut args = vec!["port-runner", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(argv);
+        parse(args.into_iter().map(Into::into).collect()).map(|(cli, _, _)| cli)
+    }
+
+    fn serve(cli: Cli) -> ServeArgs {
+        match cli.command {
+            Command::Serve(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_setting_can_come_from_the_file_lists_and_flags_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = serve(
+            parse_in(
+                dir.path(),
+                "listen: 127.0.0.1:9000\nno_journal: true\nbitbucket_projects_filter: [PAY, OPS]\npublic_url: https://x.example\n",
+                &["serve"],
+            )
+            .unwrap(),
+        );
+        assert_eq!(args.listen, "127.0.0.1:9000");
+        assert!(args.no_journal, "no_journal is a setting like the others");
+        assert_eq!(args.bitbucket.bitbucket_projects_filter, ["PAY", "OPS"]);
+        assert_eq!(args.public_url.as_deref(), Some("https://x.example"));
+        let args = serve(
+            parse_in(
+                dir.path(),
+                "listen: 127.0.0.1:9000\n",
+                &["serve", "--listen", "[::1]:1"],
+            )
+            .unwrap(),
+        );
+        assert_eq!(args.listen, "[::1]:1", "a flag wins over the file");
+    }
+
+    #[test]
+    fn a_config_file_refuses_secrets_typos_and_bad_yaml_and_reads_old_key_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |file: &str| {
+            parse_in(dir.path(), file, &["serve"])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("port_client_secret: hunter2\n").contains("secrets come from the environment only")
+        );
+        assert!(
+            err("database_url: postgres://x\n").contains("secrets come from the environment only")
+        );
+        assert!(err("lisen: x\n").contains("unknown key 'lisen'; known keys: log_format,"));
+        assert!(err("listen: [unclosed\n").contains("line 2"));
+        let cli = parse_in(dir.path(), "admin_url: http://h:1\n", &["invoke", "f.json"]).unwrap();
+        let Command::Invoke(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.runner_url, "http://h:1");
+    }
+
+    #[test]
+    fn each_setting_has_one_variable_and_one_id() {
+        let all = settings();
+        let mut envs: Vec<&str> = all.iter().map(|s| s.env.as_str()).collect();
+        envs.sort();
+        let before = envs.len();
+        envs.dedup();
+        assert_eq!(
+            before,
+            envs.len(),
+            "a variable names two settings: {all:#?}"
+        );
+        for s in &all {
+            assert!(
+                !crate::secret::is_secret_env(&s.env),
+                "{} is a secret",
+                s.env
+            );
+            assert!(!s.help.is_empty(), "{} has no help", s.id);
+        }
+    }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::apply::apply;
-use crate::cli::{ApplyArgs, ServeArgs, ValidateArgs};
+use clap::{ArgMatches, CommandFactory as _};
+
+use crate::cli::{ApplyArgs, Cli, FileLayer, ServeArgs, ValidateArgs};
 use crate::config::port_config;
 use crate::definitions::{check_port_yaml, load_file, Definition, Definitions, FileProblem};
 use crate::handlers::{load_definitions, DefinitionContext, HandlerRegistry, PulumiSettings};
@@ -27,7 +29,7 @@ pub fn served_actions(actions_dir: &Path) -> (Vec<String>, Vec<FileProblem>) {
     known.push("gitops_sync".into());
     let mut problems = Vec::new();
     // Only compiled here (from_env creates nothing).
-    let pulumi = match PulumiSettings::from_env(actions_dir, |_| None) {
+    let pulumi = match PulumiSettings::from_env(actions_dir, "pulumi".into(), |_| None) {
         Ok(pulumi) => pulumi,
         Err(e) => {
             let problem = FileProblem {
@@ -66,7 +68,7 @@ pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         &defs,
         load_problems,
         &known,
-        args.webhook_url.as_deref(),
+        args.public_url.as_deref(),
         args.dry_run,
     )
     .await?;
@@ -175,84 +177,61 @@ fn check_single(def: Definition, blueprints: &[Definition], known: &[&str]) -> V
         .collect()
 }
 
-/// Prints `serve`'s effective configuration, secrets masked.
-pub fn config_command(args: ServeArgs) -> ExitCode {
-    let b = &args.bitbucket;
-    let rows: Vec<(&str, String)> = vec![
-        ("listen (LISTEN_ADDR)", args.listen.clone()),
-        (
-            "port_client_id (PORT_CLIENT_ID)",
-            args.port
-                .port_client_id
-                .clone()
-                .unwrap_or_else(|| "unset: local mode".into()),
-        ),
-        (
-            "port_api_url (PORT_API_URL)",
-            args.port.port_api_url.clone(),
-        ),
-        (
-            "data_dir (PORT_RUNNER_DATA_DIR)",
-            args.data_dir.display().to_string(),
-        ),
-        (
-            "blueprints_dir (PORT_RUNNER_BLUEPRINTS_DIR)",
-            args.blueprints_dir.display().to_string(),
-        ),
-        ("max_concurrent_runs", args.max_concurrent_runs.to_string()),
-        ("max_queued_runs", args.max_queued_runs.to_string()),
-        ("run_timeout_secs", args.run_timeout_secs.to_string()),
-        ("shutdown_grace_secs", args.shutdown_grace_secs.to_string()),
-        ("max_body_bytes", args.max_body_bytes.to_string()),
-        (
-            "signature_tolerance_secs",
-            args.signature_tolerance_secs.to_string(),
-        ),
-        ("http_workers", args.http_workers.to_string()),
-        (
-            "bitbucket_host (BITBUCKET_HOST)",
-            b.bitbucket_host
-                .clone()
-                .unwrap_or_else(|| "unset: GitOps off".into()),
-        ),
-        (
-            "bitbucket_username",
-            b.bitbucket_username.clone().unwrap_or_default(),
-        ),
-        (
-            "bitbucket_projects_filter",
-            b.bitbucket_projects_filter.join(","),
-        ),
-        ("bitbucket_concurrency", b.concurrency.to_string()),
-        (
-            "bitbucket_file_api",
-            format!("{:?}", b.bitbucket_file_api).to_lowercase(),
-        ),
-        ("actions_dir", args.actions_dir.display().to_string()),
-        ("pulumi_bin", args.pulumi_bin.clone()),
-        (
-            "journal",
-            match (std::env::var("DATABASE_URL"), args.no_journal) {
-                (Ok(url), _) if !url.is_empty() => "PostgreSQL (DATABASE_URL)".into(),
-                (_, true) => "none: runs in memory only (--no-journal)".into(),
-                _ => format!(
-                    "SQLite in {}",
-                    args.data_dir.join("journal.sqlite3").display()
-                ),
-            },
-        ),
-        (
-            "replica_id",
-            args.replica_id
-                .clone()
-                .unwrap_or_else(|| "host name + random (default)".into()),
-        ),
-        ("lease_secs", args.lease_secs.to_string()),
-        ("retain_days", args.retain_days.to_string()),
-    ];
-    for (key, value) in rows {
-        println!("{key}: {value}");
+/// Prints `serve`'s effective configuration: every setting with its value and where the
+/// value came from (flag, environment, file, default), what it implies, and the secrets as
+/// set or unset only.
+pub fn config_command(args: &ServeArgs, matches: &ArgMatches, file: &FileLayer) -> ExitCode {
+    use clap::parser::ValueSource;
+    let given = matches.subcommand_matches("config").unwrap_or(matches);
+    if let Some(path) = &file.path {
+        println!("# configuration file: {}", path.display());
     }
+    // What an unset optional setting means.
+    let unset = |id: &str| match id {
+        "port_client_id" => "unset: local mode",
+        "bitbucket_host" => "unset: GitOps off",
+        "replica_id" => "unset: host name + random",
+        _ => "unset",
+    };
+    let mut cmd = Cli::command();
+    cmd.build();
+    let config = cmd
+        .find_subcommand("config")
+        .expect("the config subcommand exists");
+    for arg in config.get_arguments() {
+        let (Some(env), id) = (arg.get_env(), arg.get_id().as_str()) else {
+            continue;
+        };
+        if id == "config" {
+            continue;
+        }
+        let value = given.get_raw(id).map(|values| {
+            values
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let source = match given.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag".to_owned(),
+            Some(ValueSource::EnvVariable) => format!("env {}", env.to_string_lossy()),
+            Some(ValueSource::DefaultValue) if file.values.contains_key(id) => "file".into(),
+            Some(ValueSource::DefaultValue) => "default".into(),
+            _ => "-".into(),
+        };
+        match value {
+            Some(value) => println!("{id}: {value}  ({source})"),
+            None => println!("{id}: {}", unset(id)),
+        }
+    }
+    let journal = match (std::env::var("DATABASE_URL"), args.no_journal) {
+        (Ok(url), _) if !url.is_empty() => "PostgreSQL (DATABASE_URL)".into(),
+        (_, true) => "none: runs in memory only (--no-journal)".into(),
+        _ => format!(
+            "SQLite in {}",
+            args.data_dir.join("journal.sqlite3").display()
+        ),
+    };
+    println!("journal: {journal}");
     for (name, _) in SECRET_ENV {
         let state = match std::env::var(name) {
             Ok(v) if !v.is_empty() => "set (****)",

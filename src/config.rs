@@ -4,15 +4,18 @@
 //! `PORT_CLIENT_SECRET` selects Port mode; having neither selects local mode; having one
 //! of them is a mistake worth refusing to start over.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bitbucket::{BitbucketAuth, BitbucketConfig, FileApi};
 use crate::cli::{BitbucketArgs, FileApiArg, PortArgs, ServeArgs};
+use crate::handlers::{PulumiSettings, PULUMI_ENV};
 use crate::http::RetryPolicy as HttpRetryPolicy;
 use crate::port::{PortConfig, RetryPolicy};
 use crate::runs::RunnerConfig;
+use crate::secret::Secret;
 
 /// Where run reports go.
 #[derive(Debug, Clone)]
@@ -20,7 +23,7 @@ pub enum Mode {
     /// Report to Port; the client secret also signs webhooks.
     Port(PortConfig),
     /// Keep everything locally; `secret` signs webhooks.
-    Local { secret: String },
+    Local { secret: Secret },
 }
 
 /// GitOps: where Bitbucket is and what to sync by default.
@@ -29,7 +32,7 @@ pub struct GitOpsSettings {
     pub bitbucket: BitbucketConfig,
     pub projects_filter: Vec<String>,
     /// Key of `X-Hub-Signature` on the push webhook; `None` turns the route off.
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
 }
 
 impl GitOpsSettings {
@@ -75,7 +78,7 @@ impl GitOpsSettings {
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
                 .collect(),
-            webhook_secret: non_empty("BITBUCKET_WEBHOOK_SECRET"),
+            webhook_secret: non_empty("BITBUCKET_WEBHOOK_SECRET").map(Secret::new),
         }))
     }
 }
@@ -84,7 +87,7 @@ impl GitOpsSettings {
 pub struct Settings {
     pub listen: String,
     pub mode: Mode,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub data_dir: PathBuf,
     pub runner: RunnerConfig,
     pub shutdown_grace: Duration,
@@ -107,6 +110,8 @@ pub struct Settings {
     pub retain: Duration,
     /// The Pulumi CLI the `pulumi` handlers run (`pulumi` on PATH by default).
     pub pulumi_bin: String,
+    /// Pulumi's own variables (`PULUMI_BACKEND_URL`, …) as the environment had them.
+    pub pulumi_env: BTreeMap<String, Secret>,
     /// A PostgreSQL journal shared by replicas (`DATABASE_URL`); wins over `journal`.
     pub database: Option<DatabaseSettings>,
 }
@@ -145,8 +150,6 @@ pub enum ConfigError {
     Empty { name: &'static str },
     #[error("{0}")]
     Bitbucket(String),
-    #[error("configuration file {path}: {message}")]
-    File { path: String, message: String },
     #[error("cannot use data dir {path}: {source}")]
     DataDir {
         path: String,
@@ -177,6 +180,7 @@ impl Settings {
             journal: None,
             retain: Duration::from_secs(14 * 24 * 3600),
             pulumi_bin: "pulumi".into(),
+            pulumi_env: BTreeMap::new(),
             database: None,
         }
     }
@@ -200,8 +204,8 @@ impl Settings {
             Some(config) => Mode::Port(config),
             None => Mode::Local {
                 secret: match non_empty("PORT_RUNNER_LOCAL_SECRET")? {
-                    Some(secret) => secret,
-                    None => load_or_create_local_secret(&args.data_dir)?,
+                    Some(secret) => secret.into(),
+                    None => load_or_create_local_secret(&args.data_dir)?.into(),
                 },
             },
         };
@@ -214,7 +218,7 @@ impl Settings {
             journal: (!args.no_journal).then(|| args.data_dir.join("journal.sqlite3")),
             retain: Duration::from_secs(args.retain_days.saturating_mul(24 * 3600)),
             mode,
-            admin_token: non_empty("PORT_RUNNER_ADMIN_TOKEN")?,
+            admin_token: non_empty("PORT_RUNNER_ADMIN_TOKEN")?.map(Secret::new),
             data_dir: args.data_dir.clone(),
             runner: RunnerConfig {
                 max_concurrent_runs: args.max_concurrent_runs as usize,
@@ -227,12 +231,23 @@ impl Settings {
             signature_tolerance: Duration::from_secs(args.signature_tolerance_secs),
             http_workers: args.http_workers as usize,
             pulumi_bin: args.pulumi_bin.clone(),
+            pulumi_env: PULUMI_ENV
+                .iter()
+                .filter_map(|name| env(name).map(|v| ((*name).to_owned(), Secret::new(v))))
+                .collect(),
             database: non_empty("DATABASE_URL")?.map(|url| DatabaseSettings {
                 url,
                 replica: args.replica_id.clone().unwrap_or_else(default_replica_id),
                 lease: Duration::from_secs(args.lease_secs.max(3)),
             }),
             ..Self::local("")
+        })
+    }
+
+    /// How the Pulumi handlers reach Pulumi, for this data dir and environment.
+    pub fn pulumi(&self) -> std::io::Result<PulumiSettings> {
+        PulumiSettings::from_env(&self.data_dir, self.pulumi_bin.clone(), |name| {
+            self.pulumi_env.get(name).map(|v| v.expose().to_owned())
         })
     }
 
@@ -243,45 +258,11 @@ impl Settings {
     /// The key webhooks are signed with.
     pub fn webhook_secret(&self) -> &str {
         match &self.mode {
-            Mode::Port(port) => &port.client_secret,
-            Mode::Local { secret } => secret,
+            Mode::Port(port) => port.client_secret.expose(),
+            Mode::Local { secret } => secret.expose(),
         }
     }
 }
-
-/// Keys of the optional configuration file and the environment variables they stand for.
-/// The environment wins over the file; secrets are not allowed in the file.
-const FILE_KEYS: [(&str, &str); 26] = [
-    ("listen", "LISTEN_ADDR"),
-    ("port_client_id", "PORT_CLIENT_ID"),
-    ("port_api_url", "PORT_API_URL"),
-    ("data_dir", "PORT_RUNNER_DATA_DIR"),
-    ("blueprints_dir", "PORT_RUNNER_BLUEPRINTS_DIR"),
-    ("actions_dir", "PORT_RUNNER_ACTIONS_DIR"),
-    ("public_url", "PORT_RUNNER_PUBLIC_URL"),
-    ("max_concurrent_runs", "PORT_RUNNER_MAX_CONCURRENT_RUNS"),
-    ("max_queued_runs", "PORT_RUNNER_MAX_QUEUED_RUNS"),
-    ("run_timeout_secs", "PORT_RUNNER_RUN_TIMEOUT_SECS"),
-    ("shutdown_grace_secs", "PORT_RUNNER_SHUTDOWN_GRACE_SECS"),
-    ("max_body_bytes", "PORT_RUNNER_MAX_BODY_BYTES"),
-    (
-        "signature_tolerance_secs",
-        "PORT_RUNNER_SIGNATURE_TOLERANCE_SECS",
-    ),
-    ("http_workers", "PORT_RUNNER_HTTP_WORKERS"),
-    ("retain_days", "PORT_RUNNER_RETAIN_DAYS"),
-    ("replica_id", "PORT_RUNNER_REPLICA_ID"),
-    ("lease_secs", "PORT_RUNNER_LEASE_SECS"),
-    ("pulumi_bin", "PORT_RUNNER_PULUMI_BIN"),
-    ("log_format", "LOG_FORMAT"),
-    ("bitbucket_host", "BITBUCKET_HOST"),
-    ("bitbucket_username", "BITBUCKET_USERNAME"),
-    ("bitbucket_projects_filter", "BITBUCKET_PROJECTS_FILTER"),
-    ("bitbucket_concurrency", "BITBUCKET_CONCURRENCY"),
-    ("bitbucket_file_api", "BITBUCKET_FILE_API"),
-    ("rust_log", "RUST_LOG"),
-    ("admin_url", "PORT_RUNNER_URL"),
-];
 
 /// A replica name unique to this process: the host name (a pod's name) and a random part.
 fn default_replica_id() -> String {
@@ -291,75 +272,6 @@ fn default_replica_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "replica".into());
     format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-}
-
-/// The default configuration file, read when present.
-pub const DEFAULT_CONFIG_FILE: &str = "port-runner.yaml";
-
-/// Reads a configuration file into `(environment variable, value)` pairs.
-///
-/// Keys are the lower-case names above; lists (the projects filter) become comma-separated.
-pub fn read_config_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
-    let shown = path.display().to_string();
-    let bad = |message: String| ConfigError::File {
-        path: shown.clone(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let value: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
-            Some(at) => bad(format!("line {}, column {}: {e}", at.line(), at.column())),
-            None => bad(e.to_string()),
-        })?;
-    let map = match value {
-        serde_yaml_ng::Value::Null => return Ok(Vec::new()),
-        serde_yaml_ng::Value::Mapping(map) => map,
-        _ => return Err(bad("expected a mapping of settings".into())),
-    };
-    let mut out = Vec::new();
-    for (key, value) in map {
-        let key = key
-            .as_str()
-            .ok_or_else(|| bad("keys must be strings".into()))?
-            .to_owned();
-        let env_name = key.to_ascii_uppercase();
-        if ["SECRET", "PASSWORD", "TOKEN"]
-            .iter()
-            .any(|w| env_name.contains(w))
-        {
-            return Err(bad(format!(
-                "'{key}' looks like a secret: secrets come from the environment only"
-            )));
-        }
-        let Some((_, env)) = FILE_KEYS.iter().find(|(k, _)| *k == key) else {
-            let known: Vec<&str> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
-            return Err(bad(format!(
-                "unknown key '{key}'; known keys: {}",
-                known.join(", ")
-            )));
-        };
-        let text = match value {
-            serde_yaml_ng::Value::String(s) => s,
-            serde_yaml_ng::Value::Number(n) => n.to_string(),
-            serde_yaml_ng::Value::Bool(b) => b.to_string(),
-            serde_yaml_ng::Value::Sequence(items) => items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| bad(format!("'{key}' must list strings")))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .join(","),
-            _ => {
-                return Err(bad(format!(
-                    "'{key}' must be a string, number, boolean or list"
-                )))
-            }
-        };
-        out.push((*env, text));
-    }
-    Ok(out)
 }
 
 /// Port's configuration when both `PORT_CLIENT_ID` and `PORT_CLIENT_SECRET` are set, `None`
@@ -381,7 +293,7 @@ pub fn port_config(
         (Some(client_id), Some(client_secret)) => Ok(Some(PortConfig {
             api_url: args.port_api_url.clone(),
             client_id,
-            client_secret,
+            client_secret: client_secret.into(),
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(30),
         })),
@@ -455,39 +367,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn a_config_file_maps_to_environment_names_and_refuses_secrets_and_typos() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("port-runner.yaml");
-        std::fs::write(&path, "listen: 127.0.0.1:9000\nmax_concurrent_runs: 8\nbitbucket_projects_filter: [PAY, OPS]\n").unwrap();
-        let pairs = read_config_file(&path).unwrap();
-        assert_eq!(
-            pairs,
-            vec![
-                ("LISTEN_ADDR", "127.0.0.1:9000".to_owned()),
-                ("PORT_RUNNER_MAX_CONCURRENT_RUNS", "8".to_owned()),
-                ("BITBUCKET_PROJECTS_FILTER", "PAY,OPS".to_owned()),
-            ]
-        );
-        std::fs::write(&path, "port_client_secret: hunter2\n").unwrap();
-        let err = read_config_file(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("secrets come from the environment only"),
-            "{err}"
-        );
-        std::fs::write(&path, "lisen: x\n").unwrap();
-        let err = read_config_file(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("unknown key 'lisen'; known keys: listen,"),
-            "{err}"
-        );
-        std::fs::write(&path, "listen: [unclosed\n").unwrap();
-        assert!(read_config_file(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("line 2"));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<InvokeOutcome> {
     let secret = signing_secret(&args)?;
     let raw = serde_json::to_vec(&body)?;
     let timestamp = timestamp_now();
-    let base = args.url.trim_end_matches('/');
+    let base = args.runner_url.trim_end_matches('/');
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

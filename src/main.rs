@@ -1,32 +1,31 @@
-//! The `port-runner` binary: read the optional configuration file, parse the command line,
+//! The `port-runner` binary: parse the command line (with the optional configuration file),
 //! hand off to the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use port_runner::cli::{Cli, Command, ServeArgs};
+use port_runner::cli::{self, Command, ParseError, ServeArgs};
 use port_runner::commands;
-use port_runner::config::{
-    local_secret_path, read_config_file, Mode, Settings, DEFAULT_CONFIG_FILE,
-};
+use port_runner::config::{local_secret_path, Mode, Settings};
 use port_runner::handlers::HandlerRegistry;
 use port_runner::invoke::{self, InvokeOutcome};
 use port_runner::server::Application;
 use port_runner::telemetry;
 
 fn main() -> ExitCode {
-    // The configuration file sits under the environment: its values become defaults of
-    // unset variables, before any thread exists (so setting them is race-free).
-    if let Err(e) = load_config_file() {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(2);
-    }
-    let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The configuration file becomes the arguments' defaults: flags, then the environment,
+    // then the file, then the built-in defaults. Nothing is written to the environment.
+    let (cli, matches, file) = match cli::parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(cli.log_format, &cli.rust_log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,44 +46,13 @@ fn main() -> ExitCode {
             Command::Sync(args) => port_runner::sync_cli::run(args).await,
             Command::Apply(args) => commands::apply_command(args).await,
             Command::Validate(args) => commands::validate_command(args),
-            Command::ShowConfig(args) => Ok(commands::config_command(args)),
+            Command::ShowConfig(args) => Ok(commands::config_command(&args, &matches, &file)),
         }
     });
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
-}
-
-/// `--config PATH` / `PORT_RUNNER_CONFIG`, else `./port-runner.yaml` when it exists.
-fn load_config_file() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let explicit = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| {
-            args.iter()
-                .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
-        })
-        .or_else(|| {
-            std::env::var("PORT_RUNNER_CONFIG")
-                .ok()
-                .filter(|v| !v.is_empty())
-        });
-    let path = match explicit {
-        Some(path) => PathBuf::from(path),
-        None if std::path::Path::new(DEFAULT_CONFIG_FILE).is_file() => {
-            PathBuf::from(DEFAULT_CONFIG_FILE)
-        }
-        None => return Ok(()),
-    };
-    for (name, value) in read_config_file(&path)? {
-        if std::env::var_os(name).is_none() {
-            std::env::set_var(name, value);
-        }
-    }
-    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -20,13 +20,12 @@ use crate::core::{Masker, RunRegistry, Sink};
 use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter};
 use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine};
 use crate::handlers::HandlerRegistry;
-use crate::handlers::{
-    load_definitions, ActionInputs, DefinitionContext, GitOpsHandler, PulumiSettings,
-};
+use crate::handlers::{load_definitions, ActionInputs, DefinitionContext, GitOpsHandler};
 use crate::invocation::InputKey;
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{Runner, RunnerConfig};
+use crate::secret::Secret;
 use crate::store::Journal;
 use crate::tool::Locks;
 use crate::webhook::bitbucket::PushHook;
@@ -105,7 +104,10 @@ impl Application {
             ),
             metrics,
             port,
-            admin: AdminAccess::new(settings.admin_token.as_deref(), settings.is_local()),
+            admin: AdminAccess::new(
+                settings.admin_token.as_ref().map(Secret::expose),
+                settings.is_local(),
+            ),
             max_body_bytes: settings.max_body_bytes,
             rt: Handle::current(),
             push_hook: gitops.push_hook,
@@ -233,9 +235,9 @@ fn register_handlers(
         Some(shared) => Locks::global(shared.clone()),
         None => Locks::new(),
     };
-    let mut pulumi = PulumiSettings::from_env(&settings.data_dir, |name| std::env::var(name).ok())
+    let pulumi = settings
+        .pulumi()
         .map_err(|e| StartError::Pulumi(e.to_string()))?;
-    pulumi.program = settings.pulumi_bin.clone();
     let definitions = load_definitions(
         &settings.actions_dir.join("handlers"),
         &DefinitionContext {
@@ -265,8 +267,8 @@ fn process_masker(settings: &Settings) -> Masker {
     Masker::new(
         [
             Some(settings.webhook_secret().to_owned()),
-            settings.admin_token.clone(),
-            gitops.and_then(|g| g.webhook_secret.clone()),
+            settings.admin_token.as_ref().map(|s| s.expose().to_owned()),
+            gitops.and_then(|g| g.webhook_secret.as_ref().map(|s| s.expose().to_owned())),
             gitops.map(|g| match &g.bitbucket.auth {
                 BitbucketAuth::Basic { password, .. } => password.clone(),
                 BitbucketAuth::Bearer(token) => token.clone(),

@@ -1,4 +1,4 @@
-//! Logging: `RUST_LOG` filters; human-readable on a terminal, JSON elsewhere or on request.
+//! Logging: the `rust_log` setting (`RUST_LOG`) filters; human-readable on a terminal, JSON elsewhere or on request.
 //! Run-level spans carry `run_id` and `action`, so every line of a run names both.
 
 use std::io::IsTerminal;
@@ -7,9 +7,13 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"));
+/// `filter` is the `rust_log` setting (`RUST_LOG`, `--log-filter`, the file); one that does
+/// not parse falls back to `info` and says so.
+pub fn init(format: LogFormat, filter: &str) {
+    let (filter, bad) = match EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e)),
+    };
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Human => false,
@@ -28,4 +32,7 @@ pub fn init(format: LogFormat) {
     } else {
         builder.try_init()
     };
+    if let Some(e) = bad {
+        tracing::warn!(error = %e, "the log filter (RUST_LOG) does not parse; using info");
+    }
 }

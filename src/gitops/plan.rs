@@ -331,3 +331,250 @@ pub(super) fn owner_index(state: &SyncState) -> HashMap<Key, (String, Option<Str
     }
     index
 }
+
+#[cfg(test)]
+mod tests {
+    //! The planner decides what is deleted from a customer's catalog: each case below is a
+    //! situation a real sync meets, with what must be written and what must be deleted.
+
+    use super::*;
+    use crate::gitops::report::ProblemKind;
+    use crate::gitops::state::{Owned, RepoState};
+    use serde_json::json;
+
+    /// What the record says a repository owns: `(file, entities)`.
+    fn owned(file: Option<&str>, ids: &[&str]) -> RepoState {
+        RepoState {
+            file: file.map(str::to_owned),
+            content_sha: Some("old".into()),
+            commit: None,
+            entities: ids
+                .iter()
+                .map(|id| Owned {
+                    blueprint: "service".into(),
+                    identifier: (*id).to_owned(),
+                    hash: Some("old-hash".into()),
+                })
+                .collect(),
+        }
+    }
+
+    fn file(text: &str) -> Scan {
+        Scan::File {
+            name: "port.yaml".into(),
+            text: text.into(),
+            sha: "new".into(),
+        }
+    }
+
+    fn entities(ids: &[&str]) -> Scan {
+        file(
+            &ids.iter()
+                .map(|id| format!("- {{identifier: {id}, title: {id}, blueprint: service}}\n"))
+                .collect::<String>(),
+        )
+    }
+
+    struct Case {
+        name: &'static str,
+        record: Vec<(&'static str, RepoState)>,
+        scans: Vec<(&'static str, Scan)>,
+        writes: Vec<&'static str>,
+        deletes: Vec<(&'static str, &'static str)>,
+        problems: Vec<ProblemKind>,
+    }
+
+    fn plan(case: &Case) -> (Plan, SyncReport) {
+        let state = SyncState {
+            version: 1,
+            repos: case
+                .record
+                .iter()
+                .map(|(r, s)| ((*r).to_owned(), s.clone()))
+                .collect(),
+        };
+        let scans: BTreeMap<String, Scan> = case
+            .scans
+            .iter()
+            .map(|(r, s)| ((*r).to_owned(), s.clone()))
+            .collect();
+        let mut report = SyncReport::default();
+        let (mut plans, parsed) = classify(&scans, &mut report);
+        let service =
+            Blueprint::from_port(&json!({"identifier": "service", "schema": {"properties": {}}}))
+                .unwrap();
+        let known: Known = parsed
+            .iter()
+            .flat_map(|(_, _, items)| items.iter())
+            .filter_map(|e| e.value.get("blueprint").and_then(Value::as_str))
+            .map(|b| {
+                let found = (b == "service").then(|| service.clone());
+                (b.to_owned(), Ok(found))
+            })
+            .collect();
+        let declared = validate(parsed, &known, &mut plans, &mut report);
+        let plan = plan_changes(&state, &scans, plans, declared, false, &mut report);
+        (plan, report)
+    }
+
+    #[test]
+    fn the_planner_deletes_only_what_a_file_no_longer_declares() {
+        let cases = [
+            Case {
+                name: "file removed: its entities go",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x", "y"]))],
+                scans: vec![(
+                    "P/a",
+                    Scan::NoFile {
+                        commit: Some("c1".into()),
+                    },
+                )],
+                writes: vec![],
+                deletes: vec![("P/a", "x"), ("P/a", "y")],
+                problems: vec![],
+            },
+            Case {
+                name: "repository gone: its entities go",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x"]))],
+                scans: vec![("P/a", Scan::Gone)],
+                writes: vec![],
+                deletes: vec![("P/a", "x")],
+                problems: vec![],
+            },
+            Case {
+                name: "entity removed from a list: only it goes",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x", "y"]))],
+                scans: vec![("P/a", entities(&["x"]))],
+                writes: vec!["x"],
+                deletes: vec![("P/a", "y")],
+                problems: vec![],
+            },
+            Case {
+                name: "repository unreadable: nothing deleted",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x", "y"]))],
+                scans: vec![("P/a", Scan::Failed("503".into()))],
+                writes: vec![],
+                deletes: vec![],
+                problems: vec![ProblemKind::ReadFailed],
+            },
+            Case {
+                name: "file unparsable: nothing deleted",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x", "y"]))],
+                scans: vec![("P/a", file("- {identifier: x, title: [unclosed\n"))],
+                writes: vec![],
+                deletes: vec![],
+                problems: vec![ProblemKind::Rejected],
+            },
+            Case {
+                name: "an invalid entity still counts as declared: not deleted",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x"]))],
+                scans: vec![("P/a", file("- {identifier: x, blueprint: service}\n"))],
+                writes: vec![],
+                deletes: vec![],
+                problems: vec![ProblemKind::Rejected],
+            },
+            Case {
+                name: "two files claim one entity: the owner keeps it, the other is reported",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x"]))],
+                scans: vec![("P/a", entities(&["x"])), ("P/b", entities(&["x"]))],
+                writes: vec!["x"],
+                deletes: vec![],
+                problems: vec![ProblemKind::Conflict],
+            },
+            Case {
+                name: "a new entity claimed by two new files: the first repository wins",
+                record: vec![],
+                scans: vec![("P/b", entities(&["x"])), ("P/a", entities(&["x"]))],
+                writes: vec!["x"],
+                deletes: vec![],
+                problems: vec![ProblemKind::Conflict],
+            },
+            Case {
+                name: "entity moved between repositories: written by the new one, not deleted",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x"]))],
+                scans: vec![("P/a", entities(&[])), ("P/b", entities(&["x"]))],
+                writes: vec!["x"],
+                deletes: vec![],
+                problems: vec![],
+            },
+            Case {
+                name: "an entity whose blueprint changed: the old one goes, the new one is written",
+                record: vec![("P/a", {
+                    let mut r = owned(Some("port.yaml"), &["x"]);
+                    r.entities[0].blueprint = "legacy".into();
+                    r
+                })],
+                scans: vec![("P/a", entities(&["x"]))],
+                writes: vec!["x"],
+                deletes: vec![("P/a", "x")],
+                problems: vec![],
+            },
+            Case {
+                name: "owner not re-read (unchanged) keeps its claim against a newcomer",
+                record: vec![("P/a", owned(Some("port.yaml"), &["x"]))],
+                scans: vec![("P/a", Scan::Unchanged), ("P/b", entities(&["x"]))],
+                writes: vec![],
+                deletes: vec![],
+                problems: vec![ProblemKind::Conflict],
+            },
+            Case {
+                name: "blueprint unknown (deleted in Port): rejected, and what it declared is kept",
+                record: vec![("P/a", {
+                    let mut r = owned(Some("port.yaml"), &["x"]);
+                    r.entities[0].blueprint = "nosuch".into();
+                    r
+                })],
+                scans: vec![(
+                    "P/a",
+                    file("- {identifier: x, title: X, blueprint: nosuch}\n"),
+                )],
+                writes: vec![],
+                deletes: vec![],
+                problems: vec![ProblemKind::Rejected],
+            },
+        ];
+        for case in &cases {
+            let (plan, report) = plan(case);
+            let mut writes: Vec<&str> = plan
+                .upserts
+                .iter()
+                .map(|d| d.entity.identifier.as_str())
+                .collect();
+            writes.sort();
+            assert_eq!(writes, case.writes, "{}: writes", case.name);
+            let mut deletes: Vec<(&str, &str)> = plan
+                .deletes
+                .iter()
+                .map(|(repo, key)| (repo.as_str(), key.1.as_str()))
+                .collect();
+            deletes.sort();
+            assert_eq!(deletes, case.deletes, "{}: deletes", case.name);
+            let kinds: Vec<ProblemKind> = report.problems.iter().map(|p| p.kind).collect();
+            assert_eq!(kinds, case.problems, "{}: {:?}", case.name, report.problems);
+        }
+    }
+
+    #[test]
+    fn an_unchanged_entity_is_not_written_again() {
+        let case = Case {
+            name: "unchanged",
+            record: vec![],
+            scans: vec![("P/a", entities(&["x"]))],
+            writes: vec!["x"],
+            deletes: vec![],
+            problems: vec![],
+        };
+        let (first, _) = plan(&case);
+        let hash = first.upserts[0].entity.hash.clone();
+        let mut record = owned(Some("port.yaml"), &["x"]);
+        record.entities[0].hash = Some(hash);
+        let again = Case {
+            record: vec![("P/a", record)],
+            writes: vec![],
+            ..case
+        };
+        let (plan, report) = plan(&again);
+        assert!(plan.upserts.is_empty());
+        assert_eq!(report.unchanged, 1);
+    }
+}

@@ -22,7 +22,7 @@ use crate::bitbucket::{BitbucketError, RepoRef};
 pub const FILE_NAMES: [&str; 2] = ["port.yaml", "port.yml"];
 
 /// What reading one repository found.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Scan {
     Unchanged,
     File {

@@ -23,7 +23,7 @@ pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
 pub use gitops::{sync_request, GitOpsHandler};
 pub use inputs::{ActionInputs, InputSchema};
-pub use pulumi::{PulumiHandler, PulumiSettings};
+pub use pulumi::{PulumiHandler, PulumiSettings, PULUMI_ENV};
 
 use crate::tool::Locks;
 

@@ -19,6 +19,7 @@ use super::error::PortError;
 use super::types::{ErrorBody, RunPatch, TokenRequest, TokenResponse};
 use crate::http::{Raw, RetryPolicy};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 
 /// Port accepts at most 20 entities per bulk call.
 pub const BULK_MAX: usize = 20;
@@ -31,7 +32,7 @@ pub struct PortConfig {
     /// Base URL including `/v1`, e.g. `https://api.port.io/v1`.
     pub api_url: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: Secret,
     pub retry: RetryPolicy,
     /// Timeout of one HTTP attempt.
     pub request_timeout: Duration,
@@ -49,7 +50,7 @@ pub struct PortClient {
     http: reqwest::Client,
     base: Url,
     client_id: String,
-    client_secret: String,
+    client_secret: Secret,
     retry: RetryPolicy,
     token: Mutex<Option<CachedToken>>,
     generation: AtomicU64,
@@ -277,7 +278,7 @@ impl PortClient {
         let url = self.url(&["auth", "access_token"], &[]);
         let body = serde_json::to_value(TokenRequest {
             client_id: &self.client_id,
-            client_secret: &self.client_secret,
+            client_secret: self.client_secret.expose(),
         })
         .expect("token request serializes");
         let mut attempt = 0;

@@ -24,7 +24,7 @@ pub struct PushHook {
     pub engine: Arc<SyncEngine>,
     pub blueprints: Arc<dyn BlueprintSource>,
     pub writer: Arc<dyn EntityWriter>,
-    pub secret: String,
+    pub secret: crate::secret::Secret,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +111,7 @@ pub async fn receive(
     let body = super::read_capped(&req, body, state.max_body_bytes).await?;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let signature = header("x-hub-signature").ok_or(PushError::MissingSignature)?;
-    verify(&hook.secret, signature, &body)?;
+    verify(hook.secret.expose(), signature, &body)?;
 
     match header("x-event-key") {
         Some("repo:refs_changed") => {}

@@ -263,7 +263,9 @@ fn a_bad_definition_is_refused_naming_the_file_and_field() {
         "action: b\nhandler: command\nsteps: []\nextra: 1\n",
     )
     .unwrap();
-    let pulumi = port_runner::handlers::PulumiSettings::from_env(dir.path(), |_| None).unwrap();
+    let pulumi =
+        port_runner::handlers::PulumiSettings::from_env(dir.path(), "pulumi".into(), |_| None)
+            .unwrap();
     let errors = port_runner::handlers::load_definitions(
         dir.path(),
         &port_runner::handlers::DefinitionContext {

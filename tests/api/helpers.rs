@@ -98,7 +98,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             request_timeout: Duration::from_secs(5),
         });
     }
-    settings.admin_token = options.admin_token.clone();
+    settings.admin_token = options.admin_token.clone().map(Into::into);
     let data_dir = tempfile::tempdir().unwrap();
     settings.data_dir = data_dir.path().to_path_buf();
     if let Some(dir) = &options.actions_dir {

@@ -284,3 +284,61 @@ fn the_readmes_compose_example_scales_out_on_postgresql() {
         }
     }
 }
+
+/// The README's configuration table, as `(setting, flag, environment, default)` cells.
+fn readme_settings_table() -> Vec<[String; 4]> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("| setting | flag | environment | default | meaning |")
+        .nth(1)
+        .expect("README has the settings table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<String> = row
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect();
+            [
+                cells[0].clone(),
+                cells[1].clone(),
+                cells[2].clone(),
+                cells[3].clone(),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn the_readmes_configuration_table_lists_exactly_the_settings_that_exist() {
+    let table = readme_settings_table();
+    let settings = port_runner::cli::settings();
+    for s in &settings {
+        let row = table
+            .iter()
+            .find(|r| r[0] == format!("`{}`", s.id))
+            .unwrap_or_else(|| panic!("setting {} is not in the README's table", s.id));
+        assert_eq!(row[2], format!("`{}`", s.env), "environment of {}", s.id);
+        if let Some(flag) = &s.flag {
+            assert!(row[1].contains(flag.as_str()), "flag of {}: {row:?}", s.id);
+        }
+        match &s.default {
+            Some(default) => assert_eq!(row[3], format!("`{default}`"), "default of {}", s.id),
+            None => assert!(!row[3].starts_with('`'), "{} has no default: {row:?}", s.id),
+        }
+    }
+    for (name, _) in port_runner::secret::SECRET_ENV {
+        let row = table
+            .iter()
+            .find(|r| r[2] == format!("`{name}`"))
+            .unwrap_or_else(|| panic!("secret {name} is not in the README's table"));
+        assert_eq!(row[0], "–", "{name} is a secret: no file key");
+        assert_eq!(row[1], "–", "{name} is a secret: no flag");
+    }
+    let known = settings.len() + port_runner::secret::SECRET_ENV.len();
+    assert_eq!(table.len(), known, "rows that are no setting: {table:#?}");
+}

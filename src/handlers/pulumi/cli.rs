@@ -79,7 +79,12 @@ impl PulumiHandler {
         step.plain_env = plain;
         step.plain_env.extend(self.settings.env.clone());
         step.env = secret;
-        step.env.extend(self.settings.secret_env.clone());
+        step.env.extend(
+            self.settings
+                .secret_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+        );
         step.timeout = self.timeout;
         if let Some(quiet) = capture {
             step.capture_stdout = Some(OUTPUT_LIMIT);

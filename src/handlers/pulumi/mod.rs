@@ -38,7 +38,7 @@ mod cli;
 mod settings;
 
 use cli::Failure;
-pub use settings::PulumiSettings;
+pub use settings::{PulumiSettings, PULUMI_ENV};
 
 /// Stdout kept of `stack output`.
 pub(super) const OUTPUT_LIMIT: usize = 4 * 1024 * 1024;

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::secret::Secret;
+
 /// How the runner reaches Pulumi: the CLI, the state backend and its credentials.
 #[derive(Debug, Clone)]
 pub struct PulumiSettings {
@@ -15,19 +17,31 @@ pub struct PulumiSettings {
     /// Not secret: `PULUMI_BACKEND_URL`, `PULUMI_HOME`, …
     pub env: BTreeMap<String, String>,
     /// Secret: `PULUMI_ACCESS_TOKEN`, `PULUMI_CONFIG_PASSPHRASE`.
-    pub secret_env: BTreeMap<String, String>,
+    pub secret_env: BTreeMap<String, Secret>,
     /// A file backend's folder, created before the first command (the CLI refuses a missing one).
     pub state_dir: Option<PathBuf>,
     /// The passphrase file the runner generates when none is configured.
     pub generated_passphrase: Option<PathBuf>,
 }
 
+/// The environment variables of Pulumi's own that the runner passes to the CLI.
+pub const PULUMI_ENV: [&str; 5] = [
+    "PULUMI_BACKEND_URL",
+    "PULUMI_ACCESS_TOKEN",
+    "PULUMI_CONFIG_PASSPHRASE",
+    "PULUMI_CONFIG_PASSPHRASE_FILE",
+    "PULUMI_HOME",
+];
+
 impl PulumiSettings {
     /// From the environment. The zero-setup default is a file backend in the data
     /// directory with a passphrase generated there once (`pulumi-passphrase`, mode 0600).
     /// Nothing is created here: [`Self::prepare`] does, when a Pulumi action first runs.
+    /// `program` is the `pulumi_bin` setting; `env` the process environment (injected, so
+    /// tests stay hermetic): Pulumi's own variables are read here and handed to the CLI.
     pub fn from_env(
         data_dir: &Path,
+        program: String,
         env: impl Fn(&str) -> Option<String>,
     ) -> std::io::Result<Self> {
         let mut plain = BTreeMap::new();
@@ -57,14 +71,14 @@ impl PulumiSettings {
         plain.insert("PULUMI_SKIP_UPDATE_CHECK".into(), "true".into());
         plain.insert("PULUMI_AUTOMATION_API".into(), "true".into());
         if let Some(token) = env("PULUMI_ACCESS_TOKEN") {
-            secret.insert("PULUMI_ACCESS_TOKEN".into(), token);
+            secret.insert("PULUMI_ACCESS_TOKEN".into(), token.into());
         }
         match (
             env("PULUMI_CONFIG_PASSPHRASE"),
             env("PULUMI_CONFIG_PASSPHRASE_FILE"),
         ) {
             (Some(passphrase), _) => {
-                secret.insert("PULUMI_CONFIG_PASSPHRASE".into(), passphrase);
+                secret.insert("PULUMI_CONFIG_PASSPHRASE".into(), passphrase.into());
             }
             (None, Some(file)) => {
                 plain.insert("PULUMI_CONFIG_PASSPHRASE_FILE".into(), file);
@@ -80,7 +94,7 @@ impl PulumiSettings {
             (None, None) => {}
         }
         Ok(Self {
-            program: env("PORT_RUNNER_PULUMI_BIN").unwrap_or_else(|| "pulumi".into()),
+            program,
             projects_dir: std::path::absolute(data_dir.join("pulumi-projects"))?,
             env: plain,
             secret_env: secret,
@@ -134,7 +148,7 @@ mod tests {
     #[test]
     fn the_default_backend_and_passphrase_are_made_when_first_needed_not_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = PulumiSettings::from_env(dir.path(), |_| None).unwrap();
+        let settings = PulumiSettings::from_env(dir.path(), "pulumi".into(), |_| None).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         settings.prepare().unwrap();
         let passphrase = std::fs::read_to_string(dir.path().join("pulumi-passphrase")).unwrap();

@@ -14,6 +14,9 @@ mod fake_bitbucket;
 #[path = "../tests/api/fake_port.rs"]
 #[allow(dead_code)]
 mod fake_port;
+#[path = "../tests/api/wait.rs"]
+#[allow(dead_code)]
+mod wait;
 
 use std::process::Command;
 use std::sync::Arc;

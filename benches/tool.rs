@@ -12,6 +12,9 @@
 #[path = "../tests/api/fake_port.rs"]
 #[allow(dead_code)]
 mod fake_port;
+#[path = "../tests/api/wait.rs"]
+#[allow(dead_code)]
+mod wait;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

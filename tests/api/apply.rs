@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
 
-const BIN: &str = env!("CARGO_BIN_EXE_port-runner");
+use crate::helpers::BIN;
 
 fn write(dir: &Path, rel: &str, value: &Value) {
     let path = dir.join(rel);

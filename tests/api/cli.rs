@@ -1,110 +1,12 @@
 //! The real binary: command line, `serve` + `invoke` in local mode, SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
-use clap::CommandFactory;
-use port_runner::cli::Cli;
 use serde_json::{json, Value};
 
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
-use crate::helpers::{legacy, unique_run_id};
-
-pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_port-runner");
-
-#[test]
-fn verify_cli() {
-    Cli::command().debug_assert();
-}
-
-/// A `port-runner serve` child on port 0; its JSON log is read to learn the address.
-pub(crate) struct Served {
-    pub(crate) child: Child,
-    pub(crate) addr: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Served {
-    pub(crate) fn start(envs: &[(&str, &str)], args: &[&str]) -> Self {
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("start port-runner serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("serve logs its address");
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if event["fields"]["message"] == "listening" {
-                break event["fields"]["addr"].as_str().unwrap().to_owned();
-            }
-        };
-        Self {
-            child,
-            addr,
-            log: rx,
-        }
-    }
-
-    /// Posts `body` to the webhook, signed with the fake Port's client secret.
-    pub(crate) async fn post_signed(&self, body: &Value) -> reqwest::Response {
-        let raw = serde_json::to_vec(body).unwrap();
-        let ts = port_runner::webhook::signature::timestamp_now();
-        let signature =
-            port_runner::webhook::signature::sign(crate::fake_port::CLIENT_SECRET, &ts, &raw);
-        reqwest::Client::new()
-            .post(format!("http://{}/webhook", self.addr))
-            .header("x-port-timestamp", &ts)
-            .header("x-port-signature", signature)
-            .body(raw)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        self.child.wait().expect("serve exits")
-    }
-
-    pub(crate) fn log_lines(&self) -> Vec<String> {
-        self.log.try_iter().collect()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::helpers::{legacy, unique_run_id, until, Served, BIN};
 
 #[test]
 fn invoke_sends_a_signed_sample_and_prints_the_outcome() {
@@ -259,15 +161,18 @@ async fn sigterm_with_a_run_in_flight_reports_it_before_exiting() {
         .unwrap();
     assert_eq!(response.status(), 202);
     // Wait until it is executing (its "sleeping" line reached Port).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !fake
-        .log_lines(&run_id)
-        .iter()
-        .any(|l| l.starts_with("sleeping"))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "run never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        Duration::from_secs(30),
+        || "the run to start".to_owned(),
+        || {
+            (fake
+                .log_lines(&run_id)
+                .iter()
+                .any(|l| l.starts_with("sleeping")))
+            .then_some(())
+        },
+    )
+    .await;
     let status = tokio::task::spawn_blocking(move || {
         let status = served.terminate();
         (status, served)

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{hostile_values, legacy, spawn_app_with, unique_run_id, AppOptions, TestApp};
+use crate::helpers::{
+    hostile_values, legacy, spawn_app_with, unique_run_id, until, AppOptions, TestApp,
+};
 
 const SERVICE_DEF: &str = r#"
 action: make_service
@@ -222,16 +224,18 @@ async fn runs_on_one_resource_take_turns_and_others_run_in_parallel() {
     app.post_signed(&legacy(&a, "slow_thing", "CREATE", json!({"target": "x"})))
         .await;
     // Let the first take the lock before the second asks for it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !app
-        .port()
-        .log_lines(&a)
-        .iter()
-        .any(|l| l.starts_with("$ sleep"))
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        || "the first run to take the lock".to_owned(),
+        || {
+            (app.port()
+                .log_lines(&a)
+                .iter()
+                .any(|l| l.starts_with("$ sleep")))
+            .then_some(())
+        },
+    )
+    .await;
     app.post_signed(&legacy(&b, "slow_thing", "CREATE", json!({"target": "x"})))
         .await;
     app.post_signed(&legacy(&c, "slow_thing", "CREATE", json!({"target": "y"})))

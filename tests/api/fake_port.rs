@@ -228,18 +228,17 @@ impl FakePort {
 
     /// Waits for the run's final status (a timeout guards against hangs; it asserts nothing about speed).
     pub async fn wait_final(&self, run_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(patch) = self.final_patch(run_id) {
-                return patch;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run {run_id} never got a final status; Port saw: {:#?}",
-                self.requests()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::wait::until(
+            Duration::from_secs(30),
+            || {
+                format!(
+                    "run {run_id}'s final status; Port saw: {:#?}",
+                    self.requests()
+                )
+            },
+            || self.final_patch(run_id),
+        )
+        .await
     }
 
     pub async fn stop(&self) {

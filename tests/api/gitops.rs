@@ -6,7 +6,9 @@ use std::time::Duration;
 use port_runner::bitbucket::FileApi;
 use serde_json::{json, Value};
 
-use crate::helpers::{legacy, spawn_app_with, unique_run_id, AppOptions, TestApp, BB_HOOK_SECRET};
+use crate::helpers::{
+    legacy, spawn_app_with, unique_run_id, until, AppOptions, TestApp, BB_HOOK_SECRET,
+};
 
 fn microservice_blueprint() -> Value {
     json!({
@@ -466,14 +468,12 @@ async fn the_push_webhook_syncs_only_its_repository() {
         .unwrap();
     assert_eq!(response.status(), 202);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while app.port().entity("microservice", "pushed-svc").is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the push was never synced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(20),
+        || "the push to be synced".to_owned(),
+        || app.port().entity("microservice", "pushed-svc"),
+    )
+    .await;
     assert!(
         app.port().entity("microservice", "other-svc").is_none(),
         "only the pushed repository"

@@ -1,6 +1,11 @@
-//! `spawn_app()`: the real actix app on port 0, wired to a fake Port, plus test handlers.
+//! The two harnesses: `spawn_app()`, the real actix app on port 0 wired to a fake Port (and
+//! fake Bitbucket), and [`Served`], the real binary as a child process; plus `until`, the one
+//! way tests wait for something.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fake_bitbucket::{FakeBitbucket, PASSWORD as BB_PASSWORD, USER as BB_USER};
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+pub use crate::wait::{until, Deadline};
 
 pub const BB_HOOK_SECRET: &str = "bitbucket-hook-secret";
 
@@ -234,35 +240,31 @@ impl TestApp {
 
     /// Waits until the local record of the run is final (and its report settled).
     pub async fn wait_local_final(&self, run_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::after(Duration::from_secs(30));
         loop {
             let run = self.run(run_id).await;
             let settled = run["report"]["state"] != "pending";
             if matches!(run["state"].as_str(), Some("SUCCESS" | "FAILURE")) && settled {
                 return run;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run {run_id} never finished: {run:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            deadline
+                .wait(|| format!("run {run_id} to finish: {run:#}"))
+                .await;
         }
     }
 
     /// Waits until the run's final report reaches `state` (Port may have the report a moment
     /// before the runner has read Port's answer).
     pub async fn wait_report(&self, run_id: &str, state: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::after(Duration::from_secs(30));
         loop {
             let run = self.run(run_id).await;
             if run["report"]["state"] == state {
                 return run;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "run {run_id}'s report never became {state}: {run:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            deadline
+                .wait(|| format!("run {run_id}'s report to become {state}: {run:#}"))
+                .await;
         }
     }
 
@@ -415,4 +417,94 @@ pub fn hostile_values() -> Vec<String> {
     .collect();
     values.push("x".repeat(10_000));
     values
+}
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_port-runner");
+
+/// A `port-runner serve` child on port 0; its JSON log is read to learn the address.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Served {
+    pub fn start(envs: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start port-runner serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("serve logs its address");
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["fields"]["message"] == "listening" {
+                break event["fields"]["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        Self {
+            child,
+            addr,
+            log: rx,
+        }
+    }
+
+    /// Posts `body` to the webhook, signed with the fake Port's client secret.
+    pub async fn post_signed(&self, body: &Value) -> reqwest::Response {
+        let raw = serde_json::to_vec(body).unwrap();
+        let ts = port_runner::webhook::signature::timestamp_now();
+        let signature =
+            port_runner::webhook::signature::sign(crate::fake_port::CLIENT_SECRET, &ts, &raw);
+        reqwest::Client::new()
+            .post(format!("http://{}/webhook", self.addr))
+            .header("x-port-timestamp", &ts)
+            .header("x-port-signature", signature)
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("serve exits")
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

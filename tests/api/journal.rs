@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::Served;
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
 use crate::helpers::{legacy, unique_run_id};
+use crate::helpers::{until, Served};
 
 fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
     Served::start(
@@ -28,15 +28,13 @@ async fn post(served: &Served, body: &Value) -> reqwest::StatusCode {
     served.post_signed(body).await.status()
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    until(
+        Duration::from_secs(30),
+        || what.to_owned(),
+        || done().then_some(()),
+    )
+    .await;
 }
 
 fn kill9(served: &mut Served) {
@@ -76,7 +74,7 @@ async fn runs_in_flight_and_queued_survive_a_sigkill_and_end_exactly_once() {
         .await,
         202
     );
-    until("the first run to be executing", || {
+    wait_for("the first run to be executing", || {
         fake.log_lines(&running)
             .iter()
             .any(|l| l.starts_with("sleeping"))
@@ -87,7 +85,7 @@ async fn runs_in_flight_and_queued_survive_a_sigkill_and_end_exactly_once() {
     assert!(fake.final_patch(&running).is_none() && fake.final_patch(&queued).is_none());
 
     let served = serve(&fake, data.path());
-    until("both runs to end", || {
+    wait_for("both runs to end", || {
         fake.final_patch(&running).is_some() && fake.final_patch(&queued).is_some()
     })
     .await;
@@ -102,9 +100,15 @@ async fn runs_in_flight_and_queued_survive_a_sigkill_and_end_exactly_once() {
         assert_eq!(fake.terminal_patches(run), 1, "{run}");
         assert_no_duplicate_lines(&fake, run);
     }
-    // The same delivery after the restart is a duplicate: it does not run again.
+    // The same delivery after the restart is a duplicate: it does not run again. A run
+    // accepted after it has ended by the time it is checked (runs start in order).
     assert_eq!(post(&served, &running_body).await, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = unique_run_id();
+    assert_eq!(
+        post(&served, &legacy(&later, "echo", "CREATE", json!({}))).await,
+        202
+    );
+    fake.wait_final(&later).await;
     assert_eq!(fake.terminal_patches(&running), 1);
     drop(served);
 }
@@ -121,7 +125,7 @@ async fn a_final_status_port_never_acknowledged_is_sent_after_a_restart() {
         post(&served, &legacy(&run_id, "echo", "CREATE", json!({}))).await,
         202
     );
-    until("the final status to be attempted", || {
+    wait_for("the final status to be attempted", || {
         fake.terminal_patches(&run_id) >= 2
     })
     .await;
@@ -131,7 +135,7 @@ async fn a_final_status_port_never_acknowledged_is_sent_after_a_restart() {
 
     fake.clear_faults();
     let served = serve(&fake, data.path());
-    until("the final status to land", || {
+    wait_for("the final status to land", || {
         fake.final_patch(&run_id).is_some()
     })
     .await;
@@ -143,7 +147,13 @@ async fn a_final_status_port_never_acknowledged_is_sent_after_a_restart() {
     assert!(status.success(), "{status:?}: {:#?}", stopping.log_lines());
     let before = fake.terminal_patches(&run_id);
     let served = serve(&fake, data.path());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Recovery runs before the server listens; a run accepted now has ended after it.
+    let later = unique_run_id();
+    assert_eq!(
+        post(&served, &legacy(&later, "echo", "CREATE", json!({}))).await,
+        202
+    );
+    fake.wait_final(&later).await;
     assert_eq!(fake.terminal_patches(&run_id), before);
     assert_no_duplicate_lines(&fake, &run_id);
     drop(served);

@@ -15,5 +15,7 @@ mod provision;
 mod replicas;
 mod runs;
 mod ship;
+mod stores;
 mod tool;
+mod wait;
 mod webhook;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::Served;
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use crate::helpers::Served;
 use crate::helpers::{hostile_values, unique_run_id, v2};
 
 const AWS_KEY_ID: &str = "AKIATESTINGKEYID0001";

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::Served;
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
 use crate::helpers::{unique_run_id, v2};
+use crate::helpers::{until, Served};
 use crate::pg::fresh_database;
 
 /// An action that stamps its start and end (with the time) into a file shared by the
@@ -156,14 +156,12 @@ async fn a_replica_killed_mid_run_leaves_its_runs_and_locks_to_the_other() {
     for run_id in &queued {
         assert_eq!(post(&a, &stamp_run(run_id, json!({}))).await, 202);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while count(&stamps(stamp_file.path()), "start", &running) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(20),
+        || "the run to start".to_owned(),
+        || (count(&stamps(stamp_file.path()), "start", &running) > 0).then_some(()),
+    )
+    .await;
     a.served.child.kill().unwrap(); // SIGKILL: no shutdown, no hand-over
     a.served.child.wait().unwrap();
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{legacy, spawn_app, spawn_app_with, unique_run_id, AppOptions};
+use crate::helpers::{legacy, spawn_app, spawn_app_with, unique_run_id, AppOptions, Deadline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_answering_503_twice_still_gets_the_final_status() {
@@ -370,10 +370,9 @@ async fn shutdown_fails_queued_and_unfinished_runs_with_a_reason() {
     app.post_signed(&legacy(&queued, "echo", "CREATE", json!({})))
         .await;
     // Wait until the first run is executing, then stop.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Deadline::after(Duration::from_secs(10));
     while app.run(&running).await["state"] != "IN_PROGRESS" {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.wait(|| "the first run to execute".into()).await;
     }
     let fake = app.shutdown().await.expect("fake Port");
     assert_eq!(

@@ -12,6 +12,8 @@ use port_runner::tool::{self, Locks, Step, ToolError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::helpers::until;
+
 struct Harness {
     registry: Arc<RunRegistry>,
     run_id: RunId,
@@ -182,14 +184,12 @@ async fn a_hanging_program_is_stopped_with_everything_it_started() {
         .trim()
         .parse()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while alive(grandchild) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "orphan {grandchild} survived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        || format!("orphan {grandchild} to be gone"),
+        || (!alive(grandchild)).then_some(()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -266,15 +266,17 @@ async fn runs_on_one_resource_take_turns_and_say_so_while_others_proceed() {
     // Another resource is free meanwhile.
     let other = locks.acquire("pulumi:bucket/prod", &c.run_id, &c.log).await;
     drop(other);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !b
-        .lines()
-        .iter()
-        .any(|l| l.starts_with("waiting for pulumi:bucket/dev"))
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        || "the second run to wait".to_owned(),
+        || {
+            (b.lines()
+                .iter()
+                .any(|l| l.starts_with("waiting for pulumi:bucket/dev")))
+            .then_some(())
+        },
+    )
+    .await;
     assert!(
         !waiter.is_finished(),
         "the second run waits while the first holds the lock"

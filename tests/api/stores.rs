@@ -1,0 +1,144 @@
+//! One contract, both stores: what the runner and GitOps rely on from the journal holds the
+//! same on SQLite (one process) and on PostgreSQL (replicas).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use port_runner::invocation::Invocation;
+use port_runner::port::RunStatus;
+use port_runner::store::Journal;
+use serde_json::json;
+
+use crate::helpers::unique_run_id;
+use crate::pg::fresh_database;
+
+fn invocation(run_id: &str) -> Invocation {
+    Invocation::from_stored(&json!({
+        "run_id": run_id, "action": "echo", "operation": "CREATE", "inputs": {"n": 1}
+    }))
+    .unwrap()
+}
+
+async fn state(journal: &Journal, run_id: &str) -> Option<(String, bool)> {
+    journal.state(run_id).await.unwrap()
+}
+
+/// The contract: a run is admitted once; its states move queued → running → finished →
+/// reported, each committed when the call returns; a restart (the same store opened again,
+/// as the same replica) sees what was left; a pruned run is gone; named records are read
+/// back as last written.
+async fn keeps_the_contract<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Journal>,
+{
+    let journal = Arc::new(open().await);
+    let (done, queued) = (unique_run_id(), unique_run_id());
+    assert!(journal.accept(&invocation(&done)).await.unwrap());
+    assert!(
+        !journal.accept(&invocation(&done)).await.unwrap(),
+        "a second acceptance of one run id is refused"
+    );
+    assert_eq!(state(&journal, &done).await, Some(("queued".into(), false)));
+    let id = invocation(&done).run_id;
+    journal.started(&id).await.unwrap();
+    assert_eq!(
+        state(&journal, &done).await,
+        Some(("running".into(), false))
+    );
+    journal
+        .finished(&id, RunStatus::Success, "all good", None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&journal, &done).await,
+        Some(("finished".into(), false))
+    );
+    let recovery = journal.recovery().await.unwrap();
+    assert!(
+        recovery
+            .unreported
+            .iter()
+            .any(|u| u.run_id.as_str() == done),
+        "a verdict Port has not acknowledged is owed after a restart"
+    );
+    journal.reported(&id).await.unwrap();
+    assert_eq!(
+        state(&journal, &done).await,
+        Some(("finished".into(), true))
+    );
+
+    assert!(journal.accept(&invocation(&queued)).await.unwrap());
+    journal.flush().await.unwrap();
+    drop(journal);
+    let journal = Arc::new(open().await);
+    let recovery = journal.recovery().await.unwrap();
+    assert!(recovery
+        .queued
+        .iter()
+        .any(|inv| inv.run_id.as_str() == queued && inv.inputs["n"] == 1));
+
+    assert!(journal.prune(Duration::ZERO).await.unwrap() >= 1);
+    assert_eq!(state(&journal, &done).await, None, "pruned");
+    assert!(
+        state(&journal, &queued).await.is_some(),
+        "unfinished runs are kept"
+    );
+
+    let records = journal.records();
+    let key = format!("contract-{}", unique_run_id());
+    assert_eq!(records.read_record(&key).await.unwrap(), None);
+    records.write_record(&key, "first").await.unwrap();
+    records.write_record(&key, "second").await.unwrap();
+    assert_eq!(
+        records.read_record(&key).await.unwrap().as_deref(),
+        Some("second")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_journal_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite3");
+    keeps_the_contract(|| async { Journal::open(&path).unwrap() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgresql_journal_keeps_the_store_contract() {
+    let url = fresh_database().await;
+    keeps_the_contract(|| async {
+        Journal::connect(&url, "contract", Duration::from_secs(30))
+            .await
+            .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_locks_name_their_holder_and_free_on_unlock() {
+    use port_runner::core::GlobalLocks;
+    let journal = Journal::connect(&fresh_database().await, "locks", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let locks = journal.shared().unwrap().clone();
+    assert_eq!(locks.try_lock("pulumi:a/dev", "r_one").await.unwrap(), None);
+    assert_eq!(
+        locks.try_lock("pulumi:a/dev", "r_one").await.unwrap(),
+        None,
+        "the holder may take it again"
+    );
+    assert_eq!(
+        locks
+            .try_lock("pulumi:a/dev", "r_two")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("r_one")
+    );
+    assert_eq!(
+        locks.try_lock("pulumi:a/prod", "r_two").await.unwrap(),
+        None
+    );
+    locks.unlock("pulumi:a/dev", "r_one").await;
+    assert_eq!(locks.try_lock("pulumi:a/dev", "r_two").await.unwrap(), None);
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::engine::{BlueprintSource, EntityWriter, SyncLog};
+use super::engine::{BlueprintError, BlueprintSource, EntityWriter, SyncLog};
 use crate::core::{RunCatalog, RunLog};
 use crate::domain::Identifier;
 use crate::port::{BulkItemResult, PortClient, PortError, WriteMode};
@@ -64,11 +64,8 @@ pub struct PortBlueprints(pub Arc<PortClient>);
 
 #[async_trait]
 impl BlueprintSource for PortBlueprints {
-    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, String> {
-        self.0
-            .get_blueprint(identifier)
-            .await
-            .map_err(|e| e.to_string())
+    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, BlueprintError> {
+        Ok(self.0.get_blueprint(identifier).await?)
     }
 }
 
@@ -77,18 +74,23 @@ pub struct DirBlueprints(pub PathBuf);
 
 #[async_trait]
 impl BlueprintSource for DirBlueprints {
-    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, String> {
-        let entries = std::fs::read_dir(&self.0)
-            .map_err(|e| format!("cannot read {}: {e}", self.0.display()))?;
+    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, BlueprintError> {
+        let io = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| BlueprintError::Io { path, source }
+        };
+        let entries = std::fs::read_dir(&self.0).map_err(io(&self.0))?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
             let json: Value =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|source| BlueprintError::Json {
+                    path: path.display().to_string(),
+                    source,
+                })?;
             if json.get("identifier").and_then(Value::as_str) == Some(identifier) {
                 return Ok(Some(json));
             }

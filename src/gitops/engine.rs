@@ -61,7 +61,24 @@ pub trait EntityWriter: Send + Sync {
 #[async_trait]
 pub trait BlueprintSource: Send + Sync {
     /// Port's JSON for the blueprint, `None` if there is no such blueprint.
-    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, String>;
+    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, BlueprintError>;
+}
+
+/// Why a blueprint could not be read (an entity naming it is then not judged, and kept).
+#[derive(Debug, thiserror::Error)]
+pub enum BlueprintError {
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 /// Progress lines (the run's log, or stderr for `port-runner sync`).

@@ -15,7 +15,8 @@ pub mod report;
 pub mod state;
 
 pub use engine::{
-    BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest, FILE_NAMES,
+    BlueprintError, BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest,
+    FILE_NAMES,
 };
 pub use report::{Problem, ProblemKind, SyncReport};
 pub use state::StateStore;

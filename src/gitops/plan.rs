@@ -127,10 +127,14 @@ pub(super) async fn fetch_blueprints(parsed: &[Parsed], blueprints: &dyn Bluepri
         .map(str::to_owned)
         .collect();
     let fetched = join_all(wanted.iter().map(|id| async move {
-        let result = blueprints.blueprint(id).await.and_then(|json| match json {
-            Some(json) => Blueprint::from_port(&json).map(Some),
-            None => Ok(None),
-        });
+        let result = blueprints
+            .blueprint(id)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|json| match json {
+                Some(json) => Blueprint::from_port(&json).map(Some),
+                None => Ok(None),
+            });
         (id.clone(), result)
     }))
     .await;

@@ -61,7 +61,7 @@ impl Default for RunnerConfig {
 }
 
 /// Why a run was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("this run id was already accepted")]
     Duplicate,
@@ -69,8 +69,8 @@ pub enum SubmitError {
     QueueFull,
     #[error("the runner is shutting down")]
     ShuttingDown,
-    #[error("the run could not be recorded durably, so it was not accepted: {0}")]
-    Journal(String),
+    #[error("the run could not be recorded durably, so it was not accepted")]
+    Journal(#[source] JournalError),
 }
 
 pub struct Runner {
@@ -149,7 +149,7 @@ impl Runner {
             match journal.accept(&invocation).await {
                 Ok(true) => {}
                 Ok(false) => return Err(SubmitError::Duplicate),
-                Err(e) => return Err(SubmitError::Journal(e.to_string())),
+                Err(e) => return Err(SubmitError::Journal(e)),
             }
         }
         if self.registry.admit(&invocation) == Admission::Duplicate {

@@ -95,7 +95,7 @@ pub enum WebhookError {
     Signature(#[from] SignatureError),
     #[error(transparent)]
     Payload(#[from] PayloadError),
-    #[error("{0}")]
+    #[error(transparent)]
     Unavailable(SubmitError),
 }
 
@@ -129,8 +129,24 @@ impl ResponseError for WebhookError {
         if matches!(self, Self::Unavailable(_)) {
             response.insert_header(("retry-after", "5"));
         }
+        // The public message only: causes (a database's own error) go to the log.
         response.json(json!({ "ok": false, "error": self.code(), "message": self.to_string() }))
     }
+}
+
+/// An error with its whole cause chain, for the log (`a: b: c`).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let shown = cause.to_string();
+        if !text.ends_with(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `POST /webhook` (also PUT and PATCH, which Port lets an action choose).
@@ -142,7 +158,7 @@ pub async fn receive(
     let response = match accept(&req, body, &state).await {
         Ok(response) => response,
         Err(e) => {
-            tracing::warn!(status = e.status_code().as_u16(), error = %e, "webhook refused");
+            tracing::warn!(status = e.status_code().as_u16(), error = %with_causes(&e), "webhook refused");
             e.error_response()
         }
     };

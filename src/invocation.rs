@@ -41,6 +41,21 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// A CREATE of `echo` with no inputs, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(run_id: &str) -> Self {
+        Self {
+            run_id: RunId::parse("id", run_id).unwrap(),
+            action: Identifier::schema("a", "echo").unwrap(),
+            operation: Operation::Create,
+            blueprint: None,
+            entity: None,
+            inputs: Map::new(),
+            secret_inputs: vec![],
+            triggered_by: TriggeredBy::default(),
+        }
+    }
+
     /// Rebuilds an invocation from its stored (serialized) form, re-validating every field.
     pub fn from_stored(value: &Value) -> Result<Self, DomainError> {
         let text = |key: &str| value.get(key).and_then(Value::as_str);

@@ -241,20 +241,9 @@ impl RunRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Identifier;
-    use crate::invocation::TriggeredBy;
 
     fn invocation(id: &str) -> Invocation {
-        Invocation {
-            run_id: RunId::parse("id", id).unwrap(),
-            action: Identifier::schema("a", "echo").unwrap(),
-            operation: Operation::Create,
-            blueprint: None,
-            entity: None,
-            inputs: Default::default(),
-            secret_inputs: vec![],
-            triggered_by: TriggeredBy::default(),
-        }
+        Invocation::for_tests(id)
     }
 
     #[test]

@@ -593,20 +593,9 @@ fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Identifier, Operation};
-    use crate::invocation::TriggeredBy;
 
     fn inv(id: &str) -> Invocation {
-        Invocation {
-            run_id: RunId::parse("id", id).unwrap(),
-            action: Identifier::schema("a", "echo").unwrap(),
-            operation: Operation::Create,
-            blueprint: None,
-            entity: None,
-            inputs: Default::default(),
-            secret_inputs: vec![],
-            triggered_by: TriggeredBy::default(),
-        }
+        Invocation::for_tests(id)
     }
 
     #[tokio::test]

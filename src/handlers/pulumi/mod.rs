@@ -88,6 +88,21 @@ pub struct PulumiHandler {
     locks: Locks,
 }
 
+/// `up` or `destroy` as the Automation API runs them: no prompt, no preview, no progress
+/// animation, no colour.
+fn operation<'a>(verb: &'a str, stack: &'a str) -> [&'a str; 8] {
+    [
+        verb,
+        "--yes",
+        "--skip-preview",
+        "--suppress-progress",
+        "--color",
+        "never",
+        "--stack",
+        stack,
+    ]
+}
+
 /// A config key: `namespace:key` or `key`, with `--path` segments of the same characters.
 fn check_config_key(key: &str) -> Result<(), String> {
     let ok = !key.is_empty()
@@ -320,17 +335,7 @@ impl PulumiHandler {
         s: &str,
         context: &Value,
     ) -> Result<Outcome, HandlerError> {
-        let destroy = [
-            "destroy",
-            "--yes",
-            "--skip-preview",
-            "--suppress-progress",
-            "--color",
-            "never",
-            "--stack",
-            s,
-        ];
-        match self.cli(ctx, workdir, &destroy, None).await {
+        match self.cli(ctx, workdir, &operation("destroy", s), None).await {
             Ok(_) => {
                 self.cli(ctx, workdir, &["stack", "rm", "--yes", "--stack", s], None)
                     .await
@@ -373,17 +378,7 @@ impl PulumiHandler {
             .await
             .map_err(|f| self.fail("pulumi stack select", s, f))?;
         self.set_config(ctx, workdir, s, context).await?;
-        let up = [
-            "up",
-            "--yes",
-            "--skip-preview",
-            "--suppress-progress",
-            "--color",
-            "never",
-            "--stack",
-            s,
-        ];
-        if let Err(f) = self.cli(ctx, workdir, &up, None).await {
+        if let Err(f) = self.cli(ctx, workdir, &operation("up", s), None).await {
             let error = self.fail("pulumi up", s, f);
             ctx.log
                 .line(if create {

@@ -270,6 +270,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PORT_RUNNER_NO_JOURNAL")]
     pub no_journal: bool,
 
+    /// With --public-url in Port mode: how often runs Port holds for this runner but never
+    /// delivered (the runner was down) are looked for and run; 0 only at start.
+    #[arg(
+        long,
+        env = "PORT_RUNNER_RECONCILE_INTERVAL_SECS",
+        default_value_t = 300
+    )]
+    pub reconcile_interval_secs: u64,
+
     /// Finished runs are pruned from the journal after this many days.
     #[arg(long, env = "PORT_RUNNER_RETAIN_DAYS", default_value_t = 14)]
     pub retain_days: u64,

@@ -112,6 +112,11 @@ pub struct Settings {
     pub pulumi_bin: String,
     /// Pulumi's own variables (`PULUMI_BACKEND_URL`, …) as the environment had them.
     pub pulumi_env: BTreeMap<String, Secret>,
+    /// This runner's webhook URL as `apply` writes it (from `public_url`): runs Port holds
+    /// for it are reconciled. `None`: nothing is adopted.
+    pub webhook_url: Option<String>,
+    /// How often to reconcile with Port's runs (zero: only at start).
+    pub reconcile_interval: Duration,
     /// A PostgreSQL journal shared by replicas (`DATABASE_URL`); wins over `journal`.
     pub database: Option<DatabaseSettings>,
 }
@@ -181,6 +186,8 @@ impl Settings {
             retain: Duration::from_secs(14 * 24 * 3600),
             pulumi_bin: "pulumi".into(),
             pulumi_env: BTreeMap::new(),
+            webhook_url: None,
+            reconcile_interval: Duration::from_secs(300),
             database: None,
         }
     }
@@ -230,6 +237,12 @@ impl Settings {
             max_body_bytes: args.max_body_bytes,
             signature_tolerance: Duration::from_secs(args.signature_tolerance_secs),
             http_workers: args.http_workers as usize,
+            webhook_url: args
+                .public_url
+                .as_deref()
+                .filter(|u| !u.is_empty())
+                .map(crate::definitions::webhook_url),
+            reconcile_interval: Duration::from_secs(args.reconcile_interval_secs),
             pulumi_bin: args.pulumi_bin.clone(),
             pulumi_env: PULUMI_ENV
                 .iter()

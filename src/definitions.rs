@@ -498,6 +498,17 @@ fn check_action(
 }
 
 /// Puts the public URL into an action's `invocationMethod.url`.
+/// The runner's public base URL, without a trailing slash or `/webhook`.
+fn public_base(public_url: &str) -> &str {
+    let base = public_url.trim_end_matches('/');
+    base.strip_suffix("/webhook").unwrap_or(base)
+}
+
+/// The webhook URL the shipped actions get from `public_url` (`${PORT_RUNNER_PUBLIC_URL}/webhook`).
+pub fn webhook_url(public_url: &str) -> String {
+    format!("{}/webhook", public_base(public_url))
+}
+
 pub fn with_public_url(
     action: &Map<String, Value>,
     public_url: Option<&str>,
@@ -517,9 +528,7 @@ pub fn with_public_url(
             "invocationMethod.url is {url:?}: give --webhook-url (or PORT_RUNNER_PUBLIC_URL), e.g. https://ab12.ngrok.app/webhook"
         ));
     };
-    let base = base.trim_end_matches('/');
-    let base = base.strip_suffix("/webhook").unwrap_or(base);
-    let resolved = url.replace(PUBLIC_URL_PLACEHOLDER, base);
+    let resolved = url.replace(PUBLIC_URL_PLACEHOLDER, public_base(base));
     action["invocationMethod"]["url"] = Value::String(resolved);
     Ok(action)
 }

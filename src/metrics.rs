@@ -40,6 +40,7 @@ pub struct Metrics {
     runs_in_flight: Gauge,
     port_calls: Family<StatusLabels, Counter>,
     webhooks: Family<StatusLabels, Counter>,
+    adopted: Family<ActionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +91,12 @@ impl Metrics {
             "Webhook deliveries by the status we answered",
             webhooks.clone(),
         );
+        let adopted = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "runs_adopted",
+            "Runs picked up from Port's runs API because their webhook never arrived, by action",
+            adopted.clone(),
+        );
         Self {
             registry,
             runs,
@@ -98,6 +105,7 @@ impl Metrics {
             runs_in_flight,
             port_calls,
             webhooks,
+            adopted,
         }
     }
 
@@ -136,6 +144,14 @@ impl Metrics {
         self.webhooks
             .get_or_create(&StatusLabels {
                 status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn run_adopted(&self, action: &str) {
+        self.adopted
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
             })
             .inc();
     }

@@ -24,9 +24,9 @@ use crate::handlers::{load_definitions, ActionInputs, DefinitionContext, GitOpsH
 use crate::invocation::InputKey;
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::{Runner, RunnerConfig};
+use crate::runs::{Reconciler, Runner, RunnerConfig};
 use crate::secret::Secret;
-use crate::store::Journal;
+use crate::store::{DataDirError, DataDirLock, Journal};
 use crate::tool::Locks;
 use crate::webhook::bitbucket::PushHook;
 use crate::webhook::{self, signature::SignatureVerifier, AdminAccess, AppState};
@@ -46,6 +46,8 @@ pub enum StartError {
     Journal(#[from] crate::store::JournalError),
     #[error("invalid handler definitions:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Definitions(Vec<crate::handlers::DefinitionError>),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     #[error("cannot resolve Pulumi's folders in the data dir: {0}")]
     Pulumi(String),
 }
@@ -56,6 +58,8 @@ pub struct Application {
     server: Server,
     runner: Arc<Runner>,
     shutdown_grace: Duration,
+    /// The data folder is this process's until it exits (none with PostgreSQL replicas).
+    _data_dir: Option<DataDirLock>,
 }
 
 /// GitOps as wired for this process: the engine, where blueprints come from, and the push hook.
@@ -71,6 +75,11 @@ impl Application {
         settings: Settings,
         mut handlers: HandlerRegistry,
     ) -> Result<Self, StartError> {
+        // Before anything else: a second runner on this folder must not touch its runs.
+        let data_dir = match settings.database {
+            Some(_) => None,
+            None => Some(DataDirLock::acquire(&settings.data_dir)?),
+        };
         let metrics = Arc::new(Metrics::new());
         let port = port_client(&settings, &metrics)?;
         let journal = open_journal(&settings).await?;
@@ -93,9 +102,6 @@ impl Application {
                 ..settings.runner.clone()
             },
         );
-        // Take over from the previous process before accepting new runs.
-        runner.recover(settings.retain).await;
-        start_maintenance(&settings, &runner, journal);
         let state = AppState {
             runner: runner.clone(),
             verifier: SignatureVerifier::new(
@@ -103,7 +109,7 @@ impl Application {
                 settings.signature_tolerance,
             ),
             metrics,
-            port,
+            port: port.clone(),
             admin: AdminAccess::new(
                 settings.admin_token.as_ref().map(Secret::expose),
                 settings.is_local(),
@@ -112,12 +118,18 @@ impl Application {
             rt: Handle::current(),
             push_hook: gitops.push_hook,
         };
-        let (addr, server) = bind(&settings, state)?;
+        // Bound before recovery (a port in use stops the start before any run is touched);
+        // serving starts after it, so the previous process is taken over first.
+        let (addr, serve) = bind(&settings, state)?;
+        runner.recover(settings.retain).await;
+        start_maintenance(&settings, &runner, journal);
+        start_reconcile(&settings, &runner, port.as_ref());
         Ok(Self {
             addr,
-            server,
+            server: serve(),
             runner,
             shutdown_grace: settings.shutdown_grace,
+            _data_dir: data_dir,
         })
     }
 
@@ -129,16 +141,16 @@ impl Application {
         self.runner.clone()
     }
 
-    /// Serves until `shutdown` fires, then stops accepting and drains the runner.
+    /// Serves until `shutdown` fires, then drains: the runner takes no new runs (the webhook
+    /// answers 503 with `Retry-After`, the health checks 503 "draining") while the listener
+    /// stays open, so callers are told and `GET /runs/{id}` still follows a run to its end.
     pub async fn run_until(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle: ServerHandle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.cancelled().await;
-        tracing::info!("shutdown requested: no longer accepting runs");
-        // Refuse new webhooks at once (503) while the listener closes.
-        let stop_http = handle.stop(true);
+        tracing::info!("shutdown requested: draining (new runs are answered 503)");
         self.runner.shutdown(self.shutdown_grace).await;
-        stop_http.await;
+        handle.stop(true).await;
         match server.await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
@@ -301,8 +313,45 @@ fn start_maintenance(settings: &Settings, runner: &Arc<Runner>, journal: Option<
     }
 }
 
-/// Binds the listener; the server is not serving until `run_until`.
-fn bind(settings: &Settings, state: AppState) -> Result<(SocketAddr, Server), StartError> {
+/// Runs Port holds for this runner but never delivered: looked for at start (in the
+/// background, so binding is not held up) and every `reconcile_interval`.
+fn start_reconcile(settings: &Settings, runner: &Arc<Runner>, port: Option<&Arc<PortClient>>) {
+    let Some(port) = port else {
+        return; // local mode: Port holds nothing for us
+    };
+    let Some(url) = settings.webhook_url.clone() else {
+        tracing::info!("runs Port could not deliver while this runner was down are not picked up: set PORT_RUNNER_PUBLIC_URL (the URL `apply` writes into the actions) to reconcile them");
+        return;
+    };
+    let actions = runner
+        .handlers()
+        .known()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let reconciler = Arc::new(Reconciler::new(port.clone(), runner.clone(), url, actions));
+    let pass = |reconciler: Arc<Reconciler>| async move {
+        match reconciler.once().await {
+            Ok(found) if found.adopted > 0 => {
+                tracing::info!(adopted = found.adopted, "reconciled with Port's runs")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not list Port's runs; trying again later"),
+        }
+    };
+    runner.spawn_tracked(pass(reconciler.clone()));
+    if !settings.reconcile_interval.is_zero() {
+        runner.every(settings.reconcile_interval, move |_| {
+            pass(reconciler.clone())
+        });
+    }
+}
+
+/// Binds the listener; calling what it returns starts serving.
+fn bind(
+    settings: &Settings,
+    state: AppState,
+) -> Result<(SocketAddr, impl FnOnce() -> Server), StartError> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -323,5 +372,5 @@ fn bind(settings: &Settings, state: AppState) -> Result<(SocketAddr, Server), St
         .first()
         .copied()
         .expect("a bound server has an address");
-    Ok((addr, server.run()))
+    Ok((addr, move || server.run()))
 }

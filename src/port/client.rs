@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::error::PortError;
-use super::types::{ErrorBody, RunPatch, TokenRequest, TokenResponse};
+use super::types::{ActiveRun, ErrorBody, RunPatch, TokenRequest, TokenResponse};
 use crate::http::{Raw, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -155,6 +155,34 @@ impl PortClient {
             }
         }
         Ok(messages)
+    }
+
+    /// `GET /actions/runs?version=v2&active=true&action={id}`: the runs of one action Port
+    /// still considers active (up to 1000, Port's page limit).
+    pub async fn list_active_runs(&self, action: &str) -> Result<Vec<ActiveRun>, PortError> {
+        let answer = self
+            .call(
+                Method::GET,
+                &["actions", "runs"],
+                &[
+                    ("version", "v2"),
+                    ("active", "true"),
+                    ("action", action),
+                    ("limit", "1000"),
+                ],
+                None,
+            )
+            .await?;
+        // Tolerant: a run whose shape this runner does not know is skipped, not an error.
+        Ok(answer
+            .get("runs")
+            .and_then(Value::as_array)
+            .map(|runs| {
+                runs.iter()
+                    .filter_map(|r| serde_json::from_value(r.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// `GET /blueprints/{id}`; `None` when Port has no such blueprint.

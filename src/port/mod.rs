@@ -11,4 +11,4 @@ pub mod types;
 pub use crate::http::RetryPolicy;
 pub use client::{PortClient, PortConfig, BULK_MAX};
 pub use error::PortError;
-pub use types::{BulkItemResult, RunPatch, RunStatus, WriteMode};
+pub use types::{ActiveRun, BulkItemResult, RunPatch, RunPayload, RunStatus, WriteMode};

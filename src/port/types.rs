@@ -135,3 +135,29 @@ pub(crate) struct SearchResponse {
     #[serde(default)]
     pub entities: Vec<Value>,
 }
+
+/// A run as Port's runs API lists it (`GET /actions/runs?version=v2`), the fields reconcile
+/// reads; unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActiveRun {
+    pub id: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub payload: Option<RunPayload>,
+}
+
+/// How Port invoked (or would have invoked) the run's backend.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunPayload {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub agent: Option<bool>,
+    #[serde(default)]
+    pub headers: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub body: Option<Value>,
+}

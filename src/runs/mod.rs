@@ -4,8 +4,10 @@
 //! its final report: it admits through the journal (`store/`), executes with a handler from
 //! `handlers/`, and reports through [`RunReporter`]. The types handlers see live in `core/`.
 
+mod reconcile;
 mod reporter;
 mod runner;
 
+pub use reconcile::{Reconciled, Reconciler};
 pub use reporter::{FinalReportRetry, LogBatching, RunReporter, Verdict};
 pub use runner::{Runner, RunnerConfig, SubmitError};

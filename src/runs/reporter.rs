@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::core::{LogCmd, Masker, ReportState, RunLog, RunRegistry, RunState, Sink};
 use crate::domain::RunId;
 use crate::metrics::Metrics;
-use crate::port::{PortClient, RunPatch, RunStatus};
+use crate::port::{PortClient, PortError, RunPatch, RunStatus};
 use crate::store::{Journal, JournalError};
 
 /// Batching limits of the log pump.
@@ -286,6 +286,11 @@ impl FinalDelivery {
 pub async fn deliver_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
     match ctx.client.patch_run(run_id.as_str(), &patch).await {
         Ok(()) => ctx.settle(&run_id, ReportState::Delivered).await,
+        Err(e) if already_final(&e) => {
+            // An earlier attempt landed (its answer was lost), or Port ended the run itself.
+            tracing::info!(%run_id, "Port already has a final status for this run");
+            ctx.settle(&run_id, ReportState::Delivered).await
+        }
         Err(e) if e.is_transient() => {
             tracing::warn!(%run_id, error = %e, "final status not delivered yet; retrying in the background");
             ctx.registry.update(&run_id, |r| {
@@ -310,6 +315,17 @@ pub async fn deliver_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
     }
 }
 
+/// Port answers 409 or 422 to a final status for a run that is final already.
+fn already_final(e: &PortError) -> bool {
+    matches!(
+        e,
+        PortError::Invalid {
+            status: 409 | 422,
+            ..
+        }
+    )
+}
+
 async fn retry_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
     let deadline = tokio::time::Instant::now() + ctx.retry.give_up_after;
     let mut delay = ctx.retry.first_delay;
@@ -324,6 +340,11 @@ async fn retry_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
         match ctx.client.patch_run(run_id.as_str(), &patch).await {
             Ok(()) => {
                 tracing::info!(%run_id, attempts, "final status delivered after retries");
+                ctx.settle(&run_id, ReportState::Delivered).await;
+                return;
+            }
+            Err(e) if already_final(&e) => {
+                tracing::info!(%run_id, attempts, "Port already has a final status for this run");
                 ctx.settle(&run_id, ReportState::Delivered).await;
                 return;
             }

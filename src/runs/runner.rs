@@ -90,6 +90,8 @@ pub struct Runner {
     /// Phase 2: cancel what is still running.
     hard_stop: CancellationToken,
     tracker: TaskTracker,
+    /// A first log line for runs that did not come in through the webhook (adopted ones).
+    notes: dashmap::DashMap<RunId, &'static str>,
 }
 
 impl Runner {
@@ -118,6 +120,7 @@ impl Runner {
             stopping: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            notes: dashmap::DashMap::new(),
         })
     }
 
@@ -157,6 +160,25 @@ impl Runner {
         }
         self.schedule(invocation);
         Ok(())
+    }
+
+    /// Admits a run Port holds but never delivered (found through its runs API): the same
+    /// admission as a delivered one decides, so a delivery racing it runs once. The run's log
+    /// says where it came from.
+    pub async fn adopt(self: &Arc<Self>, invocation: Invocation) -> Result<(), SubmitError> {
+        let (run_id, action) = (invocation.run_id.clone(), invocation.action.to_string());
+        self.notes.insert(
+            run_id.clone(),
+            "picked up from Port: its webhook was not received",
+        );
+        let result = self.submit(invocation).await;
+        match &result {
+            Ok(()) => self.metrics.run_adopted(&action),
+            Err(_) => {
+                self.notes.remove(&run_id);
+            }
+        }
+        result
     }
 
     /// Spawns an admitted run; it waits for a slot, runs, and reports.
@@ -389,6 +411,9 @@ impl Runner {
         let action = invocation.action.to_string();
         let reporter = self.reporter(&invocation);
         tracing::info!(operation = %invocation.operation, "run accepted");
+        if let Some((_, note)) = self.notes.remove(&run_id) {
+            reporter.log().line(note).await;
+        }
 
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),

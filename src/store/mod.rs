@@ -10,6 +10,7 @@
 //! process) and PostgreSQL (`DATABASE_URL`), shared by several replicas that claim each
 //! other's runs when a replica's lease runs out.
 
+mod lock;
 mod postgres;
 mod sqlite;
 
@@ -22,6 +23,7 @@ use crate::domain::RunId;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
 
+pub use lock::{DataDirError, DataDirLock, LOCK_FILE};
 pub use postgres::PgJournal;
 pub use sqlite::SqliteJournal;
 

@@ -92,13 +92,25 @@ pub(super) async fn get_run(
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": record })))
 }
 
-pub(super) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "ok": true }))
+/// While draining, 503 so a load balancer sends new work elsewhere.
+fn draining(state: &AppState) -> Option<HttpResponse> {
+    state.runner.is_stopping().then(|| {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "5"))
+            .json(json!({ "ok": false, "draining": true, "message": "draining: this runner is shutting down" }))
+    })
+}
+
+pub(super) async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    draining(&state).unwrap_or_else(|| HttpResponse::Ok().json(json!({ "ok": true })))
 }
 
 /// Ready once configuration is loaded (it is, if this answers). Says whether Port is
 /// reachable, without failing on it: runs are accepted and their reports retried anyway.
 pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(response) = draining(&state) {
+        return response;
+    }
     let port = match &state.port {
         None => json!({ "mode": "local" }),
         Some(client) => {

@@ -6,7 +6,6 @@
 
 mod admin;
 pub mod bitbucket;
-pub mod payload;
 pub mod signature;
 
 use std::time::SystemTime;
@@ -22,11 +21,11 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 
+use crate::invocation::payload::{self, PayloadError};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::Runner;
 use bitbucket::PushHook;
-use payload::PayloadError;
 use signature::SignatureVerifier;
 use signature::{SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 

@@ -44,6 +44,9 @@ struct State {
     entities: BTreeMap<(String, String), Value>,
     blueprints: HashMap<String, Value>,
     actions: HashMap<String, Value>,
+    /// Runs as Port's runs API lists them (seeded by tests: a button pressed while the
+    /// runner was down).
+    runs: Vec<Value>,
 }
 
 /// What Port adds to a stored definition (so "unchanged" must ignore it).
@@ -139,6 +142,12 @@ impl FakePort {
     /// Invalidates every issued token: the next API call gets a 401.
     pub fn revoke_tokens(&self) {
         self.state.lock().unwrap().valid_tokens.clear();
+    }
+
+    /// A run Port holds, as `GET /actions/runs?version=v2` lists it, e.g. one created while
+    /// the runner was down (`status` IN_PROGRESS; it becomes final with its final PATCH).
+    pub fn seed_run(&self, run: Value) {
+        self.state.lock().unwrap().runs.push(run);
     }
 
     pub fn add_blueprint(&self, blueprint: Value) {
@@ -343,6 +352,35 @@ async fn handle(
                 st.finals.insert(run_id.clone(), body.clone());
             }
             HttpResponse::Ok().json(json!({"ok": true, "run": {"id": run_id}}))
+        }
+        ("GET", ["v1", "actions", "runs"]) => {
+            let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+                .map(|q| q.into_inner())
+                .unwrap_or_default();
+            let runs: Vec<Value> = st
+                .runs
+                .iter()
+                .map(|run| {
+                    let mut run = run.clone();
+                    if let Some(done) = st.finals.get(run["id"].as_str().unwrap_or_default()) {
+                        run["status"] = done["status"].clone();
+                    }
+                    run
+                })
+                .filter(|run| {
+                    query
+                        .get("action")
+                        .is_none_or(|a| run["action"]["identifier"] == a.as_str())
+                })
+                .filter(|run| {
+                    query.get("active").map(String::as_str) != Some("true")
+                        || matches!(
+                            run["status"].as_str(),
+                            Some("IN_PROGRESS" | "WAITING_FOR_APPROVAL")
+                        )
+                })
+                .collect();
+            HttpResponse::Ok().json(json!({"ok": true, "runs": runs}))
         }
         ("GET", ["v1", "actions", "runs", run_id, "logs"]) => {
             let limit: usize =

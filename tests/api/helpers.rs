@@ -44,6 +44,11 @@ pub struct AppOptions {
     pub file_api: FileApi,
     /// Actions folder (with `handlers/`); default: the repository's `actions/`.
     pub actions_dir: Option<std::path::PathBuf>,
+    /// `PORT_RUNNER_PUBLIC_URL`: with it, runs Port holds for this URL are reconciled.
+    pub public_url: Option<String>,
+    pub reconcile_interval: Duration,
+    /// A fake Port prepared before the app starts (seeded runs, faults).
+    pub port_fake: Option<FakePort>,
 }
 
 impl Default for AppOptions {
@@ -58,6 +63,9 @@ impl Default for AppOptions {
             gitops: false,
             file_api: FileApi::Raw,
             actions_dir: None,
+            public_url: None,
+            reconcile_interval: Duration::from_secs(300),
+            port_fake: None,
         }
     }
 }
@@ -79,11 +87,11 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
 }
 
-pub async fn spawn_app_with(options: AppOptions) -> TestApp {
-    let port = if options.with_port {
-        Some(FakePort::start().await)
-    } else {
-        None
+pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
+    let port = match (options.with_port, options.port_fake.take()) {
+        (_, Some(fake)) => Some(fake),
+        (true, None) => Some(FakePort::start().await),
+        (false, None) => None,
     };
     let secret = match &port {
         Some(_) => CLIENT_SECRET.to_owned(),
@@ -140,6 +148,11 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None
     };
     settings.shutdown_grace = options.shutdown_grace;
+    settings.webhook_url = options
+        .public_url
+        .as_deref()
+        .map(port_runner::definitions::webhook_url);
+    settings.reconcile_interval = options.reconcile_interval;
     settings.runner.max_concurrent_runs = options.max_concurrent_runs;
     settings.runner.run_timeout = options.run_timeout;
     settings.runner.log_batching = LogBatching {
@@ -266,6 +279,11 @@ impl TestApp {
                 .wait(|| format!("run {run_id}'s report to become {state}: {run:#}"))
                 .await;
         }
+    }
+
+    /// Requests shutdown and returns at once (the app drains in the background).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
     }
 
     /// Requests shutdown, waits for the server and runner to stop, and hands back the fake Port.

@@ -12,6 +12,7 @@ mod journal;
 mod pg;
 mod port_client;
 mod provision;
+mod reconcile;
 mod replicas;
 mod runs;
 mod ship;

@@ -13,8 +13,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::{EntityRef, Invocation, TriggeredBy};
 use crate::domain::{DomainError, Identifier, Operation, RunId};
-use crate::invocation::{EntityRef, Invocation, TriggeredBy};
 
 /// Why a body is not an invocation.
 #[derive(Debug, thiserror::Error)]

@@ -464,7 +464,7 @@ mod tests {
             Case {
                 name: "file unparsable: nothing deleted",
                 record: vec![("P/a", owned(Some("port.yaml"), &["x", "y"]))],
-                scans: vec![("P/a", file("- {identifier: x, title: [unclosed\n"))],
+                scans: vec![("P/a", file("- identifier: [unclosed\n"))],
                 writes: vec![],
                 deletes: vec![],
                 problems: vec![ProblemKind::Rejected],
@@ -477,6 +477,13 @@ mod tests {
                 deletes: vec![],
                 problems: vec![ProblemKind::Rejected],
             },
+        ];
+        check_cases(&cases);
+    }
+
+    #[test]
+    fn the_planner_settles_claims_moves_and_blueprint_changes() {
+        let cases = [
             Case {
                 name: "two files claim one entity: the owner keeps it, the other is reported",
                 record: vec![("P/a", owned(Some("port.yaml"), &["x"]))],
@@ -537,7 +544,11 @@ mod tests {
                 problems: vec![ProblemKind::Rejected],
             },
         ];
-        for case in &cases {
+        check_cases(&cases);
+    }
+
+    fn check_cases(cases: &[Case]) {
+        for case in cases {
             let (plan, report) = plan(case);
             let mut writes: Vec<&str> = plan
                 .upserts

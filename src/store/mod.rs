@@ -11,6 +11,8 @@
 //! other's runs when a replica's lease runs out.
 
 mod lock;
+mod pg_shared;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 

@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, RwLock};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 use tokio_util::sync::CancellationToken;
 
+use super::pg_tls::PgTls;
 use super::{JournalError, Recovery, UnreportedFinal};
-use crate::core::{GlobalLocks, RecordStore, StoreError};
+
 use crate::domain::RunId;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
@@ -39,11 +39,13 @@ const CLAIM_BATCH: i64 = 500;
 
 pub struct PgJournal {
     config: Config,
+    /// `sslmode` / `sslrootcert` of `DATABASE_URL`, for every (re)connection.
+    tls: PgTls,
     /// Where, for messages: host, port and database, never the password.
     target: String,
     client: RwLock<Arc<Client>>,
-    replica: String,
-    lease: Duration,
+    pub(super) replica: String,
+    pub(super) lease: Duration,
     /// The first recovery also takes back this replica's own runs (a restart with a fixed
     /// replica id); later rounds only take expired leases of others.
     recovered_once: AtomicBool,
@@ -91,7 +93,20 @@ fn target_of(config: &Config) -> String {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The cause chain: "error performing TLS handshake: invalid peer certificate: …".
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let shown = cause.to_string();
+                if !text.contains(&shown) {
+                    text.push_str(": ");
+                    text.push_str(&shown);
+                }
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -103,7 +118,7 @@ fn message(e: JournalError) -> String {
     }
 }
 
-fn secs(d: Duration) -> f64 {
+pub(super) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
@@ -114,17 +129,19 @@ impl PgJournal {
         replica: &str,
         lease: Duration,
     ) -> Result<Arc<Self>, JournalError> {
-        let config: Config = url.parse().map_err(|e| JournalError::Postgres {
-            target: "DATABASE_URL".into(),
-            message: format!("not a PostgreSQL connection string: {e}"),
-        })?;
+        let (config, tls) =
+            super::pg_tls::parse(url).map_err(|message| JournalError::Postgres {
+                target: "DATABASE_URL".into(),
+                message,
+            })?;
         let target = target_of(&config);
-        let mut client = open(&config, &target).await?;
+        let mut client = open(&config, &tls, &target).await?;
         migrate(&mut client, &target).await?;
         let (accepts, accepts_rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
         let journal = Arc::new(Self {
             config,
+            tls,
             target,
             client: RwLock::new(Arc::new(client)),
             replica: replica.to_owned(),
@@ -175,13 +192,13 @@ impl PgJournal {
         let mut slot = self.client.write().await;
         if slot.is_closed() {
             tracing::warn!(database = %self.target, "journal connection lost; reconnecting");
-            *slot = Arc::new(open(&self.config, &self.target).await?);
+            *slot = Arc::new(open(&self.config, &self.tls, &self.target).await?);
         }
         Ok(slot.clone())
     }
 
     /// Runs one statement; returns the rows it changed.
-    async fn execute(
+    pub(super) async fn execute(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -193,7 +210,7 @@ impl PgJournal {
             .map_err(|e| self.error(describe(&e)))
     }
 
-    async fn query(
+    pub(super) async fn query(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -495,19 +512,25 @@ impl PgJournal {
     }
 }
 
-async fn open(config: &Config, target: &str) -> Result<Client, JournalError> {
+async fn open(config: &Config, tls: &PgTls, target: &str) -> Result<Client, JournalError> {
     let mut config = config.clone();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     config.application_name("port-runner");
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| JournalError::Postgres {
+    let (client, connection) = config.connect(tls.connector.clone()).await.map_err(|e| {
+        let cause = describe(&e);
+        let hint = super::pg_tls::hint(tls.mode, &cause)
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        JournalError::Postgres {
             target: target.to_owned(),
-            message: format!("cannot connect: {}", describe(&e)),
-        })?;
+            message: format!(
+                "cannot connect (sslmode={}): {cause}{hint}",
+                tls.mode.as_str()
+            ),
+        }
+    })?;
     let shown = target.to_owned();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -609,78 +632,5 @@ async fn heartbeat(journal: std::sync::Weak<PgJournal>, stop: CancellationToken,
         if let Err(e) = journal.renew().await {
             tracing::warn!(error = %e, "journal heartbeat failed; runs may be taken over if it keeps failing");
         }
-    }
-}
-
-#[async_trait]
-impl GlobalLocks for PgJournal {
-    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, StoreError> {
-        let rows = self
-            .query(
-                "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-                 ON CONFLICT (name) DO UPDATE
-                    SET run_id = EXCLUDED.run_id, owner = EXCLUDED.owner,
-                        lease_until = EXCLUDED.lease_until
-                  WHERE port_runner_locks.lease_until < now()
-                     OR port_runner_locks.run_id = EXCLUDED.run_id
-                 RETURNING run_id",
-                &[&name, &run_id, &self.replica, &secs(self.lease)],
-            )
-            .await
-            .map_err(StoreError::new)?;
-        if !rows.is_empty() {
-            return Ok(None);
-        }
-        let holder = self
-            .query(
-                "SELECT run_id FROM port_runner_locks WHERE name = $1",
-                &[&name],
-            )
-            .await
-            .map_err(StoreError::new)?;
-        Ok(Some(
-            holder
-                .first()
-                .map(|r| r.get::<_, String>(0))
-                .unwrap_or_default(),
-        ))
-    }
-
-    async fn unlock(&self, name: &str, run_id: &str) {
-        if let Err(e) = self
-            .execute(
-                "DELETE FROM port_runner_locks WHERE name = $1 AND run_id = $2",
-                &[&name, &run_id],
-            )
-            .await
-        {
-            tracing::warn!(lock = name, error = %e, "could not release a lock; it expires with its lease");
-        }
-    }
-}
-
-#[async_trait]
-impl RecordStore for PgJournal {
-    async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT doc FROM port_runner_records WHERE key = $1",
-                &[&key],
-            )
-            .await
-            .map_err(StoreError::new)?;
-        Ok(rows.first().map(|r| r.get(0)))
-    }
-
-    async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO port_runner_records (key, doc) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
-            &[&key, &text],
-        )
-        .await
-        .map(|_| ())
-        .map_err(StoreError::new)
     }
 }

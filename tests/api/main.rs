@@ -10,6 +10,7 @@ mod gitops;
 mod helpers;
 mod journal;
 mod pg;
+mod pg_tls;
 mod port_client;
 mod provision;
 mod reconcile;

@@ -201,3 +201,121 @@ pub async fn fresh_database_on(server: &str) -> String {
     let base = server.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
 }
+
+/// A test server that takes only TLS connections (`hostssl` alone in its `pg_hba.conf`),
+/// with a certificate for 127.0.0.1 signed by a CA made here with `openssl`.
+pub struct TlsServer {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`, without `sslmode`.
+    pub url: String,
+    /// The CA that signed the server's certificate.
+    pub ca: PathBuf,
+    /// A CA that did not.
+    pub wrong_ca: PathBuf,
+}
+
+pub fn start_tls_server() -> TlsServer {
+    let dir = tempfile::Builder::new()
+        .prefix("port-runner-tls-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl runs (Debian's openssl package)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (key, cert, cn) in [
+        ("ca.key", "ca.crt", "test CA"),
+        ("wrong.key", "wrong.crt", "other CA"),
+    ] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    std::fs::write(
+        dir.join("hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    // The server (as the postgres user, when we are root) reads its key only if it owns it.
+    if let Some((uid, gid)) = server_user() {
+        for file in ["server.key", "server.crt", "hba.conf"] {
+            std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)).unwrap();
+        }
+    }
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let url = start_server(&[
+        "fsync=off",
+        "ssl=on",
+        &format!("ssl_cert_file={}", path("server.crt")),
+        &format!("ssl_key_file={}", path("server.key")),
+        &format!("hba_file={}", path("hba.conf")),
+    ]);
+    TlsServer {
+        url,
+        ca: dir.join("ca.crt"),
+        wrong_ca: dir.join("wrong.crt"),
+    }
+}

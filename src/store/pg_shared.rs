@@ -1,0 +1,80 @@
+//! What the PostgreSQL journal shares between replicas besides runs: named locks (a stack,
+//! a resource) held with a lease, and named records (the GitOps ownership record).
+
+use async_trait::async_trait;
+
+use super::postgres::{secs, PgJournal};
+use crate::core::{GlobalLocks, RecordStore, StoreError};
+
+#[async_trait]
+impl GlobalLocks for PgJournal {
+    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .query(
+                "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+                 ON CONFLICT (name) DO UPDATE
+                    SET run_id = EXCLUDED.run_id, owner = EXCLUDED.owner,
+                        lease_until = EXCLUDED.lease_until
+                  WHERE port_runner_locks.lease_until < now()
+                     OR port_runner_locks.run_id = EXCLUDED.run_id
+                 RETURNING run_id",
+                &[&name, &run_id, &self.replica, &secs(self.lease)],
+            )
+            .await
+            .map_err(StoreError::new)?;
+        if !rows.is_empty() {
+            return Ok(None);
+        }
+        let holder = self
+            .query(
+                "SELECT run_id FROM port_runner_locks WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(StoreError::new)?;
+        Ok(Some(
+            holder
+                .first()
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_default(),
+        ))
+    }
+
+    async fn unlock(&self, name: &str, run_id: &str) {
+        if let Err(e) = self
+            .execute(
+                "DELETE FROM port_runner_locks WHERE name = $1 AND run_id = $2",
+                &[&name, &run_id],
+            )
+            .await
+        {
+            tracing::warn!(lock = name, error = %e, "could not release a lock; it expires with its lease");
+        }
+    }
+}
+
+#[async_trait]
+impl RecordStore for PgJournal {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT doc FROM port_runner_records WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(StoreError::new)?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO port_runner_records (key, doc) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
+            &[&key, &text],
+        )
+        .await
+        .map(|_| ())
+        .map_err(StoreError::new)
+    }
+}

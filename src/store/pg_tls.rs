@@ -1,0 +1,329 @@
+//! TLS to PostgreSQL the way libpq reads it from the connection string: `sslmode`
+//! (`disable`, `allow`, `prefer` — the default —, `require`, `verify-ca`, `verify-full`) and
+//! `sslrootcert`, in a URL's query or as `key=value` words. tokio-postgres knows only
+//! disable / prefer / require, so the two are taken out here, the rest goes to it, and the
+//! certificate check is rustls' (managed PostgreSQL — RDS, Cloud SQL, Azure, Neon — demands
+//! TLS).
+//!
+//! As in libpq: `prefer` and `require` encrypt without checking the certificate (unless
+//! `require` is given a root certificate, which makes it `verify-ca`); `verify-ca` checks the
+//! chain against `sslrootcert` (or the web's roots); `verify-full` also checks the host name.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::Config;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "disable" => Self::Disable,
+            // libpq tries without TLS first; with a server that takes either, both work.
+            "allow" | "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode '{other}' is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                ))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// The connection string without its TLS words, and how to connect.
+pub struct PgTls {
+    pub mode: SslMode,
+    pub connector: MakeRustlsConnect,
+}
+
+/// Parses `DATABASE_URL` (URL or `key=value` form). Errors name what was wrong.
+pub fn parse(url: &str) -> Result<(Config, PgTls), String> {
+    let (rest, sslmode, rootcert) = split(url)?;
+    let mut config: Config = rest
+        .parse()
+        .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    let mut mode = match sslmode {
+        Some(m) => SslMode::parse(&m)?,
+        None => SslMode::Prefer,
+    };
+    if mode == SslMode::Require && rootcert.is_some() {
+        mode = SslMode::VerifyCa; // as libpq does when a root certificate is given
+    }
+    config.ssl_mode(match mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        _ => PgSslMode::Require,
+    });
+    let connector = MakeRustlsConnect::new(client_config(mode, rootcert.as_deref())?);
+    Ok((config, PgTls { mode, connector }))
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL's query or a `key=value` string.
+fn split(url: &str) -> Result<(String, Option<String>, Option<String>), String> {
+    let (mut sslmode, mut rootcert) = (None, None);
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut parsed = reqwest::Url::parse(url)
+            .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter_map(|(k, v)| match k.as_ref() {
+                "sslmode" => {
+                    sslmode = Some(v.into_owned());
+                    None
+                }
+                "sslrootcert" => {
+                    rootcert = Some(v.into_owned());
+                    None
+                }
+                _ => Some((k.into_owned(), v.into_owned())),
+            })
+            .collect();
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        return Ok((parsed.to_string(), sslmode, rootcert));
+    }
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|word| match word.split_once('=') {
+            Some(("sslmode", v)) => {
+                sslmode = Some(v.trim_matches('\'').to_owned());
+                false
+            }
+            Some(("sslrootcert", v)) => {
+                rootcert = Some(v.trim_matches('\'').to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    Ok((kept.join(" "), sslmode, rootcert))
+}
+
+fn client_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Unchecked(provider)),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let mut roots = rustls::RootCertStore::empty();
+            match rootcert {
+                Some(path) => {
+                    let certs = CertificateDer::pem_file_iter(path)
+                        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    if certs.is_empty() {
+                        return Err(format!("sslrootcert {path}: no PEM certificate in it"));
+                    }
+                    for cert in certs {
+                        roots
+                            .add(cert)
+                            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+                    }
+                }
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("TLS: {e}"))?;
+            if mode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        }
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// `prefer` / `require`: encrypted, the certificate not checked (libpq's meaning of them);
+/// the handshake's signatures still are.
+#[derive(Debug)]
+struct Unchecked(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// What a TLS failure means for the operator, added to the driver's own error.
+pub fn hint(mode: SslMode, error: &str) -> Option<&'static str> {
+    let e = error.to_ascii_lowercase();
+    if e.contains("unknownissuer") || e.contains("unknown issuer") || e.contains("badsignature") {
+        Some("the server's certificate is not signed by a trusted root: check sslrootcert")
+    } else if e.contains("notvalidforname") || e.contains("not valid for name") {
+        Some("the server's certificate does not name this host: use the host name it was issued for, or sslmode=verify-ca")
+    } else if mode == SslMode::Disable && (e.contains("no encryption") || e.contains("pg_hba.conf"))
+    {
+        Some("sslmode=disable, and the server accepts only encrypted connections: use sslmode=require or verify-full")
+    } else if e.contains("server does not support tls") {
+        Some("the server does not offer TLS: use sslmode=prefer or disable, or turn ssl on in PostgreSQL")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_words_are_taken_out_of_both_forms() {
+        let (rest, mode, root) = split(
+            "postgres://u:p@db:5432/app?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u:p@db:5432/app?application_name=x");
+        assert_eq!(mode.as_deref(), Some("verify-full"));
+        assert_eq!(root.as_deref(), Some("/ca.pem"));
+        let (rest, mode, _) = split("postgres://u@db/app?sslmode=require").unwrap();
+        assert_eq!(rest, "postgres://u@db/app");
+        assert_eq!(mode.as_deref(), Some("require"));
+        let (rest, mode, root) =
+            split("host=db user=u sslmode=verify-ca sslrootcert='/ca.pem' dbname=app").unwrap();
+        assert_eq!(rest, "host=db user=u dbname=app");
+        assert_eq!(mode.as_deref(), Some("verify-ca"));
+        assert_eq!(root.as_deref(), Some("/ca.pem"));
+    }
+
+    #[test]
+    fn modes_follow_libpq() {
+        assert_eq!(
+            parse("postgres://u@db/app").unwrap().1.mode,
+            SslMode::Prefer
+        );
+        assert_eq!(
+            parse("postgres://u@db/app?sslmode=disable").unwrap().1.mode,
+            SslMode::Disable
+        );
+        let err = parse("postgres://u@db/app?sslmode=strict").err().unwrap();
+        assert!(err.contains("sslmode 'strict' is not one of"), "{err}");
+        let err = parse("postgres://u@db/app?sslmode=verify-full&sslrootcert=/nope.pem")
+            .err()
+            .unwrap();
+        assert!(err.starts_with("sslrootcert /nope.pem:"), "{err}");
+    }
+}

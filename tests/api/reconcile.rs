@@ -271,3 +271,17 @@ async fn draining_answers_503_and_still_shows_the_run_in_flight() {
     let fake = app.shutdown().await.unwrap();
     assert_eq!(fake.final_patch(&run_id).unwrap()["status"], "SUCCESS");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_status_port_says_is_already_final_counts_as_delivered() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let run_id = unique_run_id();
+    // As when an earlier attempt landed but its answer was lost, or Port ended the run.
+    app.port()
+        .fail("PATCH", &format!("/actions/runs/{run_id}"), 422, 1);
+    app.post_signed(&legacy(&run_id, "echo", "CREATE", json!({})))
+        .await;
+    let run = app.wait_report(&run_id, "delivered").await;
+    assert_eq!(run["state"], "SUCCESS");
+    app.shutdown().await;
+}

@@ -235,6 +235,8 @@ async fn reference_strategy(bb: &FakeBitbucket, port: &FakePort) {
         request_timeout: Duration::from_secs(60),
         file_api: FileApi::Browse,
         page_limit: 25,
+        rate: None,
+        rate_limit_patience: Duration::from_secs(3600),
     })
     .unwrap();
     let port_client = Arc::new(port.client(RetryPolicy::default(), Duration::from_secs(30)));

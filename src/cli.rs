@@ -132,6 +132,30 @@ pub struct BitbucketArgs {
     /// How files are read: `raw` (whole file, one request) or `browse` (paged JSON lines).
     #[arg(long, env = "BITBUCKET_FILE_API", value_enum, default_value_t = FileApiArg::Raw)]
     pub bitbucket_file_api: FileApiArg,
+
+    /// Pace Bitbucket requests at this rate from the start, as requests per second with an
+    /// optional burst (5, or 5/60 for Data Center's proposed bucket); unset: learnt from 429s.
+    #[arg(long, env = "BITBUCKET_RATE_LIMIT", value_parser = crate::bitbucket::Rate::parse)]
+    pub bitbucket_rate: Option<crate::bitbucket::Rate>,
+
+    /// A sync that would delete more than this share of the entities it owns (and more than
+    /// 10) deletes none and fails, naming the override.
+    #[arg(long, env = "PORT_RUNNER_GITOPS_MAX_DELETE_RATIO", default_value_t = 0.5,
+          value_parser = delete_ratio)]
+    pub gitops_max_delete_ratio: f64,
+
+    /// How long a sync may keep waiting out Bitbucket's rate limit before a read fails.
+    #[arg(long, env = "PORT_RUNNER_SYNC_TIMEOUT_SECS", default_value_t = 3600)]
+    pub sync_timeout_secs: u64,
+}
+
+fn delete_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a share between 0 and 1 (0.5 is half)"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -159,6 +183,10 @@ pub struct SyncArgs {
     /// Re-apply every entity, also those unchanged since they were last applied.
     #[arg(long)]
     pub full: bool,
+
+    /// Delete even more than --gitops-max-delete-ratio of the entities the sync owns.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
 
     /// Only this project (repeatable); default: BITBUCKET_PROJECTS_FILTER, else all.
     #[arg(long = "project")]

@@ -31,6 +31,8 @@ pub enum Mode {
 pub struct GitOpsSettings {
     pub bitbucket: BitbucketConfig,
     pub projects_filter: Vec<String>,
+    /// The mass-deletion breaker's ratio.
+    pub max_delete_ratio: f64,
     /// Key of `X-Hub-Signature` on the push webhook; `None` turns the route off.
     pub webhook_secret: Option<Secret>,
 }
@@ -71,6 +73,8 @@ impl GitOpsSettings {
                 },
                 // As large as Bitbucket allows by default (page.max.* is 1000).
                 page_limit: 1000,
+                rate: args.bitbucket_rate,
+                rate_limit_patience: Duration::from_secs(args.sync_timeout_secs),
             },
             projects_filter: args
                 .bitbucket_projects_filter
@@ -79,6 +83,7 @@ impl GitOpsSettings {
                 .filter(|p| !p.is_empty())
                 .collect(),
             webhook_secret: non_empty("BITBUCKET_WEBHOOK_SECRET").map(Secret::new),
+            max_delete_ratio: args.gitops_max_delete_ratio,
         }))
     }
 }

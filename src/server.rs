@@ -191,19 +191,22 @@ fn wire_gitops(
     port: Option<&Arc<PortClient>>,
 ) -> Result<GitOps, StartError> {
     let engine = match &settings.gitops {
-        Some(gitops) => Some(Arc::new(SyncEngine::new(
-            Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
-            // The ownership record lives in the journal (shared by replicas on PostgreSQL).
-            match journal {
-                Some(j) => match j.shared() {
-                    Some(shared) => StateStore::shared(shared.clone()),
-                    None => StateStore::in_journal(&settings.data_dir, j.records()),
+        Some(gitops) => Some(Arc::new(
+            SyncEngine::new(
+                Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
+                // The ownership record lives in the journal (shared by replicas on PostgreSQL).
+                match journal {
+                    Some(j) => match j.shared() {
+                        Some(shared) => StateStore::shared(shared.clone()),
+                        None => StateStore::in_journal(&settings.data_dir, j.records()),
+                    },
+                    None => StateStore::in_dir(&settings.data_dir),
                 },
-                None => StateStore::in_dir(&settings.data_dir),
-            },
-            gitops.projects_filter.clone(),
-            8,
-        ))),
+                gitops.projects_filter.clone(),
+                8,
+            )
+            .with_max_delete_ratio(gitops.max_delete_ratio),
+        )),
         None => None,
     };
     let blueprints: Arc<dyn BlueprintSource> = match port {

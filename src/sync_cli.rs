@@ -67,12 +67,14 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         store,
         gitops.projects_filter.clone(),
         8,
-    );
+    )
+    .with_max_delete_ratio(gitops.max_delete_ratio);
     let request = SyncRequest {
         projects: args.projects.clone(),
         repos,
         dry_run: args.dry_run,
         full: args.full,
+        allow_mass_delete: args.allow_mass_delete,
     };
     let report = engine
         .sync(&request, blueprints.as_ref(), writer.as_ref(), &StderrLog)

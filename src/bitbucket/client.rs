@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::error::BitbucketError;
+use super::pacer::{Pacer, Rate};
 use super::types::{Branch, BranchWire, ErrorBody, LinesPage, Page};
 use crate::http::{Raw, RetryPolicy};
 
@@ -57,6 +58,10 @@ pub struct BitbucketConfig {
     pub file_api: FileApi,
     /// Page size asked for in listings (the server may answer with less and says so).
     pub page_limit: usize,
+    /// `--bitbucket-rate`: pace requests at this rate from the start (else learnt from 429s).
+    pub rate: Option<Rate>,
+    /// How long one request keeps waiting out 429s before it fails (the sync's time budget).
+    pub rate_limit_patience: Duration,
 }
 
 pub struct BitbucketClient {
@@ -68,6 +73,8 @@ pub struct BitbucketClient {
     file_api: FileApi,
     page_limit: String,
     requests: AtomicU64,
+    pacer: Pacer,
+    patience: Duration,
 }
 
 impl BitbucketClient {
@@ -105,12 +112,19 @@ impl BitbucketClient {
             file_api: config.file_api,
             page_limit: config.page_limit.max(1).to_string(),
             requests: AtomicU64::new(0),
+            pacer: Pacer::new(config.rate),
+            patience: config.rate_limit_patience,
         })
     }
 
     /// HTTP requests sent so far (retries included).
     pub fn request_count(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The pacer every request goes through (429s seen, the current rate).
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
     }
 
     /// Every project's key.
@@ -299,15 +313,24 @@ impl BitbucketClient {
             url.query_pairs_mut().extend_pairs(query);
         }
         let mut attempt = 0;
+        let started = tokio::time::Instant::now();
         loop {
             let outcome = match self.send(url.clone()).await {
-                Ok(raw) if (200..300).contains(&raw.status) => return Ok(raw),
+                Ok(raw) if (200..300).contains(&raw.status) => {
+                    self.pacer.succeeded();
+                    return Ok(raw);
+                }
                 other => other,
             };
             let (status, wait) = match &outcome {
                 Ok(raw) => (Some(raw.status), raw.retry_after),
                 Err(_) => (None, None),
             };
+            // Rate limited: not a failure while patience lasts; the pacer slows everyone.
+            if status == Some(429) && started.elapsed() < self.patience {
+                self.pacer.rate_limited(wait);
+                continue;
+            }
             match self.retry.delay(attempt, status, wait) {
                 Some(delay) => {
                     tracing::debug!(
@@ -330,6 +353,9 @@ impl BitbucketClient {
             .acquire()
             .await
             .expect("semaphore never closed");
+        // Paced right before sending: a request that waited for a slot while a 429 paused
+        // everyone must not go out on the old pace.
+        self.pacer.acquire().await;
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self.http.request(Method::GET, url);
         request = match &self.auth {
@@ -446,6 +472,8 @@ mod tests {
             request_timeout: Duration::from_secs(5),
             file_api: FileApi::Raw,
             page_limit: 1000,
+            rate: None,
+            rate_limit_patience: Duration::from_secs(60),
         };
         assert!(BitbucketClient::new(config("https://bb.example.com/")).is_ok());
         assert!(BitbucketClient::new(config("bb.example.com")).is_err());

@@ -1,12 +1,15 @@
 //! Bitbucket Server (Data Center) REST API 1.0: projects, repositories, default branches, files.
 //!
 //! Every request, across all projects and repositories, goes through one semaphore, so the
-//! sync's concurrency is a single number however the work is spread.
+//! sync's concurrency is a single number however the work is spread, and one pacer, so a
+//! rate-limited Data Center is waited out instead of failing reads.
 
 mod client;
 mod error;
+mod pacer;
 mod types;
 
 pub use client::{BitbucketAuth, BitbucketClient, BitbucketConfig, FileApi};
 pub use error::BitbucketError;
+pub use pacer::{Pacer, Rate};
 pub use types::{Branch, RepoRef};

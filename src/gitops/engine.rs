@@ -42,6 +42,8 @@ pub struct SyncRequest {
     pub dry_run: bool,
     /// Re-apply every entity, even those unchanged since they were last applied.
     pub full: bool,
+    /// Delete even when it is more than the mass-deletion breaker allows.
+    pub allow_mass_delete: bool,
 }
 
 /// Where entity writes go (Port with a run id, Port directly, or nowhere in local mode).
@@ -101,6 +103,8 @@ pub struct SyncEngine {
     store: StateStore,
     pub(super) default_projects: Vec<String>,
     write_concurrency: usize,
+    /// The share of the entities it owns a sync may delete (above 10) before it deletes none.
+    max_delete_ratio: f64,
     /// One sync at a time: they share the ownership record.
     lock: tokio::sync::Mutex<()>,
 }
@@ -117,8 +121,15 @@ impl SyncEngine {
             store,
             default_projects,
             write_concurrency: write_concurrency.max(1),
+            max_delete_ratio: 0.5,
             lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The mass-deletion breaker's ratio (`--gitops-max-delete-ratio`, 0.5 by default).
+    pub fn with_max_delete_ratio(mut self, ratio: f64) -> Self {
+        self.max_delete_ratio = ratio;
+        self
     }
 
     pub fn bitbucket(&self) -> &BitbucketClient {
@@ -148,8 +159,12 @@ impl SyncEngine {
             ..SyncReport::default()
         };
 
-        // 1. Read.
-        let scans = self.read(request, &state, &mut report, log).await?;
+        // 1. Read (saying once if Bitbucket starts rate limiting us).
+        let limited_before = self.bitbucket.pacer().limited();
+        let scans = self
+            .read_watched(request, &state, &mut report, log, limited_before)
+            .await?;
+        let limited = self.bitbucket.pacer().limited() - limited_before;
         report.repos_scanned = scans.len();
         report.repos_unchanged = scans
             .values()
@@ -160,11 +175,16 @@ impl SyncEngine {
             .filter(|s| matches!(s, Scan::File { .. }))
             .count();
         log.line(format!(
-            "read {} repositories: {} files to process, {} unchanged since the last sync ({} Bitbucket requests)",
+            "read {} repositories: {} files to process, {} unchanged since the last sync ({} Bitbucket requests{})",
             report.repos_scanned,
             report.files_read,
             report.repos_unchanged,
-            self.bitbucket.request_count() - requests_before
+            self.bitbucket.request_count() - requests_before,
+            if limited > 0 {
+                format!(", {limited} answered 429 and waited out")
+            } else {
+                String::new()
+            }
         ))
         .await;
 
@@ -174,9 +194,18 @@ impl SyncEngine {
         let declared = plan::validate(parsed, &known, &mut plans, &mut report);
         let Plan {
             upserts,
-            deletes,
-            repos: plans,
+            mut deletes,
+            repos: mut plans,
         } = plan_changes(&state, &scans, plans, declared, request.full, &mut report);
+        if !request.allow_mass_delete {
+            plan::mass_delete_breaker(
+                &state,
+                &mut deletes,
+                &mut plans,
+                self.max_delete_ratio,
+                &mut report,
+            );
+        }
         log.line(format!(
             "plan: {} to write, {} to delete, {} unchanged, {} problems",
             upserts.len(),

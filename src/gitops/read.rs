@@ -38,6 +38,38 @@ pub(super) enum Scan {
 }
 
 impl SyncEngine {
+    /// `read`, saying once in the log when Bitbucket starts rate limiting the sync (not a
+    /// line per request).
+    pub(super) async fn read_watched(
+        &self,
+        request: &SyncRequest,
+        state: &SyncState,
+        report: &mut SyncReport,
+        log: &dyn SyncLog,
+        limited_before: u64,
+    ) -> Result<BTreeMap<String, Scan>, SyncError> {
+        let read = self.read(request, state, report, log);
+        tokio::pin!(read);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        let mut said = false;
+        loop {
+            tokio::select! {
+                scans = &mut read => return scans,
+                _ = tick.tick(), if !said => {
+                    let pacer = self.bitbucket.pacer();
+                    if pacer.limited() > limited_before {
+                        said = true;
+                        log.line(format!(
+                            "Bitbucket is rate limiting: pacing at {:.1} req/s; the sync goes on at that pace",
+                            pacer.rate().unwrap_or_default()
+                        ))
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Lists what is in scope and reads every repository at once.
     pub(super) async fn read(
         &self,

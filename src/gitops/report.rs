@@ -14,6 +14,8 @@ pub enum ProblemKind {
     ReadFailed,
     /// Port refused or failed a write.
     WriteFailed,
+    /// The sync would have deleted too much of what it owns: it deleted nothing.
+    MassDelete,
 }
 
 /// One thing that went wrong, located as precisely as we can.
@@ -34,6 +36,7 @@ impl std::fmt::Display for Problem {
             ProblemKind::Conflict => "conflict",
             ProblemKind::ReadFailed => "read failed",
             ProblemKind::WriteFailed => "write failed",
+            ProblemKind::MassDelete => "deletions blocked",
         };
         match &self.entity {
             Some(entity) => write!(f, "{kind}: {}: {entity}: {}", self.location, self.message),
@@ -98,6 +101,13 @@ impl SyncReport {
                 self.count(ProblemKind::ReadFailed),
                 self.count(ProblemKind::WriteFailed),
             ));
+            if let Some(p) = self
+                .problems
+                .iter()
+                .find(|p| p.kind == ProblemKind::MassDelete)
+            {
+                text.push_str(&format!("; {}", p.message));
+            }
         }
         text
     }

@@ -80,6 +80,7 @@ pub fn sync_request(inputs: &serde_json::Map<String, Value>) -> Result<SyncReque
         repos,
         dry_run: flag(inputs, "dry_run")?,
         full: flag(inputs, "full")?,
+        allow_mass_delete: flag(inputs, "allow_mass_delete")?,
     })
 }
 

@@ -41,6 +41,35 @@ struct State {
     latency: Duration,
     page_max: usize,
     lines_page_max: usize,
+    bucket: Option<Bucket>,
+    /// Requests answered 429 by the bucket.
+    limited: usize,
+}
+
+/// Data Center's per-user rate limit: a token bucket; an empty one answers 429.
+struct Bucket {
+    capacity: f64,
+    refill_per_sec: f64,
+    tokens: f64,
+    at: std::time::Instant,
+    /// Whether 429s carry `Retry-After` (Data Center does not document it either way).
+    retry_after: bool,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens
+            + now.duration_since(self.at).as_secs_f64() * self.refill_per_sec)
+            .min(self.capacity);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 pub struct FakeBitbucket {
@@ -156,6 +185,23 @@ impl FakeBitbucket {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// Turns on Data Center's rate limiting: `capacity` tokens, `refill_per_sec` back each
+    /// second, 429 when empty (with `Retry-After: 1` or without any header).
+    pub fn rate_limit(&self, capacity: f64, refill_per_sec: f64, retry_after: bool) {
+        self.state.lock().unwrap().bucket = Some(Bucket {
+            capacity,
+            refill_per_sec,
+            tokens: capacity,
+            at: std::time::Instant::now(),
+            retry_after,
+        });
+    }
+
+    /// Requests the rate limit answered 429.
+    pub fn limited(&self) -> usize {
+        self.state.lock().unwrap().limited
+    }
+
     pub fn reset_requests(&self) {
         self.state.lock().unwrap().requests.clear();
     }
@@ -203,6 +249,17 @@ async fn handle(req: HttpRequest, state: web::Data<Mutex<State>>) -> HttpRespons
         tokio::time::sleep(latency).await;
     }
     let mut st = state.lock().unwrap();
+    if let Some(bucket) = st.bucket.as_mut() {
+        if !bucket.take() {
+            let with_header = bucket.retry_after;
+            st.limited += 1;
+            let mut response = HttpResponse::TooManyRequests();
+            if with_header {
+                response.insert_header(("retry-after", "1"));
+            }
+            return response.json(json!({"errors": [{"message": "Rate limit exceeded", "exceptionName": "com.atlassian.bitbucket.ratelimit.RateLimitedException"}]}));
+        }
+    }
 
     let authorized = match req
         .headers()

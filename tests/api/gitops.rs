@@ -490,3 +490,97 @@ async fn the_push_webhook_syncs_only_its_repository() {
         .all(|r| !r.query.contains("run_id")));
     app.shutdown().await;
 }
+
+/// Projects ALPHA and BETA with this many repositories each, one entity in each.
+fn many_repos(app: &TestApp, alpha: usize, beta: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (project, repos) in [("ALPHA", alpha), ("BETA", beta)] {
+        for i in 0..repos {
+            let id = format!("{}-svc-{i}", project.to_ascii_lowercase());
+            app.bitbucket().put_file(
+                project,
+                &format!("svc-{i}"),
+                "port.yaml",
+                &service(&id, "backend"),
+            );
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_data_center_loses_nothing_with_or_without_retry_after() {
+    for retry_after in [false, true] {
+        let app = gitops_app(FileApi::Raw).await;
+        let ids = many_repos(&app, 15, 15);
+        // Data Center's bucket, small and quick so the suite stays fast.
+        app.bitbucket().rate_limit(5.0, 40.0, retry_after);
+        let (fin, log) = sync(&app, json!({})).await;
+        assert_eq!(fin["status"], "SUCCESS", "{log:#?}");
+        for id in &ids {
+            assert!(
+                app.port().entity("microservice", id).is_some(),
+                "{id} missing (Retry-After: {retry_after})"
+            );
+        }
+        let (limited, sent) = (app.bitbucket().limited(), app.bitbucket().requests().len());
+        assert!(limited > 0, "the bucket limited the sync");
+        assert!(
+            limited * 100 <= sent * 40,
+            "{limited} of {sent} requests answered 429 (Retry-After: {retry_after})"
+        );
+        let said: Vec<&String> = log
+            .iter()
+            .filter(|l| l.starts_with("Bitbucket is rate limiting: pacing at"))
+            .collect();
+        assert_eq!(said.len(), 1, "said once per sync: {log:#?}");
+        app.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mass_deletion_breaker_keeps_an_emptied_project_and_the_override_passes() {
+    let app = gitops_app(FileApi::Raw).await;
+    let ids = many_repos(&app, 6, 12);
+    let (fin, _) = sync(&app, json!({})).await;
+    assert_eq!(fin["status"], "SUCCESS");
+    // A permission change or a renamed project: every file of BETA is gone.
+    for i in 0..12 {
+        app.bitbucket().remove_repo("BETA", &format!("svc-{i}"));
+    }
+    app.bitbucket().put_file(
+        "ALPHA",
+        "new",
+        "port.yaml",
+        &service("alpha-new", "backend"),
+    );
+    let (fin, log) = sync(&app, json!({})).await;
+    assert_eq!(fin["status"], "FAILURE", "{log:#?}");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(
+            "deleted nothing: this sync would delete 12 of the 18 entities it owns (67 %"
+        ) && summary.contains("--allow-mass-delete"),
+        "{summary}"
+    );
+    for id in &ids {
+        assert!(
+            app.port().entity("microservice", id).is_some(),
+            "{id} was kept"
+        );
+    }
+    assert!(
+        app.port().entity("microservice", "alpha-new").is_some(),
+        "creates still go through"
+    );
+    let (fin, log) = sync(&app, json!({"allow_mass_delete": true})).await;
+    assert_eq!(fin["status"], "SUCCESS", "{log:#?}");
+    for id in ids.iter().filter(|id| id.starts_with("beta")) {
+        assert!(
+            app.port().entity("microservice", id).is_none(),
+            "{id} deleted"
+        );
+    }
+    app.shutdown().await;
+}

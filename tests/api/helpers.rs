@@ -49,6 +49,8 @@ pub struct AppOptions {
     pub reconcile_interval: Duration,
     /// A fake Port prepared before the app starts (seeded runs, faults).
     pub port_fake: Option<FakePort>,
+    /// The mass-deletion breaker's ratio (0.5, as `serve`'s default).
+    pub max_delete_ratio: f64,
 }
 
 impl Default for AppOptions {
@@ -66,6 +68,7 @@ impl Default for AppOptions {
             public_url: None,
             reconcile_interval: Duration::from_secs(300),
             port_fake: None,
+            max_delete_ratio: 0.5,
         }
     }
 }
@@ -139,9 +142,12 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
                 request_timeout: Duration::from_secs(5),
                 file_api: options.file_api,
                 page_limit: 1000,
+                rate: None,
+                rate_limit_patience: Duration::from_secs(120),
             },
             projects_filter: Vec::new(),
             webhook_secret: Some(BB_HOOK_SECRET.into()),
+            max_delete_ratio: options.max_delete_ratio,
         });
         Some(fake)
     } else {

@@ -1,0 +1,264 @@
+//! One pacer for every Bitbucket request of the process, so all syncs share it.
+//!
+//! Data Center's per-user rate limit is a token bucket (its admin screen proposes 60 tokens
+//! refilled at 5 a second) and an empty bucket answers 429, with or without `Retry-After`.
+//! The pacer is a token bucket of our own: it starts from `--bitbucket-rate` when given,
+//! and otherwise sends freely until the first 429, then learns: every 429 pauses all
+//! requests (for `Retry-After`, or a backoff) and halves the rate, each run of successes
+//! raises it a little (AIMD), so the sync settles just under the server's refill rate
+//! instead of spending its requests on 429s. A 429 is never a read failure for as long as
+//! the client's patience lasts.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+// tokio's clock, so a paused test runtime pauses the pacer too.
+use tokio::time::Instant;
+
+/// Requests per second and how many may go at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    /// `5` (5 a second, bursts of 5) or `5/60` (5 a second, bursts of 60).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("{text:?} is not a rate: give requests per second, optionally with a burst, e.g. 5 or 5/60")
+        };
+        let (rate, burst) = match text.trim().split_once('/') {
+            Some((r, b)) => (r, Some(b)),
+            None => (text.trim(), None),
+        };
+        let per_sec: f64 = rate.trim().parse().map_err(|_| bad())?;
+        let burst: f64 = match burst {
+            Some(b) => b.trim().parse().map_err(|_| bad())?,
+            None => per_sec.max(1.0),
+        };
+        if !(per_sec > 0.0 && per_sec.is_finite() && burst >= 1.0 && burst.is_finite()) {
+            return Err(bad());
+        }
+        Ok(Self { per_sec, burst })
+    }
+}
+
+/// A learned rate starts at half the pace requests succeeded at in the second before the
+/// first 429 (the server's bucket was being drained, so that is above what it refills) and
+/// halves from there until the 429s stop.
+const WINDOW: Duration = Duration::from_secs(1);
+const MIN_RATE: f64 = 0.5;
+/// Successes in a row after which a learned rate is raised by `STEP`.
+const RAISE_AFTER: u32 = 20;
+const STEP: f64 = 0.25;
+/// The pause after a 429 without `Retry-After`, doubling while 429s follow each other.
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct State {
+    /// `None`: not limited (no rate given, no 429 seen).
+    limit: Option<Rate>,
+    tokens: f64,
+    at: Instant,
+    paused_until: Option<Instant>,
+    pause: Duration,
+    successes: u32,
+    last_cut: Option<Instant>,
+    limited: u64,
+    /// When the requests of the last `WINDOW` succeeded (until the rate is learnt).
+    recent: std::collections::VecDeque<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Pacer {
+    configured: Option<Rate>,
+    state: Mutex<State>,
+}
+
+impl Pacer {
+    pub fn new(configured: Option<Rate>) -> Self {
+        Self {
+            configured,
+            state: Mutex::new(State {
+                limit: configured,
+                tokens: configured.map_or(0.0, |r| r.burst),
+                at: Instant::now(),
+                paused_until: None,
+                pause: FIRST_PAUSE,
+                successes: 0,
+                last_cut: None,
+                limited: 0,
+                recent: std::collections::VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Waits until a request may be sent.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().expect("pacer");
+                let now = Instant::now();
+                match s.paused_until {
+                    Some(until) if until > now => until - now,
+                    _ => {
+                        s.paused_until = None;
+                        let Some(rate) = s.limit else { return };
+                        let refill = now.duration_since(s.at).as_secs_f64() * rate.per_sec;
+                        s.tokens = (s.tokens + refill).min(rate.burst);
+                        s.at = now;
+                        if s.tokens >= 1.0 {
+                            s.tokens -= 1.0;
+                            return;
+                        }
+                        Duration::from_secs_f64((1.0 - s.tokens) / rate.per_sec)
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A request went through: a learned rate creeps back up.
+    pub fn succeeded(&self) {
+        let mut guard = self.state.lock().expect("pacer");
+        let s = &mut *guard;
+        s.pause = FIRST_PAUSE;
+        if self.configured.is_some() {
+            return;
+        }
+        if s.limit.is_none() {
+            let now = Instant::now();
+            s.recent.push_back(now);
+            while s
+                .recent
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > WINDOW)
+            {
+                s.recent.pop_front();
+            }
+            return;
+        }
+        if let Some(rate) = s.limit.as_mut() {
+            s.successes += 1;
+            if s.successes >= RAISE_AFTER {
+                s.successes = 0;
+                rate.per_sec += STEP;
+            }
+        }
+    }
+
+    /// Bitbucket answered 429: everyone pauses, and a learned rate is cut (once per burst of
+    /// 429s: the requests already in flight answer 429 too).
+    pub fn rate_limited(&self, retry_after: Option<Duration>) {
+        let mut s = self.state.lock().expect("pacer");
+        let now = Instant::now();
+        s.limited += 1;
+        s.successes = 0;
+        let recently_cut = s
+            .last_cut
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1));
+        if self.configured.is_none() && !recently_cut {
+            s.limit = Some(match s.limit {
+                None => {
+                    // The pace requests went through at before the bucket ran dry.
+                    let span = s
+                        .recent
+                        .front()
+                        .map_or(WINDOW, |first| now.duration_since(*first))
+                        .max(Duration::from_millis(100));
+                    Rate {
+                        per_sec: (s.recent.len() as f64 / span.as_secs_f64() / 2.0).max(MIN_RATE),
+                        burst: 1.0,
+                    }
+                }
+                Some(rate) => Rate {
+                    per_sec: (rate.per_sec / 2.0).max(MIN_RATE),
+                    burst: 1.0,
+                },
+            });
+            s.last_cut = Some(now);
+        }
+        s.tokens = 0.0;
+        s.at = now;
+        // The requests in flight when the bucket ran dry all answer 429: one pause for them
+        // all, lengthened only by a 429 that comes after it (or a longer Retry-After).
+        let pausing = s.paused_until.is_some_and(|at| at > now);
+        let pause = match retry_after {
+            Some(after) => after,
+            None if pausing => Duration::ZERO,
+            None => {
+                let pause = s.pause;
+                s.pause = (s.pause * 2).min(MAX_PAUSE);
+                pause
+            }
+        };
+        let until = now + pause;
+        if s.paused_until.is_none_or(|at| at < until) {
+            s.paused_until = Some(until);
+        }
+    }
+
+    /// 429s seen so far.
+    pub fn limited(&self) -> u64 {
+        self.state.lock().expect("pacer").limited
+    }
+
+    /// The rate requests are paced at now, `None` when they are not.
+    pub fn rate(&self) -> Option<f64> {
+        self.state.lock().expect("pacer").limit.map(|r| r.per_sec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_and_without_a_burst() {
+        assert_eq!(
+            Rate::parse("5").unwrap(),
+            Rate {
+                per_sec: 5.0,
+                burst: 5.0
+            }
+        );
+        assert_eq!(
+            Rate::parse("5/60").unwrap(),
+            Rate {
+                per_sec: 5.0,
+                burst: 60.0
+            }
+        );
+        for bad in ["", "fast", "0", "-1", "5/0"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_429_starts_pacing_halves_a_learned_rate_once_per_burst_and_successes_raise_it() {
+        let pacer = Pacer::new(None);
+        for _ in 0..16 {
+            pacer.succeeded();
+        }
+        assert_eq!(pacer.rate(), None, "free until the first 429");
+        pacer.rate_limited(None);
+        pacer.rate_limited(None); // the same burst
+                                  // Half the pace the 16 went through at (all within the 100 ms floor of the span).
+        let learned = pacer.rate().expect("paced after a 429");
+        assert!(learned > MIN_RATE && learned <= 80.0, "{learned}");
+        assert_eq!(pacer.limited(), 2);
+        for _ in 0..RAISE_AFTER {
+            pacer.succeeded();
+        }
+        assert_eq!(pacer.rate(), Some(learned + STEP));
+        pacer.state.lock().unwrap().last_cut = None;
+        pacer.rate_limited(None);
+        assert_eq!(pacer.rate(), Some((learned + STEP) / 2.0));
+        let fixed = Pacer::new(Some(Rate::parse("5/60").unwrap()));
+        fixed.rate_limited(None);
+        assert_eq!(fixed.rate(), Some(5.0), "a configured rate is kept");
+    }
+}

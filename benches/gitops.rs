@@ -7,7 +7,12 @@
 //! - the reference script's strategy with the same client types: projects one after another,
 //!   repositories in pages of 25 whose reads all wait for the slowest, one Port write per entity.
 //!
-//! Knobs: BENCH_PROJECTS (4), BENCH_REPOS (500), BENCH_LATENCY_MS (20), BENCH_CONCURRENCY (32).
+//! - then, against a fake Data Center with its proposed rate limit (a bucket of 60 tokens
+//!   refilled at 5 a second, 429 without `Retry-After`), at 2 × 50 and 4 × 100: wall time
+//!   against the bucket's floor ((requests − 60) ÷ 5 s), the share of 429s, entities missing.
+//!
+//! Knobs: BENCH_PROJECTS (4), BENCH_REPOS (500), BENCH_LATENCY_MS (20), BENCH_CONCURRENCY (32),
+//! BENCH_RATE_LIMITED (1; 0 skips the rate-limited runs, which take about two minutes).
 
 #[path = "../tests/api/fake_bitbucket.rs"]
 mod fake_bitbucket;
@@ -209,6 +214,85 @@ async fn run() {
         "peak RSS of port-runner sync: {:.1} MiB",
         rss as f64 / 1024.0
     );
+    let listing_floor = 1 + projects as usize + (projects * repos) as usize;
+    println!(
+        "requests against the floor (1 projects page + 1 repositories page per project + 1 read per repository = {listing_floor}): full sync {:.2}x, no-change re-sync {:.2}x",
+        rows[0].bitbucket as f64 / listing_floor as f64,
+        rows[1].bitbucket as f64 / listing_floor as f64
+    );
+
+    if env_or("BENCH_RATE_LIMITED", 1) == 1 {
+        rate_limited(latency, concurrency).await;
+    }
+}
+
+/// Against Data Center's proposed per-user rate limit: 60 tokens, 5 a second.
+async fn rate_limited(latency: Duration, concurrency: u64) {
+    println!("
+Rate-limited Data Center: a bucket of 60 tokens refilled at 5/s, 429 without Retry-After; {} ms per request; concurrency {concurrency}
+", latency.as_millis());
+    println!("| repositories | wall s | Bitbucket requests | answered 429 | 429 share | bucket floor s | wall / floor | entities missing |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (projects, repos) in [(2u64, 50u64), (4, 100)] {
+        let bb = FakeBitbucket::start_with(latency, 2).await;
+        let port = FakePort::start().await;
+        port.add_blueprint(json!({
+            "identifier": "microservice", "title": "Microservice",
+            "schema": {"properties": {"tier": {"type": "string"}}, "required": []}
+        }));
+        let mut ids = Vec::new();
+        for p in 0..projects {
+            for r in 0..repos {
+                let (project, slug) = (format!("PRJ{p}"), format!("repo-{r:04}"));
+                if r % 10 < 7 {
+                    let id = format!("svc-{p}-{r:04}");
+                    bb.put_file(&project, &slug, "port.yaml", &format!("identifier: {id}\ntitle: {id}\nblueprint: microservice\nproperties:\n  tier: backend\n"));
+                    ids.push(id);
+                } else {
+                    bb.add_repo(&project, &slug);
+                }
+            }
+        }
+        bb.rate_limit(60.0, 5.0, false);
+        let data = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let output = tokio::task::block_in_place(|| {
+            Command::new(env!("CARGO_BIN_EXE_port-runner"))
+                .args([
+                    "sync",
+                    "--output",
+                    "json",
+                    "--concurrency",
+                    &concurrency.to_string(),
+                ])
+                .arg("--data-dir")
+                .arg(data.path())
+                .env_clear()
+                .env("BITBUCKET_HOST", &bb.url)
+                .env("BITBUCKET_USERNAME", USER)
+                .env("BITBUCKET_PASSWORD", PASSWORD)
+                .env("PORT_CLIENT_ID", CLIENT_ID)
+                .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
+                .env("PORT_API_URL", &port.api_url)
+                .output()
+                .expect("run port-runner sync")
+        });
+        let wall = started.elapsed();
+        let requests = bb.request_count();
+        let limited = bb.limited();
+        let missing = ids
+            .iter()
+            .filter(|id| port.entity("microservice", id).is_none())
+            .count();
+        let floor = requests.saturating_sub(60) as f64 / 5.0;
+        println!(
+            "| {projects} × {repos} | {:.1} | {requests} | {limited} | {:.1} % | {floor:.1} | {:.2}x | {missing}{} |",
+            wall.as_secs_f64(),
+            limited as f64 * 100.0 / requests.max(1) as f64,
+            wall.as_secs_f64() / floor.max(0.001),
+            if output.status.success() { "" } else { " (sync failed)" }
+        );
+    }
 }
 
 /// Largest resident set of any child waited for so far (Linux reports KiB).

@@ -144,9 +144,36 @@ pub struct BitbucketArgs {
           value_parser = delete_ratio)]
     pub gitops_max_delete_ratio: f64,
 
+    /// The names a repository's GitOps file may have, in order; every extra name costs each
+    /// repository without a file one more read.
+    #[arg(long, env = "PORT_RUNNER_GITOPS_FILES", value_delimiter = ',', default_value = "port.yaml",
+          value_parser = gitops_file_name)]
+    pub gitops_files: Vec<String>,
+
+    /// `serve`: a full sync this often (one across replicas), the backstop for pushes missed
+    /// while the runner was down; 0 turns it off.
+    #[arg(long, env = "PORT_RUNNER_GITOPS_INTERVAL_SECS", default_value_t = 6 * 3600)]
+    pub gitops_interval_secs: u64,
+
     /// How long a sync may keep waiting out Bitbucket's rate limit before a read fails.
     #[arg(long, env = "PORT_RUNNER_SYNC_TIMEOUT_SECS", default_value_t = 3600)]
     pub sync_timeout_secs: u64,
+}
+
+fn gitops_file_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    let ok = !name.is_empty()
+        && !name.starts_with('/')
+        && !name
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a file path in a repository (e.g. port.yaml)"
+        ))
+    }
 }
 
 fn delete_ratio(text: &str) -> Result<f64, String> {

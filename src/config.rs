@@ -33,6 +33,10 @@ pub struct GitOpsSettings {
     pub projects_filter: Vec<String>,
     /// The mass-deletion breaker's ratio.
     pub max_delete_ratio: f64,
+    /// A scheduled full sync this often (zero: none).
+    pub interval: Duration,
+    /// The names a repository's GitOps file may have, in order.
+    pub file_names: Vec<String>,
     /// Key of `X-Hub-Signature` on the push webhook; `None` turns the route off.
     pub webhook_secret: Option<Secret>,
 }
@@ -84,6 +88,8 @@ impl GitOpsSettings {
                 .collect(),
             webhook_secret: non_empty("BITBUCKET_WEBHOOK_SECRET").map(Secret::new),
             max_delete_ratio: args.gitops_max_delete_ratio,
+            interval: Duration::from_secs(args.gitops_interval_secs),
+            file_names: args.gitops_files.clone(),
         }))
     }
 }

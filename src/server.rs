@@ -17,14 +17,15 @@ use tokio_util::sync::CancellationToken;
 use crate::bitbucket::{BitbucketAuth, BitbucketClient};
 use crate::config::{Mode, Settings};
 use crate::core::{Masker, RunRegistry, Sink};
-use crate::gitops::adapters::{DirBlueprints, NullWriter, PortBlueprints, PortWriter};
-use crate::gitops::{BlueprintSource, EntityWriter, StateStore, SyncEngine};
+use crate::domain::{Identifier, RunId};
+use crate::gitops::adapters::{DirBlueprints, PortBlueprints};
+use crate::gitops::{BlueprintSource, StateStore, SyncEngine};
 use crate::handlers::HandlerRegistry;
 use crate::handlers::{load_definitions, ActionInputs, DefinitionContext, GitOpsHandler};
-use crate::invocation::InputKey;
+use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::{Reconciler, Runner, RunnerConfig};
+use crate::runs::{Reconciler, Runner, RunnerConfig, SubmitError};
 use crate::secret::Secret;
 use crate::store::{DataDirError, DataDirLock, Journal};
 use crate::tool::Locks;
@@ -124,6 +125,7 @@ impl Application {
         runner.recover(settings.retain).await;
         start_maintenance(&settings, &runner, journal);
         start_reconcile(&settings, &runner, port.as_ref());
+        start_scheduled_sync(&settings, &runner);
         Ok(Self {
             addr,
             server: serve(),
@@ -205,7 +207,8 @@ fn wire_gitops(
                 gitops.projects_filter.clone(),
                 8,
             )
-            .with_max_delete_ratio(gitops.max_delete_ratio),
+            .with_max_delete_ratio(gitops.max_delete_ratio)
+            .with_file_names(gitops.file_names.clone()),
         )),
         None => None,
     };
@@ -217,16 +220,9 @@ fn wire_gitops(
         .gitops
         .as_ref()
         .and_then(|g| g.webhook_secret.clone());
+    // Pushes run the gitops_sync action, so the hook needs only its secret.
     let push_hook = match (&engine, secret) {
-        (Some(engine), Some(secret)) => Some(Arc::new(PushHook {
-            engine: engine.clone(),
-            blueprints: blueprints.clone(),
-            writer: match port {
-                Some(client) => Arc::new(PortWriter(client.clone())) as Arc<dyn EntityWriter>,
-                None => Arc::new(NullWriter),
-            },
-            secret,
-        })),
+        (Some(_), Some(secret)) => Some(Arc::new(PushHook::new(secret))),
         _ => None,
     };
     Ok(GitOps {
@@ -348,6 +344,52 @@ fn start_reconcile(settings: &Settings, runner: &Arc<Runner>, port: Option<&Arc<
             pass(reconciler.clone())
         });
     }
+}
+
+/// The scheduled full sync: a run of the runner's own, one per `interval` slot, its run id
+/// the slot's number, so replicas (and a restart within the slot) admit it once through
+/// the journal, and a runner that was down for longer than an interval syncs soon after
+/// it starts.
+fn start_scheduled_sync(settings: &Settings, runner: &Arc<Runner>) {
+    let Some(interval) = settings
+        .gitops
+        .as_ref()
+        .map(|g| g.interval)
+        .filter(|i| !i.is_zero())
+    else {
+        return;
+    };
+    let submit = move |runner: Arc<Runner>, jitter: bool| async move {
+        if jitter {
+            let spread = (interval / 20).min(Duration::from_secs(60));
+            tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+        let slot = now / interval.as_secs().max(1);
+        let Ok(run_id) = RunId::parse("run_id", &format!("gitops-sync-{slot}")) else {
+            return;
+        };
+        let action = Identifier::schema("action", "gitops_sync").expect("a valid identifier");
+        match runner
+            .submit(Invocation::internal(
+                run_id.clone(),
+                action,
+                Default::default(),
+            ))
+            .await
+        {
+            Ok(()) => tracing::info!(%run_id, "scheduled GitOps sync queued"),
+            Err(SubmitError::Duplicate) => {
+                tracing::info!(%run_id, "scheduled GitOps sync already taken (here or by another replica)")
+            }
+            Err(e) => tracing::warn!(%run_id, error = %e, "scheduled GitOps sync not queued"),
+        }
+    };
+    // At once at start (a runner down for longer than an interval syncs now), then checked
+    // a few times an interval, jittered so replicas do not ask at the same moment.
+    runner.spawn_tracked(submit(runner.clone(), false));
+    let check = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(900));
+    runner.every(check, move |runner| submit(runner, true));
 }
 
 /// Binds the listener; calling what it returns starts serving.

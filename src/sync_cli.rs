@@ -68,7 +68,8 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         gitops.projects_filter.clone(),
         8,
     )
-    .with_max_delete_ratio(gitops.max_delete_ratio);
+    .with_max_delete_ratio(gitops.max_delete_ratio)
+    .with_file_names(gitops.file_names.clone());
     let request = SyncRequest {
         projects: args.projects.clone(),
         repos,

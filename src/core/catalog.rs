@@ -19,6 +19,8 @@ pub struct RunCatalog {
     run_id: RunId,
     sink: Sink,
     registry: Arc<RunRegistry>,
+    /// Whether writes carry the run id (Port knows the run); not for the runner's own runs.
+    tied: bool,
 }
 
 impl RunCatalog {
@@ -27,7 +29,21 @@ impl RunCatalog {
             run_id,
             sink,
             registry,
+            tied: true,
         }
+    }
+
+    /// For a run Port does not know (a push, the scheduled sync): writes reach Port without
+    /// a run id, and are still recorded on the run here.
+    pub fn untied(run_id: RunId, sink: Sink, registry: Arc<RunRegistry>) -> Self {
+        Self {
+            tied: false,
+            ..Self::new(run_id, sink, registry)
+        }
+    }
+
+    fn run_param(&self) -> Option<&str> {
+        self.tied.then(|| self.run_id.as_str())
     }
 
     /// Whether writes reach Port (false in local mode).
@@ -44,7 +60,7 @@ impl RunCatalog {
     ) -> Result<(), PortError> {
         if let Sink::Port(client) = &self.sink {
             client
-                .upsert_entity(blueprint.as_str(), entity, mode, Some(self.run_id.as_str()))
+                .upsert_entity(blueprint.as_str(), entity, mode, self.run_param())
                 .await?;
         }
         let identifier = entity
@@ -65,12 +81,7 @@ impl RunCatalog {
         let results = match &self.sink {
             Sink::Port(client) => {
                 client
-                    .bulk_upsert(
-                        blueprint.as_str(),
-                        entities,
-                        mode,
-                        Some(self.run_id.as_str()),
-                    )
+                    .bulk_upsert(blueprint.as_str(), entities, mode, self.run_param())
                     .await?
             }
             Sink::Local => BulkItemResult::accepted_locally(entities),
@@ -92,11 +103,7 @@ impl RunCatalog {
         let existed = match &self.sink {
             Sink::Port(client) => {
                 client
-                    .delete_entity(
-                        blueprint.as_str(),
-                        identifier.as_str(),
-                        Some(self.run_id.as_str()),
-                    )
+                    .delete_entity(blueprint.as_str(), identifier.as_str(), self.run_param())
                     .await?
             }
             Sink::Local => true,

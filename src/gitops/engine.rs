@@ -102,6 +102,8 @@ pub struct SyncEngine {
     pub(super) bitbucket: Arc<BitbucketClient>,
     store: StateStore,
     pub(super) default_projects: Vec<String>,
+    /// The file names looked for, in order; the first one found is the repository's file.
+    pub(super) file_names: Vec<String>,
     write_concurrency: usize,
     /// The share of the entities it owns a sync may delete (above 10) before it deletes none.
     max_delete_ratio: f64,
@@ -122,8 +124,17 @@ impl SyncEngine {
             default_projects,
             write_concurrency: write_concurrency.max(1),
             max_delete_ratio: 0.5,
+            file_names: vec!["port.yaml".into()],
             lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The file names a repository's GitOps file may have, in order (`--gitops-files`).
+    pub fn with_file_names(mut self, names: Vec<String>) -> Self {
+        if !names.is_empty() {
+            self.file_names = names;
+        }
+        self
     }
 
     /// The mass-deletion breaker's ratio (`--gitops-max-delete-ratio`, 0.5 by default).

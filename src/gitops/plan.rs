@@ -393,6 +393,7 @@ mod tests {
             file: file.map(str::to_owned),
             content_sha: Some("old".into()),
             commit: None,
+            absent: false,
             entities: ids
                 .iter()
                 .map(|id| Owned {

@@ -18,7 +18,9 @@ use super::report::{Problem, ProblemKind, SyncReport};
 use super::state::{RepoState, SyncState};
 use crate::bitbucket::{BitbucketError, RepoRef};
 
-/// The file names looked for, in order; the first one found is the repository's file.
+/// The file names `validate` recognizes as GitOps files. A sync looks for `port.yaml` only,
+/// unless told otherwise (`--gitops-files`): each extra name costs every repository without
+/// a file one more read.
 pub const FILE_NAMES: [&str; 2] = ["port.yaml", "port.yml"];
 
 /// What reading one repository found.
@@ -243,18 +245,27 @@ impl SyncEngine {
                 _ => {}
             }
         }
-        for name in FILE_NAMES {
-            if tried.as_deref() == Some(name) {
+        for name in &self.file_names {
+            if tried.as_deref() == Some(name.as_str()) {
                 continue;
             }
             if let Some(text) = bb.file(project, slug, name, None).await? {
                 let sha = sha256(&text);
                 return Ok(Scan::File {
-                    name: name.to_owned(),
+                    name: name.clone(),
                     text,
                     sha,
                 });
             }
+        }
+        if self.file_names.len() == 1 {
+            // One name: its 404 is the cheapest proof that there is still no file.
+            let absent_before = prior.is_some_and(|p| p.absent && p.file.is_none());
+            return Ok(if absent_before && !full {
+                Scan::Unchanged
+            } else {
+                Scan::NoFile { commit: None }
+            });
         }
         let branch = bb.default_branch(project, slug).await?;
         Ok(Scan::NoFile {

@@ -99,6 +99,7 @@ pub(super) fn record_outcome(
         let repo_state = state.repos.entry(repo.clone()).or_default();
         match decisive {
             Decisive::File { name, sha } => {
+                repo_state.absent = false;
                 repo_state.file = Some(name.clone());
                 repo_state.commit = None;
                 repo_state.content_sha = (!plan.dirty).then(|| sha.clone());
@@ -107,20 +108,19 @@ pub(super) fn record_outcome(
                 repo_state.file = None;
                 repo_state.content_sha = None;
                 // Only a clean repository may be skipped by its commit next time.
-                repo_state.commit = if plan.dirty || !repo_state.entities.is_empty() {
-                    None
-                } else {
-                    commit.clone()
-                };
+                let clean = !plan.dirty && repo_state.entities.is_empty();
+                repo_state.commit = if clean { commit.clone() } else { None };
+                repo_state.absent = clean;
             }
             Decisive::Gone => {
+                repo_state.absent = false;
                 repo_state.file = None;
                 repo_state.content_sha = None;
                 repo_state.commit = None;
             }
         }
     }
-    state
-        .repos
-        .retain(|_, r| !r.entities.is_empty() || r.file.is_some() || r.commit.is_some());
+    state.repos.retain(|_, r| {
+        !r.entities.is_empty() || r.file.is_some() || r.commit.is_some() || r.absent
+    });
 }

@@ -39,8 +39,13 @@ pub struct RepoState {
     /// SHA-256 of the file when everything in it was applied cleanly: an equal hash next
     /// time means nothing to do.
     pub content_sha: Option<String>,
-    /// Head of the default branch when the repository had no file.
+    /// Head of the default branch when the repository had no file (with several file names
+    /// to look for, one read of it is cheaper than one per name).
     pub commit: Option<String>,
+    /// The last read found no file and nothing of it is owned: with one file name, the next
+    /// sync's one read (a 404) says it is unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
     pub entities: Vec<Owned>,
 }
 
@@ -279,6 +284,7 @@ mod tests {
                 file: Some("port.yaml".into()),
                 content_sha: Some("abc".into()),
                 commit: None,
+                absent: false,
                 entities: vec![Owned {
                     blueprint: "service".into(),
                     identifier: "a".into(),

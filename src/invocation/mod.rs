@@ -40,6 +40,10 @@ pub struct Invocation {
     /// Identifiers of inputs Port marked as secret (`censoredProperties` / `encryptedProperties`).
     pub secret_inputs: Vec<String>,
     pub triggered_by: TriggeredBy,
+    /// Started by the runner itself (a Bitbucket push, the scheduled sync), not by Port:
+    /// Port knows no such run, so its status and log stay here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
 }
 
 impl Invocation {
@@ -55,6 +59,25 @@ impl Invocation {
             inputs: Map::new(),
             secret_inputs: vec![],
             triggered_by: TriggeredBy::default(),
+            internal: false,
+        }
+    }
+
+    /// A run the runner starts itself (`internal`): `action` with `inputs`, as CREATE.
+    pub fn internal(run_id: RunId, action: ActionId, inputs: Map<String, Value>) -> Self {
+        Self {
+            run_id,
+            action,
+            operation: Operation::Create,
+            blueprint: None,
+            entity: None,
+            inputs,
+            secret_inputs: vec![],
+            triggered_by: TriggeredBy {
+                origin: Some("port-runner".into()),
+                ..TriggeredBy::default()
+            },
+            internal: true,
         }
     }
 
@@ -119,6 +142,10 @@ impl Invocation {
                 email: by_text("email"),
                 origin: by_text("origin"),
             },
+            internal: value
+                .get("internal")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         })
     }
 

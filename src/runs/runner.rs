@@ -189,6 +189,7 @@ impl Runner {
             tracing::info_span!("run", run_id = %invocation.run_id, action = %invocation.action);
         let this = self.clone();
         let run_id = invocation.run_id.clone();
+        let internal = invocation.internal;
         let supervised = async move {
             let pending = PendingGuard(&this.pending);
             let run = AssertUnwindSafe(this.clone().execute(invocation, ahead));
@@ -196,7 +197,8 @@ impl Runner {
                 // A bug in the runner itself: the run must still end, and say so.
                 let message = panic_message(panic);
                 tracing::error!(%run_id, "internal error while running: {message}");
-                this.report_internal_error(&run_id, &message).await;
+                this.report_internal_error(&run_id, &message, internal)
+                    .await;
             }
             drop(pending);
         };
@@ -367,7 +369,7 @@ impl Runner {
         masker.add_all(invocation.secret_values());
         RunReporter::new(
             invocation.run_id.clone(),
-            self.sink.clone(),
+            self.report_sink(invocation.internal),
             self.journal.clone(),
             self.registry.clone(),
             masker,
@@ -378,16 +380,26 @@ impl Runner {
         )
     }
 
+    /// Where a run's status and log go: the runner's own runs are unknown to Port.
+    fn report_sink(&self, internal: bool) -> Sink {
+        if internal {
+            Sink::Local
+        } else {
+            self.sink.clone()
+        }
+    }
+
     /// Ends a run whose supervision itself failed, through the same path as every verdict
     /// (journalled first, then delivered with background retries).
-    async fn report_internal_error(&self, run_id: &RunId, message: &str) {
+    async fn report_internal_error(&self, run_id: &RunId, message: &str, internal: bool) {
+        let sink = self.report_sink(internal);
         let summary = format!("internal error in port-runner: {message}");
         self.registry.update(run_id, |r| {
             r.state = RunState::Failure;
             r.summary = Some(summary.clone());
             r.finished_at = Some(OffsetDateTime::now_utc());
         });
-        let local = matches!(self.sink, Sink::Local);
+        let local = matches!(sink, Sink::Local);
         if let Some(journal) = &self.journal {
             if let Err(e) = journal
                 .finished(run_id, RunStatus::Failure, &summary, None, local)
@@ -396,7 +408,7 @@ impl Runner {
                 tracing::error!(%run_id, error = %e, "could not journal the internal error");
             }
         }
-        if let Sink::Port(client) = &self.sink {
+        if let Sink::Port(client) = &sink {
             let patch = RunPatch {
                 status: Some(RunStatus::Failure),
                 summary: Some(summary),
@@ -501,12 +513,21 @@ impl Runner {
             Err(reason) => return Verdict::failure(reason),
         };
         let cancel = self.hard_stop.child_token();
-        let ctx = RunContext {
-            catalog: RunCatalog::new(
+        let catalog = if invocation.internal {
+            RunCatalog::untied(
                 invocation.run_id.clone(),
                 self.sink.clone(),
                 self.registry.clone(),
-            ),
+            )
+        } else {
+            RunCatalog::new(
+                invocation.run_id.clone(),
+                self.sink.clone(),
+                self.registry.clone(),
+            )
+        };
+        let ctx = RunContext {
+            catalog,
             invocation: Arc::new(invocation),
             log: reporter.log(),
             cancel: cancel.clone(),

@@ -1,9 +1,12 @@
 //! `POST /bitbucket/webhook`: Bitbucket Server push events sync just the pushed repository.
 //!
 //! Same order as Port's webhook: cap the body, check `X-Hub-Signature: sha256=<hex>`
-//! (HMAC-SHA256 of the raw body with `BITBUCKET_WEBHOOK_SECRET`) before parsing, answer 202
-//! and sync in the background. A push to any branch triggers a read of the default branch's
-//! file; when the default branch did not change that costs one read and writes nothing.
+//! (HMAC-SHA256 of the raw body with `BITBUCKET_WEBHOOK_SECRET`) before parsing, then the
+//! push becomes a run of the runner's own (`gitops_sync` of that repository), journalled
+//! before the 202 like any run: bounded by the queue, drained on SIGTERM, resumed after a
+//! crash, taken over by another replica. Pushes to a repository whose sync has not started
+//! yet join it. A push to any branch triggers a read of the default branch's file; when the
+//! default branch did not change that costs one read and writes nothing.
 
 use std::sync::Arc;
 
@@ -16,15 +19,65 @@ use sha2::Sha256;
 
 use super::AppState;
 use crate::bitbucket::RepoRef;
-use crate::gitops::adapters::TracingLog;
-use crate::gitops::{BlueprintSource, EntityWriter, SyncEngine, SyncRequest};
+use crate::core::RunState;
+use crate::domain::{Identifier, RunId};
+use crate::invocation::Invocation;
+use crate::runs::{Runner, SubmitError};
+use crate::secret::Secret;
 
-/// What the push webhook needs to run a sync.
+/// The push webhook: its secret, and the syncs it queued that have not started yet.
 pub struct PushHook {
-    pub engine: Arc<SyncEngine>,
-    pub blueprints: Arc<dyn BlueprintSource>,
-    pub writer: Arc<dyn EntityWriter>,
-    pub secret: crate::secret::Secret,
+    secret: Secret,
+    /// By repository: the queued sync a new push joins.
+    waiting: tokio::sync::Mutex<std::collections::HashMap<String, RunId>>,
+}
+
+/// What became of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queued {
+    /// A new sync run of the repository.
+    New(RunId),
+    /// Joined a sync of the repository that had not started yet.
+    Joined(RunId),
+}
+
+impl PushHook {
+    pub fn new(secret: Secret) -> Self {
+        Self {
+            secret,
+            waiting: Default::default(),
+        }
+    }
+
+    /// Queues a sync of `repo` as a run of the runner's own (journalled before this returns),
+    /// unless one queued earlier has not started yet.
+    pub async fn enqueue(
+        &self,
+        runner: &Arc<Runner>,
+        repo: &RepoRef,
+    ) -> Result<Queued, SubmitError> {
+        let key = repo.to_string();
+        let mut waiting = self.waiting.lock().await;
+        if let Some(run_id) = waiting.get(&key) {
+            let queued = runner
+                .registry()
+                .get(run_id)
+                .is_some_and(|r| r.state == RunState::Queued);
+            if queued {
+                return Ok(Queued::Joined(run_id.clone()));
+            }
+        }
+        let run_id = RunId::parse("run_id", &format!("push-{}", uuid::Uuid::new_v4().simple()))
+            .expect("a valid run id");
+        let mut inputs = serde_json::Map::new();
+        inputs.insert("repositories".into(), json!([key]));
+        let action = Identifier::schema("action", "gitops_sync").expect("a valid identifier");
+        runner
+            .submit(Invocation::internal(run_id.clone(), action, inputs))
+            .await?;
+        waiting.insert(key, run_id.clone());
+        Ok(Queued::New(run_id))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +92,8 @@ pub enum PushError {
     BadSignature,
     #[error("not a repo:refs_changed body: {0}")]
     Payload(String),
-    #[error("the runner is shutting down; the push was not taken")]
-    ShuttingDown,
+    #[error("the push was not taken: {0}")]
+    Unavailable(SubmitError),
 }
 
 impl ResponseError for PushError {
@@ -50,7 +103,7 @@ impl ResponseError for PushError {
             Self::Body(e) => e.status_code(),
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
             Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -133,36 +186,15 @@ pub async fn receive(
             json!({ "ok": true, "repository": repo.to_string(), "ignored": "no branch changed" }),
         ));
     }
-    tracing::info!(repository = %repo, "push received: syncing the repository");
-    let shown = repo.to_string();
-    // Tracked like a run: a graceful stop waits for the sync in progress.
-    let started = state.runner.spawn_tracked(async move {
-        let request = SyncRequest {
-            repos: vec![repo.clone()],
-            ..SyncRequest::default()
-        };
-        let log = TracingLog(repo.to_string());
-        match hook
-            .engine
-            .sync(&request, hook.blueprints.as_ref(), hook.writer.as_ref(), &log)
-            .await
-        {
-            Ok(report) if report.is_clean() => {
-                tracing::info!(repository = %repo, summary = %report.summary(), "push sync done")
-            }
-            Ok(report) => {
-                for line in report.lines() {
-                    tracing::warn!(repository = %repo, "{line}");
-                }
-                tracing::warn!(repository = %repo, summary = %report.summary(), "push sync incomplete")
-            }
-            Err(e) => tracing::error!(repository = %repo, error = %e, "push sync failed"),
-        }
-    });
-    if !started {
-        return Err(PushError::ShuttingDown);
-    }
-    Ok(HttpResponse::Accepted().json(json!({ "ok": true, "repository": shown })))
+    let (run_id, joined) = match hook.enqueue(&state.runner, &repo).await {
+        Ok(Queued::New(id)) => (id, false),
+        Ok(Queued::Joined(id)) => (id, true),
+        Err(e) => return Err(PushError::Unavailable(e)),
+    };
+    tracing::info!(repository = %repo, %run_id, joined, "push received: syncing the repository");
+    Ok(HttpResponse::Accepted().json(
+        json!({ "ok": true, "repository": repo.to_string(), "runId": run_id, "joined": joined }),
+    ))
 }
 
 fn verify(secret: &str, header: &str, body: &[u8]) -> Result<(), PushError> {

@@ -74,7 +74,14 @@ fn entity_writes(app: &TestApp) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_and_list_files_are_synced_with_the_run_id_and_without_merge() {
-    let app = gitops_app(FileApi::Raw).await;
+    // port.yml is read when asked for (--gitops-files port.yaml,port.yml).
+    let app = spawn_app_with(AppOptions {
+        gitops: true,
+        gitops_files: vec!["port.yaml".into(), "port.yml".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    app.port().add_blueprint(microservice_blueprint());
     app.bitbucket()
         .put_file("PAY", "api", "port.yaml", &service("pay-api", "backend"));
     app.bitbucket().put_file(
@@ -582,5 +589,47 @@ async fn the_mass_deletion_breaker_keeps_an_emptied_project_and_the_override_pas
             "{id} deleted"
         );
     }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_costs_one_read_per_repository_and_port_yml_is_opt_in() {
+    let app = gitops_app(FileApi::Raw).await;
+    let bb = app.bitbucket();
+    for i in 0..30 {
+        match i % 3 {
+            0 => bb.add_repo("P", &format!("r{i:02}")),
+            1 => bb.put_file(
+                "P",
+                &format!("r{i:02}"),
+                "port.yml",
+                &service(&format!("y{i:02}"), "backend"),
+            ),
+            _ => bb.put_file(
+                "P",
+                &format!("r{i:02}"),
+                "port.yaml",
+                &service(&format!("s{i:02}"), "backend"),
+            ),
+        }
+    }
+    let (fin, log) = sync(&app, json!({})).await;
+    assert_eq!(fin["status"], "SUCCESS", "{log:#?}");
+    let reads = bb
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/raw/") || r.contains("/browse/") || r.contains("/branches"))
+        .count();
+    assert_eq!(
+        reads,
+        30,
+        "the floor: one read per repository: {:#?}",
+        bb.requests()
+    );
+    assert!(app.port().entity("microservice", "s02").is_some());
+    assert!(
+        app.port().entity("microservice", "y01").is_none(),
+        "port.yml is not read unless --gitops-files names it"
+    );
     app.shutdown().await;
 }

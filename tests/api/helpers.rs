@@ -51,6 +51,10 @@ pub struct AppOptions {
     pub port_fake: Option<FakePort>,
     /// The mass-deletion breaker's ratio (0.5, as `serve`'s default).
     pub max_delete_ratio: f64,
+    /// The scheduled full sync (off unless a test turns it on).
+    pub gitops_interval: Duration,
+    /// `--gitops-files` (port.yaml, as `serve`'s default).
+    pub gitops_files: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -69,6 +73,8 @@ impl Default for AppOptions {
             reconcile_interval: Duration::from_secs(300),
             port_fake: None,
             max_delete_ratio: 0.5,
+            gitops_interval: Duration::ZERO,
+            gitops_files: vec!["port.yaml".into()],
         }
     }
 }
@@ -148,6 +154,8 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
             projects_filter: Vec::new(),
             webhook_secret: Some(BB_HOOK_SECRET.into()),
             max_delete_ratio: options.max_delete_ratio,
+            interval: options.gitops_interval,
+            file_names: options.gitops_files.clone(),
         });
         Some(fake)
     } else {

@@ -41,6 +41,11 @@ pub struct Metrics {
     port_calls: Family<StatusLabels, Counter>,
     webhooks: Family<StatusLabels, Counter>,
     adopted: Family<ActionLabels, Counter>,
+    bitbucket_429s: Counter,
+    bitbucket_429s_seen: std::sync::atomic::AtomicU64,
+    bitbucket_pace: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The Bitbucket client whose pacer the two above are read from, when GitOps is on.
+    bitbucket: std::sync::OnceLock<std::sync::Arc<crate::bitbucket::BitbucketClient>>,
 }
 
 impl Default for Metrics {
@@ -97,6 +102,18 @@ impl Metrics {
             "Runs picked up from Port's runs API because their webhook never arrived, by action",
             adopted.clone(),
         );
+        let bitbucket_429s = Counter::default();
+        registry.register(
+            "bitbucket_rate_limited",
+            "Bitbucket requests answered 429 (waited out and sent again)",
+            bitbucket_429s.clone(),
+        );
+        let bitbucket_pace = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "bitbucket_pace_requests_per_second",
+            "The rate Bitbucket requests are paced at (0: not paced)",
+            bitbucket_pace.clone(),
+        );
         Self {
             registry,
             runs,
@@ -106,6 +123,10 @@ impl Metrics {
             port_calls,
             webhooks,
             adopted,
+            bitbucket_429s,
+            bitbucket_429s_seen: Default::default(),
+            bitbucket_pace,
+            bitbucket: Default::default(),
         }
     }
 
@@ -156,8 +177,22 @@ impl Metrics {
             .inc();
     }
 
+    /// Reads Bitbucket's pacer (429s, current pace) at every scrape from now on.
+    pub fn watch_bitbucket(&self, client: std::sync::Arc<crate::bitbucket::BitbucketClient>) {
+        let _ = self.bitbucket.set(client);
+    }
+
     /// The exposition text (OpenMetrics, which Prometheus scrapes as-is).
     pub fn encode(&self) -> String {
+        if let Some(client) = self.bitbucket.get() {
+            let pacer = client.pacer();
+            let seen = pacer.limited();
+            let before = self
+                .bitbucket_429s_seen
+                .swap(seen, std::sync::atomic::Ordering::Relaxed);
+            self.bitbucket_429s.inc_by(seen.saturating_sub(before));
+            self.bitbucket_pace.set(pacer.rate().unwrap_or(0.0));
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

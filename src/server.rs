@@ -85,6 +85,9 @@ impl Application {
         let port = port_client(&settings, &metrics)?;
         let journal = open_journal(&settings).await?;
         let gitops = wire_gitops(&settings, journal.as_ref(), port.as_ref())?;
+        if let Some(engine) = &gitops.engine {
+            metrics.watch_bitbucket(engine.bitbucket_client());
+        }
         register_handlers(&settings, &mut handlers, journal.as_ref(), &gitops)?;
         let sink = port.clone().map_or(Sink::Local, Sink::Port);
         let runner = Runner::new(

@@ -4,8 +4,9 @@
 //! refilled at 5 a second) and an empty bucket answers 429, with or without `Retry-After`.
 //! The pacer is a token bucket of our own: it starts from `--bitbucket-rate` when given,
 //! and otherwise sends freely until the first 429, then learns: every 429 pauses all
-//! requests (for `Retry-After`, or a backoff) and halves the rate, each run of successes
-//! raises it a little (AIMD), so the sync settles just under the server's refill rate
+//! requests (for `Retry-After`, or a backoff): the first one sets the pace to half of what
+//! got through, later ones cut it by 30 %, and each run of successes raises it a little
+//! (AIMD), so the sync settles just under the server's refill rate
 //! instead of spending its requests on 429s. A 429 is never a read failure for as long as
 //! the client's patience lasts.
 
@@ -46,11 +47,13 @@ impl Rate {
 
 /// A learned rate starts at half the pace requests succeeded at in the second before the
 /// first 429 (the server's bucket was being drained, so that is above what it refills) and
-/// halves from there until the 429s stop.
+/// is cut by 30 % at each further 429 until they stop.
 const WINDOW: Duration = Duration::from_secs(1);
 const MIN_RATE: f64 = 0.5;
 /// Successes in a row after which a learned rate is raised by `STEP`.
-const RAISE_AFTER: u32 = 20;
+const RAISE_AFTER: u32 = 40;
+/// A learned rate is cut to this share at a further 429 (gently: it is near the limit).
+const CUT: f64 = 0.7;
 const STEP: f64 = 0.25;
 /// The pause after a 429 without `Retry-After`, doubling while 429s follow each other.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
@@ -175,7 +178,7 @@ impl Pacer {
                     }
                 }
                 Some(rate) => Rate {
-                    per_sec: (rate.per_sec / 2.0).max(MIN_RATE),
+                    per_sec: (rate.per_sec * CUT).max(MIN_RATE),
                     burst: 1.0,
                 },
             });
@@ -238,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn a_429_starts_pacing_halves_a_learned_rate_once_per_burst_and_successes_raise_it() {
+    fn a_429_starts_pacing_and_cuts_a_learned_rate_once_per_burst_and_successes_raise_it() {
         let pacer = Pacer::new(None);
         for _ in 0..16 {
             pacer.succeeded();
@@ -256,7 +259,7 @@ mod tests {
         assert_eq!(pacer.rate(), Some(learned + STEP));
         pacer.state.lock().unwrap().last_cut = None;
         pacer.rate_limited(None);
-        assert_eq!(pacer.rate(), Some((learned + STEP) / 2.0));
+        assert_eq!(pacer.rate(), Some((learned + STEP) * CUT));
         let fixed = Pacer::new(Some(Rate::parse("5/60").unwrap()));
         fixed.rate_limited(None);
         assert_eq!(fixed.rate(), Some(5.0), "a configured rate is kept");

@@ -147,6 +147,11 @@ impl SyncEngine {
         &self.bitbucket
     }
 
+    /// The client, shared (for metrics that read its pacer).
+    pub fn bitbucket_client(&self) -> Arc<BitbucketClient> {
+        self.bitbucket.clone()
+    }
+
     pub async fn sync(
         &self,
         request: &SyncRequest,

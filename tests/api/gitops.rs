@@ -542,6 +542,16 @@ async fn a_rate_limited_data_center_loses_nothing_with_or_without_retry_after() 
             .filter(|l| l.starts_with("Bitbucket is rate limiting: pacing at"))
             .collect();
         assert_eq!(said.len(), 1, "said once per sync: {log:#?}");
+        let metrics = app.get("/metrics", None).await.text().await.unwrap();
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("port_runner_bitbucket_rate_limited_total "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert_eq!(counted, Some(limited as u64), "{metrics}");
+        assert!(
+            metrics.contains("port_runner_bitbucket_pace_requests_per_second "),
+            "{metrics}"
+        );
         app.shutdown().await;
     }
 }

@@ -245,9 +245,10 @@ pub struct SyncArgs {
 #[derive(Debug, Args)]
 #[command(after_help = crate::secret::help())]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
-    pub listen: String,
+    /// Address to listen on (default: 127.0.0.1:8080 in local mode, where /runs needs no
+    /// token; 0.0.0.0:8080 when reporting to Port).
+    #[arg(long, env = "LISTEN_ADDR")]
+    pub listen: Option<String>,
 
     /// This runner's public base URL (what `apply --webhook-url` writes into the actions), e.g.
     /// https://ab12.ngrok.app/webhook.
@@ -602,7 +603,7 @@ mod tests {
             )
             .unwrap(),
         );
-        assert_eq!(args.listen, "127.0.0.1:9000");
+        assert_eq!(args.listen.as_deref(), Some("127.0.0.1:9000"));
         assert!(args.no_journal, "no_journal is a setting like the others");
         assert_eq!(args.bitbucket.bitbucket_projects_filter, ["PAY", "OPS"]);
         assert_eq!(args.public_url.as_deref(), Some("https://x.example"));
@@ -614,7 +615,11 @@ mod tests {
             )
             .unwrap(),
         );
-        assert_eq!(args.listen, "[::1]:1", "a flag wins over the file");
+        assert_eq!(
+            args.listen.as_deref(),
+            Some("[::1]:1"),
+            "a flag wins over the file"
+        );
     }
 
     #[test]

@@ -146,6 +146,10 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     for problem in &problems {
         eprintln!("{problem}");
     }
+    if checked == 0 && problems.is_empty() {
+        eprintln!("nothing to check: give a checkout (with blueprints/ or actions/), definition files or port.yaml files");
+        return Ok(ExitCode::FAILURE);
+    }
     if problems.is_empty() {
         println!("{checked} file(s) checked: no problems");
         Ok(ExitCode::SUCCESS)
@@ -191,6 +195,7 @@ pub fn config_command(args: &ServeArgs, matches: &ArgMatches, file: &FileLayer) 
         "port_client_id" => "unset: local mode",
         "bitbucket_host" => "unset: GitOps off",
         "replica_id" => "unset: host name + random",
+        "listen" => "unset: 127.0.0.1:8080 in local mode, 0.0.0.0:8080 with Port",
         _ => "unset",
     };
     let mut cmd = Cli::command();

@@ -229,7 +229,11 @@ impl Settings {
         };
         let gitops = GitOpsSettings::from_args(&args.bitbucket, &env)?;
         Ok(Self {
-            listen: args.listen.clone(),
+            // Local mode serves /runs without a token: only this machine may reach it.
+            listen: args.listen.clone().unwrap_or_else(|| match mode {
+                Mode::Local { .. } => "127.0.0.1:8080".into(),
+                Mode::Port(_) => "0.0.0.0:8080".into(),
+            }),
             gitops,
             blueprints_dir: args.blueprints_dir.clone(),
             actions_dir: args.actions_dir.clone(),
@@ -391,6 +395,27 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn local_mode_listens_on_this_machine_only_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let local =
+            Settings::from_args_with_env(&serve_args(&["--data-dir", data]), env(&[])).unwrap();
+        assert_eq!(local.listen, "127.0.0.1:8080");
+        let port = Settings::from_args_with_env(
+            &serve_args(&["--port-client-id", "id"]),
+            env(&[("PORT_CLIENT_SECRET", "sec")]),
+        )
+        .unwrap();
+        assert_eq!(port.listen, "0.0.0.0:8080");
+        let given = Settings::from_args_with_env(
+            &serve_args(&["--data-dir", data, "--listen", "0.0.0.0:9"]),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(given.listen, "0.0.0.0:9");
     }
 
     #[test]

@@ -62,7 +62,11 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<InvokeOutcome> {
             answer["message"].as_str().unwrap_or("no message")
         );
     }
-    eprintln!("accepted run {run_id} ({status})");
+    if answer["duplicate"] == true {
+        eprintln!("run {run_id} was already accepted earlier: not run again (give no --keep-run-id to send it as a new run)");
+    } else {
+        eprintln!("accepted run {run_id} ({status})");
+    }
     if args.no_wait {
         return Ok(InvokeOutcome::Accepted);
     }

@@ -74,7 +74,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signals = Signals::install().context("cannot install the SIGTERM/SIGINT handlers")?;
     tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
     let app = Application::build(settings, HandlerRegistry::builtin()).await?;
-    tracing::info!(addr = %app.local_addr(), "listening");
+    tracing::info!(addr = %app.local_addr(), runs = app.runs_access(), "listening");
     app.run_until(shutdown).await.context("server failed")?;
     tracing::info!("stopped");
     Ok(())

@@ -61,6 +61,7 @@ pub struct Application {
     shutdown_grace: Duration,
     /// The data folder is this process's until it exits (none with PostgreSQL replicas).
     _data_dir: Option<DataDirLock>,
+    runs_access: &'static str,
 }
 
 /// GitOps as wired for this process: the engine, where blueprints come from, and the push hook.
@@ -106,6 +107,15 @@ impl Application {
                 ..settings.runner.clone()
             },
         );
+        let admin = AdminAccess::new(
+            settings.admin_token.as_ref().map(Secret::expose),
+            settings.is_local(),
+        );
+        let runs_access = match admin {
+            AdminAccess::Open => "open without a token (local mode)",
+            AdminAccess::Token(_) => "with PORT_RUNNER_ADMIN_TOKEN",
+            AdminAccess::Disabled => "off (set PORT_RUNNER_ADMIN_TOKEN)",
+        };
         let state = AppState {
             runner: runner.clone(),
             verifier: SignatureVerifier::new(
@@ -114,10 +124,7 @@ impl Application {
             ),
             metrics,
             port: port.clone(),
-            admin: AdminAccess::new(
-                settings.admin_token.as_ref().map(Secret::expose),
-                settings.is_local(),
-            ),
+            admin: admin.clone(),
             max_body_bytes: settings.max_body_bytes,
             rt: Handle::current(),
             push_hook: gitops.push_hook,
@@ -135,11 +142,17 @@ impl Application {
             runner,
             shutdown_grace: settings.shutdown_grace,
             _data_dir: data_dir,
+            runs_access,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Who may read `GET /runs`, for the start log.
+    pub fn runs_access(&self) -> &'static str {
+        self.runs_access
     }
 
     pub fn runner(&self) -> Arc<Runner> {

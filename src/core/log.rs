@@ -66,12 +66,8 @@ impl RunLog {
         for raw in text.as_ref().lines() {
             let masked = self.inner.masker.mask(raw);
             let line = truncate(&masked, self.inner.max_bytes);
-            // In local mode the server log is where a developer watches the run.
-            if self.inner.tx.is_none() {
-                tracing::info!(run_id = %self.inner.run_id, "{line}");
-            } else {
-                tracing::debug!(run_id = %self.inner.run_id, "{line}");
-            }
+            // The server log shows every run's lines, as Port's run page does.
+            tracing::info!(run_id = %self.inner.run_id, "{line}");
             self.inner
                 .registry
                 .push_log(&self.inner.run_id, line.clone());

@@ -432,3 +432,19 @@ async fn validate_reads_blueprints_from_the_folder_given_whatever_its_name() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_with_nothing_to_check_fails_instead_of_passing_silently() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(
+        vec!["validate".into(), empty.path().display().to_string()],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to check"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

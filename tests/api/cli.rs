@@ -52,6 +52,14 @@ fn invoke_sends_a_signed_sample_and_prints_the_outcome() {
     assert!(stdout.contains("SUCCESS: echoed 1 input(s)"), "{stdout}");
     // Sent again, the sample gets a fresh run id and runs again.
     assert!(invoke(&[]).status.success());
+    // With its own run id twice, the second is a duplicate and says so.
+    assert!(invoke(&["--keep-run-id"]).status.success());
+    let again = invoke(&["--keep-run-id"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("run r_sample was already accepted earlier: not run again"),
+        "{stderr}"
+    );
 
     // A run that fails makes invoke exit non-zero.
     std::fs::write(

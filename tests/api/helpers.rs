@@ -459,6 +459,8 @@ pub struct Served {
     pub child: Child,
     pub addr: String,
     log: mpsc::Receiver<String>,
+    /// Lines logged before "listening", handed out by the first `log_lines`.
+    early: std::sync::Mutex<Vec<String>>,
 }
 
 impl Served {
@@ -487,21 +489,25 @@ impl Served {
                 }
             }
         });
+        let mut early = Vec::new();
         let addr = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("serve logs its address");
             let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                early.push(line);
                 continue;
             };
             if event["fields"]["message"] == "listening" {
                 break event["fields"]["addr"].as_str().unwrap().to_owned();
             }
+            early.push(line);
         };
         Self {
             child,
             addr,
             log: rx,
+            early: std::sync::Mutex::new(early),
         }
     }
 
@@ -529,8 +535,11 @@ impl Served {
         self.child.wait().expect("serve exits")
     }
 
+    /// The lines logged since the last call (the first call includes those before "listening").
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.try_iter().collect()
+        let mut lines = std::mem::take(&mut *self.early.lock().unwrap());
+        lines.extend(self.log.try_iter());
+        lines
     }
 }
 

@@ -105,27 +105,7 @@ async fn run() {
 
     let data = tempfile::tempdir().unwrap();
     let sync = |label: &'static str| {
-        let started = Instant::now();
-        let output = Command::new(env!("CARGO_BIN_EXE_port-runner"))
-            .args([
-                "sync",
-                "--output",
-                "json",
-                "--concurrency",
-                &concurrency.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env_clear()
-            .env("BITBUCKET_HOST", &bb.url)
-            .env("BITBUCKET_USERNAME", USER)
-            .env("BITBUCKET_PASSWORD", PASSWORD)
-            .env("PORT_CLIENT_ID", CLIENT_ID)
-            .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
-            .env("PORT_API_URL", &port.api_url)
-            .output()
-            .expect("run port-runner sync");
-        let wall = started.elapsed();
+        let (wall, output) = sync_binary(&bb, &port, data.path(), concurrency);
         assert!(
             output.status.success(),
             "{label}: {}",
@@ -256,29 +236,8 @@ Rate-limited Data Center: a bucket of 60 tokens refilled at 5/s, 429 without Ret
         }
         bb.rate_limit(60.0, 5.0, false);
         let data = tempfile::tempdir().unwrap();
-        let started = Instant::now();
-        let output = tokio::task::block_in_place(|| {
-            Command::new(env!("CARGO_BIN_EXE_port-runner"))
-                .args([
-                    "sync",
-                    "--output",
-                    "json",
-                    "--concurrency",
-                    &concurrency.to_string(),
-                ])
-                .arg("--data-dir")
-                .arg(data.path())
-                .env_clear()
-                .env("BITBUCKET_HOST", &bb.url)
-                .env("BITBUCKET_USERNAME", USER)
-                .env("BITBUCKET_PASSWORD", PASSWORD)
-                .env("PORT_CLIENT_ID", CLIENT_ID)
-                .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
-                .env("PORT_API_URL", &port.api_url)
-                .output()
-                .expect("run port-runner sync")
-        });
-        let wall = started.elapsed();
+        let (wall, output) =
+            tokio::task::block_in_place(|| sync_binary(&bb, &port, data.path(), concurrency));
         let requests = bb.request_count();
         let limited = bb.limited();
         let missing = ids
@@ -296,6 +255,36 @@ Rate-limited Data Center: a bucket of 60 tokens refilled at 5/s, 429 without Ret
             if output.status.success() { "" } else { " (sync failed)" }
         );
     }
+}
+
+/// One run of the release `port-runner sync` against the fakes: its wall time and output.
+fn sync_binary(
+    bb: &FakeBitbucket,
+    port: &FakePort,
+    data: &std::path::Path,
+    concurrency: u64,
+) -> (Duration, std::process::Output) {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_port-runner"))
+        .args([
+            "sync",
+            "--output",
+            "json",
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env_clear()
+        .env("BITBUCKET_HOST", &bb.url)
+        .env("BITBUCKET_USERNAME", USER)
+        .env("BITBUCKET_PASSWORD", PASSWORD)
+        .env("PORT_CLIENT_ID", CLIENT_ID)
+        .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
+        .env("PORT_API_URL", &port.api_url)
+        .output()
+        .expect("run port-runner sync");
+    (started.elapsed(), output)
 }
 
 /// Largest resident set of any child waited for so far (Linux reports KiB).

@@ -90,8 +90,12 @@ pub enum WebhookError {
     TooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     Read(String),
-    #[error(transparent)]
-    Signature(#[from] SignatureError),
+    #[error("{source} ({})", signing_hint(*.local, .source))]
+    Signature {
+        source: SignatureError,
+        /// Local mode signs with its own secret, not Port's.
+        local: bool,
+    },
     #[error(transparent)]
     Payload(#[from] PayloadError),
     #[error(transparent)]
@@ -103,7 +107,7 @@ impl WebhookError {
         match self {
             Self::TooLarge { .. } => "payload_too_large",
             Self::Read(_) => "bad_request",
-            Self::Signature(_) => "invalid_signature",
+            Self::Signature { .. } => "invalid_signature",
             Self::Payload(PayloadError::Syntax { .. }) => "invalid_json",
             Self::Payload(_) => "invalid_payload",
             Self::Unavailable(_) => "unavailable",
@@ -116,7 +120,7 @@ impl ResponseError for WebhookError {
         match self {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Read(_) => StatusCode::BAD_REQUEST,
-            Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::Signature { .. } => StatusCode::UNAUTHORIZED,
             Self::Payload(PayloadError::Syntax { .. }) => StatusCode::BAD_REQUEST,
             Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -130,6 +134,19 @@ impl ResponseError for WebhookError {
         }
         // The public message only: causes (a database's own error) go to the log.
         response.json(json!({ "ok": false, "error": self.code(), "message": self.to_string() }))
+    }
+}
+
+/// Where the signing key comes from, in the words of the mode the runner is in.
+fn signing_hint(local: bool, error: &SignatureError) -> &'static str {
+    match (local, error) {
+        (true, SignatureError::Missing(_)) => {
+            "this runner takes signed invocations only: send the file with `port-runner invoke FILE`, which signs it"
+        }
+        (true, _) => {
+            "in local mode the key is PORT_RUNNER_LOCAL_SECRET, or the one in <data-dir>/local-secret that `port-runner invoke` uses"
+        }
+        (false, _) => "Port signs with the client secret: is PORT_CLIENT_SECRET this organisation's?",
     }
 }
 
@@ -172,12 +189,18 @@ async fn accept(
 ) -> Result<HttpResponse, WebhookError> {
     let body = read_capped(req, body, state.max_body_bytes).await?;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    state.verifier.verify(
-        header(TIMESTAMP_HEADER),
-        header(SIGNATURE_HEADER),
-        &body,
-        SystemTime::now(),
-    )?;
+    state
+        .verifier
+        .verify(
+            header(TIMESTAMP_HEADER),
+            header(SIGNATURE_HEADER),
+            &body,
+            SystemTime::now(),
+        )
+        .map_err(|source| WebhookError::Signature {
+            source,
+            local: state.port.is_none(),
+        })?;
     let invocation = payload::parse(&body, header(RUN_ID_HEADER))?;
     let run_id = invocation.run_id.clone();
     match state.runner.submit(invocation).await {

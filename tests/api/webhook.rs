@@ -3,7 +3,7 @@
 use port_runner::webhook::signature::{sign, timestamp_now};
 use serde_json::{json, Value};
 
-use crate::helpers::{legacy, spawn_app, unique_run_id, v2};
+use crate::helpers::{legacy, spawn_app, spawn_app_with, unique_run_id, v2, AppOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_legacy_invocation_runs_and_reports_success_with_logs() {
@@ -344,4 +344,57 @@ async fn secret_inputs_never_reach_the_logs() {
     let local = app.run(&run_id).await.to_string();
     assert!(!local.contains("hunter2-secret"), "{local}");
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_signature_says_where_the_key_comes_from_in_each_mode() {
+    let raw = serde_json::to_vec(&legacy(&unique_run_id(), "echo", "CREATE", json!({}))).unwrap();
+    let message = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 401);
+        response.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let forged = |raw: &[u8]| {
+        let ts = timestamp_now();
+        let sig = sign("not-the-key", &ts, raw);
+        (ts, sig)
+    };
+    let local = spawn_app_with(AppOptions {
+        with_port: false,
+        ..AppOptions::default()
+    })
+    .await;
+    // An unsigned curl: point at the command that signs.
+    let unsigned = message(local.post_with_headers(raw.clone(), &[]).await).await;
+    assert!(unsigned.contains("port-runner invoke FILE"), "{unsigned}");
+    let (ts, sig) = forged(&raw);
+    let wrong = message(
+        local
+            .post_with_headers(
+                raw.clone(),
+                &[("x-port-timestamp", &ts), ("x-port-signature", &sig)],
+            )
+            .await,
+    )
+    .await;
+    assert!(
+        wrong.contains("PORT_RUNNER_LOCAL_SECRET") && !wrong.contains("PORT_CLIENT_SECRET"),
+        "{wrong}"
+    );
+    local.shutdown().await;
+
+    let port = spawn_app_with(AppOptions::default()).await;
+    let (ts, sig) = forged(&raw);
+    let wrong = message(
+        port.post_with_headers(
+            raw,
+            &[("x-port-timestamp", &ts), ("x-port-signature", &sig)],
+        )
+        .await,
+    )
+    .await;
+    assert!(wrong.contains("PORT_CLIENT_SECRET"), "{wrong}");
+    port.shutdown().await;
 }

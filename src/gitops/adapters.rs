@@ -116,16 +116,6 @@ impl SyncLog for StderrLog {
     }
 }
 
-/// Progress into the server's log (push-triggered syncs have no run to log to).
-pub struct TracingLog(pub String);
-
-#[async_trait]
-impl SyncLog for TracingLog {
-    async fn line(&self, text: String) {
-        tracing::info!(repository = %self.0, "{text}");
-    }
-}
-
 /// Local mode without Port: writes are accepted and recorded nowhere but the ownership record.
 pub struct NullWriter;
 

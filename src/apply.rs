@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use crate::definitions::{with_public_url, Definition, Definitions, FileProblem};
+use crate::definitions::{for_runner, Definition, Definitions, Delivery, FileProblem};
 use crate::port::{PortClient, PortError};
 
 /// Maps whose keys the files own: a key in Port but not in the file is a removal.
@@ -111,7 +111,7 @@ pub async fn apply(
     defs: &Definitions,
     load_problems: Vec<FileProblem>,
     known_actions: &[&str],
-    public_url: Option<&str>,
+    delivery: Delivery<'_>,
     dry_run: bool,
 ) -> Result<ApplyReport, ApplyError> {
     // Relation targets and action blueprints may live in Port rather than in the folder.
@@ -125,7 +125,7 @@ pub async fn apply(
     problems.extend(defs.check_with(known_actions, &external));
     let mut actions = Vec::new();
     for def in &defs.actions {
-        match with_public_url(&def.json, public_url) {
+        match for_runner(&def.json, delivery) {
             Ok(json) => actions.push((def, json)),
             Err(message) => problems.push(FileProblem {
                 file: def.file.clone(),

@@ -81,6 +81,42 @@ pub struct ApplyArgs {
 
     #[command(flatten)]
     pub port: PortArgs,
+
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// How runs reach this runner (shared by `serve` and `apply`, which writes the actions to match).
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// How runs reach this runner: `webhook` (Port calls /webhook), `pull` (this runner claims
+    /// them from Port's API: no inbound connection; /webhook is off) or `both`.
+    #[arg(long, env = "PORT_RUNNER_TRANSPORT", value_enum, default_value_t = Transport::Webhook)]
+    pub transport: Transport,
+
+    /// With pull: set the organisation's agent transport to polling, as Port's agent does
+    /// (an organisation-wide setting; off by default, the start log says what to set).
+    #[arg(long, env = "PORT_RUNNER_CONFIGURE_ORG")]
+    pub configure_org: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Webhook,
+    Pull,
+    Both,
+}
+
+impl Transport {
+    /// Whether runs are claimed from Port.
+    pub fn pulls(self) -> bool {
+        matches!(self, Self::Pull | Self::Both)
+    }
+
+    /// Whether `POST /webhook` takes invocations.
+    pub fn takes_webhooks(self) -> bool {
+        matches!(self, Self::Webhook | Self::Both)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +212,15 @@ fn gitops_file_name(text: &str) -> Result<String, String> {
     }
 }
 
+fn positive_secs(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 3600.0 => Ok(secs),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 (excluded) and 3600"
+        )),
+    }
+}
+
 fn delete_ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
@@ -258,6 +303,19 @@ pub struct ServeArgs {
     /// Port credentials; without PORT_CLIENT_ID and PORT_CLIENT_SECRET: local mode.
     #[command(flatten)]
     pub port: PortArgs,
+
+    #[command(flatten)]
+    pub transport: TransportArgs,
+
+    /// With pull: seconds between claims while Port has nothing pending (a full claim is
+    /// followed by the next at once); decimals allowed.
+    #[arg(long, env = "PORT_RUNNER_PULL_INTERVAL_SECS", default_value = "2", value_parser = positive_secs)]
+    pub pull_interval_secs: f64,
+
+    /// With pull: most runs claimed at once (default: the free run slots; never more).
+    #[arg(long, env = "PORT_RUNNER_PULL_BATCH",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pull_batch: Option<u32>,
 
     /// Folder for the runner's state (local-mode secret, and later the run journal).
     #[arg(long, env = "PORT_RUNNER_DATA_DIR", default_value = "./data")]

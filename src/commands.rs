@@ -11,10 +11,12 @@ use clap::{ArgMatches, CommandFactory as _};
 
 use crate::cli::{ApplyArgs, Cli, FileLayer, ServeArgs, ValidateArgs};
 use crate::config::port_config;
-use crate::definitions::{check_port_yaml, load_file, Definition, Definitions, FileProblem};
+use crate::definitions::{
+    check_port_yaml, load_file, Definition, Definitions, Delivery, FileProblem,
+};
 use crate::handlers::{load_definitions, DefinitionContext, HandlerRegistry, PulumiSettings};
 use crate::metrics::Metrics;
-use crate::port::PortClient;
+use crate::port::{PortClient, POLLING_STREAMER};
 use crate::secret::SECRET_ENV;
 use crate::tool::Locks;
 
@@ -68,12 +70,26 @@ pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         &defs,
         load_problems,
         &known,
-        args.public_url.as_deref(),
+        Delivery {
+            public_url: args.public_url.as_deref(),
+            pulled: args.transport.transport.pulls(),
+        },
         args.dry_run,
     )
     .await?;
     for line in report.lines() {
         println!("{line}");
+    }
+    if args.transport.configure_org && args.transport.transport.pulls() {
+        if args.dry_run {
+            println!("would set the organisation's agent transport to {POLLING_STREAMER}");
+        } else {
+            client
+                .set_agent_streamer(POLLING_STREAMER)
+                .await
+                .context("could not set the organisation's agent transport")?;
+            println!("set the organisation's agent transport to {POLLING_STREAMER}");
+        }
     }
     Ok(if report.failed() == 0 {
         ExitCode::SUCCESS

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::bitbucket::{BitbucketAuth, BitbucketConfig, FileApi};
+pub use crate::cli::Transport;
 use crate::cli::{BitbucketArgs, FileApiArg, PortArgs, ServeArgs};
 use crate::handlers::{PulumiSettings, PULUMI_ENV};
 use crate::http::RetryPolicy as HttpRetryPolicy;
@@ -130,6 +131,31 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     /// A PostgreSQL journal shared by replicas (`DATABASE_URL`); wins over `journal`.
     pub database: Option<DatabaseSettings>,
+    /// How runs arrive: Port's webhook calls, claims from Port's API, or both.
+    pub transport: Transport,
+    /// How runs are claimed when the transport pulls.
+    pub pull: PullSettings,
+}
+
+/// Claiming runs from Port (the transport `pull` or `both`).
+#[derive(Debug, Clone)]
+pub struct PullSettings {
+    /// Wait after a claim that was not full.
+    pub interval: Duration,
+    /// Most runs claimed at once; `None`: the free run slots.
+    pub batch: Option<usize>,
+    /// Set the organisation's agent transport to polling at start.
+    pub configure_org: bool,
+}
+
+impl Default for PullSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            batch: None,
+            configure_org: false,
+        }
+    }
 }
 
 /// The shared journal of a replica.
@@ -166,6 +192,8 @@ pub enum ConfigError {
     Empty { name: &'static str },
     #[error("{0}")]
     Bitbucket(String),
+    #[error("PORT_RUNNER_TRANSPORT={0} claims runs from Port, which needs PORT_CLIENT_ID and PORT_CLIENT_SECRET (local mode has no Port to pull from)")]
+    PullWithoutPort(&'static str),
     #[error("cannot use data dir {path}: {source}")]
     DataDir {
         path: String,
@@ -200,6 +228,8 @@ impl Settings {
             webhook_url: None,
             reconcile_interval: Duration::from_secs(300),
             database: None,
+            transport: Transport::Webhook,
+            pull: PullSettings::default(),
         }
     }
 
@@ -228,6 +258,13 @@ impl Settings {
             },
         };
         let gitops = GitOpsSettings::from_args(&args.bitbucket, &env)?;
+        let transport = args.transport.transport;
+        if transport.pulls() && matches!(mode, Mode::Local { .. }) {
+            return Err(ConfigError::PullWithoutPort(match transport {
+                Transport::Both => "both",
+                _ => "pull",
+            }));
+        }
         Ok(Self {
             // Local mode serves /runs without a token: only this machine may reach it.
             listen: args.listen.clone().unwrap_or_else(|| match mode {
@@ -268,6 +305,12 @@ impl Settings {
                 replica: args.replica_id.clone().unwrap_or_else(default_replica_id),
                 lease: Duration::from_secs(args.lease_secs.max(3)),
             }),
+            transport,
+            pull: PullSettings {
+                interval: Duration::from_secs_f64(args.pull_interval_secs),
+                batch: args.pull_batch.map(|b| b as usize),
+                configure_org: args.transport.configure_org,
+            },
             ..Self::local("")
         })
     }

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use port_runner::cli::{self, Command, ParseError, ServeArgs};
 use port_runner::commands;
-use port_runner::config::{local_secret_path, Mode, Settings};
+use port_runner::config::{local_secret_path, Mode, Settings, Transport};
 use port_runner::handlers::HandlerRegistry;
 use port_runner::invoke::{self, InvokeOutcome};
 use port_runner::server::Application;
@@ -63,6 +63,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             secret_file = %local_secret_path(&settings.data_dir).display(),
             "local mode: no PORT_CLIENT_ID/PORT_CLIENT_SECRET, runs are kept here (GET /runs); \
              webhooks are signed with PORT_RUNNER_LOCAL_SECRET or the key in secret_file, which `port-runner invoke` reads"
+        ),
+    }
+    match settings.transport {
+        Transport::Webhook => {}
+        Transport::Pull => tracing::info!(
+            interval_secs = settings.pull.interval.as_secs_f64(),
+            "pull transport: runs are claimed from Port's API (no inbound connection needed); POST /webhook is off"
+        ),
+        Transport::Both => tracing::info!(
+            interval_secs = settings.pull.interval.as_secs_f64(),
+            "runs are claimed from Port's API and taken on POST /webhook"
         ),
     }
     if settings.gitops.is_some() {

@@ -22,6 +22,11 @@ struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -41,6 +46,8 @@ pub struct Metrics {
     port_calls: Family<StatusLabels, Counter>,
     webhooks: Family<StatusLabels, Counter>,
     adopted: Family<ActionLabels, Counter>,
+    claimed: Family<OutcomeLabels, Counter>,
+    claim_failures: Counter,
     bitbucket_429s: Counter,
     bitbucket_429s_seen: std::sync::atomic::AtomicU64,
     bitbucket_pace: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -102,6 +109,18 @@ impl Metrics {
             "Runs picked up from Port's runs API because their webhook never arrived, by action",
             adopted.clone(),
         );
+        let claimed = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "runs_claimed",
+            "Runs claimed from Port (pull transport) by what became of them: admitted, duplicate, unreadable, not_served",
+            claimed.clone(),
+        );
+        let claim_failures = Counter::default();
+        registry.register(
+            "claim_failures",
+            "Claims of pending runs from Port that failed (backed off and tried again)",
+            claim_failures.clone(),
+        );
         let bitbucket_429s = Counter::default();
         registry.register(
             "bitbucket_rate_limited",
@@ -123,6 +142,8 @@ impl Metrics {
             port_calls,
             webhooks,
             adopted,
+            claimed,
+            claim_failures,
             bitbucket_429s,
             bitbucket_429s_seen: Default::default(),
             bitbucket_pace,
@@ -175,6 +196,19 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc();
+    }
+
+    /// A run claimed from Port, by what became of it.
+    pub fn run_claimed(&self, outcome: &str) {
+        self.claimed
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn claim_failed(&self) {
+        self.claim_failures.inc();
     }
 
     /// Reads Bitbucket's pacer (429s, current pace) at every scrape from now on.

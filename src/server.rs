@@ -25,7 +25,7 @@ use crate::handlers::{load_definitions, ActionInputs, DefinitionContext, GitOpsH
 use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::{Reconciler, Runner, RunnerConfig, SubmitError};
+use crate::runs::{check_streamer, Puller, Reconciler, Runner, RunnerConfig, SubmitError};
 use crate::secret::Secret;
 use crate::store::{DataDirError, DataDirLock, Journal};
 use crate::tool::Locks;
@@ -116,8 +116,11 @@ impl Application {
             AdminAccess::Token(_) => "with PORT_RUNNER_ADMIN_TOKEN",
             AdminAccess::Disabled => "off (set PORT_RUNNER_ADMIN_TOKEN)",
         };
+        let puller = puller(&settings, &runner, port.as_ref(), &metrics);
         let state = AppState {
             runner: runner.clone(),
+            takes_webhooks: settings.transport.takes_webhooks(),
+            pull: puller.as_ref().map(|p| p.status()),
             verifier: SignatureVerifier::new(
                 settings.webhook_secret(),
                 settings.signature_tolerance,
@@ -135,6 +138,9 @@ impl Application {
         runner.recover(settings.retain).await;
         start_maintenance(&settings, &runner, journal);
         start_reconcile(&settings, &runner, port.as_ref());
+        if let Some(puller) = puller {
+            start_pull(&settings, &runner, puller);
+        }
         start_scheduled_sync(&settings, &runner);
         Ok(Self {
             addr,
@@ -328,12 +334,44 @@ fn start_maintenance(settings: &Settings, runner: &Arc<Runner>, journal: Option<
     }
 }
 
+/// The pull transport's claimer, when the transport pulls (always in Port mode: settings
+/// refuse pull without Port).
+fn puller(
+    settings: &Settings,
+    runner: &Arc<Runner>,
+    port: Option<&Arc<PortClient>>,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<Puller>> {
+    let port = port.filter(|_| settings.transport.pulls())?;
+    Some(Arc::new(Puller::new(
+        port.clone(),
+        runner.clone(),
+        metrics.clone(),
+        settings.pull.interval,
+        settings.pull.batch,
+    )))
+}
+
+/// Claims runs from Port until shutdown, after checking (or, when asked, setting) the
+/// organisation's agent transport.
+fn start_pull(settings: &Settings, runner: &Arc<Runner>, puller: Arc<Puller>) {
+    let port = puller.port();
+    let configure_org = settings.pull.configure_org;
+    runner.spawn_tracked(async move {
+        check_streamer(&port, configure_org).await;
+        puller.run().await;
+    });
+}
+
 /// Runs Port holds for this runner but never delivered: looked for at start (in the
 /// background, so binding is not held up) and every `reconcile_interval`.
 fn start_reconcile(settings: &Settings, runner: &Arc<Runner>, port: Option<&Arc<PortClient>>) {
     let Some(port) = port else {
         return; // local mode: Port holds nothing for us
     };
+    if !settings.transport.takes_webhooks() {
+        return; // pulled runs are never lost to an outage: they wait in Port to be claimed
+    }
     let Some(url) = settings.webhook_url.clone() else {
         tracing::info!("runs Port could not deliver while this runner was down are not picked up: set PORT_RUNNER_PUBLIC_URL (the URL `apply` writes into the actions) to reconcile them");
         return;

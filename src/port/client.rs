@@ -38,6 +38,24 @@ pub struct PortConfig {
     pub request_timeout: Duration,
 }
 
+/// How one call is made.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Call {
+    /// Retry network errors, 408, 429 and 5xx (off where the caller has its own back-off).
+    pub retry: bool,
+    /// The agent's routes (claim, ack) want `x-port-reserved-usage: true`.
+    pub reserved: bool,
+}
+
+impl Default for Call {
+    fn default() -> Self {
+        Self {
+            retry: true,
+            reserved: false,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct CachedToken {
     value: String,
@@ -254,13 +272,32 @@ impl PortClient {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, PortError> {
+        self.call_with(method, segments, query, body, Call::default())
+            .await
+    }
+
+    /// [`call`](Self::call) with the options of the agent's routes.
+    pub(super) async fn call_with(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        options: Call,
+    ) -> Result<Value, PortError> {
         let url = self.url(segments, query);
         let mut attempt = 0;
         let mut refreshed = false;
         loop {
             let token = self.token().await?;
             let outcome = self
-                .send(method.clone(), url.clone(), Some(&token.value), body)
+                .send(
+                    method.clone(),
+                    url.clone(),
+                    Some(&token.value),
+                    body,
+                    options,
+                )
                 .await;
             match &outcome {
                 Ok(raw) if is_success(raw.status) => return Ok(parse_body(&raw.body)),
@@ -272,7 +309,11 @@ impl PortClient {
                 }
                 _ => {}
             }
-            match self.retry_delay(attempt, &outcome) {
+            let delay = match options.retry {
+                true => self.retry_delay(attempt, &outcome),
+                false => None,
+            };
+            match delay {
                 Some(delay) => {
                     tracing::debug!(%url, attempt, ?delay, "retrying Port call");
                     tokio::time::sleep(delay).await;
@@ -312,7 +353,13 @@ impl PortClient {
         let mut attempt = 0;
         loop {
             let outcome = self
-                .send(Method::POST, url.clone(), None, Some(&body))
+                .send(
+                    Method::POST,
+                    url.clone(),
+                    None,
+                    Some(&body),
+                    Call::default(),
+                )
                 .await;
             if let Ok(raw) = &outcome {
                 if is_success(raw.status) {
@@ -352,10 +399,14 @@ impl PortClient {
         url: Url,
         token: Option<&str>,
         body: Option<&Value>,
+        options: Call,
     ) -> Result<Raw, reqwest::Error> {
         let mut request = self.http.request(method, url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if options.reserved {
+            request = request.header("x-port-reserved-usage", "true");
         }
         if let Some(body) = body {
             request = request.json(body);

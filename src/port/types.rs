@@ -136,8 +136,8 @@ pub(crate) struct SearchResponse {
     pub entities: Vec<Value>,
 }
 
-/// A run as Port's runs API lists it (`GET /actions/runs?version=v2`), the fields reconcile
-/// reads; unknown fields are ignored.
+/// A run as Port's runs API lists it (`GET /actions/runs?version=v2`) or `claim-pending`
+/// hands it out, the fields this runner reads; unknown fields are ignored.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ActiveRun {
     pub id: String,

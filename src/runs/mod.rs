@@ -4,10 +4,12 @@
 //! its final report: it admits through the journal (`store/`), executes with a handler from
 //! `handlers/`, and reports through [`RunReporter`]. The types handlers see live in `core/`.
 
+mod pull;
 mod reconcile;
 mod reporter;
 mod runner;
 
+pub use pull::{check_streamer, PullStatus, Puller};
 pub use reconcile::{Reconciled, Reconciler};
 pub use reporter::{FinalReportRetry, LogBatching, RunReporter, Verdict};
-pub use runner::{Runner, RunnerConfig, SubmitError};
+pub use runner::{Admitted, Runner, RunnerConfig, SubmitError};

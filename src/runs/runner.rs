@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::FutureExt as _;
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -92,6 +92,8 @@ pub struct Runner {
     tracker: TaskTracker,
     /// A first log line for runs that did not come in through the webhook (adopted ones).
     notes: dashmap::DashMap<RunId, &'static str>,
+    /// Woken whenever a run ends.
+    slot_freed: Notify,
 }
 
 impl Runner {
@@ -121,6 +123,7 @@ impl Runner {
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             notes: dashmap::DashMap::new(),
+            slot_freed: Notify::new(),
         })
     }
 
@@ -140,6 +143,36 @@ impl Runner {
     /// Admits a run (journalled and committed, when there is a journal) and schedules it.
     /// No call to Port happens here.
     pub async fn submit(self: &Arc<Self>, invocation: Invocation) -> Result<(), SubmitError> {
+        let admitted = self.admit(invocation).await?;
+        self.start(admitted);
+        Ok(())
+    }
+
+    /// Run slots not taken by a run that is running or waiting: what may be claimed now.
+    pub fn free_slots(&self) -> usize {
+        self.config
+            .max_concurrent_runs
+            .max(1)
+            .saturating_sub(self.pending.load(Ordering::Acquire))
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn until_stopping(&self) {
+        self.stopping.cancelled().await
+    }
+
+    /// Resolves when a run ended (a slot may have come free) or shutdown began.
+    pub async fn slot_freed(&self) {
+        tokio::select! {
+            _ = self.slot_freed.notified() => {}
+            _ = self.stopping.cancelled() => {}
+        }
+    }
+
+    /// The first half of [`submit`](Self::submit): the run is recorded (it survives a crash
+    /// from here on: recovery starts it) but not started; [`start`](Self::start) starts it.
+    /// What pulls runs acknowledges them in between.
+    pub async fn admit(&self, invocation: Invocation) -> Result<Admitted, SubmitError> {
         if self.stopping.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -158,8 +191,12 @@ impl Runner {
         if self.registry.admit(&invocation) == Admission::Duplicate {
             return Err(SubmitError::Duplicate);
         }
-        self.schedule(invocation);
-        Ok(())
+        Ok(Admitted(invocation))
+    }
+
+    /// Starts an admitted run.
+    pub fn start(self: &Arc<Self>, admitted: Admitted) {
+        self.schedule(admitted.0);
     }
 
     /// Admits a run Port holds but never delivered (found through its runs API): the same
@@ -191,7 +228,7 @@ impl Runner {
         let run_id = invocation.run_id.clone();
         let internal = invocation.internal;
         let supervised = async move {
-            let pending = PendingGuard(&this.pending);
+            let pending = PendingGuard(&this.pending, &this.slot_freed);
             let run = AssertUnwindSafe(this.clone().execute(invocation, ahead));
             if let Err(panic) = run.catch_unwind().await {
                 // A bug in the runner itself: the run must still end, and say so.
@@ -647,11 +684,22 @@ impl Runner {
 }
 
 /// Counts a run as pending until dropped, also when its execution unwinds.
-struct PendingGuard<'a>(&'a AtomicUsize);
+struct PendingGuard<'a>(&'a AtomicUsize, &'a Notify);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.notify_waiters();
+    }
+}
+
+/// A run recorded as accepted and not started yet (see [`Runner::admit`]).
+#[must_use = "an admitted run must be started"]
+pub struct Admitted(Invocation);
+
+impl Admitted {
+    pub fn invocation(&self) -> &Invocation {
+        &self.0
     }
 }
 

@@ -106,7 +106,8 @@ pub(super) async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Ready once configuration is loaded (it is, if this answers). Says whether Port is
-/// reachable, without failing on it: runs are accepted and their reports retried anyway.
+/// reachable, without failing on it: runs are accepted and their reports retried anyway;
+/// with the pull transport also how claiming goes (failing claims back off and recover).
 pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let Some(response) = draining(&state) {
         return response;
@@ -128,7 +129,11 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             }
         }
     };
-    HttpResponse::Ok().json(json!({ "ok": true, "ready": true, "port": port }))
+    let mut body = json!({ "ok": true, "ready": true, "port": port });
+    if let Some(pull) = &state.pull {
+        body["pull"] = pull.snapshot();
+    }
+    HttpResponse::Ok().json(body)
 }
 
 pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {

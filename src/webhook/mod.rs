@@ -24,7 +24,7 @@ use tokio::runtime::Handle;
 use crate::invocation::payload::{self, PayloadError};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::Runner;
+use crate::runs::{PullStatus, Runner};
 use bitbucket::PushHook;
 use signature::SignatureVerifier;
 use signature::{SignatureError, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -43,6 +43,10 @@ pub enum AdminAccess {
 /// Shared by all HTTP workers.
 pub struct AppState {
     pub runner: Arc<Runner>,
+    /// Off when runs are only pulled from Port (`POST /webhook` answers 404 saying so).
+    pub takes_webhooks: bool,
+    /// How claiming runs from Port goes, when the transport pulls.
+    pub pull: Option<Arc<PullStatus>>,
     pub verifier: SignatureVerifier,
     pub metrics: Arc<Metrics>,
     pub port: Option<Arc<PortClient>>,
@@ -100,6 +104,8 @@ pub enum WebhookError {
     Payload(#[from] PayloadError),
     #[error(transparent)]
     Unavailable(SubmitError),
+    #[error("this runner pulls its runs from Port (PORT_RUNNER_TRANSPORT=pull), so POST /webhook is off; set the transport to `both` to take webhooks too")]
+    Off,
 }
 
 impl WebhookError {
@@ -111,6 +117,7 @@ impl WebhookError {
             Self::Payload(PayloadError::Syntax { .. }) => "invalid_json",
             Self::Payload(_) => "invalid_payload",
             Self::Unavailable(_) => "unavailable",
+            Self::Off => "webhook_off",
         }
     }
 }
@@ -124,6 +131,7 @@ impl ResponseError for WebhookError {
             Self::Payload(PayloadError::Syntax { .. }) => StatusCode::BAD_REQUEST,
             Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Off => StatusCode::NOT_FOUND,
         }
     }
 
@@ -187,6 +195,9 @@ async fn accept(
     body: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, WebhookError> {
+    if !state.takes_webhooks {
+        return Err(WebhookError::Off);
+    }
     let body = read_capped(req, body, state.max_body_bytes).await?;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     state

@@ -2,8 +2,10 @@
 //!
 //! It follows the real shapes (`shared/port-api.md`): token endpoint, bearer auth with 401
 //! `{ok:false,error,message}`, run PATCH (terminal once, then 422) and logs, entity
-//! upsert/bulk (200 or 207 with per-index errors)/delete/search, blueprints. Faults can be
-//! injected per path: status, count and `Retry-After`.
+//! upsert/bulk (200 or 207 with per-index errors)/delete/search, blueprints, and the agent's
+//! routes as port-labs/port-agent uses them: `claim-pending` (claims that expire unless
+//! acknowledged) and `ack`, with the `x-port-reserved-usage` header, and the organisation's
+//! agent transport setting. Faults can be injected per path: status, count and `Retry-After`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -41,12 +43,32 @@ struct State {
     valid_tokens: HashSet<String>,
     faults: Vec<Fault>,
     finals: HashMap<String, Value>,
+    /// When each final status arrived (for latency measurements).
+    final_at: HashMap<String, std::time::Instant>,
     entities: BTreeMap<(String, String), Value>,
     blueprints: HashMap<String, Value>,
     actions: HashMap<String, Value>,
     /// Runs as Port's runs API lists them (seeded by tests: a button pressed while the
     /// runner was down).
     runs: Vec<Value>,
+    /// Runs held for an agent (`agent: true`), handed out by `claim-pending`.
+    pending: Vec<Pending>,
+    /// How long a claim holds before the run is handed out again.
+    claim_ttl: Duration,
+    /// The organisation's `settings.portAgentStreamerName`.
+    streamer: Option<String>,
+}
+
+/// A run held for an agent, as `claim-pending` and `ack` see it.
+#[derive(Debug, Clone)]
+struct Pending {
+    run: Value,
+    claimed_until: Option<std::time::Instant>,
+    acked: bool,
+    /// When it became pending (for latency measurements).
+    since: std::time::Instant,
+    /// How many times it was handed out.
+    claims: usize,
 }
 
 /// What Port adds to a stored definition (so "unchanged" must ignore it).
@@ -65,16 +87,24 @@ pub struct FakePort {
     /// Base URL including `/v1`, as `PORT_API_URL` takes it.
     pub api_url: String,
     state: Arc<Mutex<State>>,
+    /// While set, `PATCH /actions/runs/ack` is recorded and then held (not answered).
+    stall_acks: Arc<std::sync::atomic::AtomicBool>,
     handle: ServerHandle,
 }
 
 impl FakePort {
     pub async fn start() -> Self {
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            claim_ttl: Duration::from_secs(60),
+            ..State::default()
+        }));
         let data = web::Data::from(state.clone());
+        let stall_acks = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = web::Data::from(stall_acks.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(stall.clone())
                 .app_data(web::PayloadConfig::new(4 * 1024 * 1024))
                 .default_service(web::to(handle))
         })
@@ -89,8 +119,75 @@ impl FakePort {
         Self {
             api_url: format!("http://{addr}/v1"),
             state,
+            stall_acks,
             handle,
         }
+    }
+
+    /// A run Port holds for an agent (its action has `agent: true`): `claim-pending` hands
+    /// it out. `body` is the rendered invocation body.
+    pub fn seed_pending(&self, run_id: &str, body: Value) {
+        self.state.lock().unwrap().pending.push(Pending {
+            run: json!({
+                "id": run_id,
+                "status": "IN_PROGRESS",
+                "installationId": "_PORT_EXEC_AGENT",
+                "pendingExecution": true,
+                "payload": {
+                    "type": "WEBHOOK", "agent": true, "synchronized": false,
+                    "url": "https://pulled-by-port-runner.invalid/webhook",
+                    "method": "POST", "headers": {}, "body": body,
+                },
+            }),
+            claimed_until: None,
+            acked: false,
+            since: std::time::Instant::now(),
+            claims: 0,
+        });
+    }
+
+    /// How long a claim holds before an unacknowledged run is handed out again.
+    pub fn set_claim_ttl(&self, ttl: Duration) {
+        self.state.lock().unwrap().claim_ttl = ttl;
+    }
+
+    /// Holds every acknowledgement from now on (a runner waiting for one can be killed).
+    pub fn stall_acks(&self, stall: bool) {
+        self.stall_acks
+            .store(stall, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the run was acknowledged, and how many times it was handed out.
+    pub fn pending_state(&self, run_id: &str) -> (bool, usize) {
+        let st = self.state.lock().unwrap();
+        let p = st
+            .pending
+            .iter()
+            .find(|p| p.run["id"] == run_id)
+            .expect("a seeded pending run");
+        (p.acked, p.claims)
+    }
+
+    /// When the run became pending (the pull bench measures from it).
+    #[allow(dead_code)]
+    pub fn pending_since(&self, run_id: &str) -> std::time::Instant {
+        let st = self.state.lock().unwrap();
+        st.pending
+            .iter()
+            .find(|p| p.run["id"] == run_id)
+            .expect("a seeded pending run")
+            .since
+    }
+
+    /// When the run's final status arrived (the pull bench measures to it).
+    #[allow(dead_code)]
+    pub fn final_at(&self, run_id: &str) -> Option<std::time::Instant> {
+        self.state.lock().unwrap().final_at.get(run_id).copied()
+    }
+
+    /// The organisation's agent transport setting.
+    pub fn streamer(&self) -> Option<String> {
+        self.state.lock().unwrap().streamer.clone()
     }
 
     /// The next `times` requests whose method and path match get `status`.
@@ -282,17 +379,25 @@ async fn handle(
     req: HttpRequest,
     body: web::Bytes,
     state: web::Data<Mutex<State>>,
+    stall_acks: web::Data<std::sync::atomic::AtomicBool>,
 ) -> HttpResponse {
     let method = req.method().as_str().to_owned();
     let path = req.path().to_owned();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut st = state.lock().unwrap();
-    st.requests.push(Recorded {
+    state.lock().unwrap().requests.push(Recorded {
         method: method.clone(),
         path: path.clone(),
         query: req.query_string().to_owned(),
         body: body.clone(),
     });
+    if path.ends_with("/actions/runs/ack") && stall_acks.load(std::sync::atomic::Ordering::SeqCst) {
+        while stall_acks.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Its sender may be gone by now (killed while waiting): a held ack is not applied.
+        return error(503, "held", "the acknowledgement was held and not applied");
+    }
+    let mut st = state.lock().unwrap();
 
     if let Some(fault) = st.faults.iter_mut().find(|f| {
         f.remaining > 0
@@ -339,7 +444,75 @@ async fn handle(
         return error(401, "unauthorized", "Token is invalid or expired");
     }
 
+    let reserved = req
+        .headers()
+        .get("x-port-reserved-usage")
+        .is_some_and(|v| v == "true");
     match (method.as_str(), segs.as_slice()) {
+        ("POST", ["v1", "actions", "runs", "claim-pending"]) => {
+            if !reserved {
+                return error(403, "forbidden", "this route is reserved");
+            }
+            if body["installationId"] != "_PORT_EXEC_AGENT" || body["invocationMethod"] != "WEBHOOK" {
+                return error(422, "invalid_request", "unknown installationId or invocationMethod");
+            }
+            let Some(limit) = body["limit"].as_u64().filter(|l| *l >= 1) else {
+                return error(422, "invalid_request", "limit must be a positive integer");
+            };
+            let now = std::time::Instant::now();
+            let ttl = st.claim_ttl;
+            let finals: HashSet<String> = st.finals.keys().cloned().collect();
+            let mut runs = Vec::new();
+            for p in st.pending.iter_mut() {
+                if runs.len() as u64 >= limit {
+                    break;
+                }
+                let id = p.run["id"].as_str().unwrap_or_default().to_owned();
+                if p.acked || finals.contains(&id) || p.claimed_until.is_some_and(|until| until > now) {
+                    continue;
+                }
+                p.claimed_until = Some(now + ttl);
+                p.claims += 1;
+                let mut run = p.run.clone();
+                let until = time::OffsetDateTime::now_utc() + ttl;
+                run["claimedUntil"] = json!(until
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap());
+                runs.push(run);
+            }
+            HttpResponse::Ok().json(json!({"ok": true, "runs": runs}))
+        }
+        ("PATCH", ["v1", "actions", "runs", "ack"]) => {
+            if !reserved {
+                return error(403, "forbidden", "this route is reserved");
+            }
+            let ids: Vec<String> = body["runIds"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            let mut acked = 0;
+            for p in st.pending.iter_mut() {
+                if !p.acked && ids.iter().any(|id| p.run["id"] == id.as_str()) {
+                    p.acked = true;
+                    acked += 1;
+                }
+            }
+            HttpResponse::Ok().json(json!({"ok": true, "ackedCount": acked}))
+        }
+        ("GET", ["v1", "organization"]) => HttpResponse::Ok().json(json!({
+            "ok": true,
+            "organization": {"id": "org_fake", "name": "fake", "settings": {"portAgentStreamerName": st.streamer}},
+        })),
+        ("PATCH", ["v1", "organization"]) => {
+            let Some(name) = body["settings"]["portAgentStreamerName"].as_str() else {
+                return error(422, "invalid_request", "settings.portAgentStreamerName is required");
+            };
+            if !matches!(name, "KAFKA" | "POLLING") {
+                return error(422, "invalid_request", "unknown streamer");
+            }
+            st.streamer = Some(name.to_owned());
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
         ("PATCH", ["v1", "actions", "runs", run_id]) => {
             let run_id = run_id.to_string();
             if st.finals.contains_key(&run_id) {
@@ -350,6 +523,7 @@ async fn handle(
                     return error(422, "invalid_request", "status must be SUCCESS or FAILURE");
                 }
                 st.finals.insert(run_id.clone(), body.clone());
+                st.final_at.insert(run_id.clone(), std::time::Instant::now());
             }
             HttpResponse::Ok().json(json!({"ok": true, "run": {"id": run_id}}))
         }

@@ -13,6 +13,7 @@ mod pg;
 mod pg_tls;
 mod port_client;
 mod provision;
+mod pull;
 mod pushes;
 mod reconcile;
 mod replicas;

@@ -13,7 +13,7 @@ use crate::pg::fresh_database;
 
 /// An action that stamps its start and end (with the time) into a file shared by the
 /// replicas, sleeping `secs` in between, under the lock `stack:<stack>` when a stack is given.
-fn stamp_actions(stamps: &Path) -> tempfile::TempDir {
+pub(crate) fn stamp_actions(stamps: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let stamp = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stamp");
     let file = serde_json::to_string(stamps.to_str().unwrap()).unwrap();
@@ -80,12 +80,12 @@ async fn post(replica: &Replica, body: &Value) -> u16 {
     replica.served.post_signed(body).await.status().as_u16()
 }
 
-fn stamp_run(run_id: &str, inputs: Value) -> Value {
+pub(crate) fn stamp_run(run_id: &str, inputs: Value) -> Value {
     v2(run_id, "stamp", "CREATE", inputs)
 }
 
 /// `(event, run, time)` of every stamp written so far.
-fn stamps(file: &Path) -> Vec<(String, String, f64)> {
+pub(crate) fn stamps(file: &Path) -> Vec<(String, String, f64)> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()
@@ -100,7 +100,7 @@ fn stamps(file: &Path) -> Vec<(String, String, f64)> {
         .collect()
 }
 
-fn count(stamps: &[(String, String, f64)], event: &str, run: &str) -> usize {
+pub(crate) fn count(stamps: &[(String, String, f64)], event: &str, run: &str) -> usize {
     stamps
         .iter()
         .filter(|(e, r, _)| e == event && r == run)

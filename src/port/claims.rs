@@ -1,0 +1,102 @@
+//! The routes Port's execution agent pulls runs with (`claim-pending`, `ack`) and the
+//! organisation setting that makes Port hold agent runs for polling.
+//!
+//! Port documents none of them; they are used as port-labs/port-agent uses them
+//! (`app/port_client.py`), and every answer is read tolerantly: unknown fields are ignored
+//! and a run this runner cannot read is skipped, not an error.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::client::{Call, PortClient};
+use super::error::PortError;
+use super::types::ActiveRun;
+
+/// The claimer name the agent uses; Port holds agent runs for it.
+pub const AGENT_INSTALLATION_ID: &str = "_PORT_EXEC_AGENT";
+/// The organisation setting's value for pulling (the other one is `KAFKA`).
+pub const POLLING_STREAMER: &str = "POLLING";
+
+const RESERVED: Call = Call {
+    retry: false,
+    reserved: true,
+};
+
+impl PortClient {
+    /// `POST /actions/runs/claim-pending`: up to `limit` pending agent runs, now claimed by
+    /// this caller until their `claimedUntil`. One attempt: the caller backs off.
+    pub async fn claim_pending_runs(&self, limit: usize) -> Result<Vec<ActiveRun>, PortError> {
+        let body = json!({
+            "installationId": AGENT_INSTALLATION_ID,
+            "limit": limit,
+            "invocationMethod": "WEBHOOK",
+        });
+        let answer = self
+            .call_with(
+                Method::POST,
+                &["actions", "runs", "claim-pending"],
+                &[],
+                Some(&body),
+                RESERVED,
+            )
+            .await?;
+        Ok(answer
+            .get("runs")
+            .and_then(Value::as_array)
+            .map(|runs| {
+                runs.iter()
+                    .filter_map(|r| serde_json::from_value(r.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `PATCH /actions/runs/ack`: the runs stop coming back to claimers. Returns how many
+    /// this call acknowledged (a run someone else acknowledged counts 0). Retried like any
+    /// call: acknowledging twice is harmless.
+    pub async fn ack_runs(&self, run_ids: &[String]) -> Result<usize, PortError> {
+        if run_ids.is_empty() {
+            return Ok(0);
+        }
+        let answer = self
+            .call_with(
+                Method::PATCH,
+                &["actions", "runs", "ack"],
+                &[],
+                Some(&json!({ "runIds": run_ids })),
+                Call {
+                    retry: true,
+                    ..RESERVED
+                },
+            )
+            .await?;
+        Ok(answer
+            .get("ackedCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize)
+    }
+
+    /// `GET /organization`: the agent transport Port uses (`settings.portAgentStreamerName`),
+    /// `None` when the answer does not say.
+    pub async fn agent_streamer(&self) -> Result<Option<String>, PortError> {
+        let answer = self.call(Method::GET, &["organization"], &[], None).await?;
+        let org = answer.get("organization").unwrap_or(&answer);
+        Ok(org
+            .pointer("/settings/portAgentStreamerName")
+            .and_then(Value::as_str)
+            .map(str::to_owned))
+    }
+
+    /// `PATCH /organization {"settings": {"portAgentStreamerName": …}}`, as the agent does
+    /// at its start. An organisation-wide setting: only on request.
+    pub async fn set_agent_streamer(&self, streamer: &str) -> Result<(), PortError> {
+        self.call(
+            Method::PATCH,
+            &["organization"],
+            &[],
+            Some(&json!({ "settings": { "portAgentStreamerName": streamer } })),
+        )
+        .await
+        .map(|_| ())
+    }
+}

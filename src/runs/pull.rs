@@ -357,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_claimed_body_takes_the_runs_id_when_it_has_none_and_must_not_name_another() {
-        let v2 = json!({"port_context": {"runId": "r_1", "action": "echo"}, "inputs": {}});
+        let v2 = json!({"port_context": {"runId": "r_1", "action": "echo", "operation": "CREATE"}, "inputs": {}});
         assert_eq!(
             invocation_of(&claimed("r_1", v2.clone()))
                 .unwrap()
@@ -370,7 +370,8 @@ mod tests {
             err.contains("names run r_1") && err.contains("r_2"),
             "{err}"
         );
-        let v2_without = json!({"port_context": {"action": "echo"}, "inputs": {}});
+        let v2_without =
+            json!({"port_context": {"action": "echo", "operation": "CREATE"}, "inputs": {}});
         assert_eq!(
             invocation_of(&claimed("r_3", v2_without))
                 .unwrap()

@@ -197,6 +197,68 @@ async fn apply_creates_in_dependency_order_then_writes_nothing_and_shows_diffs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_for_the_pull_transport_writes_agent_actions_and_can_set_the_org_streamer() {
+    let port = FakePort::start().await;
+    let dir = fixture();
+    // Without a public URL: pulled runs need none.
+    let out = run(
+        apply_args(
+            dir.path(),
+            &["--transport", "pull", "--dry-run", "--configure-org"],
+        ),
+        Some(&port),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("would set the organisation's agent transport to POLLING"),
+        "{stdout}"
+    );
+    assert_eq!(port.streamer(), None, "a dry run changes nothing");
+
+    let out = run(
+        apply_args(dir.path(), &["--transport", "pull", "--configure-org"]),
+        Some(&port),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let method = port.action("echo").unwrap()["invocationMethod"].clone();
+    assert_eq!(method["agent"], true, "{method}");
+    assert_eq!(
+        method["url"],
+        "https://pulled-by-port-runner.invalid/webhook"
+    );
+    assert_eq!(port.streamer().as_deref(), Some("POLLING"));
+
+    // Back to webhooks: the action is updated to be called again.
+    let out = run(
+        apply_args(dir.path(), &["--webhook-url", "https://ab12.ngrok.app"]),
+        Some(&port),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let method = port.action("echo").unwrap()["invocationMethod"].clone();
+    assert_ne!(method["agent"], true, "{method}");
+    assert_eq!(method["url"], "https://ab12.ngrok.app/webhook");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_files_are_all_reported_with_their_paths_and_nothing_is_written() {
     let port = FakePort::start().await;
     let dir = fixture();

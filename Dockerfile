@@ -8,7 +8,7 @@ COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
 # Cargo checks that every target in the manifest has a file: stand-ins for all of them.
 RUN mkdir -p src benches tests/api \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && for bench in webhook gitops tool; do echo 'fn main() {}' > "benches/$bench.rs"; done \
+ && for bench in webhook gitops tool pull; do echo 'fn main() {}' > "benches/$bench.rs"; done \
  && touch tests/api/main.rs \
  && cargo build --release --locked --bin port-runner \
  && rm -rf src benches tests

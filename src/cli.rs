@@ -295,6 +295,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LISTEN_ADDR")]
     pub listen: Option<String>,
 
+    /// Not a setting: `serve --port N` is answered with how to listen on port N (`--listen`).
+    #[arg(long = "port", hide = true, value_name = "PORT")]
+    pub port_hint: Option<String>,
+
     /// This runner's public base URL (what `apply --webhook-url` writes into the actions), e.g.
     /// https://ab12.ngrok.app/webhook.
     #[arg(long, env = "PORT_RUNNER_PUBLIC_URL")]

@@ -1,6 +1,6 @@
 //! Glue of the `apply`, `validate` and `config` commands: arguments in, report out, exit code.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use crate::config::port_config;
 use crate::definitions::{
     check_port_yaml, load_file, Definition, Definitions, Delivery, FileProblem,
 };
-use crate::handlers::{load_definitions, DefinitionContext, HandlerRegistry, PulumiSettings};
+use crate::handlers::{load_each_definition, DefinitionContext, HandlerRegistry, PulumiSettings};
 use crate::metrics::Metrics;
 use crate::port::{PortClient, POLLING_STREAMER};
 use crate::secret::SECRET_ENV;
@@ -46,20 +46,22 @@ pub fn served_actions(actions_dir: &Path) -> (Vec<String>, Vec<FileProblem>) {
         pulumi: &pulumi,
         locks: &Locks::new(),
     };
-    match load_definitions(&actions_dir.join("handlers"), &ctx) {
-        Ok(loaded) => known.extend(loaded.into_iter().map(|d| d.action)),
-        Err(errors) => problems.extend(errors.into_iter().map(|e| FileProblem {
-            file: e.file.into(),
-            message: e.message,
-        })),
-    }
+    let (loaded, errors) = load_each_definition(&actions_dir.join("handlers"), &ctx);
+    known.extend(loaded.into_iter().map(|d| d.action));
+    // The broken files' actions count as served: their problem is reported once, at the
+    // file, not again at every action that names them.
+    known.extend(errors.iter().filter_map(|e| e.action.clone()));
+    problems.extend(errors.into_iter().map(|e| FileProblem {
+        file: e.file.into(),
+        message: e.message,
+    }));
     known.sort();
     (known, problems)
 }
 
 pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let config = port_config(&args.port, |name| std::env::var(name).ok())?
-        .context("PORT_CLIENT_ID and PORT_CLIENT_SECRET are needed: apply writes to Port")?;
+        .context("PORT_CLIENT_ID and PORT_CLIENT_SECRET are needed: apply compares with Port and writes to it, also with --dry-run (`port-runner validate` checks the files offline, without an account)")?;
     let client = PortClient::new(config, Arc::new(Metrics::new()))?;
     let (defs, mut load_problems) = Definitions::load(&args.dir);
     let (known, handler_problems) = served_actions(&args.dir.join("actions"));
@@ -100,23 +102,53 @@ pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 
 /// Checks definitions and port.yaml files offline; prints every problem with its file.
 pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let paths = if args.paths.is_empty() {
+    let paths: Vec<PathBuf> = if args.paths.is_empty() {
         vec![Path::new(".").to_path_buf()]
     } else {
-        args.paths.clone()
+        let mut unique: Vec<PathBuf> = Vec::new();
+        for path in args.paths.iter().map(|p| checkout_of(p)) {
+            let same = |u: &PathBuf| {
+                std::fs::canonicalize(u)
+                    .ok()
+                    .is_some_and(|u| Some(u) == std::fs::canonicalize(&path).ok())
+            };
+            if !unique.iter().any(same) {
+                unique.push(path);
+            }
+        }
+        unique
     };
     let (blueprints, mut problems) = Definitions::load_blueprints(&args.blueprints_dir);
-    // Command definitions of every checkout given, and of the current folder's actions/.
+    // Command definitions of every checkout given (their problems reported), of the folders
+    // of handler files given (only those files' problems), and of the current folder's
+    // actions/ (what it serves counts; its problems only when it was asked for).
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let given: Vec<PathBuf> = paths.iter().map(|p| canonical(p)).collect();
     let mut known: Vec<String> = Vec::new();
     let action_dirs = paths
         .iter()
-        .filter(|p| p.is_dir())
-        .map(|p| p.join("actions"))
+        .filter_map(|p| match p.is_dir() {
+            true => Some(p.join("actions")),
+            false => is_handler_definition(p)
+                .then(|| p.parent()?.parent().map(Path::to_path_buf))
+                .flatten(),
+        })
         .chain([Path::new("./actions").to_path_buf()]);
+    let mut scanned = Vec::new();
     for dir in action_dirs {
+        let key = canonical(&dir);
+        if scanned.contains(&key) {
+            continue;
+        }
+        scanned.push(key.clone());
         let (served, definition_problems) = served_actions(&dir);
         known.extend(served);
-        problems.extend(definition_problems);
+        let asked = given.iter().any(|g| key.starts_with(g) && g.is_dir());
+        problems.extend(
+            definition_problems
+                .into_iter()
+                .filter(|p| asked || given.contains(&canonical(&p.file))),
+        );
     }
     known.sort();
     known.dedup();
@@ -135,6 +167,8 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                     problems.extend(check_port_yaml(&file, &blueprints));
                 }
             }
+        } else if is_handler_definition(path) {
+            checked += 1; // its problems came with its folder's definitions above
         } else if path
             .extension()
             .and_then(|e| e.to_str())
@@ -158,7 +192,12 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
-    problems.dedup();
+    // One problem once, however its file was reached (`./actions/…` and `actions/…`).
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| {
+        let file = std::fs::canonicalize(&p.file).unwrap_or_else(|_| p.file.clone());
+        seen.insert((file, p.message.clone()))
+    });
     for problem in &problems {
         eprintln!("{problem}");
     }
@@ -173,6 +212,37 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{checked} file(s) checked: {} problem(s)", problems.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The checkout a folder given to `validate` stands for: its own `actions/` or
+/// `blueprints/` folder given alone means the checkout around it.
+fn checkout_of(path: &Path) -> PathBuf {
+    let inner = path.is_dir()
+        && !path.join("actions").is_dir()
+        && !path.join("blueprints").is_dir()
+        && path
+            .file_name()
+            .is_some_and(|n| n == "actions" || n == "blueprints");
+    match path.parent() {
+        Some(parent) if inner => match parent.as_os_str().is_empty() {
+            true => PathBuf::from("."),
+            false => parent.to_path_buf(),
+        },
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Whether `path` is a handler definition (`actions/handlers/*.yaml`), not a port.yaml.
+fn is_handler_definition(path: &Path) -> bool {
+    path.is_file()
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
+        && path
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "handlers")
 }
 
 /// One definition file alone: a blueprint if it has a schema, an action if it has a trigger.

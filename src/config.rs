@@ -192,6 +192,8 @@ pub enum ConfigError {
     Empty { name: &'static str },
     #[error("{0}")]
     Bitbucket(String),
+    #[error("there is no --port: to listen on port {0}, give --listen 127.0.0.1:{0} (or 0.0.0.0:{0} for the network; LISTEN_ADDR in the environment)")]
+    PortFlag(String),
     #[error("PORT_RUNNER_TRANSPORT={0} claims runs from Port, which needs PORT_CLIENT_ID and PORT_CLIENT_SECRET (local mode has no Port to pull from)")]
     PullWithoutPort(&'static str),
     #[error("cannot use data dir {path}: {source}")]
@@ -257,6 +259,9 @@ impl Settings {
                 },
             },
         };
+        if let Some(port) = &args.port_hint {
+            return Err(ConfigError::PortFlag(port.clone()));
+        }
         let gitops = GitOpsSettings::from_args(&args.bitbucket, &env)?;
         let transport = args.transport.transport;
         if transport.pulls() && matches!(mode, Mode::Local { .. }) {

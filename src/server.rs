@@ -34,10 +34,11 @@ use crate::webhook::{self, signature::SignatureVerifier, AdminAccess, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", bind_problem(.cause))]
     Bind {
         addr: String,
-        source: std::io::Error,
+        /// Shown in the message, not chained (it would be printed twice).
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Port(#[from] crate::port::PortError),
@@ -51,6 +52,15 @@ pub enum StartError {
     DataDir(#[from] DataDirError),
     #[error("cannot resolve Pulumi's folders in the data dir: {0}")]
     Pulumi(String),
+}
+
+/// Why binding failed, and what to do about it.
+fn bind_problem(cause: &std::io::Error) -> String {
+    match cause.kind() {
+        std::io::ErrorKind::AddrInUse => "the address is already in use (another `port-runner serve`, or another program); listen elsewhere with --listen HOST:PORT or LISTEN_ADDR".into(),
+        std::io::ErrorKind::PermissionDenied => format!("{cause}; ports below 1024 need privileges: pick another with --listen HOST:PORT or LISTEN_ADDR"),
+        _ => format!("{cause} (set the address with --listen HOST:PORT or LISTEN_ADDR)"),
+    }
 }
 
 /// A bound, wired server that has not started serving yet.
@@ -462,9 +472,9 @@ fn bind(
     .disable_signals()
     .shutdown_timeout(5)
     .bind(&settings.listen)
-    .map_err(|source| StartError::Bind {
+    .map_err(|cause| StartError::Bind {
         addr: settings.listen.clone(),
-        source,
+        cause,
     })?;
     let addr = server
         .addrs()

@@ -124,6 +124,9 @@ pub struct CommandHandler {
 pub struct DefinitionError {
     pub file: String,
     pub message: String,
+    /// The action the file means to define (its `action:` key, else the file's name), so
+    /// checks elsewhere do not report that action as unhandled on top of this problem.
+    pub action: Option<String>,
 }
 
 /// A literal given as a JSON string (`'"s3api"'`), or `None` for an expression.

@@ -59,8 +59,20 @@ pub fn load_definitions(
     dir: &Path,
     ctx: &DefinitionContext<'_>,
 ) -> Result<Vec<Definition>, Vec<DefinitionError>> {
+    match load_each_definition(dir, ctx) {
+        (loaded, errors) if errors.is_empty() => Ok(loaded),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// Every definition that compiles, and the problems of those that do not (what `validate`
+/// reports: one broken file does not hide the good ones).
+pub fn load_each_definition(
+    dir: &Path,
+    ctx: &DefinitionContext<'_>,
+) -> (Vec<Definition>, Vec<DefinitionError>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(Vec::new());
+        return (Vec::new(), Vec::new());
     };
     let mut files: Vec<PathBuf> = entries
         .flatten()
@@ -70,20 +82,30 @@ pub fn load_definitions(
     files.sort();
     let (mut loaded, mut errors) = (Vec::<Definition>::new(), Vec::new());
     for file in files {
-        let error = |message: String| DefinitionError {
-            file: file.display().to_string(),
-            message,
-        };
+        let stem = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned);
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
             Err(e) => {
-                errors.push(error(format!("cannot read: {e}")));
+                errors.push(DefinitionError {
+                    file: file.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                    action: stem,
+                });
                 continue;
             }
         };
-        let kind = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("handler").and_then(|h| h.as_str()).map(str::to_owned));
+        let yaml = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok();
+        let field = |name: &str| {
+            yaml.as_ref()
+                .and_then(|v| v.get(name).and_then(|h| h.as_str()).map(str::to_owned))
+        };
+        let kind = field("handler");
+        let meant = field("action").or(stem);
+        let error = |message: String| DefinitionError {
+            file: file.display().to_string(),
+            message,
+            action: meant.clone(),
+        };
         let built: Result<(String, Arc<dyn Handler>), String> = match kind.as_deref() {
             Some("pulumi") => PulumiHandler::parse(&text, &file, ctx.pulumi, ctx.locks)
                 .map(|h| (h.action().to_owned(), Arc::new(h) as Arc<dyn Handler>)),
@@ -109,11 +131,7 @@ pub fn load_definitions(
             Err(message) => errors.push(error(message)),
         }
     }
-    if errors.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(errors)
-    }
+    (loaded, errors)
 }
 
 /// Handlers by action identifier.

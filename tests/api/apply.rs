@@ -510,3 +510,63 @@ async fn validate_with_nothing_to_check_fails_instead_of_passing_silently() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broken_handler_file_is_reported_once_and_hides_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("actions/handlers")).unwrap();
+    for action in ["a", "b", "c"] {
+        let mut json = echo_action();
+        json["identifier"] = json!(action);
+        write(dir.path(), &format!("actions/{action}.json"), &json);
+        let arg = if action == "a" {
+            ".inputs.("
+        } else {
+            ".inputs.message"
+        };
+        std::fs::write(
+            dir.path().join(format!("actions/handlers/{action}.yaml")),
+            format!("action: {action}\nhandler: command\nsteps:\n  - name: s\n    program: echo\n    args: ['{arg}']\n"),
+        )
+        .unwrap();
+    }
+    write(dir.path(), "blueprints/a_service.json", &service());
+    write(dir.path(), "blueprints/b_team.json", &team());
+    let args = |paths: &[&str]| {
+        let mut args = vec!["validate".to_owned()];
+        args.extend(
+            paths
+                .iter()
+                .map(|p| dir.path().join(p).display().to_string()),
+        );
+        args
+    };
+    for given in [
+        &[""][..],
+        &["actions"],
+        &["actions", "blueprints"],
+        &["actions/handlers/a.yaml"],
+    ] {
+        let out = run(args(given), None).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{given:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("does not compile").count(),
+            1,
+            "{given:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("no handler here handles"),
+            "{given:?}: {stderr}"
+        );
+        assert!(stderr.contains("1 problem(s)"), "{given:?}: {stderr}");
+    }
+    // A good handler file given alone is not blamed for its neighbour, nor read as a port.yaml.
+    let out = run(args(&["actions/handlers/b.yaml"]), None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -128,6 +128,73 @@ fn serve_refuses_half_of_the_port_credentials() {
     );
 }
 
+/// `serve` with arguments that cannot start, in a fresh folder: (exit code, stderr).
+fn serve_refused(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_points_the_way_when_it_cannot_start() {
+    // `--port` leads to --listen, not to --port-api-url.
+    let (code, stderr) = serve_refused(&["--port", "9090"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("give --listen 127.0.0.1:9090"), "{stderr}");
+    assert!(!stderr.contains("--port-api-url"), "{stderr}");
+
+    // A port in use names the way out, and says its cause once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = serve_refused(&["--listen", &addr], &[]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert!(
+        stderr.contains("--listen HOST:PORT or LISTEN_ADDR"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+
+    // Pulling needs Port.
+    let (code, stderr) = serve_refused(&["--transport", "pull", "--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("local mode has no Port to pull from"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn apply_without_credentials_points_to_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["apply", "--dry-run"])
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("PORT_CLIENT_ID and PORT_CLIENT_SECRET are needed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`port-runner validate` checks the files offline"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_run_in_flight_reports_it_before_exiting() {
     let fake = FakePort::start().await;

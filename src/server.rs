@@ -30,6 +30,7 @@ use crate::secret::Secret;
 use crate::store::{DataDirError, DataDirLock, Journal};
 use crate::tool::Locks;
 use crate::webhook::bitbucket::PushHook;
+use crate::webhook::hub::Hub;
 use crate::webhook::{self, signature::SignatureVerifier, AdminAccess, AppState};
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +142,9 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             rt: Handle::current(),
             push_hook: gitops.push_hook,
+            hub: Arc::new(Hub::load(&settings.actions_dir, |action| {
+                runner.handlers().contains(action)
+            })),
         };
         // Bound before recovery (a port in use stops the start before any run is touched);
         // serving starts after it, so the previous process is taken over first.

@@ -68,6 +68,7 @@ impl RunCatalog {
             .and_then(Value::as_str)
             .unwrap_or_default();
         self.record(blueprint.as_str(), identifier, EntityChange::Upserted);
+        self.keep_locally(blueprint, entity, mode);
         Ok(())
     }
 
@@ -86,9 +87,10 @@ impl RunCatalog {
             }
             Sink::Local => BulkItemResult::accepted_locally(entities),
         };
-        for result in &results {
+        for (result, entity) in results.iter().zip(entities) {
             if let BulkItemResult::Ok { identifier, .. } = result {
                 self.record(blueprint.as_str(), identifier, EntityChange::Upserted);
+                self.keep_locally(blueprint, entity, mode);
             }
         }
         Ok(results)
@@ -113,7 +115,24 @@ impl RunCatalog {
             identifier.as_str(),
             EntityChange::Deleted,
         );
+        if !self.is_remote() {
+            self.registry
+                .entities()
+                .remove(blueprint.as_str(), identifier.as_str());
+        }
         Ok(existed)
+    }
+
+    /// In local mode the registry keeps the entity itself: it is the only catalog there is.
+    fn keep_locally(&self, blueprint: &BlueprintId, entity: &Value, mode: WriteMode) {
+        if !self.is_remote() {
+            self.registry.entities().put(
+                &self.run_id,
+                blueprint.as_str(),
+                entity,
+                mode == WriteMode::Merge,
+            );
+        }
     }
 
     fn record(&self, blueprint: &str, identifier: &str, change: EntityChange) {

@@ -109,6 +109,8 @@ pub struct RunSummary {
     #[serde(with = "time::serde::rfc3339")]
     pub accepted_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
     pub report: ReportState,
     pub log_lines: usize,
@@ -127,6 +129,84 @@ pub struct RunRegistry {
     finished: Mutex<VecDeque<RunId>>,
     keep_finished: usize,
     max_log_lines: usize,
+    /// In local mode, the entities runs wrote (there is no Port to hold them).
+    entities: LocalEntities,
+}
+
+/// What a run's log has gained since a point, for following it live.
+#[derive(Debug, Clone)]
+pub struct RunTail {
+    pub lines: Vec<LogLine>,
+    /// Where the next read starts.
+    pub next: usize,
+    pub state: RunState,
+    pub status_label: Option<String>,
+    pub summary: Option<String>,
+}
+
+/// One entity of the local catalog, and the run that last wrote it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalEntity {
+    pub blueprint: String,
+    pub identifier: String,
+    pub entity: serde_json::Value,
+    pub run_id: RunId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// The local mode's catalog: entities by blueprint and identifier, as runs wrote them.
+#[derive(Default)]
+pub struct LocalEntities(DashMap<(String, String), LocalEntity>);
+
+impl LocalEntities {
+    /// Records a write; `merge` updates only the fields sent (Port's `merge=true`).
+    pub fn put(&self, run_id: &RunId, blueprint: &str, entity: &serde_json::Value, merge: bool) {
+        let Some(identifier) = entity.get("identifier").and_then(|i| i.as_str()) else {
+            return;
+        };
+        let key = (blueprint.to_owned(), identifier.to_owned());
+        let mut value = entity.clone();
+        if merge {
+            if let Some(old) = self.0.get(&key) {
+                let mut merged = old.entity.clone();
+                for (field, new) in entity.as_object().into_iter().flatten() {
+                    match (merged.get_mut(field), new) {
+                        (
+                            Some(serde_json::Value::Object(into)),
+                            serde_json::Value::Object(from),
+                        ) if field == "properties" || field == "relations" => {
+                            into.extend(from.clone())
+                        }
+                        _ => merged[field] = new.clone(),
+                    }
+                }
+                value = merged;
+            }
+        }
+        self.0.insert(
+            key,
+            LocalEntity {
+                blueprint: blueprint.to_owned(),
+                identifier: identifier.to_owned(),
+                entity: value,
+                run_id: run_id.clone(),
+                updated_at: OffsetDateTime::now_utc(),
+            },
+        );
+    }
+
+    pub fn remove(&self, blueprint: &str, identifier: &str) {
+        self.0
+            .remove(&(blueprint.to_owned(), identifier.to_owned()));
+    }
+
+    /// Every entity, by blueprint then identifier.
+    pub fn list(&self) -> Vec<LocalEntity> {
+        let mut all: Vec<LocalEntity> = self.0.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| (&a.blueprint, &a.identifier).cmp(&(&b.blueprint, &b.identifier)));
+        all
+    }
 }
 
 impl RunRegistry {
@@ -136,7 +216,24 @@ impl RunRegistry {
             finished: Mutex::new(VecDeque::new()),
             keep_finished,
             max_log_lines,
+            entities: LocalEntities::default(),
         }
+    }
+
+    /// The local mode's catalog.
+    pub fn entities(&self) -> &LocalEntities {
+        &self.entities
+    }
+
+    /// The run's log lines from `from` on, and its state now.
+    pub fn tail(&self, run_id: &RunId, from: usize) -> Option<RunTail> {
+        self.runs.get(run_id).map(|r| RunTail {
+            lines: r.logs.iter().skip(from).cloned().collect(),
+            next: r.logs.len().max(from),
+            state: r.state,
+            status_label: r.status_label.clone(),
+            summary: r.summary.clone(),
+        })
     }
 
     /// Records a new run, or says it is a duplicate delivery.
@@ -219,6 +316,7 @@ impl RunRegistry {
                 state: r.state,
                 summary: r.summary.clone(),
                 accepted_at: r.accepted_at,
+                started_at: r.started_at,
                 finished_at: r.finished_at,
                 report: r.report.clone(),
                 log_lines: r.logs.len(),

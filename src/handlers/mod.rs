@@ -167,6 +167,19 @@ impl HandlerRegistry {
         self.handlers.contains_key(action)
     }
 
+    /// Checks inputs against the action's `userInputs` (as a run's are before it starts);
+    /// an action without an action file takes any.
+    pub fn check_inputs(
+        &self,
+        action: &str,
+        inputs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Vec<String>> {
+        match self.inputs.get(action) {
+            Some(schema) => schema.check(inputs),
+            None => Ok(()),
+        }
+    }
+
     /// Checks runs' inputs against these actions' `userInputs` from now on.
     pub fn with_inputs(&mut self, inputs: ActionInputs) -> &mut Self {
         self.inputs = inputs;

@@ -45,7 +45,7 @@ impl ResponseError for AdminError {
     }
 }
 
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), AdminError> {
     match &state.admin {
         AdminAccess::Open => Ok(()),
         AdminAccess::Disabled => Err(AdminError::Disabled),

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod bitbucket;
+pub mod hub;
 pub mod signature;
 
 use std::time::SystemTime;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub rt: Handle,
     /// The Bitbucket push webhook, when GitOps and its secret are configured.
     pub push_hook: Option<Arc<PushHook>>,
+    /// The actions the hub page at `/` offers.
+    pub hub: Arc<hub::Hub>,
 }
 
 impl AdminAccess {
@@ -79,6 +82,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/bitbucket/webhook", web::post().to(bitbucket::receive))
     .route("/runs", web::get().to(admin::list_runs))
     .route("/runs/{run_id}", web::get().to(admin::get_run))
+    .route("/runs/{run_id}/events", web::get().to(hub::events))
+    .route("/", web::get().to(hub::page))
+    .route("/hub/actions", web::get().to(hub::actions))
+    .route("/hub/entities", web::get().to(hub::entities))
+    .route("/hub/runs", web::post().to(hub::press))
     .route("/healthz", web::get().to(admin::healthz))
     .route("/readyz", web::get().to(admin::readyz))
     .route("/metrics", web::get().to(admin::metrics));

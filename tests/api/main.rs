@@ -2,12 +2,14 @@
 
 mod admin;
 mod apply;
+mod browser;
 mod cli;
 mod command;
 mod fake_bitbucket;
 mod fake_port;
 mod gitops;
 mod helpers;
+mod hub;
 mod journal;
 mod pg;
 mod pg_tls;

@@ -1,0 +1,166 @@
+//! Taking over from a previous process (after a restart; with replicas, a dead replica's
+//! runs): runs that can start again start, what Port was never told is sent, and runs that
+//! were cut off mid-way end as FAILURE saying so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument as _;
+
+use super::Runner;
+use crate::core::Sink;
+use crate::domain::RunId;
+use crate::invocation::Invocation;
+use crate::port::RunPatch;
+use crate::runs::reporter::{deliver_final, Verdict};
+use crate::store::Journal;
+
+impl Runner {
+    /// Takes over from a previous process: re-sends what Port never acknowledged, fails (or
+    /// re-runs, when resumable) runs that were executing, starts runs that were queued.
+    pub async fn recover(self: &Arc<Self>, retain: Duration) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        match journal.prune(retain).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "pruned finished runs from the journal"),
+            Err(e) => tracing::error!(error = %e, "could not prune the journal"),
+        }
+        self.take_over().await;
+    }
+
+    /// Takes the runs nobody looks after (after a restart; with replicas, those of a replica
+    /// whose lease ran out) and recovers them.
+    pub async fn take_over(self: &Arc<Self>) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let recovery = match journal.recovery().await {
+            Ok(recovery) => recovery,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal: nothing recovered");
+                return;
+            }
+        };
+        for row in &recovery.unreadable {
+            tracing::error!(row = %row, "journal row could not be read back; skipped");
+        }
+        let total = recovery.queued.len() + recovery.interrupted.len() + recovery.unreported.len();
+        if total > 0 || !recovery.pending_logs.is_empty() {
+            tracing::info!(
+                queued = recovery.queued.len(),
+                interrupted = recovery.interrupted.len(),
+                unreported = recovery.unreported.len(),
+                log_batches = recovery.pending_logs.len(),
+                "recovering runs from the journal"
+            );
+        }
+        // Runs that can start, start now.
+        let mut owed_failures = Vec::new();
+        for invocation in recovery.interrupted {
+            let resumable = self
+                .handlers
+                .resolve(&invocation)
+                .map(|h| h.resumable())
+                .unwrap_or(false);
+            self.registry.admit(&invocation);
+            if resumable {
+                tracing::info!(run_id = %invocation.run_id, "re-running an interrupted run (its handler is resumable)");
+                if let Err(e) = journal.requeue(&invocation.run_id).await {
+                    tracing::error!(run_id = %invocation.run_id, error = %e, "could not journal the re-run");
+                }
+                self.schedule(invocation);
+            } else {
+                owed_failures.push(invocation);
+            }
+        }
+        for invocation in recovery.queued {
+            self.registry.admit(&invocation);
+            self.schedule(invocation);
+        }
+        // What Port is owed goes out in the background: a Port outage must not hold up the
+        // start (each report may take the client's whole retry budget).
+        let this = self.clone();
+        let owed = async move {
+            this.send_owed(
+                journal,
+                recovery.pending_logs,
+                recovery.unreported,
+                owed_failures,
+            )
+            .await;
+        };
+        self.tracker.spawn_on(owed.in_current_span(), &self.rt);
+    }
+
+    /// Re-sends log batches Port never acknowledged (skipping those it has), then verdicts,
+    /// then reports the interrupted runs that cannot simply run again.
+    async fn send_owed(
+        &self,
+        journal: Arc<Journal>,
+        pending_logs: Vec<(i64, RunId, String)>,
+        unreported: Vec<crate::store::UnreportedFinal>,
+        interrupted: Vec<Invocation>,
+    ) {
+        // Log lines first: Port takes none for a run after its final status. A batch may have
+        // reached Port just before the crash: skip those Port already has (no idempotency key
+        // in Port's log API, so its copy is asked for).
+        if let Sink::Port(client) = &self.sink {
+            let mut known: std::collections::HashMap<RunId, Vec<String>> = Default::default();
+            for (id, run_id, message) in &pending_logs {
+                if !known.contains_key(run_id) {
+                    let messages = client
+                        .run_log_messages(run_id.as_str())
+                        .await
+                        .unwrap_or_default();
+                    known.insert(run_id.clone(), messages);
+                }
+                if known[run_id].iter().any(|m| m == message) {
+                    let _ = journal.log_done(*id);
+                    continue;
+                }
+                match client.add_run_log(run_id.as_str(), message).await {
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(%run_id, error = %e, "journalled log lines still not delivered")
+                    }
+                    _ => {
+                        let _ = journal.log_done(*id);
+                    }
+                }
+            }
+        }
+        for fin in unreported {
+            match &self.sink {
+                Sink::Port(client) => {
+                    let patch = RunPatch {
+                        status: Some(fin.status),
+                        summary: Some(fin.summary),
+                        link: fin.link,
+                        status_label: None,
+                    };
+                    deliver_final(self.delivery(client.clone()), fin.run_id, patch).await;
+                }
+                Sink::Local => {
+                    let _ = journal.reported(&fin.run_id).await;
+                }
+            }
+        }
+        let why = if journal.shared().is_some() {
+            "interrupted: the replica running it stopped during the run"
+        } else {
+            "interrupted: runner restarted during the run"
+        };
+        for invocation in interrupted {
+            let reporter = self.reporter(&invocation);
+            reporter
+                .finish(
+                    Verdict::failure(why),
+                    &self.metrics,
+                    invocation.action.as_str(),
+                )
+                .await;
+            self.registry.retire(&invocation.run_id);
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The local hub: a page at `/` that shows the actions this runner serves as buttons, each
+//! opening a form made from its `userInputs`, the runs with their live log, and the local
+//! catalog — Port's self-service hub in miniature, for trying actions without a Port account.
+//!
+//! One HTML file (`hub.html`, embedded; no build step, no Node toolchain) talks to the JSON
+//! routes below. They sit behind the same access as `/runs`: open in local mode, the admin
+//! token otherwise. Runs are started from the page only in local mode: with Port, a run must
+//! be created in Port's hub, or Port would not know it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::admin::{authorize, AdminError};
+use super::{AdminAccess, AppState};
+use crate::domain::RunId;
+use crate::invocation::payload;
+use crate::runs::SubmitError;
+
+const PAGE: &str = include_str!("hub.html");
+
+/// The actions the page offers, read from the actions folder at start.
+#[derive(Debug, Default)]
+pub struct Hub {
+    actions: Vec<Value>,
+}
+
+impl Hub {
+    /// The action files in `dir` (`*.json`) whose action this runner handles.
+    pub fn load(dir: &Path, served: impl Fn(&str) -> bool) -> Self {
+        let mut actions: Vec<Value> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|p| std::fs::read(&p).ok())
+            .filter_map(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .filter(|a| a["identifier"].as_str().is_some_and(&served))
+            .map(|a| {
+                let trigger = &a["trigger"];
+                json!({
+                    "identifier": a["identifier"],
+                    "title": a.get("title").cloned().unwrap_or_else(|| a["identifier"].clone()),
+                    "icon": a["icon"],
+                    "description": a["description"],
+                    "operation": trigger["operation"],
+                    "blueprint": trigger["blueprintIdentifier"],
+                    "userInputs": trigger.get("userInputs").cloned().unwrap_or_else(|| json!({"properties": {}})),
+                })
+            })
+            .collect();
+        actions.sort_by(|a, b| a["title"].as_str().cmp(&b["title"].as_str()));
+        Self { actions }
+    }
+
+    fn action(&self, identifier: &str) -> Option<&Value> {
+        self.actions.iter().find(|a| a["identifier"] == identifier)
+    }
+}
+
+/// Why the hub refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Access(#[from] AdminError),
+    #[error("no action '{0}' is served here")]
+    UnknownAction(String),
+    #[error("this runner reports to Port: press the action's button in Port's hub (a run started here would be unknown to Port)")]
+    PortMode,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid inputs: {}", .0.join("; "))]
+    Inputs(Vec<String>),
+    #[error(transparent)]
+    Submit(SubmitError),
+}
+
+impl ResponseError for HubError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Access(e) => e.status_code(),
+            Self::UnknownAction(_) => StatusCode::NOT_FOUND,
+            Self::PortMode => StatusCode::CONFLICT,
+            Self::Invalid(_) | Self::Inputs(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Submit(SubmitError::Duplicate) => StatusCode::CONFLICT,
+            Self::Submit(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Access(e) = self {
+            return e.error_response();
+        }
+        let problems = match self {
+            Self::Inputs(problems) => problems.clone(),
+            _ => Vec::new(),
+        };
+        HttpResponse::build(self.status_code())
+            .json(json!({ "ok": false, "message": self.to_string(), "problems": problems }))
+    }
+}
+
+/// `GET /`: the page. It holds no data, so it is served whenever the routes it calls may be
+/// (open in local mode; with the admin token it asks for the token).
+pub(super) async fn page(state: web::Data<AppState>) -> HttpResponse {
+    if matches!(state.admin, AdminAccess::Disabled) {
+        return HttpResponse::Forbidden()
+            .content_type("text/plain; charset=utf-8")
+            .body(
+                "The hub page is off: set PORT_RUNNER_ADMIN_TOKEN to enable it (and GET /runs).\n",
+            );
+    }
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("content-security-policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; img-src 'self' data:"))
+        .insert_header(("x-frame-options", "DENY"))
+        .body(PAGE)
+}
+
+/// `GET /hub/actions`: the actions as buttons, and whether runs can be started here.
+pub(super) async fn actions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HubError> {
+    authorize(&req, &state)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "ok": true,
+        "local": state.port.is_none(),
+        "actions": state.hub.actions,
+    })))
+}
+
+/// `GET /hub/entities`: the local catalog.
+pub(super) async fn entities(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HubError> {
+    authorize(&req, &state)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "ok": true,
+        "entities": state.runner.registry().entities().list(),
+    })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct Press {
+    action: String,
+    #[serde(default)]
+    inputs: Map<String, Value>,
+    /// For DAY-2 and DELETE: the identifier of an entity of the local catalog.
+    #[serde(default)]
+    entity: Option<String>,
+}
+
+/// `POST /hub/runs`: presses a button. The invocation is the body our action files render
+/// (`port_context`, `inputs`, `entity`), parsed and admitted like a delivered one.
+pub(super) async fn press(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<Press>,
+) -> Result<HttpResponse, HubError> {
+    authorize(&req, &state)?;
+    if state.port.is_some() {
+        return Err(HubError::PortMode);
+    }
+    let press = body.into_inner();
+    let action = state
+        .hub
+        .action(&press.action)
+        .ok_or_else(|| HubError::UnknownAction(press.action.clone()))?;
+    state
+        .runner
+        .handlers()
+        .check_inputs(&press.action, &press.inputs)
+        .map_err(HubError::Inputs)?;
+    let operation = action["operation"].as_str().unwrap_or("CREATE");
+    let blueprint = action["blueprint"].as_str();
+    let entity = match (operation, press.entity.as_deref().filter(|e| !e.is_empty())) {
+        ("CREATE", _) => Value::Null,
+        (_, None) => {
+            return Err(HubError::Invalid(format!(
+                "a {operation} action runs on an entity: choose one"
+            )))
+        }
+        (_, Some(identifier)) => state
+            .runner
+            .registry()
+            .entities()
+            .list()
+            .into_iter()
+            .find(|e| Some(e.blueprint.as_str()) == blueprint && e.identifier == identifier)
+            .map(|e| {
+                let mut entity = e.entity;
+                entity["blueprint"] = json!(e.blueprint);
+                entity
+            })
+            .unwrap_or_else(|| json!({ "identifier": identifier, "blueprint": blueprint })),
+    };
+    // Secret inputs are listed as Port lists its encrypted ones: masked in every log line
+    // (typed here, they are not encrypted, and the runner takes them as they are).
+    let secret: Vec<&String> = action["userInputs"]["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, spec)| spec.get("encryption").is_some())
+        .map(|(name, _)| name)
+        .collect();
+    let run_id = format!("r_hub_{}", uuid::Uuid::new_v4().simple());
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let rendered = json!({
+        "port_context": {
+            "runId": run_id,
+            "action": press.action,
+            "operation": operation,
+            "blueprint": blueprint,
+            "trigger": {"by": {"user": {"email": "local-hub@localhost"}}, "origin": "UI", "at": at},
+            "encryptedProperties": secret,
+        },
+        "inputs": press.inputs,
+        "entity": entity,
+    });
+    let raw = serde_json::to_vec(&rendered).expect("JSON serializes");
+    let invocation = payload::parse(&raw, None).map_err(|e| HubError::Invalid(e.to_string()))?;
+    state
+        .runner
+        .submit(invocation)
+        .await
+        .map_err(HubError::Submit)?;
+    Ok(HttpResponse::Accepted().json(json!({ "ok": true, "runId": run_id })))
+}
+
+/// `GET /runs/{run_id}/events`: the run's log as server-sent events (`log`, `state`, and
+/// `end` once it is final), every line masked as it was recorded.
+pub(super) async fn events(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AdminError> {
+    authorize(&req, &state)?;
+    let run_id = RunId::parse("run_id", &path)
+        .ok()
+        .filter(|id| state.runner.registry().get(id).is_some())
+        .ok_or_else(|| AdminError::NotFound(path.into_inner()))?;
+    let registry = state.runner.registry().clone();
+    struct Follow {
+        from: usize,
+        last: Option<Value>,
+        done: bool,
+    }
+    let start = Follow {
+        from: 0,
+        last: None,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(start, move |mut follow| {
+        let registry = registry.clone();
+        let run_id = run_id.clone();
+        async move {
+            if follow.done {
+                return None;
+            }
+            let mut idle = Duration::ZERO;
+            loop {
+                let tail = registry.tail(&run_id, follow.from)?;
+                let mut out = String::new();
+                for line in &tail.lines {
+                    out.push_str(&sse(
+                        "log",
+                        &json!({ "at": rfc3339(line.at), "message": line.message }),
+                    ));
+                }
+                let now = json!({
+                    "state": tail.state,
+                    "status_label": tail.status_label,
+                    "summary": tail.summary,
+                });
+                if follow.last.as_ref() != Some(&now) {
+                    out.push_str(&sse("state", &now));
+                    follow.last = Some(now.clone());
+                }
+                follow.from = tail.next;
+                if tail.state.is_final() {
+                    out.push_str(&sse("end", &now));
+                    follow.done = true;
+                }
+                if !out.is_empty() || idle >= Duration::from_secs(15) {
+                    if out.is_empty() {
+                        out.push_str(": still running\n\n");
+                    }
+                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(out)), follow));
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                idle += Duration::from_millis(150);
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream))
+}
+
+fn sse(event: &str, data: &Value) -> String {
+    // JSON keeps a multi-line message on one `data:` line.
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -11,6 +11,7 @@ mod gitops;
 mod helpers;
 mod hub;
 mod journal;
+mod kubernetes;
 mod pg;
 mod pg_tls;
 mod port_client;

@@ -342,3 +342,136 @@ fn the_readmes_configuration_table_lists_exactly_the_settings_that_exist() {
     let known = settings.len() + port_runner::secret::SECRET_ENV.len();
     assert_eq!(table.len(), known, "rows that are no setting: {table:#?}");
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_link_in_the_docs_leads_somewhere() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in ["README.md", "ARCHITECTURE.md", "docs/benchmarks.md"] {
+        let path = root.join(doc);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let anchors_of = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with('#'))
+                .map(|l| anchor(l.trim_start_matches('#')))
+                .collect()
+        };
+        let own = anchors_of(&text);
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let target = &rest[..rest.find(')').unwrap()];
+            if target.starts_with("http") || target.contains(' ') {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let linked = path.parent().unwrap().join(file);
+            if !file.is_empty() {
+                assert!(linked.exists(), "{doc}: link to {target}: no such file");
+            }
+            if !fragment.is_empty() {
+                let anchors = if file.is_empty() {
+                    own.clone()
+                } else {
+                    anchors_of(&std::fs::read_to_string(&linked).unwrap())
+                };
+                assert!(
+                    anchors.iter().any(|a| a == fragment),
+                    "{doc}: link to {target}: no such heading"
+                );
+            }
+        }
+    }
+}
+
+/// The files of the README's "Add your own action", by the path written above each block.
+fn readme_own_action() -> Vec<(String, String)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Add your own action\n")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut files = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        let Some(path) = line
+            .strip_prefix("**")
+            .and_then(|l| l.split("**").next())
+            .filter(|p| p.starts_with("actions/"))
+        else {
+            continue;
+        };
+        let body: Vec<&str> = lines
+            .by_ref()
+            .skip_while(|l| !l.starts_with("```"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        files.push((path.to_owned(), body.join("\n") + "\n"));
+    }
+    files
+}
+
+#[test]
+fn the_readmes_own_action_validates_and_runs_as_it_says() {
+    let files = readme_own_action();
+    assert_eq!(files.len(), 3, "{files:#?}");
+    let checkout = tempfile::tempdir().unwrap();
+    for (path, body) in &files {
+        let file = checkout.path().join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, body).unwrap();
+    }
+    let validate = std::process::Command::new(crate::helpers::BIN)
+        .arg("validate")
+        .current_dir(checkout.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&validate.stdout),
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let data = checkout.path().join("data");
+    let served = crate::helpers::Served::start(
+        &[],
+        &[
+            "--actions-dir",
+            checkout.path().join("actions").to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    let invoke = std::process::Command::new(crate::helpers::BIN)
+        .args(["invoke", "actions/samples/greet.json", "--url"])
+        .arg(format!("http://{}", served.addr))
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(checkout.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&invoke.stdout);
+    assert!(
+        invoke.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&invoke.stderr)
+    );
+    assert!(out.contains("HELLO Ada"), "{out}");
+}

@@ -55,6 +55,15 @@ pub enum StartError {
     Pulumi(String),
 }
 
+/// Whether every address `listen` names is this machine's loopback (only it can connect).
+fn listens_on_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    listen
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false)
+}
+
 /// Why binding failed, and what to do about it.
 fn bind_problem(cause: &std::io::Error) -> String {
     match cause.kind() {
@@ -145,6 +154,7 @@ impl Application {
             hub: Arc::new(Hub::load(&settings.actions_dir, |action| {
                 runner.handlers().contains(action)
             })),
+            loopback_only: listens_on_loopback(&settings.listen),
         };
         // Bound before recovery (a port in use stops the start before any run is touched);
         // serving starts after it, so the previous process is taken over first.

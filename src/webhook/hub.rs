@@ -72,6 +72,10 @@ pub enum HubError {
     UnknownAction(String),
     #[error("this runner reports to Port: press the action's button in Port's hub (a run started here would be unknown to Port)")]
     PortMode,
+    #[error("this runner listens beyond this machine and has no admin token, so buttons cannot be pressed from here: set PORT_RUNNER_ADMIN_TOKEN (the page then asks for it), or listen on 127.0.0.1")]
+    OpenToTheNetwork,
+    #[error("the hub takes runs from a page opened at localhost or an IP address, not at {0:?} (a page of another site could otherwise start runs)")]
+    ForeignHost(String),
     #[error("{0}")]
     Invalid(String),
     #[error("invalid inputs: {}", .0.join("; "))]
@@ -86,6 +90,7 @@ impl ResponseError for HubError {
             Self::Access(e) => e.status_code(),
             Self::UnknownAction(_) => StatusCode::NOT_FOUND,
             Self::PortMode => StatusCode::CONFLICT,
+            Self::OpenToTheNetwork | Self::ForeignHost(_) => StatusCode::FORBIDDEN,
             Self::Invalid(_) | Self::Inputs(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Submit(SubmitError::Duplicate) => StatusCode::CONFLICT,
             Self::Submit(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -167,6 +172,16 @@ pub(super) async fn press(
     authorize(&req, &state)?;
     if state.port.is_some() {
         return Err(HubError::PortMode);
+    }
+    if matches!(state.admin, AdminAccess::Open) {
+        // No token guards pressing: only this machine may, through a page of its own.
+        if !state.loopback_only {
+            return Err(HubError::OpenToTheNetwork);
+        }
+        let host = req.connection_info().host().to_owned();
+        if !is_local_host(&host) {
+            return Err(HubError::ForeignHost(host));
+        }
     }
     let press = body.into_inner();
     let action = state
@@ -307,6 +322,19 @@ pub(super) async fn events(
         .streaming(stream))
 }
 
+/// `localhost` or an IP address, with or without a port: what a page served by this runner
+/// is opened at. A DNS name that merely resolves here (a rebinding attack's) is not.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 fn sse(event: &str, data: &Value) -> String {
     // JSON keeps a multi-line message on one `data:` line.
     format!("event: {event}\ndata: {data}\n\n")
@@ -315,4 +343,30 @@ fn sse(event: &str, data: &Value) -> String {
 fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local_host;
+
+    #[test]
+    fn only_localhost_and_addresses_are_local_hosts() {
+        for host in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "::1",
+            "localhost",
+            "10.0.0.5:8080",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "evil.example.com",
+            "evil.example.com:8080",
+            "localhost.evil.example:8080",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
 }

@@ -58,6 +58,8 @@ pub struct AppState {
     pub push_hook: Option<Arc<PushHook>>,
     /// The actions the hub page at `/` offers.
     pub hub: Arc<hub::Hub>,
+    /// Only this machine can connect (the listener is on loopback).
+    pub loopback_only: bool,
 }
 
 impl AdminAccess {

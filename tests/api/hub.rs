@@ -180,3 +180,82 @@ async fn with_port_the_hub_needs_the_admin_token_and_leaves_pressing_to_port() {
     );
     assert!(fake.requests_to("PATCH", "/actions/runs/").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_this_machine_may_press_buttons() {
+    let actions = echo_actions();
+    let data = tempfile::tempdir().unwrap();
+    // Loopback, but a page of another site (a DNS name rebound to 127.0.0.1).
+    let served = Served::start(
+        &[],
+        &[
+            "--actions-dir",
+            actions.path().to_str().unwrap(),
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+    );
+    let answer = reqwest::Client::new()
+        .post(url(&served, "/hub/runs"))
+        .header("host", "evil.example.com")
+        .json(&json!({"action": "echo", "inputs": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    let body: Value = answer.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example.com"),
+        "{body}"
+    );
+    drop(served);
+
+    // Listening on every address without a token: the network may look, not press.
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(crate::helpers::BIN)
+        .args(["serve", "--listen", &format!("0.0.0.0:{port}")])
+        .arg("--actions-dir")
+        .arg(actions.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "serve on 0.0.0.0 answers");
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/hub/runs"))
+        .json(&json!({"action": "echo", "inputs": {}}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("PORT_RUNNER_ADMIN_TOKEN"),
+        "{body}"
+    );
+}

@@ -8,7 +8,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::client::{Call, PortClient};
+use super::client::{runs_in, Call, PortClient};
 use super::error::PortError;
 use super::types::ActiveRun;
 
@@ -40,15 +40,7 @@ impl PortClient {
                 RESERVED,
             )
             .await?;
-        Ok(answer
-            .get("runs")
-            .and_then(Value::as_array)
-            .map(|runs| {
-                runs.iter()
-                    .filter_map(|r| serde_json::from_value(r.clone()).ok())
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(runs_in(&answer))
     }
 
     /// `PATCH /actions/runs/ack`: the runs stop coming back to claimers. Returns how many

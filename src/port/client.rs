@@ -191,16 +191,7 @@ impl PortClient {
                 None,
             )
             .await?;
-        // Tolerant: a run whose shape this runner does not know is skipped, not an error.
-        Ok(answer
-            .get("runs")
-            .and_then(Value::as_array)
-            .map(|runs| {
-                runs.iter()
-                    .filter_map(|r| serde_json::from_value(r.clone()).ok())
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(runs_in(&answer))
     }
 
     /// `GET /blueprints/{id}`; `None` when Port has no such blueprint.
@@ -443,6 +434,20 @@ impl PortClient {
         }
         url
     }
+}
+
+/// The `runs` of an answer. Tolerant: a run whose shape this runner does not know is skipped,
+/// not an error.
+pub(super) fn runs_in(answer: &Value) -> Vec<ActiveRun> {
+    answer
+        .get("runs")
+        .and_then(Value::as_array)
+        .map(|runs| {
+            runs.iter()
+                .filter_map(|r| serde_json::from_value(r.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn is_success(status: u16) -> bool {

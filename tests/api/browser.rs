@@ -301,15 +301,7 @@ entity:
 async fn the_hub_page_presses_buttons_fills_forms_and_follows_runs_to_success() {
     let actions = hub_actions();
     let data = tempfile::tempdir().unwrap();
-    let served = Served::start(
-        &[],
-        &[
-            "--actions-dir",
-            actions.path().to_str().unwrap(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
-    );
+    let served = Served::local(actions.path(), data.path());
     let hub = format!("http://{}/", served.addr);
     let browser = Browser::start().await;
     browser.open(&hub).await;

@@ -511,6 +511,19 @@ impl Served {
         }
     }
 
+    /// A local-mode `serve` of `actions` keeping its state in `data`.
+    pub fn local(actions: &std::path::Path, data: &std::path::Path) -> Self {
+        Self::start(
+            &[],
+            &[
+                "--actions-dir",
+                actions.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        )
+    }
+
     /// Posts `body` to the webhook, signed with the fake Port's client secret.
     pub async fn post_signed(&self, body: &Value) -> reqwest::Response {
         let raw = serde_json::to_vec(body).unwrap();

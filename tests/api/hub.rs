@@ -39,15 +39,7 @@ async fn press(served: &Served, body: Value, token: Option<&str>) -> (u16, Value
 async fn in_local_mode_the_hub_presses_buttons_refuses_bad_inputs_and_streams_masked_logs() {
     let actions = echo_actions();
     let data = tempfile::tempdir().unwrap();
-    let served = Served::start(
-        &[],
-        &[
-            "--actions-dir",
-            actions.path().to_str().unwrap(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
-    );
+    let served = Served::local(actions.path(), data.path());
     let page = reqwest::get(url(&served, "/")).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("local hub"));
@@ -186,15 +178,7 @@ async fn without_a_token_only_this_machine_may_press_buttons() {
     let actions = echo_actions();
     let data = tempfile::tempdir().unwrap();
     // Loopback, but a page of another site (a DNS name rebound to 127.0.0.1).
-    let served = Served::start(
-        &[],
-        &[
-            "--actions-dir",
-            actions.path().to_str().unwrap(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
-    );
+    let served = Served::local(actions.path(), data.path());
     let answer = reqwest::Client::new()
         .post(url(&served, "/hub/runs"))
         .header("host", "evil.example.com")

@@ -1,12 +1,11 @@
 //! The run journal across SIGKILL: restart recovery with the real binary and the fake Port.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
+use crate::helpers::Served;
 use crate::helpers::{legacy, unique_run_id};
-use crate::helpers::{until, Served};
+use crate::wait::wait_for;
 
 fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
     Served::start(
@@ -26,15 +25,6 @@ fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
 
 async fn post(served: &Served, body: &Value) -> reqwest::StatusCode {
     served.post_signed(body).await.status()
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    until(
-        Duration::from_secs(30),
-        || what.to_owned(),
-        || done().then_some(()),
-    )
-    .await;
 }
 
 fn kill9(served: &mut Served) {

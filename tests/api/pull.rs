@@ -9,10 +9,22 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
-use crate::helpers::{unique_run_id, until, v2, Served};
+use crate::helpers::{unique_run_id, v2, Served};
 use crate::replicas::{count, stamp_actions, stamp_run, stamps};
+use crate::wait::wait_for;
 
 fn puller(fake: &FakePort, data: &Path, actions: &Path, extra: &[&str]) -> Served {
+    puller_with(fake, &[], data, actions, extra)
+}
+
+/// A pulling `serve` with more environment (`DATABASE_URL` for replicas).
+fn puller_with(
+    fake: &FakePort,
+    env: &[(&str, &str)],
+    data: &Path,
+    actions: &Path,
+    extra: &[&str],
+) -> Served {
     let mut args = vec![
         "--transport",
         "pull",
@@ -24,15 +36,15 @@ fn puller(fake: &FakePort, data: &Path, actions: &Path, extra: &[&str]) -> Serve
         actions.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    Served::start(
-        &[
-            ("PORT_CLIENT_ID", CLIENT_ID),
-            ("PORT_CLIENT_SECRET", CLIENT_SECRET),
-            ("PORT_API_URL", &fake.api_url),
-            ("HOME", &std::env::var("HOME").unwrap_or_default()),
-        ],
-        &args,
-    )
+    let home = std::env::var("HOME").unwrap_or_default();
+    let mut envs = vec![
+        ("PORT_CLIENT_ID", CLIENT_ID),
+        ("PORT_CLIENT_SECRET", CLIENT_SECRET),
+        ("PORT_API_URL", fake.api_url.as_str()),
+        ("HOME", home.as_str()),
+    ];
+    envs.extend_from_slice(env);
+    Served::start(&envs, &args)
 }
 
 async fn readyz(served: &Served) -> Value {
@@ -47,15 +59,6 @@ async fn readyz(served: &Served) -> Value {
 fn kill9(served: &mut Served) {
     served.child.kill().unwrap(); // SIGKILL: no shutdown, no drain, no report
     served.child.wait().unwrap();
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    until(
-        Duration::from_secs(30),
-        || what.to_owned(),
-        || done().then_some(()),
-    )
-    .await;
 }
 
 fn seed(fake: &FakePort, n: usize, inputs: Value) -> Vec<String> {
@@ -320,28 +323,12 @@ async fn two_replicas_pull_one_backlog_of_200_runs_each_once() {
     let runs = seed(&fake, 200, json!({}));
     let replica = |name: &str| {
         let data = tempfile::tempdir().unwrap();
-        let served = Served::start(
-            &[
-                ("PORT_CLIENT_ID", CLIENT_ID),
-                ("PORT_CLIENT_SECRET", CLIENT_SECRET),
-                ("PORT_API_URL", &fake.api_url),
-                ("DATABASE_URL", &database),
-                ("HOME", &std::env::var("HOME").unwrap_or_default()),
-            ],
-            &[
-                "--transport",
-                "pull",
-                "--pull-interval-secs",
-                "0.2",
-                "--data-dir",
-                data.path().to_str().unwrap(),
-                "--actions-dir",
-                actions.path().to_str().unwrap(),
-                "--replica-id",
-                name,
-                "--max-concurrent-runs",
-                "8",
-            ],
+        let served = puller_with(
+            &fake,
+            &[("DATABASE_URL", &database)],
+            data.path(),
+            actions.path(),
+            &["--replica-id", name, "--max-concurrent-runs", "8"],
         );
         (served, data)
     };

@@ -449,15 +449,7 @@ fn the_readmes_own_action_validates_and_runs_as_it_says() {
         String::from_utf8_lossy(&validate.stderr)
     );
     let data = checkout.path().join("data");
-    let served = crate::helpers::Served::start(
-        &[],
-        &[
-            "--actions-dir",
-            checkout.path().join("actions").to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-    );
+    let served = crate::helpers::Served::local(&checkout.path().join("actions"), &data);
     let invoke = std::process::Command::new(crate::helpers::BIN)
         .args(["invoke", "actions/samples/greet.json", "--url"])
         .arg(format!("http://{}", served.addr))

@@ -38,3 +38,14 @@ pub async fn until<T>(
         deadline.wait(&what).await;
     }
 }
+
+/// Waits (up to 30 s) until `done` holds; `what` names it when it never does.
+#[allow(dead_code)] // not every binary that includes this file waits on a condition
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    until(
+        Duration::from_secs(30),
+        || what.to_owned(),
+        || done().then_some(()),
+    )
+    .await;
+}

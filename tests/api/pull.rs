@@ -61,6 +61,26 @@ fn kill9(served: &mut Served) {
     served.child.wait().unwrap();
 }
 
+/// Every run ends SUCCESS, started once, reported once and acknowledged.
+async fn each_succeeded_once(fake: &FakePort, stamp_file: &Path, runs: &[String]) {
+    for run_id in runs {
+        assert_eq!(
+            fake.wait_final(run_id).await["status"],
+            "SUCCESS",
+            "{run_id}"
+        );
+    }
+    wait_for("every run to be acknowledged", || {
+        runs.iter().all(|r| fake.pending_state(r).0)
+    })
+    .await;
+    let seen = stamps(stamp_file);
+    for run_id in runs {
+        assert_eq!(count(&seen, "start", run_id), 1, "{run_id} started");
+        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id} final reports");
+    }
+}
+
 fn seed(fake: &FakePort, n: usize, inputs: Value) -> Vec<String> {
     (0..n)
         .map(|_| {
@@ -89,22 +109,9 @@ async fn pending_runs_are_claimed_within_free_slots_and_run_once_each_and_the_we
         &["--max-concurrent-runs", "2"],
     );
 
+    each_succeeded_once(&fake, stamp_file.path(), &runs).await;
     for run_id in &runs {
-        assert_eq!(
-            fake.wait_final(run_id).await["status"],
-            "SUCCESS",
-            "{run_id}"
-        );
-    }
-    let seen = stamps(stamp_file.path());
-    for run_id in &runs {
-        assert_eq!(count(&seen, "start", run_id), 1, "{run_id}");
-        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id}");
-        assert_eq!(
-            fake.pending_state(run_id),
-            (true, 1),
-            "{run_id} acked, claimed once"
-        );
+        assert_eq!(fake.pending_state(run_id).1, 1, "{run_id} claimed once");
     }
     let unreadable = fake.wait_final("r_unreadable").await;
     assert_eq!(unreadable["status"], "FAILURE");
@@ -177,23 +184,10 @@ async fn a_runner_killed_between_claim_and_ack_loses_nothing_and_runs_each_once(
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let _second = puller(&fake, data.path(), actions.path(), &[]);
-    for run_id in &runs {
-        assert_eq!(
-            fake.wait_final(run_id).await["status"],
-            "SUCCESS",
-            "{run_id}"
-        );
-    }
     // The expired claims came back to the second runner, which knew them from the journal
     // (it had started them already): acknowledged, not run again.
-    wait_for("every run to be acknowledged", || {
-        runs.iter().all(|r| fake.pending_state(r).0)
-    })
-    .await;
-    let seen = stamps(stamp_file.path());
+    each_succeeded_once(&fake, stamp_file.path(), &runs).await;
     for run_id in &runs {
-        assert_eq!(count(&seen, "start", run_id), 1, "{run_id}");
-        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id}");
         assert!(
             fake.pending_state(run_id).1 >= 2,
             "{run_id} was claimed again"
@@ -334,19 +328,7 @@ async fn two_replicas_pull_one_backlog_of_200_runs_each_once() {
     };
     let (a, _a_data) = replica("replica-a");
     let (b, _b_data) = replica("replica-b");
-    for run_id in &runs {
-        assert_eq!(
-            fake.wait_final(run_id).await["status"],
-            "SUCCESS",
-            "{run_id}"
-        );
-    }
-    let seen = stamps(stamp_file.path());
-    for run_id in &runs {
-        assert_eq!(count(&seen, "start", run_id), 1, "{run_id} started");
-        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id} final reports");
-        assert!(fake.pending_state(run_id).0, "{run_id} acknowledged");
-    }
+    each_succeeded_once(&fake, stamp_file.path(), &runs).await;
     // Both replicas took part.
     for replica in [&a, &b] {
         let lines = replica.log_lines().join("\n");

@@ -489,18 +489,15 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
     .await;
     let summary = fin["summary"].as_str().unwrap();
     assert!(
-        summary.contains("stack pay-assets is locked by another Pulumi operation")
+        summary.contains("stack pay-assets is locked by another Pulumi operation (held by runner@")
+            && summary.contains("(no longer running)")
             && summary.contains("pulumi cancel --yes --stack pay-assets"),
         "{summary}"
     );
-    let lock_dir = state.join(".pulumi/locks/organization/port-s3-bucket/pay-assets");
-    for lock in std::fs::read_dir(&lock_dir).unwrap() {
-        std::fs::remove_file(lock.unwrap().path()).unwrap();
-    }
     control(state, json!({}));
 
     let before = calls(state).len();
-    let (_, fin) = run(
+    let (deleted, fin) = run(
         &rig.served,
         fake,
         "delete_bucket",
@@ -510,10 +507,22 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
     )
     .await;
     assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let log = fake.log_lines(&deleted);
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("recovering: stack pay-assets was left locked by runner@")),
+        "{log:#?}"
+    );
+    assert!(
+        log.contains(&"recovered: stack pay-assets is unlocked".to_owned()),
+        "{log:#?}"
+    );
+    // The lock that crash left is provably dead (this host, no such process): cleared first.
     let delete: Vec<Vec<String>> = calls(state)[before..].iter().map(argv).collect();
     assert_eq!(
         delete,
         [
+            w(r#"--non-interactive cancel --yes --stack pay-assets"#),
             w(
                 r#"--non-interactive destroy --yes --skip-preview --suppress-progress --color never --stack pay-assets"#
             ),
@@ -914,4 +923,178 @@ async fn a_tag_taken_away_leaves_the_stack_config_and_the_entity() {
             tags
         );
     }
+}
+
+/// A lock file as the CLI writes it, for `stack` of the S3 project.
+fn write_lock(state: &Path, stack: &str, pid: u32, host: &str) -> PathBuf {
+    let dir = state.join(format!(".pulumi/locks/organization/port-s3-bucket/{stack}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        json!({"pid": pid, "username": "someone", "hostname": host, "timestamp": "2026-12-01T10:00:00Z"}).to_string(),
+    )
+    .unwrap();
+    path
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_that_may_be_alive_is_never_cleared_and_its_owner_is_named() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "held"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let bucket = json!({"identifier": "held", "blueprint": "s3_bucket"});
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    for (pid, host, says) in [
+        (
+            holder.id(),
+            host_name(),
+            "(pid {pid}) since 2026-12-01T10:00:00Z (still running)",
+        ),
+        (
+            1,
+            "build-agent-7".to_owned(),
+            "on another host: port-runner cannot tell whether it runs",
+        ),
+    ] {
+        let lock = write_lock(state, "held", pid, &host);
+        let before = calls(state).len();
+        let (_, fin) = run(
+            &rig.served,
+            fake,
+            "change_acl",
+            "DAY-2",
+            json!({"bucket_acl": "private"}),
+            Some(bucket.clone()),
+        )
+        .await;
+        let summary = fin["summary"].as_str().unwrap();
+        assert_eq!(fin["status"], "FAILURE");
+        assert!(
+            summary.contains(&format!("held by someone@{host}")),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(&says.replace("{pid}", &pid.to_string())),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("pulumi cancel --yes --stack held"),
+            "{summary}"
+        );
+        assert!(lock.exists(), "a lock that may be alive stays");
+        assert!(
+            calls(state)[before..]
+                .iter()
+                .all(|c| argv(c)[1] != "cancel"),
+            "no cancel"
+        );
+        std::fs::remove_file(lock).unwrap();
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let standin = repo().join("tests/fixtures/pulumi");
+    let envs = [
+        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
+        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+    ];
+    let state = data.path().join("pulumi-state");
+    let mut served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    control(&state, json!({"up_seconds": 30}));
+    let create = unique_run_id();
+    post(
+        &served,
+        &v2(
+            &create,
+            "create_bucket",
+            "CREATE",
+            json!({"bucket_name": "crashy"}),
+        ),
+    )
+    .await;
+    let lock_dir = state.join(".pulumi/locks/organization/port-s3-bucket/crashy");
+    let lock = crate::helpers::until(
+        Duration::from_secs(30),
+        || "pulumi up to take the stack's lock".to_owned(),
+        || {
+            std::fs::read_dir(&lock_dir)
+                .ok()?
+                .flatten()
+                .next()
+                .map(|e| e.path())
+        },
+    )
+    .await;
+    // The machine loses both: port-runner and the CLI it ran, with no chance to clean up.
+    let cli_pid: i32 = serde_json::from_slice::<Value>(&std::fs::read(&lock).unwrap()).unwrap()
+        ["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    // SAFETY: kill(2) on the stand-in this test's runner started.
+    unsafe {
+        libc::kill(cli_pid, libc::SIGKILL);
+    }
+    crate::helpers::until(
+        Duration::from_secs(10),
+        || "the CLI to be gone".to_owned(),
+        || (!std::path::Path::new(&format!("/proc/{cli_pid}")).exists()).then_some(()),
+    )
+    .await;
+    assert!(lock.exists(), "the kill left the lock behind");
+    control(&state, json!({}));
+
+    let served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    let fin = fake.wait_final(&create).await;
+    assert_eq!(fin["status"], "FAILURE");
+    assert!(
+        fin["summary"].as_str().unwrap().starts_with("interrupted"),
+        "{fin}"
+    );
+    let (day2, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private"}),
+        Some(json!({"identifier": "crashy", "blueprint": "s3_bucket"})),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    assert!(!lock.exists());
+    let log = fake.log_lines(&day2);
+    assert!(
+        log.iter().any(
+            |l| l.starts_with("recovering: stack crashy was left locked by runner@")
+                && l.contains(&format!("(pid {cli_pid})"))
+        ),
+        "{log:#?}"
+    );
 }

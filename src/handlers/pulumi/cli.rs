@@ -49,7 +49,8 @@ impl PulumiHandler {
     fn explain(&self, failure: &Failure, stack: &str) -> String {
         match failure {
             Failure::Locked => format!(
-                "stack {stack} is locked by another Pulumi operation; if none is running (a crashed one leaves its lock), clear it with `pulumi cancel --yes --stack {stack}`"
+                "stack {stack} is locked by another Pulumi operation{}; if none is running (a crashed one leaves its lock), clear it with `pulumi cancel --yes --stack {stack}`",
+                self.lock_owners(stack)
             ),
             Failure::NoStack => format!(
                 "stack {stack} of project {} does not exist in the state backend: was it created by this runner?",
@@ -61,6 +62,29 @@ impl PulumiHandler {
             Failure::Backend => "the Pulumi state backend cannot be opened (see the log above)".into(),
             Failure::Cancelled => "the Pulumi operation was cancelled".into(),
             Failure::Other => String::new(),
+        }
+    }
+
+    /// Who holds the stack's lock, as its files say (empty when they cannot be read).
+    fn lock_owners(&self, stack: &str) -> String {
+        let host = super::stale::this_host();
+        let owners: Vec<String> = self
+            .stack_locks(stack)
+            .iter()
+            .map(|lock| {
+                let state = match lock.holder(&host) {
+                    super::stale::Holder::Running => "still running",
+                    super::stale::Holder::Gone => "no longer running",
+                    super::stale::Holder::Unknown => {
+                        "on another host: port-runner cannot tell whether it runs"
+                    }
+                };
+                format!("{} ({state})", lock.owner())
+            })
+            .collect();
+        match owners.is_empty() {
+            true => String::new(),
+            false => format!(" (held by {})", owners.join(", ")),
         }
     }
 

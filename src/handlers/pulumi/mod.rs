@@ -36,6 +36,7 @@ use crate::tool::{Locks, StepOutput};
 
 mod cli;
 mod settings;
+mod stale;
 
 use cli::Failure;
 pub use settings::{PulumiSettings, PULUMI_ENV};
@@ -310,6 +311,8 @@ impl Handler for PulumiHandler {
         let _guard = self.locks.acquire(&lock, &inv.run_id, &ctx.log).await;
         let workdir = self.prepare_workdir()?;
         let s = stack.as_str();
+        // No run of ours holds the stack now (the lock above): a crash's lock can go.
+        self.clear_stale_lock(&ctx, &workdir, s).await?;
 
         if inv.operation == Operation::Delete {
             return self.destroy(&ctx, &workdir, s, &context).await;
@@ -326,6 +329,44 @@ impl Handler for PulumiHandler {
 }
 
 impl PulumiHandler {
+    /// The stack's lock files in a file backend (none for other backends).
+    fn stack_locks(&self, stack: &str) -> Vec<stale::StackLock> {
+        match (&self.settings.state_dir, self.settings.file_backend()) {
+            (Some(dir), true) => stale::stack_locks(dir, &self.project, stack),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Clears the stack's lock when every holder is provably gone (this host, no such
+    /// process), saying so in the log; any other lock is left for the operation to report.
+    async fn clear_stale_lock(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+    ) -> Result<(), HandlerError> {
+        let locks = self.stack_locks(s);
+        let host = stale::this_host();
+        if locks.is_empty() || locks.iter().any(|l| l.holder(&host) != stale::Holder::Gone) {
+            return Ok(());
+        }
+        for lock in &locks {
+            ctx.log
+                .line(format!(
+                    "recovering: stack {s} was left locked by {}, a process that is gone (an earlier operation was killed); clearing the stale lock",
+                    lock.owner()
+                ))
+                .await;
+        }
+        self.cli(ctx, workdir, &["cancel", "--yes", "--stack", s], None)
+            .await
+            .map_err(|f| self.fail("pulumi cancel", s, f))?;
+        ctx.log
+            .line(format!("recovered: stack {s} is unlocked"))
+            .await;
+        Ok(())
+    }
+
     /// DELETE: `destroy`, `stack rm`, then the entity (a stack already gone is said and the
     /// entity still deleted).
     async fn destroy(

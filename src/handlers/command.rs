@@ -60,6 +60,9 @@ struct DefinitionFile {
     #[serde(default)]
     pass_env: Vec<String>,
     steps: Vec<StepFile>,
+    /// Run instead of `steps` when the run's `preview_only` input is true (nothing changes).
+    #[serde(default)]
+    preview: Option<Vec<StepFile>>,
     #[serde(default)]
     entity: Option<EntityFile>,
 }
@@ -113,6 +116,7 @@ pub struct CommandHandler {
     lock: Option<Expr>,
     pass_env: PassEnv,
     steps: Vec<CommandStep>,
+    preview: Option<Vec<CommandStep>>,
     entity: Option<EntityMapping>,
     workdir: PathBuf,
     locks: Locks,
@@ -127,6 +131,54 @@ pub struct DefinitionError {
     /// The action the file means to define (its `action:` key, else the file's name), so
     /// checks elsewhere do not report that action as unhandled on top of this problem.
     pub action: Option<String>,
+}
+
+/// The steps of `field` (`steps` or `preview`), compiled.
+fn compile_steps(field: &str, defs: &[StepFile]) -> Result<Vec<CommandStep>, String> {
+    let mut steps = Vec::new();
+    for (i, step) in defs.iter().enumerate() {
+        let at = format!("{field}[{i}] ({})", step.name);
+        let args = step
+            .args
+            .iter()
+            .enumerate()
+            .map(|(j, arg)| match arg {
+                ArgFile::One(source) => match literal(source) {
+                    Some(text) => Ok(Arg::Literal(text)),
+                    None => compile(&format!("{at}.args[{j}]"), source).map(Arg::Computed),
+                },
+                ArgFile::Option { option, value } => {
+                    let option = literal(option)
+                        .or_else(|| option.starts_with('-').then(|| option.clone()))
+                        .filter(|o| o.starts_with('-'))
+                        .ok_or_else(|| {
+                            format!("{at}.args[{j}].option: {option:?} is not an option such as \"--region\"")
+                        })?;
+                    compile(&format!("{at}.args[{j}].value"), value)
+                        .map(|v| Arg::Option(option, v))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let env = step
+            .env
+            .iter()
+            .map(|(k, v)| compile(&format!("{at}.env.{k}"), v).map(|e| (k.clone(), e)))
+            .collect::<Result<_, _>>()?;
+        steps.push(CommandStep {
+            name: step.name.clone(),
+            program: step.program.clone(),
+            when: step
+                .when
+                .as_deref()
+                .map(|w| compile(&format!("{at}.when"), w))
+                .transpose()?,
+            args,
+            env,
+            json: step.json,
+            timeout: Duration::from_secs(step.timeout_secs.unwrap_or(600)),
+        });
+    }
+    Ok(steps)
 }
 
 /// A literal given as a JSON string (`'"s3api"'`), or `None` for an expression.
@@ -146,49 +198,12 @@ impl CommandHandler {
         if def.steps.is_empty() {
             return Err("steps: at least one step is needed".into());
         }
-        let mut steps = Vec::new();
-        for (i, step) in def.steps.iter().enumerate() {
-            let at = format!("steps[{i}] ({})", step.name);
-            let args = step
-                .args
-                .iter()
-                .enumerate()
-                .map(|(j, arg)| match arg {
-                    ArgFile::One(source) => match literal(source) {
-                        Some(text) => Ok(Arg::Literal(text)),
-                        None => compile(&format!("{at}.args[{j}]"), source).map(Arg::Computed),
-                    },
-                    ArgFile::Option { option, value } => {
-                        let option = literal(option)
-                            .or_else(|| option.starts_with('-').then(|| option.clone()))
-                            .filter(|o| o.starts_with('-'))
-                            .ok_or_else(|| {
-                                format!("{at}.args[{j}].option: {option:?} is not an option such as \"--region\"")
-                            })?;
-                        compile(&format!("{at}.args[{j}].value"), value)
-                            .map(|v| Arg::Option(option, v))
-                    }
-                })
-                .collect::<Result<_, _>>()?;
-            let env = step
-                .env
-                .iter()
-                .map(|(k, v)| compile(&format!("{at}.env.{k}"), v).map(|e| (k.clone(), e)))
-                .collect::<Result<_, _>>()?;
-            steps.push(CommandStep {
-                name: step.name.clone(),
-                program: step.program.clone(),
-                when: step
-                    .when
-                    .as_deref()
-                    .map(|w| compile(&format!("{at}.when"), w))
-                    .transpose()?,
-                args,
-                env,
-                json: step.json,
-                timeout: Duration::from_secs(step.timeout_secs.unwrap_or(600)),
-            });
-        }
+        let steps = compile_steps("steps", &def.steps)?;
+        let preview = match &def.preview {
+            Some(p) if p.is_empty() => return Err("preview: at least one step is needed".into()),
+            Some(p) => Some(compile_steps("preview", p)?),
+            None => None,
+        };
         Ok(Self {
             action: def.action,
             operations,
@@ -199,6 +214,7 @@ impl CommandHandler {
                 .transpose()?,
             pass_env: PassEnv::compile(&def.pass_env)?,
             steps,
+            preview,
             entity: def
                 .entity
                 .as_ref()
@@ -273,9 +289,20 @@ impl Handler for CommandHandler {
             },
             None => None,
         };
+        let preview = inv.inputs.get("preview_only").and_then(Value::as_bool) == Some(true);
+        let steps = match (preview, &self.preview) {
+            (false, _) => &self.steps,
+            (true, Some(steps)) => steps,
+            (true, None) => {
+                return Err(HandlerError::Failed(format!(
+                "preview_only was asked for, but {} defines no `preview:` steps; nothing was run",
+                self.action
+            )))
+            }
+        };
         let (plain_env, secret_env) = self.pass_env.collect();
         let mut ran = 0;
-        for step in &self.steps {
+        for step in steps {
             if let Some(when) = &step.when {
                 let go = when.eval(&context).map_err(failed)?;
                 if matches!(go, Value::Null | Value::Bool(false)) {
@@ -324,6 +351,11 @@ impl Handler for CommandHandler {
                 };
                 context["outputs"][&step.name] = parsed;
             }
+        }
+        if preview {
+            return Ok(Outcome::new(format!(
+                "preview: {ran} step(s) done; nothing was changed (the entity is not written)"
+            )));
         }
         let done = format!("{ran} step(s) done");
         match &self.entity {

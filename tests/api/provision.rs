@@ -256,6 +256,69 @@ async fn s3_bucket_lifecycle_with_the_real_aws_cli_against_moto() {
         "public-read"
     );
 
+    // preview_only runs the definition's `preview:` steps instead: the ACL stays, the
+    // entity stays, the bucket stays.
+    let (preview, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private", "preview_only": true}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&preview));
+    assert!(
+        fin["summary"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was changed"),
+        "{fin}"
+    );
+    let lines = fake.log_lines(&preview);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("$ aws s3api get-bucket-acl")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&"would set the canned ACL private on port-runner-test".to_owned()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("put-bucket-acl")),
+        "{lines:#?}"
+    );
+    let still = moto.aws(r#"s3api get-bucket-acl --bucket port-runner-test"#);
+    assert_eq!(still, acl, "the preview changed the ACL");
+    assert_eq!(
+        fake.entity("s3_bucket", "port-runner-test").unwrap()["properties"]["bucket_acl"],
+        "public-read"
+    );
+    let (preview, fin) = run(
+        &served,
+        &fake,
+        "delete_bucket",
+        "DELETE",
+        json!({"preview_only": true}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&preview));
+    assert!(fake
+        .log_lines(&preview)
+        .iter()
+        .any(|l| l.starts_with("$ aws s3 ls --recursive --summarize")));
+    assert!(fake.entity("s3_bucket", "port-runner-test").is_some());
+    assert_eq!(
+        moto.aws(r#"s3api list-buckets"#)["Buckets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
     // A DAY-2 change on a bucket that does not exist fails with aws's own reason.
     let (missing, fin) = run(
         &served,
@@ -1097,4 +1160,93 @@ async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds()
         ),
         "{log:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "seen", "bucket_acl": "private"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let entity = fake.entity("s3_bucket", "seen").unwrap();
+    let bucket =
+        json!({"identifier": "seen", "blueprint": "s3_bucket", "properties": entity["properties"]});
+    let settings_file = rig
+        ._data
+        .path()
+        .join("pulumi-projects/port-s3-bucket/Pulumi.seen.yaml");
+    let settings_before = std::fs::read(&settings_file).unwrap();
+    let stack_file = state.join(".pulumi/stacks/port-s3-bucket/seen.json");
+    let stack_before = std::fs::read(&stack_file).unwrap();
+
+    let before = calls(state).len();
+    let (preview, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "public-read", "preview_only": true}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&preview));
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("preview of stack seen: 1 to update"),
+        "{summary}"
+    );
+    assert!(summary.ends_with("nothing was changed"), "{summary}");
+    let lines = fake.log_lines(&preview);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("would update: aws:s3:BucketAcl") && l.contains("acl")),
+        "{lines:#?}"
+    );
+    let made: Vec<String> = calls(state)[before..]
+        .iter()
+        .map(|c| argv(c)[1].clone())
+        .collect();
+    assert!(made.contains(&"preview".to_owned()), "{made:?}");
+    assert!(!made.contains(&"up".to_owned()), "{made:?}");
+    assert_eq!(
+        std::fs::read(&settings_file).unwrap(),
+        settings_before,
+        "config put back"
+    );
+    assert_eq!(
+        std::fs::read(&stack_file).unwrap(),
+        stack_before,
+        "state untouched"
+    );
+    assert_eq!(
+        fake.entity("s3_bucket", "seen").unwrap(),
+        entity,
+        "entity untouched"
+    );
+
+    let (preview, fin) = run(
+        &rig.served,
+        fake,
+        "delete_bucket",
+        "DELETE",
+        json!({"preview_only": true}),
+        Some(bucket),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&preview));
+    assert!(
+        fin["summary"].as_str().unwrap().contains("to delete"),
+        "{fin}"
+    );
+    assert!(stack_file.exists());
+    assert!(fake.entity("s3_bucket", "seen").is_some());
 }

@@ -35,6 +35,7 @@ use crate::domain::{Identifier, Operation, StackName};
 use crate::tool::{Locks, StepOutput};
 
 mod cli;
+mod preview;
 mod settings;
 mod stale;
 
@@ -313,6 +314,11 @@ impl Handler for PulumiHandler {
         let s = stack.as_str();
         // No run of ours holds the stack now (the lock above): a crash's lock can go.
         self.clear_stale_lock(&ctx, &workdir, s).await?;
+        if inv.inputs.get("preview_only").and_then(Value::as_bool) == Some(true) {
+            return self
+                .preview(&ctx, &workdir, s, &context, inv.operation)
+                .await;
+        }
 
         if inv.operation == Operation::Delete {
             return self.destroy(&ctx, &workdir, s, &context).await;

@@ -410,53 +410,13 @@ fn check_action(
         out.push("trigger is missing or not an object (Port's current action format)".into());
         return out;
     };
-    if trigger.get("type").and_then(Value::as_str) != Some("self-service") {
-        out.push("trigger.type must be \"self-service\"".into());
-    }
-    let operation = trigger
-        .get("operation")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if let Err(e) = Operation::parse("trigger.operation", operation) {
-        out.push(e.to_string());
-    }
-    match trigger.get("blueprintIdentifier").and_then(Value::as_str) {
-        Some(bp) if !blueprints.contains(bp) => out.push(format!(
-            "trigger.blueprintIdentifier '{bp}' is not a blueprint in the blueprints folder"
-        )),
-        None if matches!(operation, "DAY-2" | "DELETE") => out.push(format!(
-            "trigger.blueprintIdentifier is needed for a {operation} action (it acts on an entity)"
-        )),
-        _ => {}
-    }
-    match trigger.get("userInputs") {
-        Some(Value::Object(inputs)) => {
-            let props = inputs
-                .get("properties")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
-            if !inputs.get("properties").is_some_and(Value::is_object) {
-                out.push("trigger.userInputs.properties must be an object".into());
-            }
-            for (name, input) in &props {
-                check_property(
-                    &format!("trigger.userInputs.properties.{name}"),
-                    input,
-                    &mut out,
-                );
-            }
-            if let Some(required) = inputs.get("required").and_then(Value::as_array) {
-                for name in required {
-                    if !name.as_str().is_some_and(|n| props.contains_key(n)) {
-                        out.push(format!(
-                            "trigger.userInputs.required names {name}, which is not an input"
-                        ));
-                    }
-                }
-            }
-        }
-        _ => out.push("trigger.userInputs is missing or not an object".into()),
+    let automation = trigger.get("type").and_then(Value::as_str) == Some("automation");
+    match trigger.get("type").and_then(Value::as_str) {
+        Some("self-service") => check_self_service(trigger, blueprints, &mut out),
+        Some("automation") => check_automation(trigger, blueprints, &mut out),
+        _ => out.push(
+            "trigger.type must be \"self-service\" (a button) or \"automation\" (an event)".into(),
+        ),
     }
     let Some(Value::Object(method)) = json.get("invocationMethod") else {
         out.push("invocationMethod is missing or not an object".into());
@@ -488,13 +448,134 @@ fn check_action(
         }
         _ => out.push("invocationMethod.body is missing: Port's default body is undocumented, so the body template must be explicit".into()),
     }
-    if url.contains(PUBLIC_URL_PLACEHOLDER) && !known_actions.contains(&id) {
-        out.push(format!(
-            "it is sent to this runner, but no handler here handles '{id}' (known: {})",
-            known_actions.join(", ")
-        ));
+    // An automation runs the action its body names (`port_context.action`), a button itself.
+    let handled = match automation {
+        true => method
+            .get("body")
+            .and_then(|b| b.pointer("/port_context/action"))
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        false => id,
+    };
+    if url.contains(PUBLIC_URL_PLACEHOLDER) && !known_actions.contains(&handled) {
+        out.push(match automation {
+            true => format!(
+                "it is sent to this runner, but its body's port_context.action {handled:?} is not an action a handler here handles (known: {})",
+                known_actions.join(", ")
+            ),
+            false => format!(
+                "it is sent to this runner, but no handler here handles '{id}' (known: {})",
+                known_actions.join(", ")
+            ),
+        });
     }
     out
+}
+
+/// A button's trigger: operation, blueprint, userInputs.
+fn check_self_service(
+    trigger: &Map<String, Value>,
+    blueprints: &BTreeSet<&str>,
+    out: &mut Vec<String>,
+) {
+    let operation = trigger
+        .get("operation")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Err(e) = Operation::parse("trigger.operation", operation) {
+        out.push(e.to_string());
+    }
+    match trigger.get("blueprintIdentifier").and_then(Value::as_str) {
+        Some(bp) if !blueprints.contains(bp) => out.push(format!(
+            "trigger.blueprintIdentifier '{bp}' is not a blueprint in the blueprints folder"
+        )),
+        None if matches!(operation, "DAY-2" | "DELETE") => out.push(format!(
+            "trigger.blueprintIdentifier is needed for a {operation} action (it acts on an entity)"
+        )),
+        _ => {}
+    }
+    match trigger.get("userInputs") {
+        Some(Value::Object(inputs)) => {
+            let props = inputs
+                .get("properties")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            if !inputs.get("properties").is_some_and(Value::is_object) {
+                out.push("trigger.userInputs.properties must be an object".into());
+            }
+            for (name, input) in &props {
+                check_property(&format!("trigger.userInputs.properties.{name}"), input, out);
+            }
+            if let Some(required) = inputs.get("required").and_then(Value::as_array) {
+                for name in required {
+                    if !name.as_str().is_some_and(|n| props.contains_key(n)) {
+                        out.push(format!(
+                            "trigger.userInputs.required names {name}, which is not an input"
+                        ));
+                    }
+                }
+            }
+        }
+        _ => out.push("trigger.userInputs is missing or not an object".into()),
+    }
+}
+
+/// Port's automation events (`trigger.event.type`).
+const AUTOMATION_EVENTS: [&str; 8] = [
+    "ENTITY_CREATED",
+    "ENTITY_UPDATED",
+    "ENTITY_DELETED",
+    "ANY_ENTITY_CHANGE",
+    "TIMER_PROPERTY_EXPIRED",
+    "RUN_CREATED",
+    "RUN_UPDATED",
+    "ANY_RUN_CHANGE",
+];
+
+/// An automation's trigger: an event of a blueprint (or of an action's runs).
+fn check_automation(
+    trigger: &Map<String, Value>,
+    blueprints: &BTreeSet<&str>,
+    out: &mut Vec<String>,
+) {
+    let event = trigger.get("event").and_then(Value::as_object);
+    let kind = event
+        .and_then(|e| e.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !AUTOMATION_EVENTS.contains(&kind) {
+        out.push(format!(
+            "trigger.event.type {kind:?} is not one of {}",
+            AUTOMATION_EVENTS.join(", ")
+        ));
+        return;
+    }
+    if kind.contains("RUN") {
+        if !event.is_some_and(|e| e.get("actionIdentifier").is_some_and(Value::is_string)) {
+            out.push(format!(
+                "trigger.event.actionIdentifier is needed for {kind}"
+            ));
+        }
+        return;
+    }
+    match event
+        .and_then(|e| e.get("blueprintIdentifier"))
+        .and_then(Value::as_str)
+    {
+        Some(bp) if !blueprints.contains(bp) => out.push(format!(
+            "trigger.event.blueprintIdentifier '{bp}' is not a blueprint in the blueprints folder"
+        )),
+        Some(_) => {}
+        None => out.push(format!(
+            "trigger.event.blueprintIdentifier is needed for {kind}"
+        )),
+    }
+    if kind == "TIMER_PROPERTY_EXPIRED"
+        && !event.is_some_and(|e| e.get("propertyIdentifier").is_some_and(Value::is_string))
+    {
+        out.push("trigger.event.propertyIdentifier (the timer property) is needed for TIMER_PROPERTY_EXPIRED".into());
+    }
 }
 
 /// Puts the public URL into an action's `invocationMethod.url`.

@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 
 use crate::schema::{string_list, ObjectSchema, Violation};
 
-/// One action's inputs, compiled once.
+/// One action's inputs, compiled once, and the blueprint its entities are of.
 #[derive(Debug, Clone)]
-pub struct InputSchema(Arc<ObjectSchema>);
+pub struct InputSchema(Arc<ObjectSchema>, Option<String>);
 
 impl InputSchema {
     /// From an action in Port's current format (`trigger.userInputs`).
@@ -21,11 +21,21 @@ impl InputSchema {
         let inputs = &action["trigger"]["userInputs"];
         // Inputs the action does not define are left to the handler (Port sends only defined
         // ones; a custom action may reuse a handler with more).
-        Self(Arc::new(ObjectSchema::compile(
-            inputs.get("properties"),
-            &string_list(inputs.get("required")),
-            true,
-        )))
+        Self(
+            Arc::new(ObjectSchema::compile(
+                inputs.get("properties"),
+                &string_list(inputs.get("required")),
+                true,
+            )),
+            action["trigger"]["blueprintIdentifier"]
+                .as_str()
+                .map(str::to_owned),
+        )
+    }
+
+    /// The blueprint the action declares (`trigger.blueprintIdentifier`), if any.
+    pub fn blueprint(&self) -> Option<&str> {
+        self.1.as_deref()
     }
 
     /// Every problem with `inputs`, each naming its field. Encrypted inputs are checked

@@ -212,6 +212,20 @@ impl HandlerRegistry {
             ));
         }
         if let Some(schema) = self.inputs.get(action) {
+            // An automation can point any blueprint's events at any action: refuse one whose
+            // entity is not of the blueprint the action provisions, rather than act on it.
+            let given = invocation
+                .entity
+                .as_ref()
+                .and_then(|e| e.blueprint.as_ref())
+                .or(invocation.blueprint.as_ref());
+            if let (Some(declared), Some(given)) = (schema.blueprint(), given) {
+                if declared != given.as_str() && invocation.operation != Operation::Create {
+                    return Err(format!(
+                        "action '{action}' acts on {declared} entities, but this run is for blueprint '{given}': this runner does not provision '{given}' with it"
+                    ));
+                }
+            }
             schema
                 .check(&invocation.inputs)
                 .map_err(|problems| format!("invalid inputs: {}", problems.join("; ")))?;

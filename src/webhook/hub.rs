@@ -40,6 +40,7 @@ impl Hub {
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
             .filter_map(|p| std::fs::read(&p).ok())
             .filter_map(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .filter(|a| a["trigger"]["type"] == "self-service")
             .filter(|a| a["identifier"].as_str().is_some_and(&served))
             .map(|a| {
                 let trigger = &a["trigger"];

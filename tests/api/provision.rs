@@ -1250,3 +1250,95 @@ async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
     assert!(stack_file.exists());
     assert!(fake.entity("s3_bucket", "seen").is_some());
 }
+
+/// The body the shipped automation `delete_bucket_on_ttl` renders for a Port event.
+fn ttl_expired(run_id: &str, blueprint: &str, entity: Value) -> Value {
+    let automation: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("actions/delete_bucket_on_ttl.json")).unwrap(),
+    )
+    .unwrap();
+    let template = &automation["invocationMethod"]["body"];
+    // What Port's templating makes of it (the expressions the automation uses).
+    assert_eq!(template["port_context"]["action"], "delete_bucket");
+    assert_eq!(
+        template["entity"],
+        "{{ .event.diff.after // .event.diff.before }}"
+    );
+    json!({
+        "port_context": {
+            "runId": run_id, "action": "delete_bucket", "operation": "DELETE", "blueprint": blueprint,
+            "trigger": {"by": {"orgId": "org_1", "userId": "auth0|1"}, "origin": "AUTOMATION", "at": "2026-12-01T10:00:00Z"},
+            "encryptedProperties": []
+        },
+        "inputs": {},
+        "entity": entity
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_ttl_destroys_the_stack_and_removes_the_entity() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "ephemeral"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let stack_file = state.join(".pulumi/stacks/port-s3-bucket/ephemeral.json");
+    assert!(stack_file.exists());
+
+    // TIMER_PROPERTY_EXPIRED: the event's diff.after is the entity, ttl passed.
+    let mut entity = fake.entity("s3_bucket", "ephemeral").unwrap();
+    entity["blueprint"] = json!("s3_bucket");
+    entity["properties"]["ttl"] = json!("2026-12-01T09:00:00.000Z");
+    let expired = unique_run_id();
+    post(
+        &rig.served,
+        &ttl_expired(&expired, "s3_bucket", entity.clone()),
+    )
+    .await;
+    let fin = fake.wait_final(&expired).await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&expired));
+    assert!(
+        fin["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("stack ephemeral destroyed"),
+        "{fin}"
+    );
+    assert!(!stack_file.exists());
+    assert!(fake.entity("s3_bucket", "ephemeral").is_none());
+
+    // The same event again (or ENTITY_DELETED after it): nothing left to destroy, SUCCESS.
+    let again = unique_run_id();
+    post(
+        &rig.served,
+        &ttl_expired(&again, "s3_bucket", entity.clone()),
+    )
+    .await;
+    let fin = fake.wait_final(&again).await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    assert!(fake
+        .log_lines(&again)
+        .contains(&"stack ephemeral does not exist: nothing to destroy".to_owned()));
+
+    // An automation of another blueprint pointed at this action: refused, nothing run.
+    let before = calls(state).len();
+    let other = unique_run_id();
+    let mut service = entity;
+    service["blueprint"] = json!("service");
+    post(&rig.served, &ttl_expired(&other, "service", service)).await;
+    let fin = fake.wait_final(&other).await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("acts on s3_bucket entities") && summary.contains("'service'"),
+        "{summary}"
+    );
+    assert_eq!(calls(state).len(), before, "no Pulumi command for it");
+}

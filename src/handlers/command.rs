@@ -289,7 +289,7 @@ impl Handler for CommandHandler {
             },
             None => None,
         };
-        let preview = inv.inputs.get("preview_only").and_then(Value::as_bool) == Some(true);
+        let preview = inv.preview_only();
         let steps = match (preview, &self.preview) {
             (false, _) => &self.steps,
             (true, Some(steps)) => steps,

@@ -149,6 +149,11 @@ impl Invocation {
         })
     }
 
+    /// Whether the run asks only to see what it would change (the `preview_only` input).
+    pub fn preview_only(&self) -> bool {
+        self.inputs.get("preview_only").and_then(Value::as_bool) == Some(true)
+    }
+
     /// Values that must never appear in a log line: the string forms of secret inputs.
     pub fn secret_values(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -314,7 +314,7 @@ impl Handler for PulumiHandler {
         let s = stack.as_str();
         // No run of ours holds the stack now (the lock above): a crash's lock can go.
         self.clear_stale_lock(&ctx, &workdir, s).await?;
-        if inv.inputs.get("preview_only").and_then(Value::as_bool) == Some(true) {
+        if inv.preview_only() {
             return self
                 .preview(&ctx, &workdir, s, &context, inv.operation)
                 .await;

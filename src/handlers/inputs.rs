@@ -11,9 +11,14 @@ use serde_json::{Map, Value};
 
 use crate::schema::{string_list, ObjectSchema, Violation};
 
-/// One action's inputs, compiled once, and the blueprint its entities are of.
+/// One action's inputs, compiled once, and what its trigger says: the blueprint its
+/// entities are of and the operation of its button.
 #[derive(Debug, Clone)]
-pub struct InputSchema(Arc<ObjectSchema>, Option<String>);
+pub struct InputSchema {
+    inputs: Arc<ObjectSchema>,
+    blueprint: Option<String>,
+    operation: Option<String>,
+}
 
 impl InputSchema {
     /// From an action in Port's current format (`trigger.userInputs`).
@@ -21,28 +26,33 @@ impl InputSchema {
         let inputs = &action["trigger"]["userInputs"];
         // Inputs the action does not define are left to the handler (Port sends only defined
         // ones; a custom action may reuse a handler with more).
-        Self(
-            Arc::new(ObjectSchema::compile(
+        let trigger = |key: &str| action["trigger"][key].as_str().map(str::to_owned);
+        Self {
+            inputs: Arc::new(ObjectSchema::compile(
                 inputs.get("properties"),
                 &string_list(inputs.get("required")),
                 true,
             )),
-            action["trigger"]["blueprintIdentifier"]
-                .as_str()
-                .map(str::to_owned),
-        )
+            blueprint: trigger("blueprintIdentifier"),
+            operation: trigger("operation"),
+        }
     }
 
     /// The blueprint the action declares (`trigger.blueprintIdentifier`), if any.
     pub fn blueprint(&self) -> Option<&str> {
-        self.1.as_deref()
+        self.blueprint.as_deref()
+    }
+
+    /// The operation of the action's button (`trigger.operation`), if it says.
+    pub fn operation(&self) -> Option<&str> {
+        self.operation.as_deref()
     }
 
     /// Every problem with `inputs`, each naming its field. Encrypted inputs are checked
     /// too: the runner decrypts them first.
     pub fn check(&self, inputs: &Map<String, Value>) -> Result<(), Vec<String>> {
         let problems: Vec<String> = self
-            .0
+            .inputs
             .check(inputs, "input")
             .into_iter()
             .map(|v| match v {
@@ -95,6 +105,11 @@ impl ActionInputs {
 
     pub fn get(&self, action: &str) -> Option<&InputSchema> {
         self.0.get(action)
+    }
+
+    /// Every action with its schema, by identifier.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &InputSchema)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     pub fn insert(&mut self, action: &str, schema: InputSchema) {

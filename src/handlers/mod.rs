@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::core::Handler;
 use crate::domain::Operation;
-use crate::invocation::Invocation;
+use crate::invocation::{event, Invocation};
 
 pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
@@ -184,6 +184,59 @@ impl HandlerRegistry {
     pub fn with_inputs(&mut self, inputs: ActionInputs) -> &mut Self {
         self.inputs = inputs;
         self
+    }
+
+    /// Whether this runner can take the invocation: an action it has a handler for, or a
+    /// Port event (routed by blueprint, and failed naming it when none fits).
+    pub fn serves(&self, invocation: &Invocation) -> bool {
+        invocation.event.is_some() || self.contains(invocation.action.as_str())
+    }
+
+    /// Points a Port event (a body with no template) at the action it means: the DELETE
+    /// action of the event's blueprint. Other invocations are left as they are.
+    pub fn route(&self, invocation: &mut Invocation) -> Result<(), String> {
+        let Some(kind) = invocation.event.as_deref() else {
+            return Ok(());
+        };
+        let blueprint = invocation
+            .blueprint
+            .as_ref()
+            .map(|b| b.as_str().to_owned())
+            .unwrap_or_default();
+        if !event::DESTROYING_EVENTS.contains(&kind) {
+            return Err(format!(
+                "automation event {kind} on blueprint '{blueprint}': port-runner acts on {} events (it destroys the entity's resources); give the automation a body template naming the action to run",
+                event::DESTROYING_EVENTS.join(" and ")
+            ));
+        }
+        let mut candidates: Vec<&str> = self
+            .inputs
+            .iter()
+            .filter(|(action, schema)| {
+                schema.blueprint() == Some(blueprint.as_str())
+                    && schema.operation().is_none_or(|op| op == "DELETE")
+                    && self
+                        .handlers
+                        .get(*action)
+                        .is_some_and(|h| h.supports(Operation::Delete))
+            })
+            .map(|(action, _)| action)
+            .collect();
+        candidates.sort_unstable();
+        match candidates.as_slice() {
+            [action] => {
+                invocation.action = crate::domain::Identifier::schema("action", action)
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            [] => Err(format!(
+                "automation event {kind}: this runner does not provision blueprint '{blueprint}' (none of its actions deletes '{blueprint}' entities)"
+            )),
+            many => Err(format!(
+                "automation event {kind}: blueprint '{blueprint}' has several DELETE actions ({}); give the automation a body template naming the one to run (port_context.action)",
+                many.join(", ")
+            )),
+        }
     }
 
     pub fn known(&self) -> Vec<&str> {

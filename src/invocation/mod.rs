@@ -3,6 +3,7 @@
 //! The webhook builds it from the legacy envelope or our v2 body; `sync` and tests build it
 //! directly. Everything in it has been validated, so handlers trust it as it is.
 
+pub mod event;
 pub mod payload;
 
 use serde::Serialize;
@@ -44,6 +45,10 @@ pub struct Invocation {
     /// Port knows no such run, so its status and log stay here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,
+    /// Port's automation event type, when the body was the event itself (no template):
+    /// the action is then the blueprint's DELETE action, chosen by the runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 impl Invocation {
@@ -60,6 +65,7 @@ impl Invocation {
             secret_inputs: vec![],
             triggered_by: TriggeredBy::default(),
             internal: false,
+            event: None,
         }
     }
 
@@ -78,6 +84,7 @@ impl Invocation {
                 ..TriggeredBy::default()
             },
             internal: true,
+            event: None,
         }
     }
 
@@ -146,6 +153,7 @@ impl Invocation {
                 .get("internal")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            event: text("event").map(str::to_owned),
         })
     }
 

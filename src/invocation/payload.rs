@@ -5,7 +5,8 @@
 //!   `payload.properties`, `payload.entity`), which Port's legacy-compatible v2 template
 //!   also renders;
 //! - our v2 body: `{"port_context": {"runId", "action", "operation", "blueprint", …},
-//!   "inputs": {…}, "entity": {…}|null}` as rendered by the action files in `actions/`.
+//!   "inputs": {…}, "entity": {…}|null}` as rendered by the action files in `actions/`;
+//! - Port's own automation event, from an automation with no body template (`event.rs`).
 //!
 //! Errors name the JSON path and say what was expected, because the person reading them
 //! is wiring an action body template by hand.
@@ -27,7 +28,7 @@ pub enum PayloadError {
     },
     #[error("{path}: {message}")]
     Shape { path: String, message: String },
-    #[error("unrecognised body: expected the legacy envelope (with context.runId and payload) or a v2 body (with port_context.runId)")]
+    #[error("unrecognised body: expected the legacy envelope (with context.runId and payload), a v2 body (with port_context.runId) or an automation event (with context and diff)")]
     Unrecognised,
     #[error(transparent)]
     Invalid(#[from] DomainError),
@@ -46,7 +47,9 @@ pub fn parse(body: &[u8], run_id_header: Option<&str>) -> Result<Invocation, Pay
             message: format!("expected a JSON object, got {}", kind(&value)),
         });
     };
-    if root.contains_key("port_context") {
+    if super::event::is_event(root) {
+        super::event::from_event(value, run_id_header)
+    } else if root.contains_key("port_context") {
         let wire: V2Body = typed(value)?;
         from_v2(wire, run_id_header)
     } else if root.contains_key("context") || root.contains_key("payload") {
@@ -57,7 +60,7 @@ pub fn parse(body: &[u8], run_id_header: Option<&str>) -> Result<Invocation, Pay
     }
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, PayloadError> {
+pub(super) fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, PayloadError> {
     serde_path_to_error::deserialize(value).map_err(|e| PayloadError::Shape {
         path: match e.path().to_string() {
             p if p == "." => "(root)".into(),
@@ -119,7 +122,7 @@ struct LegacyAction {
 }
 
 #[derive(Deserialize, Default)]
-struct WireTrigger {
+pub(super) struct WireTrigger {
     #[serde(default)]
     by: Option<WireBy>,
     #[serde(default)]
@@ -174,6 +177,7 @@ fn from_legacy(wire: LegacyEnvelope) -> Result<Invocation, PayloadError> {
         secret_inputs: wire.payload.censored_properties.unwrap_or_default(),
         triggered_by: triggered_by(wire.trigger),
         internal: false,
+        event: None,
     })
 }
 
@@ -199,6 +203,7 @@ fn from_v2(wire: V2Body, run_id_header: Option<&str>) -> Result<Invocation, Payl
         secret_inputs: ctx.encrypted_properties.unwrap_or_default(),
         triggered_by: triggered_by(ctx.trigger),
         internal: false,
+        event: None,
     })
 }
 
@@ -210,7 +215,7 @@ fn blueprint(field: &str, value: Option<String>) -> Result<Option<Identifier>, D
         .transpose()
 }
 
-fn entity(
+pub(super) fn entity(
     field: &str,
     value: Option<Map<String, Value>>,
 ) -> Result<Option<EntityRef>, DomainError> {
@@ -242,7 +247,7 @@ fn entity(
     }))
 }
 
-fn triggered_by(trigger: Option<WireTrigger>) -> TriggeredBy {
+pub(super) fn triggered_by(trigger: Option<WireTrigger>) -> TriggeredBy {
     let trigger = trigger.unwrap_or_default();
     let by = trigger.by.unwrap_or_default();
     TriggeredBy {

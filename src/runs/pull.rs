@@ -244,7 +244,7 @@ impl Puller {
             Ok(invocation) => invocation,
             Err(problem) => return self.refuse(run, &problem).await,
         };
-        if !self.runner.handlers().contains(invocation.action.as_str()) {
+        if !self.runner.handlers().serves(&invocation) {
             let mut seen = self.not_served.lock().expect("not-served lock");
             if seen.len() > 10_000 {
                 seen.clear();

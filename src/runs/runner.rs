@@ -399,6 +399,18 @@ impl Runner {
             return Verdict::failure(format!("invalid input {e}"));
         }
         reporter.log().add_secrets(invocation.secret_values());
+        if let Err(reason) = self.handlers.route(&mut invocation) {
+            return Verdict::failure(reason);
+        }
+        if let Some(kind) = &invocation.event {
+            reporter
+                .log()
+                .line(format!(
+                    "automation event {kind}: running {} on the entity",
+                    invocation.action
+                ))
+                .await;
+        }
         let handler = match self.handlers.resolve(&invocation) {
             Ok(handler) => handler,
             Err(reason) => return Verdict::failure(reason),

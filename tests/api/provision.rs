@@ -1342,3 +1342,71 @@ async fn an_expired_ttl_destroys_the_stack_and_removes_the_entity() {
     );
     assert_eq!(calls(state).len(), before, "no Pulumi command for it");
 }
+
+/// Port's own event, as an automation with no body template sends it.
+fn port_event(kind: &str, blueprint: &str, entity: &Value) -> Value {
+    json!({
+        "action": kind,
+        "resourceType": "entity",
+        "trigger": {"by": {"orgId": "org_1", "userId": "auth0|1"}, "origin": "AUTOMATION", "at": "2026-12-01T10:00:00Z"},
+        "context": {"blueprintIdentifier": blueprint, "entityIdentifier": entity["identifier"], "propertyIdentifier": "ttl"},
+        "diff": {"before": entity, "after": entity}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_s_own_event_shape_is_routed_to_the_blueprint_s_delete_action() {
+    let rig = pulumi_rig().await;
+    let (fake, state) = (&rig.fake, &rig.state);
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "evented"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let stack_file = state.join(".pulumi/stacks/port-s3-bucket/evented.json");
+    assert!(stack_file.exists());
+    let entity = fake.entity("s3_bucket", "evented").unwrap();
+
+    // The event beside its run, as Port's template data has it: delete_bucket runs.
+    let expired = unique_run_id();
+    let body = json!({"event": port_event("TIMER_PROPERTY_EXPIRED", "s3_bucket", &entity), "run": {"id": expired}});
+    post(&rig.served, &body).await;
+    let fin = fake.wait_final(&expired).await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&expired));
+    assert!(fake.log_lines(&expired).contains(
+        &"automation event TIMER_PROPERTY_EXPIRED: running delete_bucket on the entity".to_owned()
+    ));
+    assert!(!stack_file.exists());
+    assert!(fake.entity("s3_bucket", "evented").is_none());
+
+    // A blueprint nothing here provisions, and an event that does not end an entity: each
+    // FAILURE saying why, and no Pulumi command run.
+    let before = calls(state).len();
+    let other = unique_run_id();
+    let body =
+        json!({"event": port_event("ENTITY_DELETED", "service", &entity), "run": {"id": other}});
+    post(&rig.served, &body).await;
+    let fin = fake.wait_final(&other).await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("does not provision blueprint 'service'"),
+        "{summary}"
+    );
+    let updated = unique_run_id();
+    let body = json!({"event": port_event("ENTITY_UPDATED", "s3_bucket", &entity), "run": {"id": updated}});
+    post(&rig.served, &body).await;
+    let fin = fake.wait_final(&updated).await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("ENTITY_UPDATED") && summary.contains("TIMER_PROPERTY_EXPIRED"),
+        "{summary}"
+    );
+    assert_eq!(calls(state).len(), before, "no Pulumi command for either");
+}

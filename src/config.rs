@@ -129,6 +129,8 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     /// How often to reconcile with Port's runs (zero: only at start).
     pub reconcile_interval: Duration,
+    /// How often Pulumi stacks are checked for drift (zero: never).
+    pub drift_interval: Duration,
     /// A PostgreSQL journal shared by replicas (`DATABASE_URL`); wins over `journal`.
     pub database: Option<DatabaseSettings>,
     /// How runs arrive: Port's webhook calls, claims from Port's API, or both.
@@ -229,6 +231,7 @@ impl Settings {
             pulumi_env: BTreeMap::new(),
             webhook_url: None,
             reconcile_interval: Duration::from_secs(300),
+            drift_interval: Duration::ZERO,
             database: None,
             transport: Transport::Webhook,
             pull: PullSettings::default(),
@@ -300,6 +303,7 @@ impl Settings {
                 .filter(|u| !u.is_empty())
                 .map(crate::definitions::webhook_url),
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs),
+            drift_interval: Duration::from_secs(args.drift_interval_secs),
             pulumi_bin: args.pulumi_bin.clone(),
             pulumi_env: PULUMI_ENV
                 .iter()

@@ -27,6 +27,19 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StackLabels {
+    project: String,
+    stack: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    project: String,
+    stack: String,
+    drift: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -51,6 +64,8 @@ pub struct Metrics {
     bitbucket_429s: Counter,
     bitbucket_429s_seen: std::sync::atomic::AtomicU64,
     bitbucket_pace: Gauge<f64, std::sync::atomic::AtomicU64>,
+    stack_drift: Family<StackLabels, Gauge>,
+    drift_checks: Family<DriftLabels, Counter>,
     /// The Bitbucket client whose pacer the two above are read from, when GitOps is on.
     bitbucket: std::sync::OnceLock<std::sync::Arc<crate::bitbucket::BitbucketClient>>,
 }
@@ -133,6 +148,18 @@ impl Metrics {
             "The rate Bitbucket requests are paced at (0: not paced)",
             bitbucket_pace.clone(),
         );
+        let stack_drift = Family::<StackLabels, Gauge>::default();
+        registry.register(
+            "stack_drift",
+            "Each Pulumi stack's last drift check: 0 in sync, 1 drifted, -1 unknown",
+            stack_drift.clone(),
+        );
+        let drift_checks = Family::<DriftLabels, Counter>::default();
+        registry.register(
+            "drift_checks",
+            "Drift checks by project, stack and result (in_sync, drifted, unknown)",
+            drift_checks.clone(),
+        );
         Self {
             registry,
             runs,
@@ -147,6 +174,8 @@ impl Metrics {
             bitbucket_429s,
             bitbucket_429s_seen: Default::default(),
             bitbucket_pace,
+            stack_drift,
+            drift_checks,
             bitbucket: Default::default(),
         }
     }
@@ -186,6 +215,28 @@ impl Metrics {
         self.webhooks
             .get_or_create(&StatusLabels {
                 status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// One stack's drift check: its gauge set, its result counted.
+    pub fn drift_checked(&self, project: &str, stack: &str, drift: &str) {
+        let value = match drift {
+            "in_sync" => 0,
+            "drifted" => 1,
+            _ => -1,
+        };
+        self.stack_drift
+            .get_or_create(&StackLabels {
+                project: project.to_owned(),
+                stack: stack.to_owned(),
+            })
+            .set(value);
+        self.drift_checks
+            .get_or_create(&DriftLabels {
+                project: project.to_owned(),
+                stack: stack.to_owned(),
+                drift: drift.to_owned(),
             })
             .inc();
     }

@@ -21,11 +21,15 @@ use crate::domain::{Identifier, RunId};
 use crate::gitops::adapters::{DirBlueprints, PortBlueprints};
 use crate::gitops::{BlueprintSource, StateStore, SyncEngine};
 use crate::handlers::HandlerRegistry;
-use crate::handlers::{load_definitions, ActionInputs, DefinitionContext, GitOpsHandler};
+use crate::handlers::{
+    load_definitions, ActionInputs, DefinitionContext, GitOpsHandler, PulumiHandler,
+};
 use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
-use crate::runs::{check_streamer, Puller, Reconciler, Runner, RunnerConfig, SubmitError};
+use crate::runs::{
+    check_streamer, DriftChecks, Puller, Reconciler, Runner, RunnerConfig, SubmitError,
+};
 use crate::secret::Secret;
 use crate::store::{DataDirError, DataDirLock, Journal};
 use crate::tool::Locks;
@@ -109,7 +113,7 @@ impl Application {
         if let Some(engine) = &gitops.engine {
             metrics.watch_bitbucket(engine.bitbucket_client());
         }
-        register_handlers(&settings, &mut handlers, journal.as_ref(), &gitops)?;
+        let pulumi = register_handlers(&settings, &mut handlers, journal.as_ref(), &gitops)?;
         let sink = port.clone().map_or(Sink::Local, Sink::Port);
         let runner = Runner::new(
             Handle::current(),
@@ -119,13 +123,20 @@ impl Application {
                 settings.max_log_lines_per_run,
             )),
             handlers,
-            sink,
+            sink.clone(),
             metrics.clone(),
             process_masker(&settings),
             RunnerConfig {
                 input_key: InputKey::from_secret(settings.webhook_secret()),
                 ..settings.runner.clone()
             },
+        );
+        let drift = DriftChecks::new(
+            pulumi,
+            sink,
+            runner.registry().clone(),
+            metrics.clone(),
+            process_masker(&settings),
         );
         let admin = AdminAccess::new(
             settings.admin_token.as_ref().map(Secret::expose),
@@ -166,6 +177,7 @@ impl Application {
             start_pull(&settings, &runner, puller);
         }
         start_scheduled_sync(&settings, &runner);
+        start_drift_checks(&settings, &runner, drift);
         Ok(Self {
             addr,
             server: serve(),
@@ -285,7 +297,7 @@ fn register_handlers(
     handlers: &mut HandlerRegistry,
     journal: Option<&Arc<Journal>>,
     gitops: &GitOps,
-) -> Result<(), StartError> {
+) -> Result<Vec<Arc<PulumiHandler>>, StartError> {
     handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
     // Stacks and resources are locked across replicas when they share a database.
     let locks = match journal.and_then(|j| j.shared()) {
@@ -304,9 +316,11 @@ fn register_handlers(
         },
     )
     .map_err(StartError::Definitions)?;
+    let mut stacks = Vec::new();
     for definition in definitions {
         if !handlers.contains(&definition.action) {
             handlers.register_shared(&definition.action, definition.handler);
+            stacks.extend(definition.pulumi);
         }
     }
     if !handlers.contains("gitops_sync") {
@@ -315,7 +329,7 @@ fn register_handlers(
             GitOpsHandler::new(gitops.engine.clone(), gitops.blueprints.clone()),
         );
     }
-    Ok(())
+    Ok(stacks)
 }
 
 /// Process-wide secrets that must never show up in a run's log.
@@ -468,6 +482,23 @@ fn start_scheduled_sync(settings: &Settings, runner: &Arc<Runner>) {
     runner.spawn_tracked(submit(runner.clone(), false));
     let check = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(900));
     runner.every(check, move |runner| submit(runner, true));
+}
+
+/// Drift checks every `drift_interval`: a first round soon after start, then one an
+/// interval, each cancelled when shutdown begins.
+fn start_drift_checks(settings: &Settings, runner: &Arc<Runner>, checks: DriftChecks) {
+    if settings.drift_interval.is_zero() || checks.is_empty() {
+        return;
+    }
+    let checks = Arc::new(checks);
+    let round = move |runner: Arc<Runner>, checks: Arc<DriftChecks>| async move {
+        let reports = checks.round(runner.stopping_token()).await;
+        tracing::info!(stacks = reports.len(), "drift check round done");
+    };
+    runner.spawn_tracked(round(runner.clone(), checks.clone()));
+    runner.every(settings.drift_interval, move |runner| {
+        round(runner, checks.clone())
+    });
 }
 
 /// Binds the listener; calling what it returns starts serving.

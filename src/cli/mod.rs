@@ -403,6 +403,16 @@ pub struct ServeArgs {
     )]
     pub reconcile_interval_secs: u64,
 
+    /// How often every Pulumi stack is checked for drift (`refresh --preview-only`) and the
+    /// result written onto its entity; 0: never.
+    #[arg(
+        long,
+        alias = "drift-interval",
+        env = "PORT_RUNNER_DRIFT_INTERVAL_SECS",
+        default_value_t = 0
+    )]
+    pub drift_interval_secs: u64,
+
     /// Finished runs are pruned from the journal after this many days.
     #[arg(long, env = "PORT_RUNNER_RETAIN_DAYS", default_value_t = 14)]
     pub retain_days: u64,

@@ -96,6 +96,33 @@ impl RunCatalog {
         Ok(results)
     }
 
+    /// Updates the fields sent of an entity that exists; `Ok(false)` when there is none
+    /// (a check's result never creates one).
+    pub async fn patch(
+        &self,
+        blueprint: &BlueprintId,
+        identifier: &EntityId,
+        patch: &Value,
+    ) -> Result<bool, PortError> {
+        let existed = match &self.sink {
+            Sink::Port(client) => {
+                client
+                    .patch_entity(blueprint.as_str(), identifier.as_str(), patch)
+                    .await?
+            }
+            Sink::Local => self
+                .registry
+                .entities()
+                .contains(blueprint.as_str(), identifier.as_str()),
+        };
+        if existed && !self.is_remote() {
+            let mut entity = patch.clone();
+            entity["identifier"] = identifier.as_str().into();
+            self.keep_locally(blueprint, &entity, WriteMode::Merge);
+        }
+        Ok(existed)
+    }
+
     /// Deletes an entity; `Ok(false)` if it was already gone.
     pub async fn delete(
         &self,

@@ -196,6 +196,11 @@ impl LocalEntities {
         );
     }
 
+    pub fn contains(&self, blueprint: &str, identifier: &str) -> bool {
+        self.0
+            .contains_key(&(blueprint.to_owned(), identifier.to_owned()))
+    }
+
     pub fn remove(&self, blueprint: &str, identifier: &str) {
         self.0
             .remove(&(blueprint.to_owned(), identifier.to_owned()));

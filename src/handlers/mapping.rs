@@ -70,6 +70,11 @@ pub(super) fn compile(field: &str, source: &str) -> Result<Expr, String> {
 }
 
 impl EntityMapping {
+    /// The blueprint the mapped entity is of.
+    pub(super) fn blueprint(&self) -> &Identifier {
+        &self.blueprint
+    }
+
     pub(super) fn compile(file: &EntityFile) -> Result<Self, String> {
         let each = |section: &str, map: &BTreeMap<String, String>| {
             map.iter()

@@ -51,6 +51,8 @@ pub struct Definition {
     pub action: String,
     pub file: PathBuf,
     pub handler: Arc<dyn Handler>,
+    /// The same handler when it is a Pulumi one (drift checks walk its stacks).
+    pub pulumi: Option<Arc<PulumiHandler>>,
 }
 
 /// Loads every `*.yaml` handler definition in `dir` (no folder: none), dispatching on its
@@ -106,15 +108,22 @@ pub fn load_each_definition(
             message,
             action: meant.clone(),
         };
-        let built: Result<(String, Arc<dyn Handler>), String> = match kind.as_deref() {
-            Some("pulumi") => PulumiHandler::parse(&text, &file, ctx.pulumi, ctx.locks)
-                .map(|h| (h.action().to_owned(), Arc::new(h) as Arc<dyn Handler>)),
+        type Built = (String, Arc<dyn Handler>, Option<Arc<PulumiHandler>>);
+        let built: Result<Built, String> = match kind.as_deref() {
+            Some("pulumi") => PulumiHandler::parse(&text, &file, ctx.pulumi, ctx.locks).map(|h| {
+                let h = Arc::new(h);
+                (
+                    h.action().to_owned(),
+                    h.clone() as Arc<dyn Handler>,
+                    Some(h),
+                )
+            }),
             Some("command") | None => CommandHandler::parse(&text, ctx.workdir, ctx.locks)
-                .map(|h| (h.action().to_owned(), Arc::new(h) as Arc<dyn Handler>)),
+                .map(|h| (h.action().to_owned(), Arc::new(h) as Arc<dyn Handler>, None)),
             Some(other) => Err(format!("handler '{other}' is not one of: command, pulumi")),
         };
         match built {
-            Ok((action, handler)) => {
+            Ok((action, handler, pulumi)) => {
                 if let Some(first) = loaded.iter().find(|d| d.action == action) {
                     errors.push(error(format!(
                         "action '{action}' is already defined in {}",
@@ -125,6 +134,7 @@ pub fn load_each_definition(
                         action,
                         file: file.clone(),
                         handler,
+                        pulumi,
                     });
                 }
             }

@@ -98,6 +98,29 @@ impl PortClient {
         }
     }
 
+    /// Updates only the fields sent of an entity that exists (`PATCH`); `Ok(false)` when
+    /// there is no such entity (nothing is created).
+    pub async fn patch_entity(
+        &self,
+        blueprint: &str,
+        identifier: &str,
+        patch: &Value,
+    ) -> Result<bool, PortError> {
+        match self
+            .call(
+                Method::PATCH,
+                &["blueprints", blueprint, "entities", identifier],
+                &[],
+                Some(patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(PortError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `POST /entities/search` with a Port query (`{combinator, rules}`).
     pub async fn search_entities(&self, query: &Value) -> Result<Vec<Value>, PortError> {
         let answer = self

@@ -4,11 +4,13 @@
 //! its final report: it admits through the journal (`store/`), executes with a handler from
 //! `handlers/`, and reports through [`RunReporter`]. The types handlers see live in `core/`.
 
+mod drift;
 mod pull;
 mod reconcile;
 mod reporter;
 mod runner;
 
+pub use drift::{DriftChecks, CONCURRENCY as DRIFT_CONCURRENCY};
 pub use pull::{check_streamer, PullStatus, Puller};
 pub use reconcile::{Reconciled, Reconciler};
 pub use reporter::{FinalReportRetry, LogBatching, RunReporter, Verdict};

@@ -158,6 +158,11 @@ impl Runner {
             .saturating_sub(self.pending.load(Ordering::Acquire))
     }
 
+    /// Cancelled when shutdown begins: for background work that may stop halfway.
+    pub fn stopping_token(&self) -> tokio_util::sync::CancellationToken {
+        self.stopping.child_token()
+    }
+
     /// Resolves when shutdown begins.
     pub async fn until_stopping(&self) {
         self.stopping.cancelled().await

@@ -127,4 +127,38 @@ impl Locks {
             locks: self.clone(),
         }
     }
+
+    /// Takes the lock `name` only if nobody holds it (here or on another replica): work
+    /// that must never hold a run up (a drift check) skips a busy resource instead.
+    pub async fn try_acquire(&self, name: &str, run_id: &RunId) -> Option<LockGuard> {
+        let mutex = {
+            let mut entries = self.entries.lock().expect("locks");
+            entries.entry(name.to_owned()).or_default().mutex.clone()
+        };
+        let guard = mutex.try_lock_owned().ok()?;
+        if let Some(entry) = self.entries.lock().expect("locks").get_mut(name) {
+            entry.holder = Some(run_id.clone());
+        }
+        let held = LockGuard {
+            _guard: guard,
+            name: name.to_owned(),
+            run_id: run_id.clone(),
+            locks: self.clone(),
+        };
+        match &self.global {
+            Some(global) => match global.try_lock(name, run_id.as_str()).await {
+                Ok(None) => Some(held),
+                Ok(Some(_)) | Err(_) => {
+                    // Not ours across replicas: release only the in-process half.
+                    let mut held = held;
+                    held.locks = Locks {
+                        entries: self.entries.clone(),
+                        global: None,
+                    };
+                    None
+                }
+            },
+            None => Some(held),
+        }
+    }
 }

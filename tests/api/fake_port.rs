@@ -643,6 +643,30 @@ async fn handle(
             HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
                 .json(json!({"ok": true, "entities": ok, "errors": errors}))
         }
+        ("PATCH", ["v1", "blueprints", bp, "entities", id]) => {
+            // Only the fields sent change (properties key by key); no entity, no write.
+            let Some(Value::Object(old)) = st.entities.get(&(bp.to_string(), id.to_string()))
+            else {
+                return error(404, "not_found", &format!("Entity {id} was not found"));
+            };
+            let mut merged = old.clone();
+            for (field, value) in body.as_object().cloned().unwrap_or_default() {
+                match (merged.get_mut(&field), value) {
+                    (Some(Value::Object(into)), Value::Object(from))
+                        if field == "properties" || field == "relations" =>
+                    {
+                        into.extend(from)
+                    }
+                    (_, value) => {
+                        merged.insert(field, value);
+                    }
+                }
+            }
+            let stored = Value::Object(merged);
+            st.entities
+                .insert((bp.to_string(), id.to_string()), stored.clone());
+            HttpResponse::Ok().json(json!({"ok": true, "entity": stored}))
+        }
         ("DELETE", ["v1", "blueprints", bp, "entities", id]) => {
             match st.entities.remove(&(bp.to_string(), id.to_string())) {
                 Some(_) => HttpResponse::Ok().json(json!({"ok": true})),

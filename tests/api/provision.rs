@@ -1160,6 +1160,31 @@ async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds()
         ),
         "{log:#?}"
     );
+    // The killed `up` also left its create pending: cleared through the CLI, then up again.
+    assert!(
+        log.iter().any(|l| l.contains("interrupted while creating")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l == "recovered: stack crashy has no pending operations"),
+        "{log:#?}"
+    );
+    let refreshes: Vec<Vec<String>> = calls(&state)
+        .iter()
+        .map(argv)
+        .filter(|argv| argv.get(1).map(String::as_str) == Some("refresh"))
+        .collect();
+    assert_eq!(refreshes.len(), 1, "{refreshes:?}");
+    assert!(refreshes[0].contains(&"--clear-pending-creates".to_owned()));
+    let checkpoint: Value = serde_json::from_slice(
+        &std::fs::read(state.join(".pulumi/stacks/port-s3-bucket/crashy.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(checkpoint["pending_operations"], json!([]));
+    assert!(checkpoint["resources"]
+        .as_object()
+        .is_some_and(|r| !r.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1409,4 +1434,108 @@ async fn port_s_own_event_shape_is_routed_to_the_blueprint_s_delete_action() {
         "{summary}"
     );
     assert_eq!(calls(state).len(), before, "no Pulumi command for either");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_checks_mark_the_entity_and_change_no_stack() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let standin = repo().join("tests/fixtures/pulumi");
+    let envs = [
+        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
+        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ("PORT_RUNNER_DRIFT_INTERVAL_SECS", "1"),
+    ];
+    let state = data.path().join("pulumi-state");
+    let served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    for bucket in ["drifty", "steady"] {
+        let (_, fin) = run(
+            &served,
+            &fake,
+            "create_bucket",
+            "CREATE",
+            json!({"bucket_name": bucket, "bucket_acl": "private"}),
+            None,
+        )
+        .await;
+        assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    }
+    let checkpoint = |stack: &str| {
+        std::fs::read(state.join(format!(".pulumi/stacks/port-s3-bucket/{stack}.json"))).unwrap()
+    };
+    let before = (checkpoint("drifty"), checkpoint("steady"));
+    // Someone opens the bucket's ACL in the console: the cloud no longer matches the stack.
+    control(
+        &state,
+        json!({"drift": {"drifty": {"bucketAcl": {"acl": "public-read"}}}}),
+    );
+    let drift_of = |stack: &str| {
+        fake.entity("s3_bucket", stack)
+            .map(|e| e["properties"]["drift"].clone())
+    };
+    crate::helpers::until(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "drift on the entities: {:?} {:?}",
+                drift_of("drifty"),
+                drift_of("steady")
+            )
+        },
+        || {
+            (drift_of("drifty") == Some(json!("drifted"))
+                && drift_of("steady") == Some(json!("in_sync")))
+            .then_some(())
+        },
+    )
+    .await;
+    let drifty = fake.entity("s3_bucket", "drifty").unwrap();
+    assert_eq!(
+        drifty["properties"]["drifted_resources"],
+        json!(["aws:s3:BucketAcl bucketAcl (update: acl)"])
+    );
+    assert!(drifty["properties"]["drift_checked_at"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("20")));
+    // The rest of the entity is as the run left it.
+    assert_eq!(drifty["properties"]["bucket_acl"], "private");
+    // Checks never change a stack: previews only, the checkpoints byte for byte as they were.
+    let refreshes: Vec<Vec<String>> = calls(&state)
+        .iter()
+        .map(argv)
+        .filter(|a| a.get(1).map(String::as_str) == Some("refresh"))
+        .collect();
+    assert!(!refreshes.is_empty());
+    assert!(refreshes
+        .iter()
+        .all(|a| a.contains(&"--preview-only".to_owned())));
+    assert_eq!((checkpoint("drifty"), checkpoint("steady")), before);
+    let metrics = reqwest::get(format!("http://{}/metrics", served.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"port_runner_stack_drift{project="port-s3-bucket",stack="drifty"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"port_runner_stack_drift{project="port-s3-bucket",stack="steady"} 0"#),
+        "{metrics}"
+    );
+
+    // Put right in the cloud: the next round says so.
+    control(&state, json!({}));
+    crate::helpers::until(
+        Duration::from_secs(30),
+        || format!("drifty back in sync: {:?}", drift_of("drifty")),
+        || (drift_of("drifty") == Some(json!("in_sync"))).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        fake.entity("s3_bucket", "drifty").unwrap()["properties"]["drifted_resources"],
+        json!([])
+    );
 }

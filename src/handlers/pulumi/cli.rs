@@ -13,6 +13,8 @@ use crate::tool::{self, Step, StepOutput, ToolError};
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Failure {
     Locked,
+    /// A killed update left operations pending in the checkpoint; `up` refuses to go on.
+    Pending,
     NoStack,
     Exists,
     Auth,
@@ -28,6 +30,8 @@ pub(super) fn classify(code: Option<i32>, stderr: &str) -> Failure {
     let has = |needle: &str| stderr.contains(needle);
     if has("currently locked by") || has("[409] Conflict") {
         Failure::Locked
+    } else if has("with pending operations") {
+        Failure::Pending
     } else if has("no stack named") || code == Some(6) {
         Failure::NoStack
     } else if has("already exists") {
@@ -51,6 +55,9 @@ impl PulumiHandler {
             Failure::Locked => format!(
                 "stack {stack} is locked by another Pulumi operation{}; if none is running (a crashed one leaves its lock), clear it with `pulumi cancel --yes --stack {stack}`",
                 self.lock_owners(stack)
+            ),
+            Failure::Pending => format!(
+                "stack {stack} has operations left pending by an interrupted update; check the resources listed above in the cloud, then run `pulumi refresh --clear-pending-creates --stack {stack}`"
             ),
             Failure::NoStack => format!(
                 "stack {stack} of project {} does not exist in the state backend: was it created by this runner?",
@@ -190,6 +197,10 @@ mod tests {
             Failure::Passphrase
         );
         assert_eq!(classify(Some(8), ""), Failure::Cancelled);
+        assert_eq!(
+            classify(Some(1), "error: the current deployment has 1 resource(s) with pending operations:\n  * urn:pulumi:dev::p::aws:s3:Bucket::b, interrupted while creating"),
+            Failure::Pending
+        );
         assert_eq!(classify(Some(1), "error: update failed"), Failure::Other);
     }
 }

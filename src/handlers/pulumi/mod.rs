@@ -35,11 +35,13 @@ use crate::domain::{Identifier, Operation, StackName};
 use crate::tool::{Locks, StepOutput};
 
 mod cli;
+mod drift;
 mod preview;
 mod settings;
 mod stale;
 
 use cli::Failure;
+pub use drift::{Drift, DriftReport};
 pub use settings::{PulumiSettings, PULUMI_ENV};
 
 /// Stdout kept of `stack output`.
@@ -373,6 +375,30 @@ impl PulumiHandler {
         Ok(())
     }
 
+    /// `refresh --clear-pending-creates`: the operations an interrupted update left pending
+    /// are reconciled with the cloud (creates that never finished are dropped from the state).
+    async fn clear_pending(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+    ) -> Result<(), HandlerError> {
+        ctx.log
+            .line(format!(
+                "recovering: stack {s} has operations left pending by an interrupted update (listed above); clearing them with `pulumi refresh --clear-pending-creates`, then running up again"
+            ))
+            .await;
+        let mut args = operation("refresh", s).to_vec();
+        args.push("--clear-pending-creates");
+        self.cli(ctx, workdir, &args, None)
+            .await
+            .map_err(|f| self.fail("pulumi refresh --clear-pending-creates", s, f))?;
+        ctx.log
+            .line(format!("recovered: stack {s} has no pending operations"))
+            .await;
+        Ok(())
+    }
+
     /// DELETE: `destroy`, `stack rm`, then the entity (a stack already gone is said and the
     /// entity still deleted).
     async fn destroy(
@@ -425,7 +451,14 @@ impl PulumiHandler {
             .await
             .map_err(|f| self.fail("pulumi stack select", s, f))?;
         self.set_config(ctx, workdir, s, context).await?;
-        if let Err(f) = self.cli(ctx, workdir, &operation("up", s), None).await {
+        let mut up = self.cli(ctx, workdir, &operation("up", s), None).await;
+        if matches!(up, Err((Failure::Pending, _))) {
+            // We hold the stack (our lock) and Pulumi's lock was free: whatever left these
+            // operations pending is dead. Clear them as the CLI allows, then try once more.
+            self.clear_pending(ctx, workdir, s).await?;
+            up = self.cli(ctx, workdir, &operation("up", s), None).await;
+        }
+        if let Err(f) = up {
             let error = self.fail("pulumi up", s, f);
             ctx.log
                 .line(if create {

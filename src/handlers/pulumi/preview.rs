@@ -19,15 +19,15 @@ use crate::domain::Operation;
 
 /// The parts of Pulumi's PreviewDigest (`preview --json`) read here.
 #[derive(Debug, Deserialize)]
-struct Digest {
+pub(super) struct Digest {
     #[serde(default)]
-    steps: Vec<Step>,
+    pub steps: Vec<Step>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Step {
-    op: String,
+pub(super) struct Step {
+    pub op: String,
     urn: String,
     #[serde(default)]
     diff_reasons: Vec<String>,
@@ -39,14 +39,14 @@ struct Step {
 
 impl Step {
     /// `type name` from the URN (`urn:pulumi:stack::project::type::name`).
-    fn resource(&self) -> String {
+    pub fn resource(&self) -> String {
         let mut parts = self.urn.rsplitn(3, "::");
         let name = parts.next().unwrap_or(&self.urn);
         let kind = parts.next().unwrap_or("");
         format!("{kind} {name}")
     }
 
-    fn changed(&self) -> Vec<String> {
+    pub fn changed(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .diff_reasons
             .iter()

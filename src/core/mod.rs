@@ -20,4 +20,4 @@ pub use registry::{
     Admission, AffectedEntity, EntityChange, LogLine, ReportState, RunRecord, RunRegistry,
     RunState, RunSummary,
 };
-pub use store::{GlobalLocks, RecordStore, SharedRecords, StoreError};
+pub use store::{GlobalLocks, LockAttempt, RecordStore, SharedRecords, StoreError};

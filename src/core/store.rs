@@ -25,11 +25,21 @@ pub trait RecordStore: Send + Sync {
     async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError>;
 }
 
+/// What trying a shared lock came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockAttempt {
+    /// Ours now; `from_expired` names the replica that held it until its lease ran out
+    /// (it died holding it: whatever it left behind on the resource is dead too).
+    Taken { from_expired: Option<String> },
+    /// Another run holds it (its id; empty when unknown).
+    Held(String),
+}
+
 /// Locks shared between replicas.
 #[async_trait]
 pub trait GlobalLocks: Send + Sync {
-    /// Takes `name` for `run_id`: `None` when taken, else the run holding it.
-    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, StoreError>;
+    /// Takes `name` for `run_id` unless another run holds it.
+    async fn try_lock(&self, name: &str, run_id: &str) -> Result<LockAttempt, StoreError>;
     async fn unlock(&self, name: &str, run_id: &str);
 }
 

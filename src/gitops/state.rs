@@ -118,13 +118,13 @@ impl StateStore {
             let holder = format!("sync-{}", uuid::Uuid::new_v4().simple());
             loop {
                 match shared.try_lock(SHARED_KEY, &holder).await {
-                    Ok(None) => {
+                    Ok(crate::core::LockAttempt::Taken { .. }) => {
                         return Ok(StateLock {
                             _file: None,
                             shared: Some((shared.clone(), holder)),
                         })
                     }
-                    Ok(Some(_)) => {
+                    Ok(crate::core::LockAttempt::Held(_)) => {
                         if let Some(f) = on_wait.take() {
                             f();
                         }

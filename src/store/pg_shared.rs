@@ -4,27 +4,35 @@
 use async_trait::async_trait;
 
 use super::postgres::{secs, PgJournal};
-use crate::core::{GlobalLocks, RecordStore, StoreError};
+use crate::core::{GlobalLocks, LockAttempt, RecordStore, StoreError};
 
 #[async_trait]
 impl GlobalLocks for PgJournal {
-    async fn try_lock(&self, name: &str, run_id: &str) -> Result<Option<String>, StoreError> {
+    async fn try_lock(&self, name: &str, run_id: &str) -> Result<LockAttempt, StoreError> {
+        // `before` is the row as it was (a statement's CTEs see the snapshot before it):
+        // taken over from an expired lease of another replica, it names that replica.
         let rows = self
             .query(
-                "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
+                "WITH before AS (
+                    SELECT owner FROM port_runner_locks
+                     WHERE name = $1 AND lease_until < now() AND owner <> $3
+                 )
+                 INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
                  VALUES ($1, $2, $3, now() + make_interval(secs => $4))
                  ON CONFLICT (name) DO UPDATE
                     SET run_id = EXCLUDED.run_id, owner = EXCLUDED.owner,
                         lease_until = EXCLUDED.lease_until
                   WHERE port_runner_locks.lease_until < now()
                      OR port_runner_locks.run_id = EXCLUDED.run_id
-                 RETURNING run_id",
+                 RETURNING run_id, (SELECT owner FROM before)",
                 &[&name, &run_id, &self.replica, &secs(self.lease)],
             )
             .await
             .map_err(StoreError::new)?;
-        if !rows.is_empty() {
-            return Ok(None);
+        if let Some(row) = rows.first() {
+            return Ok(LockAttempt::Taken {
+                from_expired: row.get::<_, Option<String>>(1),
+            });
         }
         let holder = self
             .query(
@@ -33,7 +41,7 @@ impl GlobalLocks for PgJournal {
             )
             .await
             .map_err(StoreError::new)?;
-        Ok(Some(
+        Ok(LockAttempt::Held(
             holder
                 .first()
                 .map(|r| r.get::<_, String>(0))

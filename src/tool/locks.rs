@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 
-use crate::core::{GlobalLocks, RunLog};
+use crate::core::{GlobalLocks, LockAttempt, RunLog};
 use crate::domain::RunId;
 
 #[derive(Default)]
@@ -35,6 +35,15 @@ pub struct LockGuard {
     name: String,
     run_id: RunId,
     locks: Locks,
+    /// The replica that held the shared lock until its lease ran out, if this took it over.
+    from_expired: Option<String>,
+}
+
+impl LockGuard {
+    /// The replica that died holding this lock (its lease ran out), when it was taken over.
+    pub fn taken_from_expired(&self) -> Option<&str> {
+        self.from_expired.as_deref()
+    }
 }
 
 impl Drop for LockGuard {
@@ -95,12 +104,16 @@ impl Locks {
         if let Some(entry) = self.entries.lock().expect("locks").get_mut(name) {
             entry.holder = Some(run_id.clone());
         }
+        let mut from_expired = None;
         if let Some(global) = &self.global {
             let mut said = None;
             loop {
                 match global.try_lock(name, run_id.as_str()).await {
-                    Ok(None) => break,
-                    Ok(Some(holder)) => {
+                    Ok(LockAttempt::Taken { from_expired: dead }) => {
+                        from_expired = dead;
+                        break;
+                    }
+                    Ok(LockAttempt::Held(holder)) => {
                         if said.as_ref() != Some(&holder) {
                             let by = if holder.is_empty() {
                                 "another run".to_owned()
@@ -125,6 +138,7 @@ impl Locks {
             name: name.to_owned(),
             run_id: run_id.clone(),
             locks: self.clone(),
+            from_expired,
         }
     }
 
@@ -139,18 +153,21 @@ impl Locks {
         if let Some(entry) = self.entries.lock().expect("locks").get_mut(name) {
             entry.holder = Some(run_id.clone());
         }
-        let held = LockGuard {
+        let mut held = LockGuard {
             _guard: guard,
             name: name.to_owned(),
             run_id: run_id.clone(),
             locks: self.clone(),
+            from_expired: None,
         };
         match &self.global {
             Some(global) => match global.try_lock(name, run_id.as_str()).await {
-                Ok(None) => Some(held),
-                Ok(Some(_)) | Err(_) => {
+                Ok(LockAttempt::Taken { from_expired }) => {
+                    held.from_expired = from_expired;
+                    Some(held)
+                }
+                Ok(LockAttempt::Held(_)) | Err(_) => {
                     // Not ours across replicas: release only the in-process half.
-                    let mut held = held;
                     held.locks = Locks {
                         entries: self.entries.clone(),
                         global: None,

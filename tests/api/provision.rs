@@ -1539,3 +1539,84 @@ async fn drift_checks_mark_the_entity_and_change_no_stack() {
         json!([])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_replica_whose_lease_ran_out_is_cleared_and_another_host_s_is_not() {
+    let fake = FakePort::start().await;
+    let database = crate::pg::fresh_database().await;
+    let data = tempfile::tempdir().unwrap();
+    let standin = repo().join("tests/fixtures/pulumi");
+    let envs = [
+        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
+        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ("DATABASE_URL", database.as_str()),
+        ("PORT_RUNNER_REPLICA_ID", "survivor-0badc0de"),
+    ];
+    let state = data.path().join("pulumi-state");
+    let served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    let (_, fin) = run(
+        &served,
+        &fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "shared"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let bucket = json!({"identifier": "shared", "blueprint": "s3_bucket"});
+    let (db, conn) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // Replica `pod-a-1a2b3c4d` died during an `up` on the shared stack: its lease on the
+    // stack ran out, and its CLI's lock file (host `pod-a`) is still in the shared backend.
+    db.execute(
+        "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
+         VALUES ('pulumi:port-s3-bucket/shared', 'r_dead', 'pod-a-1a2b3c4d', now() - interval '1 minute')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let lock = write_lock(&state, "shared", 4242, "pod-a");
+    let (day2, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private"}),
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&day2));
+    assert!(!lock.exists());
+    let log = fake.log_lines(&day2);
+    assert!(
+        log.iter().any(|l| l
+            .starts_with("recovering: stack shared was left locked by someone@pod-a (pid 4242)")
+            && l.contains("replica pod-a-1a2b3c4d died holding the stack (its lease ran out)")),
+        "{log:#?}"
+    );
+
+    // The same lock file with no expired lease behind it proves nothing: left, and named.
+    let lock = write_lock(&state, "shared", 4242, "pod-a");
+    let (_, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        json!({"bucket_acl": "private"}),
+        Some(bucket),
+    )
+    .await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("held by someone@pod-a (pid 4242)")
+            && summary.contains("pulumi cancel --yes --stack shared"),
+        "{summary}"
+    );
+    assert!(lock.exists());
+}

@@ -116,29 +116,58 @@ async fn the_postgresql_journal_keeps_the_store_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_locks_name_their_holder_and_free_on_unlock() {
-    use port_runner::core::GlobalLocks;
-    let journal = Journal::connect(&fresh_database().await, "locks", Duration::from_secs(30))
+    use port_runner::core::{GlobalLocks, LockAttempt};
+    let url = fresh_database().await;
+    let journal = Journal::connect(&url, "locks", Duration::from_secs(30))
         .await
         .unwrap();
     let locks = journal.shared().unwrap().clone();
-    assert_eq!(locks.try_lock("pulumi:a/dev", "r_one").await.unwrap(), None);
+    let taken = LockAttempt::Taken { from_expired: None };
     assert_eq!(
         locks.try_lock("pulumi:a/dev", "r_one").await.unwrap(),
-        None,
+        taken
+    );
+    assert_eq!(
+        locks.try_lock("pulumi:a/dev", "r_one").await.unwrap(),
+        taken,
         "the holder may take it again"
     );
     assert_eq!(
-        locks
-            .try_lock("pulumi:a/dev", "r_two")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("r_one")
+        locks.try_lock("pulumi:a/dev", "r_two").await.unwrap(),
+        LockAttempt::Held("r_one".into())
     );
     assert_eq!(
         locks.try_lock("pulumi:a/prod", "r_two").await.unwrap(),
-        None
+        taken
     );
     locks.unlock("pulumi:a/dev", "r_one").await;
-    assert_eq!(locks.try_lock("pulumi:a/dev", "r_two").await.unwrap(), None);
+    assert_eq!(
+        locks.try_lock("pulumi:a/dev", "r_two").await.unwrap(),
+        taken
+    );
+
+    // A replica that died holding a lock: its lease runs out, and the next taker is told
+    // whose it was (so what it left on the resource can be cleared).
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.execute(
+        "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
+         VALUES ('pulumi:a/qa', 'r_dead', 'deadhost-1a2b3c4d', now() - interval '5 seconds')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        locks.try_lock("pulumi:a/qa", "r_three").await.unwrap(),
+        LockAttempt::Taken {
+            from_expired: Some("deadhost-1a2b3c4d".into())
+        }
+    );
+    assert_eq!(
+        locks.try_lock("pulumi:a/qa", "r_three").await.unwrap(),
+        taken,
+        "taken again by its holder: nothing expired"
+    );
 }

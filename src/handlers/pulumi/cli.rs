@@ -79,9 +79,11 @@ impl PulumiHandler {
             .stack_locks(stack)
             .iter()
             .map(|lock| {
-                let state = match lock.holder(&host) {
+                let state = match lock.holder(&host, None) {
                     super::stale::Holder::Running => "still running",
-                    super::stale::Holder::Gone => "no longer running",
+                    super::stale::Holder::Gone | super::stale::Holder::ExpiredReplica => {
+                        "no longer running"
+                    }
                     super::stale::Holder::Unknown => {
                         "on another host: port-runner cannot tell whether it runs"
                     }

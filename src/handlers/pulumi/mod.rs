@@ -311,11 +311,12 @@ impl Handler for PulumiHandler {
         let stack = StackName::parse(&format!("stack (from {})", self.stack.source()), &stack)
             .map_err(|e| HandlerError::Failed(e.to_string()))?;
         let lock = format!("pulumi:{}/{stack}", self.project);
-        let _guard = self.locks.acquire(&lock, &inv.run_id, &ctx.log).await;
+        let guard = self.locks.acquire(&lock, &inv.run_id, &ctx.log).await;
         let workdir = self.prepare_workdir()?;
         let s = stack.as_str();
         // No run of ours holds the stack now (the lock above): a crash's lock can go.
-        self.clear_stale_lock(&ctx, &workdir, s).await?;
+        self.clear_stale_lock(&ctx, &workdir, s, guard.taken_from_expired())
+            .await?;
         if inv.preview_only() {
             return self
                 .preview(&ctx, &workdir, s, &context, inv.operation)
@@ -345,23 +346,38 @@ impl PulumiHandler {
         }
     }
 
-    /// Clears the stack's lock when every holder is provably gone (this host, no such
-    /// process), saying so in the log; any other lock is left for the operation to report.
+    /// Clears the stack's lock when every holder is provably gone (this host and no such
+    /// process, or a replica that died holding the stack), saying so in the log; any other
+    /// lock is left for the operation to report.
     async fn clear_stale_lock(
         &self,
         ctx: &RunContext,
         workdir: &Path,
         s: &str,
+        expired_replica: Option<&str>,
     ) -> Result<(), HandlerError> {
         let locks = self.stack_locks(s);
         let host = stale::this_host();
-        if locks.is_empty() || locks.iter().any(|l| l.holder(&host) != stale::Holder::Gone) {
+        let dead = |l: &stale::StackLock| {
+            matches!(
+                l.holder(&host, expired_replica),
+                stale::Holder::Gone | stale::Holder::ExpiredReplica
+            )
+        };
+        if locks.is_empty() || !locks.iter().all(dead) {
             return Ok(());
         }
         for lock in &locks {
+            let why = match lock.holder(&host, expired_replica) {
+                stale::Holder::ExpiredReplica => format!(
+                    "replica {} died holding the stack (its lease ran out)",
+                    expired_replica.unwrap_or_default()
+                ),
+                _ => "a process that is gone (an earlier operation was killed)".to_owned(),
+            };
             ctx.log
                 .line(format!(
-                    "recovering: stack {s} was left locked by {}, a process that is gone (an earlier operation was killed); clearing the stale lock",
+                    "recovering: stack {s} was left locked by {}, {why}; clearing the stale lock",
                     lock.owner()
                 ))
                 .await;

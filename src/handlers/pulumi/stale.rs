@@ -6,7 +6,8 @@
 //! the CLI during `up` or `destroy` leaves it behind, and every later run on the stack fails
 //! "currently locked". The runner's own per-stack lock is held when this runs, so no run of
 //! this runner (or, on PostgreSQL, of any replica) is operating on the stack; the lock file is
-//! then dead if it names this host and a process that is gone. Only then is it cleared, with
+//! then dead if it names this host and a process that is gone, or the host of a replica
+//! whose lease on the stack ran out (it died holding it). Only then is it cleared, with
 //! `pulumi cancel` (which, for a file backend, deletes the stack's lock files). A lock held by
 //! a live process, or by another host, is never touched: the run fails naming its owner.
 
@@ -29,6 +30,9 @@ pub(super) struct StackLock {
 pub(super) enum Holder {
     /// This host, and no process with that pid.
     Gone,
+    /// The host of a replica that died holding the stack (its lease in the shared journal
+    /// ran out and this run took the stack over).
+    ExpiredReplica,
     /// This host, and the process is running.
     Running,
     /// Another host (or a file that does not say): nothing can be proved from here.
@@ -82,8 +86,19 @@ pub(super) fn stack_locks(state_dir: &Path, project: &str, stack: &str) -> Vec<S
     locks
 }
 
+/// Whether `replica` (a replica id: the host name, or the host name and `-<random>`) ran
+/// on `host`.
+fn replica_on(replica: &str, host: &str) -> bool {
+    replica == host
+        || replica
+            .strip_prefix(host)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|tail| !tail.is_empty() && !tail.contains('-'))
+}
+
 impl StackLock {
-    pub fn holder(&self, this_host: &str) -> Holder {
+    /// `expired_replica`: the replica whose expired lease on the stack this run took over.
+    pub fn holder(&self, this_host: &str, expired_replica: Option<&str>) -> Holder {
         match (self.hostname.as_deref(), self.pid) {
             (Some(host), Some(pid)) if host == this_host && pid > 0 => {
                 if process_exists(pid) {
@@ -91,6 +106,11 @@ impl StackLock {
                 } else {
                     Holder::Gone
                 }
+            }
+            (Some(host), _)
+                if host != this_host && expired_replica.is_some_and(|r| replica_on(r, host)) =>
+            {
+                Holder::ExpiredReplica
             }
             _ => Holder::Unknown,
         }
@@ -175,7 +195,7 @@ mod tests {
         );
         lock_at(dir.path(), "d.json", "not json");
         let locks = stack_locks(dir.path(), "proj", "dev");
-        let holders: Vec<Holder> = locks.iter().map(|l| l.holder(&host)).collect();
+        let holders: Vec<Holder> = locks.iter().map(|l| l.holder(&host, None)).collect();
         assert_eq!(
             holders,
             [
@@ -190,5 +210,12 @@ mod tests {
             format!("runner@{host} (pid {dead}) since 2026-12-01T10:00:00Z")
         );
         assert!(stack_locks(dir.path(), "proj", "other").is_empty());
+        // Another host's lock is dead only when its replica's lease ran out on this stack.
+        let on = |replica| locks[2].holder(&host, Some(replica));
+        assert_eq!(on("elsewhere-1a2b3c4d"), Holder::ExpiredReplica);
+        assert_eq!(on("elsewhere"), Holder::ExpiredReplica);
+        assert_eq!(on("elsewhere-else-1a2b3c4d"), Holder::Unknown);
+        assert_eq!(on("other-1a2b3c4d"), Holder::Unknown);
+        assert_eq!(locks[1].holder(&host, Some("elsewhere")), Holder::Running);
     }
 }

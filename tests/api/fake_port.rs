@@ -599,20 +599,7 @@ async fn handle(
             // upsert=true&merge=true updates the given fields (properties and relations key by key).
             if req.query_string().split('&').any(|p| p == "merge=true") {
                 if let Some(Value::Object(old)) = st.entities.get(&key) {
-                    let mut merged = old.clone();
-                    for (field, value) in body.as_object().cloned().unwrap_or_default() {
-                        match (merged.get_mut(&field), value) {
-                            (Some(Value::Object(into)), Value::Object(from))
-                                if field == "properties" || field == "relations" =>
-                            {
-                                into.extend(from)
-                            }
-                            (_, value) => {
-                                merged.insert(field, value);
-                            }
-                        }
-                    }
-                    stored = Value::Object(merged);
+                    stored = merged(old, &body);
                 }
             }
             st.entities.insert(key, stored.clone());
@@ -649,20 +636,7 @@ async fn handle(
             else {
                 return error(404, "not_found", &format!("Entity {id} was not found"));
             };
-            let mut merged = old.clone();
-            for (field, value) in body.as_object().cloned().unwrap_or_default() {
-                match (merged.get_mut(&field), value) {
-                    (Some(Value::Object(into)), Value::Object(from))
-                        if field == "properties" || field == "relations" =>
-                    {
-                        into.extend(from)
-                    }
-                    (_, value) => {
-                        merged.insert(field, value);
-                    }
-                }
-            }
-            let stored = Value::Object(merged);
+            let stored = merged(old, &body);
             st.entities
                 .insert((bp.to_string(), id.to_string()), stored.clone());
             HttpResponse::Ok().json(json!({"ok": true, "entity": stored}))
@@ -780,4 +754,23 @@ async fn handle(
         },
         _ => error(404, "not_found", &format!("no route {method} {path}")),
     }
+}
+
+/// An entity with the fields of `body` written over it, properties and relations key by key
+/// (Port's `merge=true` and `PATCH`).
+fn merged(old: &serde_json::Map<String, Value>, body: &Value) -> Value {
+    let mut merged = old.clone();
+    for (field, value) in body.as_object().cloned().unwrap_or_default() {
+        match (merged.get_mut(&field), value) {
+            (Some(Value::Object(into)), Value::Object(from))
+                if field == "properties" || field == "relations" =>
+            {
+                into.extend(from)
+            }
+            (_, value) => {
+                merged.insert(field, value);
+            }
+        }
+    }
+    Value::Object(merged)
 }

@@ -136,7 +136,7 @@ pub fn start_server(settings: &[&str]) -> String {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(90),
             "postgres did not start on port {port}"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -161,7 +161,15 @@ fn remove_stale_servers() {
             .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
         // SAFETY: kill with signal 0 only checks whether the process exists.
         let alive = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-        if !alive {
+        // A folder without a pid file may be a server of this test process starting right
+        // now (the TLS one starts beside the shared one): only an old one is stale.
+        let young = std::fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(600));
+        let starting = pid.is_none() && young;
+        if !alive && !starting {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -318,4 +326,13 @@ pub fn start_tls_server() -> TlsServer {
         ca: dir.join("ca.crt"),
         wrong_ca: dir.join("wrong.crt"),
     }
+}
+
+/// A plain client of `url`, for a test to look at or arrange rows itself.
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
 }

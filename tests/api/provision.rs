@@ -337,16 +337,19 @@ async fn s3_bucket_lifecycle_with_the_real_aws_cli_against_moto() {
         fake.log_lines(&missing)
     );
 
-    let (delete, fin) = run(
-        &served,
-        &fake,
-        "delete_bucket",
-        "DELETE",
-        json!({}),
-        Some(bucket),
-    )
-    .await;
+    // The bucket's ttl expires: Port's automation event (no body template) is routed to the
+    // blueprint's DELETE action, the aws CLI form here.
+    let delete = unique_run_id();
+    let mut expired = bucket;
+    expired["properties"]["ttl"] = json!("2026-12-01T09:00:00.000Z");
+    let event = json!({"event": port_event("TIMER_PROPERTY_EXPIRED", "s3_bucket", &expired),
+                       "run": {"id": delete}});
+    post(&served, &event).await;
+    let fin = fake.wait_final(&delete).await;
     assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&delete));
+    assert!(fake.log_lines(&delete).contains(
+        &"automation event TIMER_PROPERTY_EXPIRED: running delete_bucket on the entity".to_owned()
+    ));
     let buckets = moto.aws(r#"s3api list-buckets"#);
     assert_eq!(buckets["Buckets"], json!([]));
     assert!(fake.entity("s3_bucket", "port-runner-test").is_none());
@@ -1276,6 +1279,25 @@ async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
     assert!(fake.entity("s3_bucket", "seen").is_some());
 }
 
+/// Creates bucket `name` through the shipped action; its stack's checkpoint file.
+async fn created_bucket(rig: &PulumiRig, name: &str) -> PathBuf {
+    let (_, fin) = run(
+        &rig.served,
+        &rig.fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": name}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let stack_file = rig
+        .state
+        .join(format!(".pulumi/stacks/port-s3-bucket/{name}.json"));
+    assert!(stack_file.exists());
+    stack_file
+}
+
 /// The body the shipped automation `delete_bucket_on_ttl` renders for a Port event.
 fn ttl_expired(run_id: &str, blueprint: &str, entity: Value) -> Value {
     let automation: Value = serde_json::from_slice(
@@ -1304,18 +1326,7 @@ fn ttl_expired(run_id: &str, blueprint: &str, entity: Value) -> Value {
 async fn an_expired_ttl_destroys_the_stack_and_removes_the_entity() {
     let rig = pulumi_rig().await;
     let (fake, state) = (&rig.fake, &rig.state);
-    let (_, fin) = run(
-        &rig.served,
-        fake,
-        "create_bucket",
-        "CREATE",
-        json!({"bucket_name": "ephemeral"}),
-        None,
-    )
-    .await;
-    assert_eq!(fin["status"], "SUCCESS", "{fin}");
-    let stack_file = state.join(".pulumi/stacks/port-s3-bucket/ephemeral.json");
-    assert!(stack_file.exists());
+    let stack_file = created_bucket(&rig, "ephemeral").await;
 
     // TIMER_PROPERTY_EXPIRED: the event's diff.after is the entity, ttl passed.
     let mut entity = fake.entity("s3_bucket", "ephemeral").unwrap();
@@ -1383,18 +1394,7 @@ fn port_event(kind: &str, blueprint: &str, entity: &Value) -> Value {
 async fn port_s_own_event_shape_is_routed_to_the_blueprint_s_delete_action() {
     let rig = pulumi_rig().await;
     let (fake, state) = (&rig.fake, &rig.state);
-    let (_, fin) = run(
-        &rig.served,
-        fake,
-        "create_bucket",
-        "CREATE",
-        json!({"bucket_name": "evented"}),
-        None,
-    )
-    .await;
-    assert_eq!(fin["status"], "SUCCESS", "{fin}");
-    let stack_file = state.join(".pulumi/stacks/port-s3-bucket/evented.json");
-    assert!(stack_file.exists());
+    let stack_file = created_bucket(&rig, "evented").await;
     let entity = fake.entity("s3_bucket", "evented").unwrap();
 
     // The event beside its run, as Port's template data has it: delete_bucket runs.
@@ -1566,10 +1566,7 @@ async fn a_lock_left_by_a_replica_whose_lease_ran_out_is_cleared_and_another_hos
     .await;
     assert_eq!(fin["status"], "SUCCESS", "{fin}");
     let bucket = json!({"identifier": "shared", "blueprint": "s3_bucket"});
-    let (db, conn) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let db = crate::pg::client(&database).await;
 
     // Replica `pod-a-1a2b3c4d` died during an `up` on the shared stack: its lease on the
     // stack ran out, and its CLI's lock file (host `pod-a`) is still in the shared backend.

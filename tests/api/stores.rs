@@ -148,10 +148,7 @@ async fn shared_locks_name_their_holder_and_free_on_unlock() {
 
     // A replica that died holding a lock: its lease runs out, and the next taker is told
     // whose it was (so what it left on the resource can be cleared).
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let db = crate::pg::client(&url).await;
     db.execute(
         "INSERT INTO port_runner_locks (name, run_id, owner, lease_until)
          VALUES ('pulumi:a/qa', 'r_dead', 'deadhost-1a2b3c4d', now() - interval '5 seconds')",

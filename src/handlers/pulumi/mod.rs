@@ -107,6 +107,22 @@ fn operation<'a>(verb: &'a str, stack: &'a str) -> [&'a str; 8] {
     ]
 }
 
+/// Copies `from` to `to` unless `to` already holds the same bytes, through a temporary
+/// file and a rename: another run (or a drift check) of the same project may be reading `to`
+/// right now, and must never see it truncated.
+fn refresh_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(from)?;
+    if std::fs::read(to).is_ok_and(|have| have == bytes) {
+        return Ok(());
+    }
+    let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let partial = to.with_file_name(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&partial, &bytes)?;
+    std::fs::rename(&partial, to).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })
+}
+
 /// A config key: `namespace:key` or `key`, with `--path` segments of the same characters.
 fn check_config_key(key: &str) -> Result<(), String> {
     let ok = !key.is_empty()
@@ -232,7 +248,7 @@ impl PulumiHandler {
             let name = name.to_string_lossy();
             let stack_file = name.starts_with("Pulumi.") && name != "Pulumi.yaml";
             if entry.file_type().map_err(io)?.is_file() && !stack_file {
-                std::fs::copy(entry.path(), workdir.join(&*name)).map_err(io)?;
+                refresh_file(&entry.path(), &workdir.join(&*name)).map_err(io)?;
             }
         }
         Ok(workdir)
@@ -564,6 +580,31 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_program_file_is_replaced_whole_and_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("src.yaml"), dir.path().join("Pulumi.yaml"));
+        std::fs::write(&from, "name: a\n").unwrap();
+        refresh_file(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "name: a\n");
+        let before = std::fs::metadata(&to).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        refresh_file(&from, &to).unwrap();
+        assert_eq!(
+            std::fs::metadata(&to).unwrap().modified().unwrap(),
+            before,
+            "unchanged: not rewritten"
+        );
+        std::fs::write(&from, "name: b\n").unwrap();
+        refresh_file(&from, &to).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "name: b\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
     }
 
     #[test]

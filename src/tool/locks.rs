@@ -79,13 +79,23 @@ impl Locks {
         }
     }
 
+    /// The in-process mutex of `name`, made on first use.
+    fn mutex(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut entries = self.entries.lock().expect("locks");
+        entries.entry(name.to_owned()).or_default().mutex.clone()
+    }
+
+    /// Records who holds `name` here, for the "waiting for … locked by run …" line.
+    fn mark_holder(&self, name: &str, run_id: &RunId) {
+        if let Some(entry) = self.entries.lock().expect("locks").get_mut(name) {
+            entry.holder = Some(run_id.clone());
+        }
+    }
+
     /// Takes the lock `name` for `run_id`, waiting (and saying so in `log`) while another
     /// run holds it.
     pub async fn acquire(&self, name: &str, run_id: &RunId, log: &RunLog) -> LockGuard {
-        let mutex = {
-            let mut entries = self.entries.lock().expect("locks");
-            entries.entry(name.to_owned()).or_default().mutex.clone()
-        };
+        let mutex = self.mutex(name);
         let guard = match mutex.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => {
@@ -101,9 +111,7 @@ impl Locks {
                 mutex.lock_owned().await
             }
         };
-        if let Some(entry) = self.entries.lock().expect("locks").get_mut(name) {
-            entry.holder = Some(run_id.clone());
-        }
+        self.mark_holder(name, run_id);
         let mut from_expired = None;
         if let Some(global) = &self.global {
             let mut said = None;
@@ -145,14 +153,9 @@ impl Locks {
     /// Takes the lock `name` only if nobody holds it (here or on another replica): work
     /// that must never hold a run up (a drift check) skips a busy resource instead.
     pub async fn try_acquire(&self, name: &str, run_id: &RunId) -> Option<LockGuard> {
-        let mutex = {
-            let mut entries = self.entries.lock().expect("locks");
-            entries.entry(name.to_owned()).or_default().mutex.clone()
-        };
+        let mutex = self.mutex(name);
         let guard = mutex.try_lock_owned().ok()?;
-        if let Some(entry) = self.entries.lock().expect("locks").get_mut(name) {
-            entry.holder = Some(run_id.clone());
-        }
+        self.mark_holder(name, run_id);
         let mut held = LockGuard {
             _guard: guard,
             name: name.to_owned(),

@@ -159,17 +159,18 @@ fn remove_stale_servers() {
         let pid = std::fs::read_to_string(dir.join("data/postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
+        // A standalone backend (initdb's bootstrap) writes its pid negated.
         // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-        // A folder without a pid file may be a server of this test process starting right
-        // now (the TLS one starts beside the shared one): only an old one is stale.
+        let alive = pid.is_some_and(|pid| unsafe { libc::kill(pid.abs(), 0) } == 0);
+        // A young folder may be a server of this test process starting right now (the TLS
+        // one starts beside the shared one; initdb runs several short backends one after
+        // the other): only an old one is stale.
         let young = std::fs::metadata(&dir)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age < Duration::from_secs(600));
-        let starting = pid.is_none() && young;
-        if !alive && !starting {
+        if !alive && !young {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }

@@ -77,6 +77,7 @@ pub(super) async fn upsert_all(
                         location: d.location.clone(),
                         entity: Some(d.label.clone()),
                         message,
+                        spots: Vec::new(),
                     });
                     continue;
                 }
@@ -116,6 +117,7 @@ pub(super) async fn delete_all(
                 location: repo.clone(),
                 entity: Some(format!("{}/{}", key.0, key.1)),
                 message: format!("could not delete it: {e}"),
+                spots: Vec::new(),
             }),
         }
     }

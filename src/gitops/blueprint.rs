@@ -40,6 +40,29 @@ pub struct Blueprint {
     relations: BTreeMap<String, RelationSchema>,
 }
 
+/// One problem of an entity, and the key it is about (`["properties", "tier"]`; empty for
+/// the entity itself), so it can be shown on the line of that key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl FieldProblem {
+    fn at(path: &[&str], message: String) -> Self {
+        Self {
+            path: path.iter().map(|s| (*s).to_owned()).collect(),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// An entity that passed every check, ready to send.
 #[derive(Debug, Clone)]
 pub struct ValidEntity {
@@ -92,14 +115,18 @@ impl Blueprint {
         })
     }
 
-    /// Checks `entity` (already known to name this blueprint); every problem is returned.
-    pub fn check(&self, entity: &Map<String, Value>) -> Result<ValidEntity, Vec<String>> {
+    /// Checks `entity` (already known to name this blueprint); every problem is returned,
+    /// each with the key it is about (a pull-request check annotates that line).
+    pub fn check(&self, entity: &Map<String, Value>) -> Result<ValidEntity, Vec<FieldProblem>> {
         let mut problems = Vec::new();
         for key in entity.keys() {
             if !ENTITY_KEYS.contains(&key.as_str()) {
-                problems.push(format!(
-                    "unknown field '{key}' (an entity has {})",
-                    ENTITY_KEYS.join(", ")
+                problems.push(FieldProblem::at(
+                    &[key],
+                    format!(
+                        "unknown field '{key}' (an entity has {})",
+                        ENTITY_KEYS.join(", ")
+                    ),
                 ));
             }
         }
@@ -107,29 +134,38 @@ impl Blueprint {
             Some(Value::String(id)) => match Identifier::entity("identifier", id) {
                 Ok(_) => Some(id.clone()),
                 Err(e) => {
-                    problems.push(e.to_string());
+                    problems.push(FieldProblem::at(&["identifier"], e.to_string()));
                     None
                 }
             },
             Some(other) => {
-                problems.push(format!("identifier must be a string, got {}", kind(other)));
+                problems.push(FieldProblem::at(
+                    &["identifier"],
+                    format!("identifier must be a string, got {}", kind(other)),
+                ));
                 None
             }
             None => {
-                problems.push("identifier is missing".into());
+                problems.push(FieldProblem::at(&[], "identifier is missing".into()));
                 None
             }
         };
         match entity.get("title") {
             Some(Value::String(_)) => {}
-            Some(other) => problems.push(format!("title must be a string, got {}", kind(other))),
-            None => problems.push("title is missing".into()),
+            Some(other) => problems.push(FieldProblem::at(
+                &["title"],
+                format!("title must be a string, got {}", kind(other)),
+            )),
+            None => problems.push(FieldProblem::at(&[], "title is missing".into())),
         }
         let properties = self.check_properties(entity.get("properties"), &mut problems);
         let relations = self.check_relations(entity.get("relations"), &mut problems);
         if let Some(icon) = entity.get("icon") {
             if !icon.is_string() {
-                problems.push(format!("icon must be a string, got {}", kind(icon)));
+                problems.push(FieldProblem::at(
+                    &["icon"],
+                    format!("icon must be a string, got {}", kind(icon)),
+                ));
             }
         }
 
@@ -159,27 +195,41 @@ impl Blueprint {
     fn check_properties(
         &self,
         value: Option<&Value>,
-        problems: &mut Vec<String>,
+        problems: &mut Vec<FieldProblem>,
     ) -> Map<String, Value> {
         let props = match value {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => map.clone(),
             Some(other) => {
-                problems.push(format!("properties must be a mapping, got {}", kind(other)));
+                problems.push(FieldProblem::at(
+                    &["properties"],
+                    format!("properties must be a mapping, got {}", kind(other)),
+                ));
                 return Map::new();
             }
         };
         for violation in self.properties.check(&props, "property") {
             problems.push(match violation {
-                Violation::Missing(name) => format!(
-                    "required property '{name}' of blueprint '{}' is missing",
-                    self.identifier
+                Violation::Missing(name) => FieldProblem::at(
+                    &["properties"],
+                    format!(
+                        "required property '{name}' of blueprint '{}' is missing",
+                        self.identifier
+                    ),
                 ),
-                Violation::Unknown(name) => format!(
-                    "property '{name}' is not defined on blueprint '{}'",
-                    self.identifier
+                Violation::Unknown(name) => FieldProblem::at(
+                    &["properties", &name],
+                    format!(
+                        "property '{name}' is not defined on blueprint '{}'",
+                        self.identifier
+                    ),
                 ),
-                Violation::Invalid(message) => message,
+                Violation::Invalid { path, message } => FieldProblem {
+                    path: std::iter::once("properties".to_owned())
+                        .chain(path)
+                        .collect(),
+                    message,
+                },
             });
         }
         props
@@ -188,29 +238,44 @@ impl Blueprint {
     fn check_relations(
         &self,
         value: Option<&Value>,
-        problems: &mut Vec<String>,
+        problems: &mut Vec<FieldProblem>,
     ) -> Map<String, Value> {
         let rels = match value {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => map.clone(),
             Some(other) => {
-                problems.push(format!("relations must be a mapping, got {}", kind(other)));
+                problems.push(FieldProblem::at(
+                    &["relations"],
+                    format!("relations must be a mapping, got {}", kind(other)),
+                ));
                 return Map::new();
             }
         };
         for (name, value) in &rels {
+            let at = ["relations", name.as_str()];
             let Some(schema) = self.relations.get(name) else {
-                problems.push(format!(
-                    "relation '{name}' is not defined on blueprint '{}'",
-                    self.identifier
+                problems.push(FieldProblem::at(
+                    &at,
+                    format!(
+                        "relation '{name}' is not defined on blueprint '{}'",
+                        self.identifier
+                    ),
                 ));
                 continue;
             };
+            let mut target = |id: &str| match Identifier::entity(&format!("relation '{name}'"), id)
+            {
+                Ok(_) => true,
+                Err(e) => {
+                    problems.push(FieldProblem::at(&at, e.to_string()));
+                    true // reported precisely above; do not report the shape again
+                }
+            };
             let ok = match (schema.many, value) {
                 (_, Value::Null) => true,
-                (false, Value::String(id)) => check_target(name, id, problems),
+                (false, Value::String(id)) => target(id),
                 (true, Value::Array(ids)) => ids.iter().all(|id| match id {
-                    Value::String(id) => check_target(name, id, problems),
+                    Value::String(id) => target(id),
                     _ => false,
                 }),
                 _ => false,
@@ -221,31 +286,24 @@ impl Blueprint {
                 } else {
                     "one entity identifier"
                 };
-                problems.push(format!(
-                    "relation '{name}' expects {expected}, got {}",
-                    short(value)
+                problems.push(FieldProblem::at(
+                    &at,
+                    format!("relation '{name}' expects {expected}, got {}", short(value)),
                 ));
             }
         }
         for (name, schema) in &self.relations {
             if schema.required && rels.get(name).is_none_or(Value::is_null) {
-                problems.push(format!(
-                    "required relation '{name}' of blueprint '{}' is missing",
-                    self.identifier
+                problems.push(FieldProblem::at(
+                    &["relations"],
+                    format!(
+                        "required relation '{name}' of blueprint '{}' is missing",
+                        self.identifier
+                    ),
                 ));
             }
         }
         rels
-    }
-}
-
-fn check_target(relation: &str, id: &str, problems: &mut Vec<String>) -> bool {
-    match Identifier::entity(&format!("relation '{relation}'"), id) {
-        Ok(_) => true,
-        Err(e) => {
-            problems.push(e.to_string());
-            true // reported precisely above; do not report the shape again
-        }
     }
 }
 
@@ -427,7 +485,7 @@ mod tests {
         for (extra, expected) in cases {
             let problems = blueprint().check(&entity(extra.clone())).unwrap_err();
             assert!(
-                problems.iter().any(|p| p.starts_with(expected)),
+                problems.iter().any(|p| p.message.starts_with(expected)),
                 "{extra}: expected {expected:?} in {problems:?}"
             );
         }
@@ -459,7 +517,10 @@ mod tests {
         let problems = bp.check(&with("zzz")).unwrap_err();
         assert_eq!(
             problems,
-            vec!["property 'p' must match /^(?=a)a$/, got \"zzz\""]
+            vec![FieldProblem::at(
+                &["properties", "p"],
+                "property 'p' must match /^(?=a)a$/, got \"zzz\"".into()
+            )]
         );
     }
 }

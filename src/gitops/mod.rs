@@ -9,6 +9,7 @@ pub mod blueprint;
 pub mod engine;
 pub mod manifest;
 mod plan;
+mod positions;
 mod read;
 mod record;
 pub mod report;

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use super::blueprint::{Blueprint, ValidEntity};
+use super::blueprint::{Blueprint, FieldProblem, ValidEntity};
 use super::engine::BlueprintSource;
-use super::manifest::{self, kind, ManifestEntity};
+use super::manifest::{self, kind, ManifestEntity, ManifestError};
 use super::read::Scan;
-use super::report::{Problem, ProblemKind, SyncReport};
+use super::report::{Problem, ProblemKind, Spot, SpotAt, SyncReport};
 use super::state::SyncState;
 
 /// `(blueprint, identifier)`.
@@ -32,6 +32,8 @@ pub(super) struct Plan {
 /// A valid entity, where it came from.
 pub(super) struct Declared {
     pub repo: String,
+    /// Its item in the file (`None` in a single-entity file).
+    pub item: Option<usize>,
     pub location: String,
     pub label: String,
     pub entity: ValidEntity,
@@ -86,6 +88,13 @@ pub(super) fn classify(
                         location: format!("{repo}:{name}"),
                         entity: None,
                         message: e.to_string(),
+                        spots: vec![Spot {
+                            at: match &e {
+                                ManifestError::Syntax { line, .. } => SpotAt::Line(*line),
+                                ManifestError::Shape(_) => SpotAt::File,
+                            },
+                            message: e.to_string(),
+                        }],
                     });
                     report
                         .deletions_skipped
@@ -105,6 +114,7 @@ pub(super) fn classify(
                     location: repo.clone(),
                     entity: None,
                     message: message.clone(),
+                    spots: Vec::new(),
                 });
                 report
                     .deletions_skipped
@@ -155,19 +165,44 @@ pub(super) fn validate(
         let mut seen_here: HashSet<Key> = HashSet::new();
         for item in entities {
             let label = item.label();
-            let mut reject = |kind: ProblemKind, message: String, plan: &mut RepoPlan| {
+            let index = item.index;
+            let mut reject = |kind: ProblemKind, parts: Vec<FieldProblem>, plan: &mut RepoPlan| {
                 plan.dirty = true;
                 report.problems.push(Problem {
                     kind,
                     location: location.clone(),
                     entity: Some(label.clone()),
-                    message,
+                    message: parts
+                        .iter()
+                        .map(|p| p.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    spots: parts
+                        .into_iter()
+                        .map(|p| Spot {
+                            at: SpotAt::Key {
+                                item: index,
+                                path: p.path,
+                            },
+                            message: p.message,
+                        })
+                        .collect(),
                 });
+            };
+            let whole = |message: String| vec![FieldProblem { path: Vec::new(), message }];
+            let at_key = |name: &str, message: String| {
+                vec![FieldProblem {
+                    path: vec![name.to_owned()],
+                    message,
+                }]
             };
             let Value::Object(map) = &item.value else {
                 reject(
                     ProblemKind::Rejected,
-                    format!("an entity must be a mapping, got {}", kind(&item.value)),
+                    whole(format!(
+                        "an entity must be a mapping, got {}",
+                        kind(&item.value)
+                    )),
                     plan,
                 );
                 continue;
@@ -177,13 +212,20 @@ pub(super) fn validate(
                 Some(other) => {
                     reject(
                         ProblemKind::Rejected,
-                        format!("blueprint must be a string, got {}", kind(other)),
+                        at_key(
+                            "blueprint",
+                            format!("blueprint must be a string, got {}", kind(other)),
+                        ),
                         plan,
                     );
                     continue;
                 }
                 None => {
-                    reject(ProblemKind::Rejected, "blueprint is missing".into(), plan);
+                    reject(
+                        ProblemKind::Rejected,
+                        whole("blueprint is missing".into()),
+                        plan,
+                    );
                     continue;
                 }
             };
@@ -192,7 +234,10 @@ pub(super) fn validate(
                 if !seen_here.insert(key.clone()) {
                     reject(
                         ProblemKind::Rejected,
-                        format!("{blueprint_id}/{id} is declared more than once in this file"),
+                        at_key(
+                            "identifier",
+                            format!("{blueprint_id}/{id} is declared more than once in this file"),
+                        ),
                         plan,
                     );
                     continue;
@@ -203,20 +248,26 @@ pub(super) fn validate(
                 Some(Ok(Some(blueprint))) => match blueprint.check(map) {
                     Ok(entity) => declared.push(Declared {
                         repo: repo.clone(),
+                        item: index,
                         location: location.clone(),
                         label,
                         entity,
                     }),
-                    Err(problems) => reject(ProblemKind::Rejected, problems.join("; "), plan),
+                    Err(problems) => reject(ProblemKind::Rejected, problems, plan),
                 },
                 Some(Ok(None)) => reject(
                     ProblemKind::Rejected,
-                    format!("unknown blueprint '{blueprint_id}'"),
+                    at_key("blueprint", format!("unknown blueprint '{blueprint_id}'")),
                     plan,
                 ),
                 Some(Err(e)) => reject(
                     ProblemKind::ReadFailed,
-                    format!("cannot check it: blueprint '{blueprint_id}' could not be read: {e}"),
+                    at_key(
+                        "blueprint",
+                        format!(
+                            "cannot check it: blueprint '{blueprint_id}' could not be read: {e}"
+                        ),
+                    ),
                     plan,
                 ),
                 None => unreachable!("every named blueprint was fetched"),
@@ -269,14 +320,22 @@ pub(super) fn plan_changes(
         for d in claimants {
             if d.repo != winner {
                 conflicted.push(d.repo.clone());
+                let message = format!(
+                    "{}/{} is also declared by {winner}, which keeps it; remove it from one of the files",
+                    key.0, key.1
+                );
                 report.problems.push(Problem {
                     kind: ProblemKind::Conflict,
                     location: d.location,
                     entity: Some(d.label),
-                    message: format!(
-                        "{}/{} is also declared by {winner}, which keeps it; remove it from one of the files",
-                        key.0, key.1
-                    ),
+                    message: message.clone(),
+                    spots: vec![Spot {
+                        at: SpotAt::Key {
+                            item: d.item,
+                            path: vec!["identifier".into()],
+                        },
+                        message,
+                    }],
                 });
                 continue;
             }
@@ -348,6 +407,7 @@ pub(super) fn mass_delete_breaker(
             share * 100.0,
             ratio * 100.0
         ),
+        spots: Vec::new(),
     });
     for (repo, _) in deletes.drain(..) {
         plans.entry(repo.clone()).or_default().dirty = true;

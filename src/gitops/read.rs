@@ -158,6 +158,7 @@ impl SyncEngine {
                             location: format!("project {key}"),
                             entity: None,
                             message: format!("cannot list its repositories: {e}"),
+                            spots: Vec::new(),
                         });
                         report.deletions_skipped.push(format!(
                             "project {key}: its repository list could not be read"

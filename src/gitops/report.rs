@@ -27,6 +27,31 @@ pub struct Problem {
     /// `entity 'svc-a' (item 2)` when one entity is concerned.
     pub entity: Option<String>,
     pub message: String,
+    /// Where in the file each part of it is (for annotations on the line); not reported.
+    #[serde(skip)]
+    pub spots: Vec<Spot>,
+}
+
+/// One part of a problem and where it sits in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spot {
+    pub at: SpotAt,
+    pub message: String,
+}
+
+/// Where: a line the YAML parser named, or a key of one entity of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpotAt {
+    /// The file as a whole.
+    File,
+    /// A line (1-based).
+    Line(usize),
+    /// The key at `path` of the entity at `item` (`None` in a single-entity file); an empty
+    /// path is the entity itself.
+    Key {
+        item: Option<usize>,
+        path: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Problem {

@@ -58,7 +58,7 @@ impl InputSchema {
             .map(|v| match v {
                 Violation::Missing(name) => format!("input '{name}' is required"),
                 Violation::Unknown(name) => format!("input '{name}' is not defined"),
-                Violation::Invalid(message) => message,
+                Violation::Invalid { message, .. } => message,
             })
             .collect();
         if problems.is_empty() {

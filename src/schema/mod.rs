@@ -27,8 +27,9 @@ pub enum Violation {
     Missing(String),
     /// A property the schema does not define (only when unknown ones are refused).
     Unknown(String),
-    /// A value that does not fit; the text names it (`property 'tags' item 1 must be …`).
-    Invalid(String),
+    /// A value that does not fit: where (`["tags", "1"]`, empty for the object itself) and
+    /// a text that names it (`property 'tags' item 1 must be …`).
+    Invalid { path: Vec<String>, message: String },
 }
 
 /// The schema of an object whose properties Port defines (an entity's `properties`, a run's
@@ -115,7 +116,10 @@ impl ObjectSchema {
                         out.extend(unexpected.iter().cloned().map(Violation::Unknown));
                         continue;
                     }
-                    _ => Violation::Invalid(error.to_string()),
+                    _ => Violation::Invalid {
+                        path: Vec::new(),
+                        message: error.to_string(),
+                    },
                 },
                 Some((name, rest)) => {
                     let is_type = matches!(
@@ -131,7 +135,10 @@ impl ObjectSchema {
                         what.push_str(&format!(" item {index}"));
                     }
                     let sub = self.schema_at(name, rest);
-                    Violation::Invalid(describe(&what, sub, error))
+                    Violation::Invalid {
+                        path: segments.clone(),
+                        message: describe(&what, sub, error),
+                    }
                 }
             };
             if !out.contains(&violation) {
@@ -304,6 +311,13 @@ mod tests {
         )
     }
 
+    fn invalid(path: &[&str], message: &str) -> Violation {
+        Violation::Invalid {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            message: message.into(),
+        }
+    }
+
     fn check(v: Value) -> Vec<Violation> {
         schema().check(v.as_object().unwrap(), "property")
     }
@@ -313,8 +327,9 @@ mod tests {
         assert!(check(json!({"code": "svc-a"})).is_empty());
         assert_eq!(
             check(json!({"code": "tmp-a"})),
-            vec![Violation::Invalid(
-                "property 'code' must match /^(?!tmp-)[a-z-]+$/, got \"tmp-a\"".into()
+            vec![invalid(
+                &["code"],
+                "property 'code' must match /^(?!tmp-)[a-z-]+$/, got \"tmp-a\""
             )]
         );
     }
@@ -325,11 +340,12 @@ mod tests {
         assert_eq!(
             problems,
             vec![
-                Violation::Invalid(
-                    "property 'tags' item 0 must be 0–3 characters long, got 4".into()
+                invalid(
+                    &["tags", "0"],
+                    "property 'tags' item 0 must be 0–3 characters long, got 4"
                 ),
-                Violation::Invalid("property 'tags' item 1 must be a string, got 7".into()),
-                Violation::Invalid("property 'n' must be a number, got \"x\"".into()),
+                invalid(&["tags", "1"], "property 'tags' item 1 must be a string, got 7"),
+                invalid(&["n"], "property 'n' must be a number, got \"x\""),
                 Violation::Unknown("extra".into()),
                 Violation::Missing("code".into()),
             ]

@@ -80,8 +80,10 @@ pub struct BitbucketClient {
 impl BitbucketClient {
     pub fn new(config: BitbucketConfig) -> Result<Self, BitbucketError> {
         let host = config.host.trim_end_matches('/');
+        // `/rest` under the host (which may have a context path): REST API 1.0, its
+        // `latest` alias (build statuses) and Code Insights all live beneath it.
         let base =
-            Url::parse(&format!("{host}/rest/api/1.0")).map_err(|e| BitbucketError::Invalid {
+            Url::parse(&format!("{host}/rest")).map_err(|e| BitbucketError::Invalid {
                 status: 0,
                 message: format!("BITBUCKET_HOST {:?} is not a URL: {e}", config.host),
             })?;
@@ -303,8 +305,22 @@ impl BitbucketClient {
         })
     }
 
-    /// One GET with retries; returns a 2xx answer or a classified error.
+    /// One GET of REST API 1.0 with retries; returns a 2xx answer or a classified error.
     async fn get(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Raw, BitbucketError> {
+        let mut path = vec!["api", "1.0"];
+        path.extend_from_slice(segments);
+        self.call(Method::GET, &path, query, None).await
+    }
+
+    /// One request under `/rest` with retries (writes are idempotent: a report is replaced,
+    /// a build status is keyed, annotations are deleted before they are posted).
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Raw, BitbucketError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .expect("checked in new()")
@@ -315,7 +331,7 @@ impl BitbucketClient {
         let mut attempt = 0;
         let started = tokio::time::Instant::now();
         loop {
-            let outcome = match self.send(url.clone()).await {
+            let outcome = match self.send(method.clone(), url.clone(), body).await {
                 Ok(raw) if (200..300).contains(&raw.status) => {
                     self.pacer.succeeded();
                     return Ok(raw);
@@ -347,7 +363,12 @@ impl BitbucketClient {
         }
     }
 
-    async fn send(&self, url: Url) -> Result<Raw, reqwest::Error> {
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Raw, reqwest::Error> {
         let _permit = self
             .permits
             .acquire()
@@ -357,7 +378,10 @@ impl BitbucketClient {
         // everyone must not go out on the old pace.
         self.pacer.acquire().await;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut request = self.http.request(Method::GET, url);
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         request = match &self.auth {
             BitbucketAuth::Basic { username, password } => {
                 request.basic_auth(username, Some(password))

@@ -100,7 +100,7 @@ pub enum SyncError {
 
 pub struct SyncEngine {
     pub(super) bitbucket: Arc<BitbucketClient>,
-    store: StateStore,
+    pub(super) store: StateStore,
     pub(super) default_projects: Vec<String>,
     /// The file names looked for, in order; the first one found is the repository's file.
     pub(super) file_names: Vec<String>,

@@ -10,8 +10,10 @@ pub mod engine;
 pub mod manifest;
 mod plan;
 mod positions;
+pub mod publish;
 mod read;
 mod record;
+pub mod review;
 pub mod report;
 pub mod state;
 
@@ -19,5 +21,7 @@ pub use engine::{
     BlueprintError, BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest,
     FILE_NAMES,
 };
+pub use publish::{CheckError, Checked, Links};
 pub use report::{Problem, ProblemKind, SyncReport};
+pub use review::{CatalogLookup, PullRequest, Review};
 pub use state::StateStore;

@@ -40,6 +40,8 @@ pub struct GitOpsSettings {
     pub file_names: Vec<String>,
     /// Key of `X-Hub-Signature` on the push webhook; `None` turns the route off.
     pub webhook_secret: Option<Secret>,
+    /// Port's web app (links in pull-request checks).
+    pub app_url: String,
 }
 
 impl GitOpsSettings {
@@ -91,6 +93,7 @@ impl GitOpsSettings {
             max_delete_ratio: args.gitops_max_delete_ratio,
             interval: Duration::from_secs(args.gitops_interval_secs),
             file_names: args.gitops_files.clone(),
+            app_url: args.port_app_url.clone(),
         }))
     }
 }

@@ -18,11 +18,12 @@ use crate::bitbucket::{BitbucketAuth, BitbucketClient};
 use crate::config::{Mode, Settings};
 use crate::core::{Masker, RunRegistry, Sink};
 use crate::domain::{Identifier, RunId};
-use crate::gitops::adapters::{DirBlueprints, PortBlueprints};
-use crate::gitops::{BlueprintSource, StateStore, SyncEngine};
+use crate::gitops::adapters::{DirBlueprints, NoCatalog, PortBlueprints, PortCatalog};
+use crate::gitops::{BlueprintSource, CatalogLookup, Links, StateStore, SyncEngine};
 use crate::handlers::HandlerRegistry;
 use crate::handlers::{
-    load_definitions, ActionInputs, DefinitionContext, GitOpsHandler, PulumiHandler,
+    load_definitions, ActionInputs, DefinitionContext, GitOpsHandler, PrCheckHandler,
+    PulumiHandler, PR_CHECK_ACTION,
 };
 use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
@@ -92,6 +93,8 @@ pub struct Application {
 struct GitOps {
     engine: Option<Arc<SyncEngine>>,
     blueprints: Arc<dyn BlueprintSource>,
+    /// Port's entities for pull-request checks (read-only), or none in local mode.
+    catalog: Arc<dyn CatalogLookup>,
     push_hook: Option<Arc<PushHook>>,
 }
 
@@ -274,6 +277,10 @@ fn wire_gitops(
         Some(client) => Arc::new(PortBlueprints(client.clone())),
         None => Arc::new(DirBlueprints(settings.blueprints_dir.clone())),
     };
+    let catalog: Arc<dyn CatalogLookup> = match port {
+        Some(client) => Arc::new(PortCatalog(client.clone())),
+        None => Arc::new(NoCatalog),
+    };
     let secret = settings
         .gitops
         .as_ref()
@@ -286,6 +293,7 @@ fn wire_gitops(
     Ok(GitOps {
         engine,
         blueprints,
+        catalog,
         push_hook,
     })
 }
@@ -327,6 +335,21 @@ fn register_handlers(
         handlers.register(
             "gitops_sync",
             GitOpsHandler::new(gitops.engine.clone(), gitops.blueprints.clone()),
+        );
+    }
+    if !handlers.contains(PR_CHECK_ACTION) {
+        let app_url = settings
+            .gitops
+            .as_ref()
+            .map_or_else(|| "https://app.port.io".to_owned(), |g| g.app_url.clone());
+        handlers.register(
+            PR_CHECK_ACTION,
+            PrCheckHandler::new(
+                gitops.engine.clone(),
+                gitops.blueprints.clone(),
+                gitops.catalog.clone(),
+                Links { app_url },
+            ),
         );
     }
     Ok(stacks)

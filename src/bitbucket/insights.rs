@@ -234,7 +234,10 @@ mod tests {
         let wire = report.wire();
         assert_eq!(wire["result"], "FAIL");
         assert_eq!(wire["data"].as_array().unwrap().len(), MAX_DATA);
-        assert_eq!(wire["data"][0], json!({"title": "f0", "type": "NUMBER", "value": 0}));
+        assert_eq!(
+            wire["data"][0],
+            json!({"title": "f0", "type": "NUMBER", "value": 0})
+        );
         assert_eq!(wire["details"].as_str().unwrap().chars().count(), MAX_TEXT);
         let annotation = serde_json::to_value(Annotation {
             path: "port.yaml".into(),

@@ -192,6 +192,10 @@ pub struct BitbucketArgs {
           value_parser = gitops_file_name)]
     pub gitops_files: Vec<String>,
 
+    /// Port's web app, where pull-request checks link the entities they would change.
+    #[arg(long, env = "PORT_APP_URL", default_value = "https://app.port.io")]
+    pub port_app_url: String,
+
     /// `serve`: a full sync this often (one across replicas), the backstop for pushes missed
     /// while the runner was down; 0 turns it off.
     #[arg(long, env = "PORT_RUNNER_GITOPS_INTERVAL_SECS", default_value_t = 6 * 3600)]

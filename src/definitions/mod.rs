@@ -221,7 +221,14 @@ pub fn check_port_yaml(path: &Path, blueprints: &[Definition]) -> Vec<FileProble
         match Blueprint::from_port(&Value::Object(def.json.clone())) {
             Ok(blueprint) => {
                 if let Err(found) = blueprint.check(map) {
-                    problems.push(problem(format!("{label}: {}", found.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; "))));
+                    problems.push(problem(format!(
+                        "{label}: {}",
+                        found
+                            .iter()
+                            .map(|p| p.message.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )));
                 }
             }
             Err(e) => problems.push(problem(format!("blueprint '{blueprint_id}': {e}"))),

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::engine::{BlueprintError, BlueprintSource, EntityWriter, SyncLog};
+use super::review::CatalogLookup;
 use crate::core::{RunCatalog, RunLog};
 use crate::domain::Identifier;
 use crate::port::{BulkItemResult, PortClient, PortError, WriteMode};
@@ -131,5 +132,49 @@ impl EntityWriter for NullWriter {
 
     async fn delete(&self, _blueprint: &str, _identifier: &str) -> Result<bool, PortError> {
         Ok(true)
+    }
+}
+
+/// Port's entities, read-only, for a pull-request check: one search per blueprint.
+pub struct PortCatalog(pub Arc<PortClient>);
+
+#[async_trait]
+impl CatalogLookup for PortCatalog {
+    async fn existing(
+        &self,
+        blueprint: &str,
+        identifiers: &[String],
+    ) -> Result<Option<Vec<Value>>, PortError> {
+        let mut found = Vec::new();
+        for ids in identifiers.chunks(100) {
+            let query = serde_json::json!({
+                "combinator": "and",
+                "rules": [
+                    {"property": "$blueprint", "operator": "=", "value": blueprint},
+                    {"property": "$identifier", "operator": "in", "value": ids},
+                ]
+            });
+            let entities = self.0.search_entities(&query).await?;
+            found.extend(entities.into_iter().filter(|e| {
+                e.get("identifier")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| ids.iter().any(|i| i == id))
+            }));
+        }
+        Ok(Some(found))
+    }
+}
+
+/// Local mode: no catalog to compare with (the ownership record decides).
+pub struct NoCatalog;
+
+#[async_trait]
+impl CatalogLookup for NoCatalog {
+    async fn existing(
+        &self,
+        _blueprint: &str,
+        _identifiers: &[String],
+    ) -> Result<Option<Vec<Value>>, PortError> {
+        Ok(None)
     }
 }

@@ -13,8 +13,8 @@ mod positions;
 pub mod publish;
 mod read;
 mod record;
-pub mod review;
 pub mod report;
+pub mod review;
 pub mod state;
 
 pub use engine::{

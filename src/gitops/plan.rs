@@ -189,7 +189,12 @@ pub(super) fn validate(
                         .collect(),
                 });
             };
-            let whole = |message: String| vec![FieldProblem { path: Vec::new(), message }];
+            let whole = |message: String| {
+                vec![FieldProblem {
+                    path: Vec::new(),
+                    message,
+                }]
+            };
             let at_key = |name: &str, message: String| {
                 vec![FieldProblem {
                     path: vec![name.to_owned()],

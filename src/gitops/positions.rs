@@ -152,7 +152,10 @@ mod tests {
         assert_eq!(at.line(Some(0), &path(&["properties", "tier"])), Some(6));
         assert_eq!(at.line(Some(1), &path(&["identifier"])), Some(7));
         assert_eq!(at.line(Some(1), &path(&["properties", "tier"])), Some(13));
-        assert_eq!(at.line(Some(1), &path(&["properties", "tags", "1"])), Some(12));
+        assert_eq!(
+            at.line(Some(1), &path(&["properties", "tags", "1"])),
+            Some(12)
+        );
         assert_eq!(at.line(Some(1), &path(&["relations", "team"])), Some(14));
         // A key that is not there: the nearest one that is (a missing property: `properties`).
         assert_eq!(at.line(Some(1), &path(&["properties", "lang"])), Some(9));
@@ -167,6 +170,9 @@ mod tests {
         assert_eq!(at.line(None, &path(&["properties", "tier"])), Some(5));
         assert_eq!(at.line(None, &path(&["blueprint"])), Some(3));
         assert_eq!(at.line(None, &[]), Some(1));
-        assert_eq!(Positions::of("a: [unclosed\n").line(None, &path(&["a"])), None);
+        assert_eq!(
+            Positions::of("a: [unclosed\n").line(None, &path(&["a"])),
+            None
+        );
     }
 }

@@ -223,10 +223,22 @@ fn render_report(review: &Review, links: &Links) -> InsightReport {
         .next();
     let link = first.map(|p| links.entity(&p.blueprint, &p.identifier));
     let mut data = vec![
-        ("Create".to_owned(), DataValue::Number(review.created.len() as u64)),
-        ("Update".to_owned(), DataValue::Number(review.updated.len() as u64)),
-        ("Delete".to_owned(), DataValue::Number(review.deleted.len() as u64)),
-        ("Problems".to_owned(), DataValue::Number(review.problems.len() as u64)),
+        (
+            "Create".to_owned(),
+            DataValue::Number(review.created.len() as u64),
+        ),
+        (
+            "Update".to_owned(),
+            DataValue::Number(review.updated.len() as u64),
+        ),
+        (
+            "Delete".to_owned(),
+            DataValue::Number(review.deleted.len() as u64),
+        ),
+        (
+            "Problems".to_owned(),
+            DataValue::Number(review.problems.len() as u64),
+        ),
         ("File".to_owned(), DataValue::Text(file)),
     ];
     if let Some(href) = &link {
@@ -341,7 +353,9 @@ mod tests {
     fn a_failing_review_names_deletions_and_puts_problems_on_their_lines() {
         let review = Review {
             file: Some("port.yaml".into()),
-            text: Some("- identifier: a\n  blueprint: service\n  properties:\n    tier: middle\n".into()),
+            text: Some(
+                "- identifier: a\n  blueprint: service\n  properties:\n    tier: middle\n".into(),
+            ),
             touched: true,
             created: vec![],
             updated: vec![Planned {
@@ -367,8 +381,14 @@ mod tests {
         };
         let report = render_report(&review, &links());
         assert_eq!(report.result, InsightResult::Fail);
-        assert!(report.details.contains("DELETES: service/gone."), "{}", report.details);
-        assert!(report.details.contains("Updates: service/a (properties.tier)."));
+        assert!(
+            report.details.contains("DELETES: service/gone."),
+            "{}",
+            report.details
+        );
+        assert!(report
+            .details
+            .contains("Updates: service/a (properties.tier)."));
         assert_eq!(
             report.link.as_deref(),
             Some("https://app.port.io/serviceEntity?identifier=gone")
@@ -377,10 +397,15 @@ mod tests {
         assert_eq!(annotations.len(), 2);
         assert_eq!(annotations[0].line, 4);
         assert_eq!(annotations[0].severity, Severity::High);
-        assert!(annotations[0].message.starts_with("entity 'a' (item 0): property 'tier'"));
+        assert!(annotations[0]
+            .message
+            .starts_with("entity 'a' (item 0): property 'tier'"));
         assert_eq!(annotations[1].line, 0);
         assert!(annotations[1].message.contains("deletes service/gone"));
-        assert_eq!(headline(&review), "0 to create, 1 to update, 1 to delete; 1 problem");
+        assert_eq!(
+            headline(&review),
+            "0 to create, 1 to update, 1 to delete; 1 problem"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod gitops;
 pub mod inputs;
 pub mod jq;
 mod mapping;
+mod pr_check;
 pub mod pulumi;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
 pub use gitops::{sync_request, GitOpsHandler};
 pub use inputs::{ActionInputs, InputSchema};
+pub use pr_check::{pr_inputs, PrCheckHandler, PR_CHECK_ACTION};
 pub use pulumi::{PulumiHandler, PulumiSettings, PULUMI_ENV};
 
 use crate::tool::Locks;

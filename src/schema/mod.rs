@@ -344,7 +344,10 @@ mod tests {
                     &["tags", "0"],
                     "property 'tags' item 0 must be 0–3 characters long, got 4"
                 ),
-                invalid(&["tags", "1"], "property 'tags' item 1 must be a string, got 7"),
+                invalid(
+                    &["tags", "1"],
+                    "property 'tags' item 1 must be a string, got 7"
+                ),
                 invalid(&["n"], "property 'n' must be a number, got \"x\""),
                 Violation::Unknown("extra".into()),
                 Violation::Missing("code".into()),

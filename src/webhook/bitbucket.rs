@@ -1,4 +1,5 @@
-//! `POST /bitbucket/webhook`: Bitbucket Server push events sync just the pushed repository.
+//! `POST /bitbucket/webhook`: Bitbucket Server push events sync just the pushed repository;
+//! pull-request events check the pull request (`handlers/pr_check.rs`).
 //!
 //! Same order as Port's webhook: cap the body, check `X-Hub-Signature: sha256=<hex>`
 //! (HMAC-SHA256 of the raw body with `BITBUCKET_WEBHOOK_SECRET`) before parsing, then the
@@ -7,6 +8,12 @@
 //! crash, taken over by another replica. Pushes to a repository whose sync has not started
 //! yet join it. A push to any branch triggers a read of the default branch's file; when the
 //! default branch did not change that costs one read and writes nothing.
+//!
+//! `pr:opened`, `pr:from_ref_updated` (a push to the source branch) and `pr:modified` when
+//! the target branch changed queue a check of the source branch's head, journalled the same
+//! way. Its run id is derived from the repository, the pull request, the commit and the
+//! target, so a redelivered event is recognised and checked once. Other `pr:` events are
+//! acknowledged and ignored.
 
 use std::sync::Arc;
 
@@ -15,12 +22,14 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 use super::AppState;
 use crate::bitbucket::RepoRef;
 use crate::core::RunState;
 use crate::domain::{Identifier, RunId};
+use crate::gitops::PullRequest;
+use crate::handlers::{pr_inputs, PR_CHECK_ACTION};
 use crate::invocation::Invocation;
 use crate::runs::{Runner, SubmitError};
 use crate::secret::Secret;
@@ -90,8 +99,8 @@ pub enum PushError {
     MissingSignature,
     #[error("X-Hub-Signature does not match the body (is BITBUCKET_WEBHOOK_SECRET the webhook's secret?)")]
     BadSignature,
-    #[error("not a repo:refs_changed body: {0}")]
-    Payload(String),
+    #[error("not a {0} body: {1}")]
+    Payload(String, String),
     #[error("the push was not taken: {0}")]
     Unavailable(SubmitError),
 }
@@ -102,7 +111,7 @@ impl ResponseError for PushError {
             Self::Disabled => StatusCode::NOT_FOUND,
             Self::Body(e) => e.status_code(),
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
-            Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Payload(..) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -169,14 +178,17 @@ pub async fn receive(
     match header("x-event-key") {
         Some("repo:refs_changed") => {}
         Some("diagnostics:ping") => return Ok(HttpResponse::Ok().json(json!({ "ok": true }))),
+        Some(key @ ("pr:opened" | "pr:from_ref_updated" | "pr:modified")) => {
+            return check_pull_request(key, &body, &state.runner).await
+        }
         other => {
             return Ok(HttpResponse::Accepted().json(
                 json!({ "ok": true, "ignored": format!("event {}", other.unwrap_or("(none)")) }),
             ))
         }
     }
-    let event: PushEvent =
-        serde_json::from_slice(&body).map_err(|e| PushError::Payload(e.to_string()))?;
+    let event: PushEvent = serde_json::from_slice(&body)
+        .map_err(|e| PushError::Payload("repo:refs_changed".into(), e.to_string()))?;
     let repo = RepoRef {
         project: event.repository.project.key,
         slug: event.repository.slug,
@@ -195,6 +207,105 @@ pub async fn receive(
     Ok(HttpResponse::Accepted().json(
         json!({ "ok": true, "repository": repo.to_string(), "runId": run_id, "joined": joined }),
     ))
+}
+
+#[derive(Deserialize)]
+struct PrEvent {
+    #[serde(rename = "pullRequest")]
+    pull_request: PrWire,
+    /// `pr:modified`: the target before the change, when it changed.
+    #[serde(default, rename = "previousTarget")]
+    previous_target: Option<PrRefWire>,
+}
+
+#[derive(Deserialize)]
+struct PrWire {
+    id: u64,
+    #[serde(rename = "fromRef")]
+    from_ref: PrRefWire,
+    #[serde(rename = "toRef")]
+    to_ref: PrRefWire,
+}
+
+#[derive(Deserialize)]
+struct PrRefWire {
+    id: String,
+    #[serde(default, rename = "latestCommit")]
+    latest_commit: Option<String>,
+    #[serde(default)]
+    repository: Option<RepoWire>,
+}
+
+impl PrEvent {
+    /// The check this event asks for; `None` for a `pr:modified` that kept its target.
+    fn pull_request(&self, key: &str) -> Result<Option<PullRequest>, PushError> {
+        let pr = &self.pull_request;
+        if key == "pr:modified"
+            && self
+                .previous_target
+                .as_ref()
+                .is_none_or(|previous| previous.id == pr.to_ref.id)
+        {
+            return Ok(None);
+        }
+        let missing =
+            |what: &str| PushError::Payload(key.into(), format!("pullRequest.{what} is missing"));
+        // The pull request's repository: its record, its target branch, and (Bitbucket
+        // fetches a fork's commits into it) the source commit.
+        let repo = pr
+            .to_ref
+            .repository
+            .as_ref()
+            .ok_or_else(|| missing("toRef.repository"))?;
+        let commit = pr
+            .from_ref
+            .latest_commit
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| missing("fromRef.latestCommit"))?;
+        Ok(Some(PullRequest {
+            repo: RepoRef {
+                project: repo.project.key.clone(),
+                slug: repo.slug.clone(),
+            },
+            id: pr.id,
+            commit,
+            target: pr.to_ref.id.clone(),
+        }))
+    }
+}
+
+/// Queues a check of the pull request, journalled before the 202; a redelivery is a 200.
+async fn check_pull_request(
+    key: &str,
+    body: &[u8],
+    runner: &Arc<Runner>,
+) -> Result<HttpResponse, PushError> {
+    let event: PrEvent =
+        serde_json::from_slice(body).map_err(|e| PushError::Payload(key.into(), e.to_string()))?;
+    let Some(pr) = event.pull_request(key)? else {
+        return Ok(HttpResponse::Accepted()
+            .json(json!({ "ok": true, "ignored": "pr:modified without a new target branch" })));
+    };
+    let digest = sha2::Sha256::digest(
+        format!("{}#{}@{}>{}", pr.repo, pr.id, pr.commit, pr.target).as_bytes(),
+    );
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let run_id = RunId::parse("run_id", &format!("pr-check-{hex}")).expect("a valid run id");
+    let action = Identifier::schema("action", PR_CHECK_ACTION).expect("a valid identifier");
+    let invocation = Invocation::internal(run_id.clone(), action, pr_inputs(&pr));
+    let answer = json!({
+        "ok": true, "repository": pr.repo.to_string(), "pullRequest": pr.id,
+        "commit": pr.commit, "runId": run_id,
+    });
+    match runner.submit(invocation).await {
+        Ok(()) => {
+            tracing::info!(repository = %pr.repo, pull_request = pr.id, %run_id, "pull request event: checking it");
+            Ok(HttpResponse::Accepted().json(answer))
+        }
+        Err(SubmitError::Duplicate) => Ok(HttpResponse::Ok().json(answer)),
+        Err(e) => Err(PushError::Unavailable(e)),
+    }
 }
 
 fn verify(secret: &str, header: &str, body: &[u8]) -> Result<(), PushError> {
@@ -242,6 +353,35 @@ mod tests {
         assert!(verify("other", &sig, b"{}").is_err());
         assert!(verify("s3cret", "sha1=abcd", b"{}").is_err());
         assert!(verify("s3cret", "sha256=zz", b"{}").is_err());
+    }
+
+    #[test]
+    fn pull_request_events_name_the_commit_and_the_target() {
+        let body = |extra: &str| {
+            format!(
+                r#"{{"eventKey":"pr:modified","pullRequest":{{"id":3,"state":"OPEN",
+                "fromRef":{{"id":"refs/heads/feat","latestCommit":"c0ffee","repository":{{"slug":"svc","project":{{"key":"FORK"}}}}}},
+                "toRef":{{"id":"refs/heads/main","latestCommit":"beef","repository":{{"slug":"svc","project":{{"key":"PRJ"}}}}}}}}{extra}}}"#
+            )
+        };
+        let event: PrEvent = serde_json::from_str(&body("")).unwrap();
+        let pr = event.pull_request("pr:opened").unwrap().unwrap();
+        assert_eq!(
+            (
+                pr.repo.to_string(),
+                pr.id,
+                pr.commit.as_str(),
+                pr.target.as_str()
+            ),
+            ("PRJ/svc".into(), 3, "c0ffee", "refs/heads/main")
+        );
+        // A title edit is not worth a check; a new target is.
+        assert!(event.pull_request("pr:modified").unwrap().is_none());
+        let event: PrEvent = serde_json::from_str(&body(
+            r#","previousTarget":{"id":"refs/heads/develop","latestCommit":"aa"}"#,
+        ))
+        .unwrap();
+        assert!(event.pull_request("pr:modified").unwrap().is_some());
     }
 
     #[test]

@@ -4,6 +4,14 @@
 //! nextPageStart` (the server caps `limit`), `browse` lines paging, `raw` files, the default
 //! branch with `latestCommit`, 401 and 404 bodies `{"errors": [{message, exceptionName}]}`.
 //! Latency and faults can be injected; every request is counted. Also used by the bench.
+//!
+//! Pull requests: files at other commits (`?at=`), the file listing (`files`, paged), and
+//! what a check publishes, recorded as Atlassian's REST docs shape it and refused the same
+//! way: Code Insights reports (`PUT …/reports/{key}`: title, result PASS|FAIL, at most six
+//! data fields, details ≤ 2000), their annotations (`DELETE`/`POST …/annotations`: path,
+//! line, message ≤ 2000, severity LOW|MEDIUM|HIGH, unique externalId; the report must
+//! exist) and build statuses (`POST /rest/api/latest/…/commits/{c}/builds`: key, state,
+//! url).
 
 #![allow(dead_code)]
 
@@ -21,6 +29,8 @@ pub const PASSWORD: &str = "bb-password-42";
 #[derive(Default, Clone)]
 struct Repo {
     files: BTreeMap<String, String>,
+    /// Whole file sets at other commits (a pull request's source branch).
+    at: BTreeMap<String, BTreeMap<String, String>>,
     /// Bumped on every change; the default branch's head is derived from it.
     commits: u64,
 }
@@ -44,6 +54,13 @@ struct State {
     bucket: Option<Bucket>,
     /// Requests answered 429 by the bucket.
     limited: usize,
+    /// `(project/slug, commit, key)` → report.
+    reports: BTreeMap<(String, String, String), Value>,
+    annotations: BTreeMap<(String, String, String), Vec<Value>>,
+    /// `(project/slug, commit)` → every build status posted, in order.
+    builds: BTreeMap<(String, String), Vec<Value>>,
+    /// Insights and build statuses answer 403 (the account may only read).
+    read_only: bool,
 }
 
 /// Data Center's per-user rate limit: a token bucket; an empty one answers 429.
@@ -144,6 +161,49 @@ impl FakeBitbucket {
         repo.commits += 1;
     }
 
+    /// A commit (of a pull request's source branch) whose files are exactly `files`.
+    pub fn put_commit(&self, project: &str, slug: &str, commit: &str, files: &[(&str, &str)]) {
+        self.add_repo(project, slug);
+        let mut st = self.state.lock().unwrap();
+        let repo = st.projects.get_mut(project).unwrap().get_mut(slug).unwrap();
+        repo.at.insert(
+            commit.to_owned(),
+            files
+                .iter()
+                .map(|(n, c)| ((*n).to_owned(), (*c).to_owned()))
+                .collect(),
+        );
+    }
+
+    /// The account may read but not publish insights or build statuses.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.state.lock().unwrap().read_only = read_only;
+    }
+
+    pub fn report(&self, repo: &str, commit: &str, key: &str) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        st.reports
+            .get(&(repo.to_owned(), commit.to_owned(), key.to_owned()))
+            .cloned()
+    }
+
+    pub fn annotations(&self, repo: &str, commit: &str, key: &str) -> Vec<Value> {
+        let st = self.state.lock().unwrap();
+        st.annotations
+            .get(&(repo.to_owned(), commit.to_owned(), key.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every build status posted on the commit, oldest first.
+    pub fn builds(&self, repo: &str, commit: &str) -> Vec<Value> {
+        let st = self.state.lock().unwrap();
+        st.builds
+            .get(&(repo.to_owned(), commit.to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn remove_file(&self, project: &str, slug: &str, name: &str) {
         let mut st = self.state.lock().unwrap();
         let repo = st.projects.get_mut(project).unwrap().get_mut(slug).unwrap();
@@ -234,7 +294,11 @@ fn commit_id(commits: u64) -> String {
     format!("{commits:040x}")
 }
 
-async fn handle(req: HttpRequest, state: web::Data<Mutex<State>>) -> HttpResponse {
+async fn handle(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
     let path = req.path().to_owned();
     let query: BTreeMap<String, String> =
         web::Query::<BTreeMap<String, String>>::from_query(req.query_string())
@@ -296,6 +360,13 @@ async fn handle(req: HttpRequest, state: web::Data<Mutex<State>>) -> HttpRespons
             .json(json!({"errors": [{"message": format!("injected {}", fault.status)}]}));
     }
 
+    if let Some(rest) = path
+        .strip_prefix("/rest/insights/latest/")
+        .or_else(|| path.strip_prefix("/rest/api/latest/"))
+    {
+        let segs: Vec<&str> = rest.split('/').collect();
+        return publish(&mut st, req.method().as_str(), &segs, &body);
+    }
     let start: usize = query.get("start").and_then(|s| s.parse().ok()).unwrap_or(0);
     let limit: usize = query
         .get("limit")
@@ -353,12 +424,24 @@ async fn handle(req: HttpRequest, state: web::Data<Mutex<State>>) -> HttpRespons
                 None => no_repo(project, slug),
             }
         }
+        ["projects", project, "repos", slug, "files"] => {
+            let Some(repo) = st.projects.get(*project).and_then(|r| r.get(*slug)) else {
+                return no_repo(project, slug);
+            };
+            let Some(files) = files_at(repo, query.get("at")) else {
+                return no_commit(query.get("at").unwrap());
+            };
+            page(files.keys().map(|k| json!(k)).collect(), start, limit)
+        }
         ["projects", project, "repos", slug, kind @ ("raw" | "browse"), file @ ..] => {
             let Some(repo) = st.projects.get(*project).and_then(|r| r.get(*slug)) else {
                 return no_repo(project, slug);
             };
             let name = file.join("/");
-            let Some(content) = repo.files.get(&name) else {
+            let Some(files) = files_at(repo, query.get("at")) else {
+                return no_commit(query.get("at").unwrap());
+            };
+            let Some(content) = files.get(&name) else {
                 return errors(
                     404,
                     &format!(
@@ -391,5 +474,123 @@ async fn handle(req: HttpRequest, state: web::Data<Mutex<State>>) -> HttpRespons
             HttpResponse::Ok().json(body)
         }
         _ => HttpResponse::NotFound().body(format!("no route {path}")),
+    }
+}
+
+fn no_commit(at: &str) -> HttpResponse {
+    errors(
+        404,
+        &format!("Commit '{at}' does not exist in this repository"),
+        "com.atlassian.bitbucket.commit.NoSuchCommitException",
+    )
+}
+
+/// The files at `at`: the default branch (by name, ref or head), or a commit put there.
+fn files_at<'a>(repo: &'a Repo, at: Option<&String>) -> Option<&'a BTreeMap<String, String>> {
+    match at.map(String::as_str) {
+        None | Some("main" | "refs/heads/main") => Some(&repo.files),
+        Some(at) if at == commit_id(repo.commits) => Some(&repo.files),
+        Some(at) => repo.at.get(at),
+    }
+}
+
+/// Code Insights and build statuses: validated as Bitbucket does, then recorded.
+fn publish(st: &mut State, method: &str, segs: &[&str], body: &[u8]) -> HttpResponse {
+    if st.read_only {
+        return errors(
+            403,
+            "You are not permitted to access this resource",
+            "com.atlassian.bitbucket.AuthorisationException",
+        );
+    }
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let bad = |message: String| {
+        errors(
+            400,
+            &message,
+            "com.atlassian.bitbucket.validation.ArgumentValidationException",
+        )
+    };
+    match (method, segs) {
+        ("PUT", ["projects", p, "repos", s, "commits", c, "reports", key]) => {
+            let title_ok = body["title"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty() && t.len() <= 450);
+            let result_ok = matches!(body["result"].as_str(), None | Some("PASS" | "FAIL"));
+            let data = body["data"].as_array().cloned().unwrap_or_default();
+            let details = body["details"].as_str().unwrap_or("");
+            if !title_ok || !result_ok || data.len() > 6 || details.chars().count() > 2000 {
+                return bad(format!("invalid report: {body}"));
+            }
+            for d in &data {
+                let typed = matches!(
+                    d["type"].as_str(),
+                    Some(
+                        "BOOLEAN" | "DATE" | "DURATION" | "LINK" | "NUMBER" | "PERCENTAGE" | "TEXT"
+                    )
+                );
+                if !typed || d["title"].as_str().is_none() {
+                    return bad(format!("invalid data field: {d}"));
+                }
+            }
+            let id = (format!("{p}/{s}"), c.to_string(), key.to_string());
+            st.reports.insert(id, body.clone());
+            HttpResponse::Ok().json(body)
+        }
+        ("DELETE", ["projects", p, "repos", s, "commits", c, "reports", key, "annotations"]) => {
+            st.annotations
+                .remove(&(format!("{p}/{s}"), c.to_string(), key.to_string()));
+            HttpResponse::NoContent().finish()
+        }
+        ("POST", ["projects", p, "repos", s, "commits", c, "reports", key, "annotations"]) => {
+            let id = (format!("{p}/{s}"), c.to_string(), key.to_string());
+            if !st.reports.contains_key(&id) {
+                return errors(
+                    404,
+                    "No report with this key",
+                    "com.atlassian.bitbucket.codeinsights.report.NoSuchReportException",
+                );
+            }
+            let list = st.annotations.entry(id).or_default();
+            for a in body["annotations"].as_array().cloned().unwrap_or_default() {
+                let ok = a["path"].as_str().is_some()
+                    && a["line"].as_u64().is_some()
+                    && a["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty() && m.chars().count() <= 2000)
+                    && matches!(a["severity"].as_str(), Some("LOW" | "MEDIUM" | "HIGH"))
+                    && matches!(
+                        a["type"].as_str(),
+                        None | Some("VULNERABILITY" | "CODE_SMELL" | "BUG")
+                    );
+                let duplicate = a["externalId"].as_str().is_some()
+                    && list.iter().any(|b| b["externalId"] == a["externalId"]);
+                if !ok || duplicate {
+                    return bad(format!("invalid annotation: {a}"));
+                }
+                list.push(a);
+            }
+            if list.len() > 1000 {
+                return bad("a report has at most 1000 annotations".into());
+            }
+            HttpResponse::NoContent().finish()
+        }
+        ("POST", ["projects", p, "repos", s, "commits", c, "builds"]) => {
+            let ok = body["key"].as_str().is_some()
+                && body["url"].as_str().is_some_and(|u| u.starts_with("http"))
+                && matches!(
+                    body["state"].as_str(),
+                    Some("INPROGRESS" | "SUCCESSFUL" | "FAILED" | "CANCELLED" | "UNKNOWN")
+                );
+            if !ok {
+                return bad(format!("invalid build status: {body}"));
+            }
+            st.builds
+                .entry((format!("{p}/{s}"), c.to_string()))
+                .or_default()
+                .push(body);
+            HttpResponse::NoContent().finish()
+        }
+        _ => HttpResponse::NotFound().body(format!("no route {method} {}", segs.join("/"))),
     }
 }

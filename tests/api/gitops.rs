@@ -10,7 +10,7 @@ use crate::helpers::{
     legacy, spawn_app_with, unique_run_id, until, AppOptions, TestApp, BB_HOOK_SECRET,
 };
 
-fn microservice_blueprint() -> Value {
+pub(crate) fn microservice_blueprint() -> Value {
     json!({
         "identifier": "microservice",
         "title": "Microservice",
@@ -29,7 +29,7 @@ fn microservice_blueprint() -> Value {
     })
 }
 
-async fn gitops_app(file_api: FileApi) -> TestApp {
+pub(crate) async fn gitops_app(file_api: FileApi) -> TestApp {
     let app = spawn_app_with(AppOptions {
         gitops: true,
         file_api,
@@ -40,11 +40,11 @@ async fn gitops_app(file_api: FileApi) -> TestApp {
     app
 }
 
-fn service(id: &str, tier: &str) -> String {
+pub(crate) fn service(id: &str, tier: &str) -> String {
     format!("identifier: {id}\ntitle: Service {id}\nblueprint: microservice\nproperties:\n  tier: {tier}\n  url: https://{id}.example.com\n")
 }
 
-fn list(ids: &[&str]) -> String {
+pub(crate) fn list(ids: &[&str]) -> String {
     ids.iter()
         .map(|id| {
             format!("- identifier: {id}\n  title: Service {id}\n  blueprint: microservice\n  properties:\n    tier: backend\n")
@@ -53,7 +53,7 @@ fn list(ids: &[&str]) -> String {
 }
 
 /// Runs the gitops_sync action through the signed webhook; returns the final PATCH and the log.
-async fn sync(app: &TestApp, inputs: Value) -> (Value, Vec<String>) {
+pub(crate) async fn sync(app: &TestApp, inputs: Value) -> (Value, Vec<String>) {
     let run_id = unique_run_id();
     let response = app
         .post_signed(&legacy(&run_id, "gitops_sync", "CREATE", inputs))
@@ -63,7 +63,7 @@ async fn sync(app: &TestApp, inputs: Value) -> (Value, Vec<String>) {
     (fin, app.port().log_lines(&run_id))
 }
 
-fn entity_writes(app: &TestApp) -> usize {
+pub(crate) fn entity_writes(app: &TestApp) -> usize {
     app.port()
         .requests()
         .iter()

@@ -156,6 +156,7 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
             max_delete_ratio: options.max_delete_ratio,
             interval: options.gitops_interval,
             file_names: options.gitops_files.clone(),
+            app_url: "https://app.port.io".into(),
         });
         Some(fake)
     } else {

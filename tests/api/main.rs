@@ -15,6 +15,7 @@ mod kubernetes;
 mod pg;
 mod pg_tls;
 mod port_client;
+mod pr_checks;
 mod provision;
 mod pull;
 mod pushes;

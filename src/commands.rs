@@ -102,6 +102,9 @@ pub async fn apply_command(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 
 /// Checks definitions and port.yaml files offline; prints every problem with its file.
 pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    // The sync's own patterns (`--gitops-paths`), so a repository's CI checks what it reads.
+    let gitops_paths = crate::gitops::paths::GitOpsPaths::new(&args.gitops_paths.gitops_paths)
+        .map_err(|e| anyhow::anyhow!("--gitops-paths: {e}"))?;
     let paths: Vec<PathBuf> = if args.paths.is_empty() {
         vec![Path::new(".").to_path_buf()]
     } else {
@@ -160,12 +163,9 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             checked += defs.blueprints.len() + defs.actions.len() + load_problems.len();
             problems.extend(load_problems);
             problems.extend(defs.check(&known));
-            for name in crate::gitops::FILE_NAMES {
-                let file = path.join(name);
-                if file.is_file() {
-                    checked += 1;
-                    problems.extend(check_port_yaml(&file, &blueprints));
-                }
+            for file in gitops_files_in(path, &gitops_paths) {
+                checked += 1;
+                problems.extend(check_port_yaml(&file, &blueprints));
             }
         } else if is_handler_definition(path) {
             checked += 1; // its problems came with its folder's definitions above
@@ -212,6 +212,43 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{checked} file(s) checked: {} problem(s)", problems.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The GitOps files of a checkout: the literal paths that exist, and (for globs) every file
+/// of it that matches, in path order; `.git` and other hidden folders are not searched.
+fn gitops_files_in(root: &Path, paths: &crate::gitops::paths::GitOpsPaths) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = paths
+        .literals()
+        .iter()
+        .map(|l| root.join(l))
+        .filter(|p| p.is_file())
+        .collect();
+    if paths.has_globs() {
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() && !hidden {
+                    pending.push(path);
+                } else if kind.is_file() {
+                    let relative = path.strip_prefix(root).unwrap_or(&path);
+                    let relative = relative.to_string_lossy().replace('\\', "/");
+                    if paths.matches(&relative) && !found.contains(&path) {
+                        found.push(path);
+                    }
+                }
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// The checkout a folder given to `validate` stands for: its own `actions/` or

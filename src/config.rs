@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::bitbucket::{BitbucketAuth, BitbucketConfig, FileApi};
 pub use crate::cli::Transport;
 use crate::cli::{BitbucketArgs, FileApiArg, PortArgs, ServeArgs};
+use crate::gitops::paths::PathRules;
 use crate::handlers::{PulumiSettings, PULUMI_ENV};
 use crate::http::RetryPolicy as HttpRetryPolicy;
 use crate::port::{PortConfig, RetryPolicy};
@@ -36,8 +37,8 @@ pub struct GitOpsSettings {
     pub max_delete_ratio: f64,
     /// A scheduled full sync this often (zero: none).
     pub interval: Duration,
-    /// The names a repository's GitOps file may have, in order.
-    pub file_names: Vec<String>,
+    /// Which files of each project's repositories are GitOps files.
+    pub paths: PathRules,
     /// Key of `X-Hub-Signature` on the push webhook; `None` turns the route off.
     pub webhook_secret: Option<Secret>,
     /// Port's web app (links in pull-request checks).
@@ -54,6 +55,11 @@ impl GitOpsSettings {
             return Ok(None);
         };
         let non_empty = |name: &str| env(name).filter(|v| !v.is_empty());
+        if non_empty("PORT_RUNNER_GITOPS_FILES").is_some() {
+            return Err(ConfigError::Bitbucket(
+                "PORT_RUNNER_GITOPS_FILES was renamed BITBUCKET_GITOPS_PATHS (it now takes paths and globs, and every path listed is read): rename the variable".into(),
+            ));
+        }
         let auth = match (
             args.bitbucket_username.clone().filter(|u| !u.is_empty()),
             non_empty("BITBUCKET_PASSWORD"),
@@ -92,7 +98,11 @@ impl GitOpsSettings {
             webhook_secret: non_empty("BITBUCKET_WEBHOOK_SECRET").map(Secret::new),
             max_delete_ratio: args.gitops_max_delete_ratio,
             interval: Duration::from_secs(args.gitops_interval_secs),
-            file_names: args.gitops_files.clone(),
+            paths: PathRules::new(
+                &args.gitops_paths.gitops_paths,
+                &args.gitops_paths.gitops_project_paths,
+            )
+            .map_err(ConfigError::Bitbucket)?,
             app_url: args.port_app_url.clone(),
         }))
     }

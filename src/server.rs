@@ -269,7 +269,7 @@ fn wire_gitops(
                 8,
             )
             .with_max_delete_ratio(gitops.max_delete_ratio)
-            .with_file_names(gitops.file_names.clone()),
+            .with_paths(gitops.paths.clone()),
         )),
         None => None,
     };

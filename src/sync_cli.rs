@@ -69,7 +69,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         8,
     )
     .with_max_delete_ratio(gitops.max_delete_ratio)
-    .with_file_names(gitops.file_names.clone());
+    .with_paths(gitops.paths.clone());
     let request = SyncRequest {
         projects: args.projects.clone(),
         repos,

@@ -259,21 +259,45 @@ impl BitbucketClient {
         }
     }
 
+    /// Every file path of the repository at `at` (a commit or a ref), paged.
+    pub async fn files(
+        &self,
+        project: &str,
+        slug: &str,
+        at: &str,
+    ) -> Result<Vec<String>, BitbucketError> {
+        let values = self
+            .paged_with(
+                &["projects", project, "repos", slug, "files"],
+                &[("at", at)],
+            )
+            .await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// All values of a paged listing.
     async fn paged(&self, segments: &[&str]) -> Result<Vec<Value>, BitbucketError> {
+        self.paged_with(segments, &[]).await
+    }
+
+    async fn paged_with(
+        &self,
+        segments: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<Value>, BitbucketError> {
         let mut values = Vec::new();
         let mut start = 0u64;
         loop {
             let start_text = start.to_string();
-            let value = self
-                .get_json(
-                    segments,
-                    &[
-                        ("start", start_text.as_str()),
-                        ("limit", self.page_limit.as_str()),
-                    ],
-                )
-                .await?;
+            let mut query = vec![
+                ("start", start_text.as_str()),
+                ("limit", self.page_limit.as_str()),
+            ];
+            query.extend_from_slice(extra);
+            let value = self.get_json(segments, &query).await?;
             let page: Page =
                 serde_json::from_value(value).map_err(|e| BitbucketError::Unexpected {
                     message: format!("{}: not a page: {e}", segments.join("/")),

@@ -12,7 +12,10 @@ use super::Cli;
 pub const DEFAULT_CONFIG_FILE: &str = "port-runner.yaml";
 
 /// Keys of earlier versions, still read, under their current names.
-const RENAMED_KEYS: [(&str, &str); 1] = [("admin_url", "runner_url")];
+const RENAMED_KEYS: [(&str, &str); 2] = [
+    ("admin_url", "runner_url"),
+    ("gitops_files", "gitops_paths"),
+];
 
 /// What the configuration file gave: its path and its settings, by id.
 #[derive(Debug, Default, Clone)]
@@ -125,7 +128,8 @@ fn with_defaults(
 }
 
 /// Reads a configuration file into settings by id. Keys are the settings' names (as
-/// `port-runner config` prints them); lists become comma-separated; secrets are refused.
+/// `port-runner config` prints them); lists become comma-separated, and a mapping of lists
+/// (`gitops_project_paths: {MONO: [a, b]}`) `KEY=item` pairs; secrets are refused.
 pub fn read_config_file(
     path: &Path,
 ) -> Result<std::collections::BTreeMap<String, String>, ParseError> {
@@ -185,9 +189,28 @@ pub fn read_config_file(
                 })
                 .collect::<Result<Vec<_>, _>>()?
                 .join(","),
+            serde_yaml_ng::Value::Mapping(entries) => {
+                let mut items = Vec::new();
+                for (k, v) in entries {
+                    let k = k
+                        .as_str()
+                        .ok_or_else(|| bad(format!("'{key}': keys must be strings")))?;
+                    let values = match v {
+                        serde_yaml_ng::Value::Sequence(vs) => vs,
+                        one => vec![one],
+                    };
+                    for v in values {
+                        let v = v
+                            .as_str()
+                            .ok_or_else(|| bad(format!("'{key}': '{k}' must list strings")))?;
+                        items.push(format!("{k}={v}"));
+                    }
+                }
+                items.join(",")
+            }
             _ => {
                 return Err(bad(format!(
-                    "'{key}' must be a string, number, boolean or list"
+                    "'{key}' must be a string, number, boolean, list or mapping"
                 )))
             }
         };

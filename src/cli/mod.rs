@@ -137,6 +137,25 @@ pub struct ValidateArgs {
         default_value = "./blueprints"
     )]
     pub blueprints_dir: PathBuf,
+
+    #[command(flatten)]
+    pub gitops_paths: GitOpsPathArgs,
+}
+
+/// Which files of a repository are GitOps files (shared by `serve`, `sync` and `validate`).
+#[derive(Debug, Clone, Args)]
+pub struct GitOpsPathArgs {
+    /// A repository's GitOps files: paths and globs, comma-separated (`port.yaml`,
+    /// `services/*/port.yaml`, `**/port.yml`); each literal path costs one read per
+    /// repository, a glob one file listing per changed default branch.
+    #[arg(long, alias = "gitops-files", env = "BITBUCKET_GITOPS_PATHS", value_delimiter = ',',
+          default_value = "port.yaml", value_parser = crate::gitops::paths::check_pattern)]
+    pub gitops_paths: Vec<String>,
+
+    /// Per-project GitOps paths replacing --gitops-paths for that project, as PROJECT=path
+    /// items (in the configuration file: a mapping of project keys to lists).
+    #[arg(long, env = "BITBUCKET_GITOPS_PROJECT_PATHS", value_delimiter = ',')]
+    pub gitops_project_paths: Vec<String>,
 }
 
 /// Where Port is (shared by `serve`, `sync` and `apply`). The secret comes from the environment only.
@@ -186,11 +205,8 @@ pub struct BitbucketArgs {
           value_parser = delete_ratio)]
     pub gitops_max_delete_ratio: f64,
 
-    /// The names a repository's GitOps file may have, in order; every extra name costs each
-    /// repository without a file one more read.
-    #[arg(long, env = "PORT_RUNNER_GITOPS_FILES", value_delimiter = ',', default_value = "port.yaml",
-          value_parser = gitops_file_name)]
-    pub gitops_files: Vec<String>,
+    #[command(flatten)]
+    pub gitops_paths: GitOpsPathArgs,
 
     /// Port's web app, where pull-request checks link the entities they would change.
     #[arg(long, env = "PORT_APP_URL", default_value = "https://app.port.io")]
@@ -204,22 +220,6 @@ pub struct BitbucketArgs {
     /// How long a sync may keep waiting out Bitbucket's rate limit before a read fails.
     #[arg(long, env = "PORT_RUNNER_SYNC_TIMEOUT_SECS", default_value_t = 3600)]
     pub sync_timeout_secs: u64,
-}
-
-fn gitops_file_name(text: &str) -> Result<String, String> {
-    let name = text.trim();
-    let ok = !name.is_empty()
-        && !name.starts_with('/')
-        && !name
-            .split('/')
-            .any(|part| part.is_empty() || part == "." || part == "..");
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a file path in a repository (e.g. port.yaml)"
-        ))
-    }
 }
 
 fn positive_secs(text: &str) -> Result<f64, String> {

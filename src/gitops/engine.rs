@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::apply::{delete_all, upsert_all};
+use super::paths::PathRules;
 use super::plan::{self, owner_index, plan_changes, Plan};
 use super::read::Scan;
 use super::record::{record_intent, record_outcome};
@@ -28,8 +29,6 @@ use super::report::SyncReport;
 use super::state::{StateError, StateStore};
 use crate::bitbucket::{BitbucketClient, BitbucketError, RepoRef};
 use crate::port::{BulkItemResult, PortError};
-
-pub use super::read::FILE_NAMES;
 
 /// What to sync.
 #[derive(Debug, Clone, Default)]
@@ -102,8 +101,8 @@ pub struct SyncEngine {
     pub(super) bitbucket: Arc<BitbucketClient>,
     pub(super) store: StateStore,
     pub(super) default_projects: Vec<String>,
-    /// The file names looked for, in order; the first one found is the repository's file.
-    pub(super) file_names: Vec<String>,
+    /// Which files of a repository are GitOps files, by project.
+    pub(super) paths: PathRules,
     write_concurrency: usize,
     /// The share of the entities it owns a sync may delete (above 10) before it deletes none.
     max_delete_ratio: f64,
@@ -124,16 +123,14 @@ impl SyncEngine {
             default_projects,
             write_concurrency: write_concurrency.max(1),
             max_delete_ratio: 0.5,
-            file_names: vec!["port.yaml".into()],
+            paths: PathRules::default(),
             lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The file names a repository's GitOps file may have, in order (`--gitops-files`).
-    pub fn with_file_names(mut self, names: Vec<String>) -> Self {
-        if !names.is_empty() {
-            self.file_names = names;
-        }
+    /// Which files are GitOps files (`--gitops-paths`, `--gitops-project-paths`).
+    pub fn with_paths(mut self, paths: PathRules) -> Self {
+        self.paths = paths;
         self
     }
 

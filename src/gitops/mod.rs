@@ -8,6 +8,7 @@ mod apply;
 pub mod blueprint;
 pub mod engine;
 pub mod manifest;
+pub mod paths;
 mod plan;
 mod positions;
 pub mod publish;
@@ -19,7 +20,6 @@ pub mod state;
 
 pub use engine::{
     BlueprintError, BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest,
-    FILE_NAMES,
 };
 pub use publish::{CheckError, Checked, Links};
 pub use report::{Problem, ProblemKind, SyncReport};

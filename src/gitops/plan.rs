@@ -17,7 +17,7 @@ use super::engine::BlueprintSource;
 use super::manifest::{self, kind, ManifestEntity, ManifestError};
 use super::read::Scan;
 use super::report::{Problem, ProblemKind, Spot, SpotAt, SyncReport};
-use super::state::SyncState;
+use super::state::{path_of, SyncState};
 
 /// `(blueprint, identifier)`.
 pub(super) type Key = (String, String);
@@ -78,14 +78,14 @@ pub(super) fn classify(
                         name: name.clone(),
                         sha: sha.clone(),
                     });
-                    parsed.push((repo.clone(), format!("{repo}:{name}"), entities));
+                    parsed.push((repo.clone(), location(repo, name), entities));
                 }
                 Err(e) => {
                     // A broken file still exists: nothing of it is deleted.
                     plan.dirty = true;
                     report.problems.push(Problem {
                         kind: ProblemKind::Rejected,
-                        location: format!("{repo}:{name}"),
+                        location: location(repo, name),
                         entity: None,
                         message: e.to_string(),
                         spots: vec![Spot {
@@ -120,11 +120,19 @@ pub(super) fn classify(
                     .deletions_skipped
                     .push(format!("{repo}: it could not be read"));
             }
-            Scan::Unchanged => {}
+            Scan::Unchanged | Scan::Kept => {}
         }
     }
 
     (plans, parsed)
+}
+
+/// How a report names a file: its key (`PROJECT/repo:path`).
+fn location(key: &str, name: &str) -> String {
+    match path_of(key) {
+        Some(_) => key.to_owned(),
+        None => format!("{key}:{name}"),
+    }
 }
 
 /// Fetches each blueprint the files name, once, all at once.

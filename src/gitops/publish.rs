@@ -5,12 +5,15 @@
 //! what a reviewer most needs to see.
 
 use super::engine::{BlueprintSource, SyncEngine};
+use std::collections::BTreeMap;
+
 use super::positions::Positions;
 use super::report::{ProblemKind, SpotAt};
 use super::review::{CatalogLookup, Planned, PullRequest, Review, ReviewError};
+use super::state::path_of;
 use crate::bitbucket::insights::{
-    Annotation, AnnotationType, BuildState, BuildStatus, DataValue, InsightReport, InsightResult,
-    Severity,
+    fit, Annotation, AnnotationType, BuildState, BuildStatus, DataValue, InsightReport,
+    InsightResult, Severity,
 };
 use crate::bitbucket::{BitbucketError, RepoRef};
 
@@ -170,15 +173,24 @@ fn keys(items: &[Planned], with_fields: bool) -> String {
 }
 
 fn render_report(review: &Review, links: &Links) -> InsightReport {
-    let file = review.file.clone().unwrap_or_else(|| "port.yaml".into());
+    let names: Vec<&str> = review
+        .files
+        .keys()
+        .chain(&review.deleted_files)
+        .map(String::as_str)
+        .collect();
+    let file = match names.is_empty() {
+        true => "any GitOps file".to_owned(),
+        false => names.join(", "),
+    };
     let mut details = Vec::new();
     if !review.touched {
         details.push(format!(
             "This pull request does not change {file}: nothing changes in Port's catalog."
         ));
     } else {
-        if review.file_deleted {
-            details.push(format!("This pull request deletes {file}."));
+        for deleted in &review.deleted_files {
+            details.push(format!("This pull request deletes {deleted}."));
         }
         details.push(format!(
             "Merging it would create {}, update {} and delete {} entities in Port's catalog ({} unchanged).",
@@ -239,7 +251,7 @@ fn render_report(review: &Review, links: &Links) -> InsightReport {
             "Problems".to_owned(),
             DataValue::Number(review.problems.len() as u64),
         ),
-        ("File".to_owned(), DataValue::Text(file)),
+        ("Files".to_owned(), DataValue::Text(fit(&file, 200))),
     ];
     if let Some(href) = &link {
         data.push((
@@ -265,14 +277,15 @@ fn render_report(review: &Review, links: &Links) -> InsightReport {
 }
 
 fn render_annotations(review: &Review, links: &Links) -> Vec<Annotation> {
-    let Some(file) = review.file.clone() else {
+    let positions: BTreeMap<&str, Positions> = review
+        .files
+        .iter()
+        .map(|(path, text)| (path.as_str(), Positions::of(text)))
+        .collect();
+    let first = review.files.keys().chain(&review.deleted_files).next();
+    let Some(first) = first.cloned() else {
         return Vec::new();
     };
-    let positions = review
-        .text
-        .as_deref()
-        .map(Positions::of)
-        .unwrap_or_default();
     let mut out = Vec::new();
     for (p, problem) in review.problems.iter().enumerate() {
         let (severity, kind) = match problem.kind {
@@ -284,6 +297,8 @@ fn render_annotations(review: &Review, links: &Links) -> Vec<Annotation> {
             Some(entity) => format!("{entity}: {message}"),
             None => message.to_owned(),
         };
+        let file = path_of(&problem.location).unwrap_or(&first).to_owned();
+        let here = positions.get(file.as_str());
         let spots: Vec<(usize, String)> = if problem.spots.is_empty() {
             vec![(0, named(&problem.message))]
         } else {
@@ -294,7 +309,9 @@ fn render_annotations(review: &Review, links: &Links) -> Vec<Annotation> {
                     let line = match &spot.at {
                         SpotAt::File => 0,
                         SpotAt::Line(line) => *line,
-                        SpotAt::Key { item, path } => positions.line(*item, path).unwrap_or(0),
+                        SpotAt::Key { item, path } => {
+                            here.and_then(|at| at.line(*item, path)).unwrap_or(0)
+                        }
                     };
                     (line, named(&spot.message))
                 })
@@ -313,6 +330,7 @@ fn render_annotations(review: &Review, links: &Links) -> Vec<Annotation> {
         }
     }
     for gone in &review.deleted {
+        let file = gone.path.clone().unwrap_or_else(|| first.clone());
         out.push(Annotation {
             path: file.clone(),
             line: 0,
@@ -346,16 +364,18 @@ mod tests {
             identifier: id.into(),
             item: None,
             fields: vec![],
+            path: None,
         }
     }
 
     #[test]
     fn a_failing_review_names_deletions_and_puts_problems_on_their_lines() {
         let review = Review {
-            file: Some("port.yaml".into()),
-            text: Some(
-                "- identifier: a\n  blueprint: service\n  properties:\n    tier: middle\n".into(),
-            ),
+            files: BTreeMap::from([(
+                "port.yaml".to_owned(),
+                "- identifier: a\n  blueprint: service\n  properties:\n    tier: middle\n"
+                    .to_owned(),
+            )]),
             touched: true,
             created: vec![],
             updated: vec![Planned {
@@ -411,7 +431,7 @@ mod tests {
     #[test]
     fn an_untouched_file_passes_with_a_short_report() {
         let review = Review {
-            file: Some("port.yaml".into()),
+            files: BTreeMap::from([("port.yaml".to_owned(), String::new())]),
             ..Review::default()
         };
         let report = render_report(&review, &links());

@@ -15,13 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{SyncEngine, SyncError, SyncLog, SyncRequest};
 use super::report::{Problem, ProblemKind, SyncReport};
-use super::state::{RepoState, SyncState};
+use super::state::{file_key, repo_of, SyncState};
 use crate::bitbucket::{BitbucketError, RepoRef};
-
-/// The file names `validate` recognizes as GitOps files. A sync looks for `port.yaml` only,
-/// unless told otherwise (`--gitops-files`): each extra name costs every repository without
-/// a file one more read.
-pub const FILE_NAMES: [&str; 2] = ["port.yaml", "port.yml"];
 
 /// What reading one repository found.
 #[derive(Debug, Clone)]
@@ -37,6 +32,9 @@ pub(super) enum Scan {
     },
     Gone,
     Failed(String),
+    /// Not read this time because its repository could not be read: keeps everything,
+    /// reported once on the repository.
+    Kept,
 }
 
 impl SyncEngine {
@@ -94,7 +92,7 @@ impl SyncEngine {
                     .map(|repo| self.scan(repo.clone(), state, request.full, &abort, &fatal)),
             )
             .await;
-            scans.extend(results);
+            scans.extend(results.into_iter().flatten());
         } else {
             let (projects, listed_all) = if !request.projects.is_empty() {
                 (request.projects.clone(), false)
@@ -115,17 +113,18 @@ impl SyncEngine {
             .await;
             let listed = join_all(projects.iter().map(|key| async {
                 let slugs = self.bitbucket.repo_slugs(key).await;
-                let scans = match &slugs {
-                    Ok(slugs) => {
-                        join_all(slugs.iter().map(|slug| {
-                            let repo = RepoRef {
-                                project: key.clone(),
-                                slug: slug.clone(),
-                            };
-                            self.scan(repo, state, request.full, &abort, &fatal)
-                        }))
-                        .await
-                    }
+                let scans: Vec<(String, Scan)> = match &slugs {
+                    Ok(slugs) => join_all(slugs.iter().map(|slug| {
+                        let repo = RepoRef {
+                            project: key.clone(),
+                            slug: slug.clone(),
+                        };
+                        self.scan(repo, state, request.full, &abort, &fatal)
+                    }))
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                     Err(_) => Vec::new(),
                 };
                 (key.clone(), slugs.map(|_| scans))
@@ -135,18 +134,19 @@ impl SyncEngine {
             for (key, result) in listed {
                 match result {
                     Ok(found) => {
-                        let seen: HashSet<String> = found.iter().map(|(k, _)| k.clone()).collect();
+                        let seen: HashSet<String> =
+                            found.iter().map(|(k, _)| repo_of(k).to_owned()).collect();
                         scans.extend(found);
                         // Owned repositories no longer listed were deleted or moved.
-                        for repo in owned_repos_of(state, &key) {
-                            if !seen.contains(&repo) {
-                                scans.insert(repo, Scan::Gone);
+                        for owned in owned_keys_of(state, &key) {
+                            if !seen.contains(repo_of(&owned)) {
+                                scans.insert(owned, Scan::Gone);
                             }
                         }
                     }
                     Err(e) if e.is_gone() => {
-                        for repo in owned_repos_of(state, &key) {
-                            scans.insert(repo, Scan::Gone);
+                        for owned in owned_keys_of(state, &key) {
+                            scans.insert(owned, Scan::Gone);
                         }
                     }
                     Err(e) => {
@@ -168,10 +168,10 @@ impl SyncEngine {
             }
             if listed_all {
                 // Owned repositories of projects that no longer exist.
-                for repo in state.repos.keys() {
-                    let project = repo.split('/').next().unwrap_or_default();
+                for key in state.repos.keys() {
+                    let project = key.split('/').next().unwrap_or_default();
                     if !in_scope.contains(project) {
-                        scans.insert(repo.clone(), Scan::Gone);
+                        scans.insert(key.clone(), Scan::Gone);
                     }
                 }
             }
@@ -182,6 +182,8 @@ impl SyncEngine {
         Ok(scans)
     }
 
+    /// Reads one repository: a scan per file of it (and of its marker), keyed as the record
+    /// keys them.
     async fn scan(
         &self,
         repo: RepoRef,
@@ -189,93 +191,173 @@ impl SyncEngine {
         full: bool,
         abort: &CancellationToken,
         fatal: &Mutex<Option<BitbucketError>>,
-    ) -> (String, Scan) {
+    ) -> Vec<(String, Scan)> {
         let key = repo.to_string();
-        let prior = state.repos.get(&key);
         let result = tokio::select! {
-            result = self.scan_repo(&repo, prior, full) => result,
-            _ = abort.cancelled() => return (key, Scan::Failed("sync stopped".into())),
+            result = self.scan_repo(&repo, state, full) => result,
+            _ = abort.cancelled() => Err(BitbucketError::Transient { message: "sync stopped".into() }),
         };
-        let scan = match result {
-            Ok(scan) => scan,
-            Err(e) if e.is_gone() => Scan::Gone,
+        let message = match result {
+            Ok(scans) => return scans,
+            Err(e) if e.is_gone() => {
+                let mut keys = state.keys_of(&key);
+                if keys.is_empty() {
+                    keys.push(key);
+                }
+                return keys.into_iter().map(|k| (k, Scan::Gone)).collect();
+            }
             Err(e @ BitbucketError::Unauthorized { .. }) => {
                 // Every other request would be refused too: stop them all.
                 abort.cancel();
                 let message = e.to_string();
                 fatal.lock().expect("fatal lock").get_or_insert(e);
-                Scan::Failed(message)
+                message
             }
-            Err(e) => Scan::Failed(e.to_string()),
+            Err(e) => e.to_string(),
         };
-        (key, scan)
+        // Reported once, on the repository; its files keep everything.
+        let mut scans: Vec<(String, Scan)> = state
+            .keys_of(&key)
+            .into_iter()
+            .filter(|k| k != &key)
+            .map(|k| (k, Scan::Kept))
+            .collect();
+        scans.push((key, Scan::Failed(message)));
+        scans
     }
 
-    /// One read when nothing changed; the discovery reads otherwise.
+    /// A repository's files, as few requests as the patterns allow: literal paths are read
+    /// (an unchanged file costs its one read), globs need the file list, read again only when
+    /// the default branch's head moved.
     async fn scan_repo(
         &self,
         repo: &RepoRef,
-        prior: Option<&RepoState>,
+        state: &SyncState,
         full: bool,
-    ) -> Result<Scan, BitbucketError> {
+    ) -> Result<Vec<(String, Scan)>, BitbucketError> {
+        let key = repo.to_string();
+        let paths = self.paths.for_project(&repo.project);
+        let marker = state.repos.get(&key);
+        let owned: Vec<String> = state
+            .keys_of(&key)
+            .into_iter()
+            .filter(|k| k != &key)
+            .collect();
         let bb = &self.bitbucket;
         let (project, slug) = (repo.project.as_str(), repo.slug.as_str());
-        let mut tried = None;
-        if let Some(prior) = prior.filter(|_| !full) {
-            match (&prior.file, &prior.content_sha, &prior.commit) {
-                (Some(name), Some(sha), _) => {
-                    tried = Some(name.clone());
-                    if let Some(text) = bb.file(project, slug, name, None).await? {
-                        let new_sha = sha256(&text);
-                        if &new_sha == sha {
-                            return Ok(Scan::Unchanged);
-                        }
-                        return Ok(Scan::File {
-                            name: name.clone(),
-                            text,
-                            sha: new_sha,
-                        });
-                    }
+        let clean = owned.iter().all(|k| state.repos[k].content_sha.is_some())
+            && marker.is_none_or(|m| m.entities.is_empty());
+
+        let (found, head) = if paths.has_globs() {
+            let head = bb
+                .default_branch(project, slug)
+                .await?
+                .and_then(|b| b.latest_commit);
+            let cached = marker.and_then(|m| m.commit.as_ref());
+            if !full && clean && head.is_some() && cached == head.as_ref() {
+                return Ok(unchanged(key, owned, marker.is_some()));
+            }
+            let listed = match &head {
+                Some(head) => bb.files(project, slug, head).await?,
+                None => Vec::new(),
+            };
+            let matched: Vec<String> = listed.into_iter().filter(|p| paths.matches(p)).collect();
+            let at = head.as_deref();
+            let read = join_all(matched.iter().map(|path| async move {
+                let text = bb.file(project, slug, path, at).await?;
+                Ok::<_, BitbucketError>(text.map(|t| (path.clone(), t)))
+            }))
+            .await;
+            let mut found = Vec::new();
+            for file in read {
+                found.extend(file?);
+            }
+            (found, Some(head))
+        } else {
+            // A repository with none of the files, known by its head: one read says so.
+            if let (Some(commit), true, false) = (
+                marker.and_then(|m| m.commit.as_ref()),
+                owned.is_empty(),
+                full,
+            ) {
+                let branch = bb.default_branch(project, slug).await?;
+                if branch.as_ref().and_then(|b| b.latest_commit.as_ref()) == Some(commit) {
+                    return Ok(vec![(key, Scan::Unchanged)]);
                 }
-                (None, _, Some(commit)) => {
-                    let branch = bb.default_branch(project, slug).await?;
-                    if branch.as_ref().and_then(|b| b.latest_commit.as_ref()) == Some(commit) {
-                        return Ok(Scan::Unchanged);
+            }
+            let read = join_all(paths.literals().iter().map(|path| async move {
+                let text = bb.file(project, slug, path, None).await?;
+                Ok::<_, BitbucketError>(text.map(|t| (path.clone(), t)))
+            }))
+            .await;
+            let mut found = Vec::new();
+            for file in read {
+                found.extend(file?);
+            }
+            (found, None)
+        };
+
+        let mut scans = Vec::new();
+        for (path, text) in &found {
+            let file = file_key(&key, path);
+            let sha = sha256(text);
+            let same = state.repos.get(&file).and_then(|r| r.content_sha.as_ref()) == Some(&sha);
+            scans.push((
+                file,
+                if same && !full {
+                    Scan::Unchanged
+                } else {
+                    Scan::File {
+                        name: path.clone(),
+                        text: text.clone(),
+                        sha,
                     }
-                }
-                _ => {}
+                },
+            ));
+        }
+        // Files it owned that are no longer there (or no longer GitOps files): their
+        // entities go.
+        for file in &owned {
+            if !scans.iter().any(|(k, _)| k == file) {
+                scans.push((file.clone(), Scan::NoFile { commit: None }));
             }
         }
-        for name in &self.file_names {
-            if tried.as_deref() == Some(name.as_str()) {
-                continue;
+        let marker_scan = match head {
+            // Globs: the head the file list was read at, so an unchanged head is one read.
+            Some(head) => Some(Scan::NoFile { commit: head }),
+            None if !found.is_empty() => marker.map(|_| Scan::Gone),
+            None if paths.literals().len() == 1 => {
+                // One path: its 404 is the cheapest proof that there is still no file.
+                let absent_before = marker.is_some_and(|m| m.absent) && owned.is_empty();
+                Some(if absent_before && !full {
+                    Scan::Unchanged
+                } else {
+                    Scan::NoFile { commit: None }
+                })
             }
-            if let Some(text) = bb.file(project, slug, name, None).await? {
-                let sha = sha256(&text);
-                return Ok(Scan::File {
-                    name: name.clone(),
-                    text,
-                    sha,
-                });
+            None => {
+                let branch = bb.default_branch(project, slug).await?;
+                Some(Scan::NoFile {
+                    commit: branch.and_then(|b| b.latest_commit),
+                })
             }
-        }
-        if self.file_names.len() == 1 {
-            // One name: its 404 is the cheapest proof that there is still no file.
-            let absent_before = prior.is_some_and(|p| p.absent && p.file.is_none());
-            return Ok(if absent_before && !full {
-                Scan::Unchanged
-            } else {
-                Scan::NoFile { commit: None }
-            });
-        }
-        let branch = bb.default_branch(project, slug).await?;
-        Ok(Scan::NoFile {
-            commit: branch.and_then(|b| b.latest_commit),
-        })
+        };
+        scans.extend(marker_scan.map(|scan| (key, scan)));
+        Ok(scans)
     }
 }
 
-fn owned_repos_of(state: &SyncState, project: &str) -> Vec<String> {
+/// Nothing changed in the repository: every key of it unchanged.
+fn unchanged(key: String, owned: Vec<String>, marked: bool) -> Vec<(String, Scan)> {
+    let mut scans: Vec<(String, Scan)> = owned.into_iter().map(|k| (k, Scan::Unchanged)).collect();
+    if marked {
+        scans.push((key, Scan::Unchanged));
+    }
+    scans
+}
+
+/// The record's keys (markers and files) of a project's repositories.
+fn owned_keys_of(state: &SyncState, project: &str) -> Vec<String> {
     state
         .repos
         .keys()

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::plan::{Decisive, Declared, Key, RepoPlan};
-use super::state::{Owned, SyncState};
+use super::state::{path_of, repo_of, Owned, SyncState};
 
 /// Before writing: planned upserts become owned (hash unknown), transfers move.
 ///
@@ -87,11 +87,24 @@ pub(super) fn record_outcome(
             }
         }
     }
+    // Repositories with a file this time (their marker does not say "no file"), and those
+    // with anything that did not go through (their marker's head must not skip them).
+    let with_files: HashSet<&str> = plans
+        .iter()
+        .filter(|(_, p)| matches!(p.decisive, Some(Decisive::File { .. })))
+        .map(|(key, _)| repo_of(key))
+        .collect();
+    let dirty: HashSet<String> = plans
+        .iter()
+        .filter(|(_, p)| p.dirty)
+        .map(|(key, _)| repo_of(key).to_owned())
+        .collect();
     for (repo, plan) in &plans {
         let Some(decisive) = &plan.decisive else {
             if plan.dirty {
                 if let Some(repo_state) = state.repos.get_mut(repo) {
                     repo_state.content_sha = None;
+                    repo_state.commit = None;
                 }
             }
             continue;
@@ -109,8 +122,13 @@ pub(super) fn record_outcome(
                 repo_state.content_sha = None;
                 // Only a clean repository may be skipped by its commit next time.
                 let clean = !plan.dirty && repo_state.entities.is_empty();
-                repo_state.commit = if clean { commit.clone() } else { None };
-                repo_state.absent = clean;
+                let is_marker = path_of(repo).is_none();
+                repo_state.commit = if clean && is_marker {
+                    commit.clone()
+                } else {
+                    None
+                };
+                repo_state.absent = clean && is_marker && !with_files.contains(repo.as_str());
             }
             Decisive::Gone => {
                 repo_state.absent = false;
@@ -118,6 +136,11 @@ pub(super) fn record_outcome(
                 repo_state.content_sha = None;
                 repo_state.commit = None;
             }
+        }
+    }
+    for (key, repo_state) in state.repos.iter_mut() {
+        if path_of(key).is_none() && dirty.contains(key) {
+            repo_state.commit = None;
         }
     }
     state.repos.retain(|_, r| {

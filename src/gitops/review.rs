@@ -15,7 +15,7 @@ use super::manifest;
 use super::plan::{self, owner_index, plan_changes, Key};
 use super::read::{sha256, Scan};
 use super::report::{Problem, SyncReport};
-use super::state::StateError;
+use super::state::{file_key, path_of, repo_of, StateError};
 use crate::bitbucket::{BitbucketError, RepoRef};
 use crate::port::PortError;
 
@@ -52,6 +52,8 @@ pub struct Planned {
     pub item: Option<usize>,
     /// For an update: the fields that change (`title`, `properties.tier`).
     pub fields: Vec<String>,
+    /// The file that declares it (or, for a deletion, declared it).
+    pub path: Option<String>,
 }
 
 impl Planned {
@@ -63,14 +65,12 @@ impl Planned {
 /// What merging the pull request would do to the catalog.
 #[derive(Debug, Clone, Default)]
 pub struct Review {
-    /// The GitOps file's path: at the source commit, else (deleted by the PR) at the target.
-    pub file: Option<String>,
-    /// The source commit's file text, for positions.
-    pub text: Option<String>,
-    /// Whether the PR changes the GitOps file at all.
+    /// The GitOps files at the source commit, by path (their text, for positions).
+    pub files: BTreeMap<String, String>,
+    /// The GitOps files the pull request deletes (at the target, not at the source commit).
+    pub deleted_files: Vec<String>,
+    /// Whether the PR changes any GitOps file at all.
     pub touched: bool,
-    /// Whether the file is deleted by the pull request.
-    pub file_deleted: bool,
     pub created: Vec<Planned>,
     pub updated: Vec<Planned>,
     pub deleted: Vec<Planned>,
@@ -99,22 +99,33 @@ pub enum ReviewError {
 }
 
 impl SyncEngine {
-    /// The GitOps file of `repo` at `at` (a commit or a ref): its name and text.
-    async fn file_at(
+    /// The GitOps files of `repo` at `at` (a commit or a ref), by path.
+    pub(super) async fn files_at(
         &self,
         repo: &RepoRef,
         at: &str,
-    ) -> Result<Option<(String, String)>, BitbucketError> {
-        for name in &self.file_names {
-            if let Some(text) = self
-                .bitbucket
-                .file(&repo.project, &repo.slug, name, Some(at))
-                .await?
-            {
-                return Ok(Some((name.clone(), text)));
+    ) -> Result<BTreeMap<String, String>, BitbucketError> {
+        let paths = self.paths.for_project(&repo.project);
+        let (project, slug) = (repo.project.as_str(), repo.slug.as_str());
+        let candidates: Vec<String> = if paths.has_globs() {
+            match self.bitbucket.files(project, slug, at).await {
+                Ok(listed) => listed.into_iter().filter(|p| paths.matches(p)).collect(),
+                Err(e) if e.is_missing_path() => Vec::new(),
+                Err(e) => return Err(e),
             }
+        } else {
+            paths.literals().to_vec()
+        };
+        let read = futures_util::future::join_all(candidates.iter().map(|path| async move {
+            let text = self.bitbucket.file(project, slug, path, Some(at)).await?;
+            Ok::<_, BitbucketError>(text.map(|t| (path.clone(), t)))
+        }))
+        .await;
+        let mut files = BTreeMap::new();
+        for file in read {
+            files.extend(file?);
         }
-        Ok(None)
+        Ok(files)
     }
 
     /// Plans the pull request against the record and Port; writes nothing anywhere.
@@ -126,85 +137,96 @@ impl SyncEngine {
     ) -> Result<Review, ReviewError> {
         let before = self.bitbucket.request_count();
         let (head, base) = futures_util::try_join!(
-            self.file_at(&pr.repo, &pr.commit),
-            self.file_at(&pr.repo, &pr.target)
+            self.files_at(&pr.repo, &pr.commit),
+            self.files_at(&pr.repo, &pr.target)
         )
         .map_err(ReviewError::Read)?;
         let mut review = Review {
-            file: head.as_ref().or(base.as_ref()).map(|(n, _)| n.clone()),
-            text: head.as_ref().map(|(_, t)| t.clone()),
             touched: head != base,
-            file_deleted: head.is_none() && base.is_some(),
+            deleted_files: base
+                .keys()
+                .filter(|p| !head.contains_key(*p))
+                .cloned()
+                .collect(),
             ..Review::default()
         };
-        if !review.touched {
-            review.bitbucket_requests = self.bitbucket.request_count() - before;
-            return Ok(review);
+        if review.touched {
+            self.plan_review(pr, &head, &base, blueprints, catalog, &mut review)
+                .await?;
         }
+        review.files = head;
+        review.bitbucket_requests = self.bitbucket.request_count() - before;
+        Ok(review)
+    }
 
+    /// What the files at the source commit would do, as a sync plans it.
+    async fn plan_review(
+        &self,
+        pr: &PullRequest,
+        head: &BTreeMap<String, String>,
+        base: &BTreeMap<String, String>,
+        blueprints: &dyn BlueprintSource,
+        catalog: &dyn CatalogLookup,
+        review: &mut Review,
+    ) -> Result<(), ReviewError> {
         let repo = pr.repo.to_string();
-        let scan = match &head {
-            Some((name, text)) => Scan::File {
-                name: name.clone(),
-                text: text.clone(),
-                sha: sha256(text),
-            },
-            None => Scan::NoFile { commit: None },
-        };
-        let scans = BTreeMap::from([(repo.clone(), scan)]);
+        let state = self.store.load().await?;
+        let owners = owner_index(&state);
+        let mut scans: BTreeMap<String, Scan> = head
+            .iter()
+            .map(|(path, text)| {
+                let scan = Scan::File {
+                    name: path.clone(),
+                    text: text.clone(),
+                    sha: sha256(text),
+                };
+                (file_key(&repo, path), scan)
+            })
+            .collect();
+        // What the record says this repository owns and the commit no longer has.
+        for key in state.keys_of(&repo) {
+            scans.entry(key).or_insert(Scan::NoFile { commit: None });
+        }
         let mut report = SyncReport::default();
         let (mut plans, parsed) = plan::classify(&scans, &mut report);
         let known = plan::fetch_blueprints(&parsed, blueprints).await;
         let declared = plan::validate(parsed, &known, &mut plans, &mut report);
-        let state = self.store.load().await?;
-        let owners = owner_index(&state);
         // `full`: every declared entity is compared with Port, not only those changed since
         // the last sync.
         let planned = plan_changes(&state, &scans, plans, declared, true, &mut report);
         review.problems = report.problems;
 
-        // Deletions: what the record says this repository's file produced, and what the
-        // target branch's file declares, that the source commit's file no longer declares
-        // (only when that file was read decisively: a broken one deletes nothing).
-        let mut deletes: BTreeSet<Key> = planned.deletes.into_iter().map(|(_, k)| k).collect();
-        let still = planned.repos.get(&repo);
-        if let (Some(plan), Some((_, text))) = (still.filter(|p| p.decisive.is_some()), &base) {
-            for key in declared_keys(text) {
-                let owned_elsewhere = owners.get(&key).is_some_and(|(owner, _)| owner != &repo);
-                if !plan.declared.contains(&key) && !owned_elsewhere {
-                    deletes.insert(key);
-                }
-            }
-        }
-
-        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for key in planned
+        // Deletions: what the record says the repository's files produced, and what the
+        // target branch's files declare, that no file of the source commit declares.
+        let declared_here: BTreeSet<&Key> = planned
+            .repos
+            .iter()
+            .filter(|(key, _)| repo_of(key) == repo)
+            .flat_map(|(_, plan)| plan.declared.iter())
+            .collect();
+        let claimed: BTreeSet<Key> = planned
             .upserts
             .iter()
             .map(|d| (d.entity.blueprint.clone(), d.entity.identifier.clone()))
-            .chain(deletes.iter().cloned())
-        {
-            wanted.entry(key.0).or_default().push(key.1);
-        }
-        let mut existing: HashMap<Key, Value> = HashMap::new();
-        review.compared = true;
-        for (blueprint, ids) in &wanted {
-            match catalog
-                .existing(blueprint, ids)
-                .await
-                .map_err(ReviewError::Port)?
-            {
-                Some(found) => {
-                    for entity in found {
-                        if let Some(id) = entity.get("identifier").and_then(Value::as_str) {
-                            existing.insert((blueprint.clone(), id.to_owned()), entity);
-                        }
-                    }
+            .collect();
+        let mut deletes: BTreeMap<Key, Option<String>> = planned
+            .deletes
+            .into_iter()
+            .map(|(owner, key)| (key, path_of(&owner).map(str::to_owned)))
+            .collect();
+        for (path, text) in base {
+            for key in declared_keys(text) {
+                let owned_elsewhere = owners
+                    .get(&key)
+                    .is_some_and(|(owner, _)| repo_of(owner) != repo);
+                if !declared_here.contains(&key) && !claimed.contains(&key) && !owned_elsewhere {
+                    deletes.entry(key).or_insert_with(|| Some(path.clone()));
                 }
-                None => review.compared = false,
             }
         }
 
+        let wanted: Vec<Key> = claimed.iter().chain(deletes.keys()).cloned().collect();
+        let existing = existing(catalog, &wanted, review).await?;
         for d in planned.upserts {
             let key = (d.entity.blueprint.clone(), d.entity.identifier.clone());
             let mut entry = Planned {
@@ -212,6 +234,7 @@ impl SyncEngine {
                 identifier: key.1.clone(),
                 item: d.item,
                 fields: Vec::new(),
+                path: path_of(&d.location).map(str::to_owned),
             };
             let now = match existing.get(&key) {
                 Some(now) => Some(now),
@@ -234,17 +257,52 @@ impl SyncEngine {
         }
         review.deleted = deletes
             .into_iter()
-            .filter(|k| !review.compared || existing.contains_key(k))
-            .map(|(blueprint, identifier)| Planned {
+            .filter(|(k, _)| !review.compared || existing.contains_key(k))
+            .map(|((blueprint, identifier), path)| Planned {
                 blueprint,
                 identifier,
                 item: None,
                 fields: Vec::new(),
+                path,
             })
             .collect();
-        review.bitbucket_requests = self.bitbucket.request_count() - before;
-        Ok(review)
+        Ok(())
     }
+}
+
+/// The entities among `keys` Port has now (one search per blueprint); marks the review
+/// uncompared when there is no catalog to ask.
+async fn existing(
+    catalog: &dyn CatalogLookup,
+    keys: &[Key],
+    review: &mut Review,
+) -> Result<HashMap<Key, Value>, ReviewError> {
+    let mut wanted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (blueprint, identifier) in keys {
+        wanted
+            .entry(blueprint)
+            .or_default()
+            .push(identifier.clone());
+    }
+    let mut existing = HashMap::new();
+    review.compared = true;
+    for (blueprint, ids) in wanted {
+        match catalog
+            .existing(blueprint, &ids)
+            .await
+            .map_err(ReviewError::Port)?
+        {
+            Some(found) => {
+                for entity in found {
+                    if let Some(id) = entity.get("identifier").and_then(Value::as_str) {
+                        existing.insert((blueprint.to_owned(), id.to_owned()), entity);
+                    }
+                }
+            }
+            None => review.compared = false,
+        }
+    }
+    Ok(existing)
 }
 
 /// The `(blueprint, identifier)` pairs a file names, valid or not (for deletions).

@@ -20,7 +20,10 @@ use crate::core::{RecordStore, SharedRecords, StoreError};
 /// Name of the record (and of its lock) in a shared store.
 const SHARED_KEY: &str = "gitops-state";
 
-const VERSION: u32 = 1;
+/// 2: entities are owned per file (`PROJECT/repo:path`); version 1 (one file per
+/// repository, keyed `PROJECT/repo`) is read and converted. An older build refuses 2
+/// rather than mistake a file's key for a repository.
+const VERSION: u32 = 2;
 
 /// An entity a repository's file produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,11 +52,55 @@ pub struct RepoState {
     pub entities: Vec<Owned>,
 }
 
-/// The whole record, keyed by `PROJECT/slug`.
+/// The whole record. Keys are sources: a file (`PROJECT/slug:path`, which owns entities)
+/// or a repository (`PROJECT/slug`, a marker: its head commit, or that it has no file).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
     pub version: u32,
     pub repos: BTreeMap<String, RepoState>,
+}
+
+/// The key of a file's record.
+pub fn file_key(repo: &str, path: &str) -> String {
+    format!("{repo}:{path}")
+}
+
+/// The repository of a record's key (`PROJECT/slug`).
+pub fn repo_of(key: &str) -> &str {
+    key.split_once(':').map_or(key, |(repo, _)| repo)
+}
+
+/// The file of a record's key, for a file's key.
+pub fn path_of(key: &str) -> Option<&str> {
+    key.split_once(':').map(|(_, path)| path)
+}
+
+impl SyncState {
+    /// The keys (the repository's marker and its files) of `repo`.
+    pub fn keys_of(&self, repo: &str) -> Vec<String> {
+        self.repos
+            .range(repo.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(repo))
+            .filter(|(k, _)| repo_of(k) == repo)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Version 1 → 2: a repository's file becomes a file's key.
+    fn to_file_keys(&mut self) {
+        let old = std::mem::take(&mut self.repos);
+        for (key, state) in old {
+            match (&state.file, path_of(&key)) {
+                (Some(name), None) => {
+                    self.repos.insert(file_key(&key, name), state);
+                }
+                _ => {
+                    self.repos.insert(key, state);
+                }
+            }
+        }
+        self.version = VERSION;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,11 +249,16 @@ impl StateStore {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        if state.version != VERSION {
-            return Err(StateError::Corrupt {
-                path: shown,
-                reason: format!("version {} (this build reads {VERSION})", state.version),
-            });
+        let mut state = state;
+        match state.version {
+            VERSION => {}
+            1 => state.to_file_keys(),
+            other => {
+                return Err(StateError::Corrupt {
+                    path: shown,
+                    reason: format!("version {other} (this build reads 1 and {VERSION})"),
+                })
+            }
         }
         Ok(state)
     }

@@ -74,10 +74,10 @@ pub(crate) fn entity_writes(app: &TestApp) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_and_list_files_are_synced_with_the_run_id_and_without_merge() {
-    // port.yml is read when asked for (--gitops-files port.yaml,port.yml).
+    // port.yml is read when asked for (--gitops-paths port.yaml,port.yml).
     let app = spawn_app_with(AppOptions {
         gitops: true,
-        gitops_files: vec!["port.yaml".into(), "port.yml".into()],
+        gitops_paths: vec!["port.yaml".into(), "port.yml".into()],
         ..AppOptions::default()
     })
     .await;
@@ -639,7 +639,7 @@ async fn a_first_sync_costs_one_read_per_repository_and_port_yml_is_opt_in() {
     assert!(app.port().entity("microservice", "s02").is_some());
     assert!(
         app.port().entity("microservice", "y01").is_none(),
-        "port.yml is not read unless --gitops-files names it"
+        "port.yml is not read unless --gitops-paths names it"
     );
     app.shutdown().await;
 }

@@ -53,8 +53,10 @@ pub struct AppOptions {
     pub max_delete_ratio: f64,
     /// The scheduled full sync (off unless a test turns it on).
     pub gitops_interval: Duration,
-    /// `--gitops-files` (port.yaml, as `serve`'s default).
-    pub gitops_files: Vec<String>,
+    /// `--gitops-paths` (port.yaml, as `serve`'s default).
+    pub gitops_paths: Vec<String>,
+    /// `--gitops-project-paths` (`PROJECT=pattern` items).
+    pub gitops_project_paths: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -74,7 +76,8 @@ impl Default for AppOptions {
             port_fake: None,
             max_delete_ratio: 0.5,
             gitops_interval: Duration::ZERO,
-            gitops_files: vec!["port.yaml".into()],
+            gitops_paths: vec!["port.yaml".into()],
+            gitops_project_paths: Vec::new(),
         }
     }
 }
@@ -155,7 +158,11 @@ pub async fn spawn_app_with(mut options: AppOptions) -> TestApp {
             webhook_secret: Some(BB_HOOK_SECRET.into()),
             max_delete_ratio: options.max_delete_ratio,
             interval: options.gitops_interval,
-            file_names: options.gitops_files.clone(),
+            paths: port_runner::gitops::paths::PathRules::new(
+                &options.gitops_paths,
+                &options.gitops_project_paths,
+            )
+            .expect("valid GitOps paths"),
             app_url: "https://app.port.io".into(),
         });
         Some(fake)

@@ -87,7 +87,7 @@ impl SyncState {
     }
 
     /// Version 1 → 2: a repository's file becomes a file's key.
-    fn to_file_keys(&mut self) {
+    fn convert_to_file_keys(&mut self) {
         let old = std::mem::take(&mut self.repos);
         for (key, state) in old {
             match (&state.file, path_of(&key)) {
@@ -252,7 +252,7 @@ impl StateStore {
         let mut state = state;
         match state.version {
             VERSION => {}
-            1 => state.to_file_keys(),
+            1 => state.convert_to_file_keys(),
             other => {
                 return Err(StateError::Corrupt {
                     path: shown,

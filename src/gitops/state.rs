@@ -324,6 +324,25 @@ impl StateStore {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_version_1_record_is_read_as_owned_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::in_dir(dir.path());
+        let v1 = r#"{"version": 1, "repos": {
+            "PRJ/a": {"file": "port.yaml", "content_sha": "s", "commit": null,
+                      "entities": [{"blueprint": "service", "identifier": "x", "hash": "h"}]},
+            "PRJ/b": {"file": null, "content_sha": null, "commit": "c0ffee", "absent": true, "entities": []}
+        }}"#;
+        let state = store.parse(v1).unwrap();
+        assert_eq!(state.version, VERSION);
+        let keys: Vec<&String> = state.repos.keys().collect();
+        assert_eq!(keys, ["PRJ/a:port.yaml", "PRJ/b"]);
+        assert_eq!(state.repos["PRJ/a:port.yaml"].entities[0].identifier, "x");
+        assert_eq!(state.keys_of("PRJ/a"), ["PRJ/a:port.yaml"]);
+        assert_eq!(repo_of("PRJ/a:services/x/port.yaml"), "PRJ/a");
+        assert!(store.parse(r#"{"version": 3, "repos": {}}"#).is_err());
+    }
+
     #[tokio::test]
     async fn a_missing_record_is_empty_and_a_saved_one_round_trips() {
         let dir = tempfile::tempdir().unwrap();

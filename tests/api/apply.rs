@@ -570,3 +570,57 @@ async fn one_broken_handler_file_is_reported_once_and_hides_no_other() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_reads_the_sync_s_paths_and_globs() {
+    let dir = fixture();
+    let root = dir.path();
+    let good = "identifier: api\ntitle: API\nblueprint: service\nproperties:\n  tier: a\n";
+    let bad = "identifier: web\ntitle: Web\nblueprint: service\nproperties:\n  tier: z\n";
+    for (path, text) in [
+        ("services/api/port.yaml", good),
+        ("services/web/port.yaml", bad),
+        // Not matched by the glob (`*` stays within one folder), nor in a hidden folder.
+        ("services/web/v2/port.yaml", bad),
+        (".git/port.yaml", bad),
+    ] {
+        let file = root.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    }
+    let args = |paths: &str| {
+        vec![
+            "validate".into(),
+            "--blueprints-dir".into(),
+            root.join("blueprints").display().to_string(),
+            "--gitops-paths".into(),
+            paths.into(),
+            root.display().to_string(),
+        ]
+    };
+    let out = run(args("services/*/port.yaml"), None).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("services/web/port.yaml") && stderr.contains("got \"z\""),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("v2/port.yaml") && !stderr.contains(".git"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("5 file(s) checked: 1 problem(s)"),
+        "{stderr}"
+    );
+    // The default (port.yaml at the root only) does not see them.
+    let out = run(args("port.yaml"), None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(args("/etc/port.yaml"), None).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a file path or glob"));
+}

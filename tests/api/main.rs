@@ -12,6 +12,7 @@ mod helpers;
 mod hub;
 mod journal;
 mod kubernetes;
+mod monorepo;
 mod pg;
 mod pg_tls;
 mod port_client;

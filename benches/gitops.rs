@@ -12,8 +12,16 @@
 //!   against the bucket's floor ((answered requests − 60) ÷ 5 s), the share of 429s, entities
 //!   missing.
 //!
+//! - then a monorepo layout at 4 × 100 (two `services/*/port.yaml` files and unrelated files in
+//!   each repository) synced with the glob `--gitops-paths services/*/port.yaml`: Bitbucket
+//!   requests of the full sync and of the no-change re-sync against their floors (1 projects
+//!   page + 1 repositories page per project + per repository: its head, one file-list page and
+//!   each matched file, or just its head when nothing changed), beside the same files named as
+//!   two literal paths.
+//!
 //! Knobs: BENCH_PROJECTS (4), BENCH_REPOS (500), BENCH_LATENCY_MS (20), BENCH_CONCURRENCY (32),
-//! BENCH_RATE_LIMITED (1; 0 skips the rate-limited runs, which take about two minutes).
+//! BENCH_RATE_LIMITED (1; 0 skips the rate-limited runs, which take about two minutes),
+//! BENCH_GLOBS (1; 0 skips the monorepo runs).
 
 #[path = "../tests/api/fake_bitbucket.rs"]
 mod fake_bitbucket;
@@ -105,7 +113,7 @@ async fn run() {
 
     let data = tempfile::tempdir().unwrap();
     let sync = |label: &'static str| {
-        let (wall, output) = sync_binary(&bb, &port, data.path(), concurrency);
+        let (wall, output) = sync_binary(&bb, &port, data.path(), concurrency, &[]);
         assert!(
             output.status.success(),
             "{label}: {}",
@@ -202,8 +210,85 @@ async fn run() {
         rows[1].bitbucket as f64 / listing_floor as f64
     );
 
+    if env_or("BENCH_GLOBS", 1) == 1 {
+        globbed(latency, concurrency).await;
+    }
     if env_or("BENCH_RATE_LIMITED", 1) == 1 {
         rate_limited(latency, concurrency).await;
+    }
+}
+
+/// A monorepo layout synced by glob, and by the same files named literally.
+async fn globbed(latency: Duration, concurrency: u64) {
+    let (projects, repos) = (4u64, 100u64);
+    let bb = FakeBitbucket::start_with(latency, 2).await;
+    for p in 0..projects {
+        for r in 0..repos {
+            let (project, slug) = (format!("MONO{p}"), format!("repo-{r:03}"));
+            for part in ["api", "web"] {
+                let id = format!("{part}-{p}-{r:03}");
+                let text = format!("identifier: {id}\ntitle: {id}\nblueprint: microservice\nproperties:\n  tier: backend\n");
+                bb.put_file(
+                    &project,
+                    &slug,
+                    &format!("services/{part}/port.yaml"),
+                    &text,
+                );
+            }
+            bb.put_file(&project, &slug, "README.md", "# docs");
+            bb.put_file(&project, &slug, "services/api/src/main.rs", "fn main() {}");
+        }
+    }
+    let files = (projects * repos * 2) as usize;
+    let listings = 1 + projects as usize;
+    let floors = [
+        listings + (projects * repos) as usize * 2 + files,
+        listings + (projects * repos) as usize,
+    ];
+    println!(
+        "\nMonorepo layout: {projects} x {repos} repositories, {files} services/*/port.yaml files; {} ms per request\n",
+        latency.as_millis()
+    );
+    println!("| paths | run | wall s | Bitbucket requests | request floor | requests / floor | entities |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (label, paths, floors) in [
+        ("glob services/*/port.yaml", "services/*/port.yaml", floors),
+        (
+            "literals services/api/port.yaml,services/web/port.yaml",
+            "services/api/port.yaml,services/web/port.yaml",
+            [listings + files, listings + files],
+        ),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let port = FakePort::start().await;
+        port.add_blueprint(json!({
+            "identifier": "microservice", "title": "Microservice",
+            "schema": {"properties": {"tier": {"type": "string"}}, "required": []}
+        }));
+        for (run, floor) in ["full sync", "no-change re-sync"].into_iter().zip(floors) {
+            let before = bb.request_count();
+            let (wall, output) = tokio::task::block_in_place(|| {
+                sync_binary(
+                    &bb,
+                    &port,
+                    data.path(),
+                    concurrency,
+                    &[("BITBUCKET_GITOPS_PATHS", paths)],
+                )
+            });
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let requests = bb.request_count() - before;
+            println!(
+                "| {label} | {run} | {:.2} | {requests} | {floor} | {:.2}x | {} |",
+                wall.as_secs_f64(),
+                requests as f64 / floor as f64,
+                port.entity_count()
+            );
+        }
     }
 }
 
@@ -237,7 +322,7 @@ Rate-limited Data Center: a bucket of 60 tokens refilled at 5/s, 429 without Ret
         bb.rate_limit(60.0, 5.0, false);
         let data = tempfile::tempdir().unwrap();
         let (wall, output) =
-            tokio::task::block_in_place(|| sync_binary(&bb, &port, data.path(), concurrency));
+            tokio::task::block_in_place(|| sync_binary(&bb, &port, data.path(), concurrency, &[]));
         let requests = bb.request_count();
         let limited = bb.limited();
         let missing = ids
@@ -263,6 +348,7 @@ fn sync_binary(
     port: &FakePort,
     data: &std::path::Path,
     concurrency: u64,
+    env: &[(&str, &str)],
 ) -> (Duration, std::process::Output) {
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_port-runner"))
@@ -282,6 +368,7 @@ fn sync_binary(
         .env("PORT_CLIENT_ID", CLIENT_ID)
         .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
         .env("PORT_API_URL", &port.api_url)
+        .envs(env.iter().copied())
         .output()
         .expect("run port-runner sync");
     (started.elapsed(), output)

@@ -300,6 +300,11 @@ impl FakePort {
     }
 
     /// Log messages Port accepted for a run, split back into lines, in order.
+    /// How many entities Port holds.
+    pub fn entity_count(&self) -> usize {
+        self.state.lock().unwrap().entities.len()
+    }
+
     pub fn log_lines(&self, run_id: &str) -> Vec<String> {
         self.requests_to("POST", &format!("/runs/{run_id}/logs"))
             .iter()

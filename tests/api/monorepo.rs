@@ -88,6 +88,7 @@ async fn globs_find_nested_files_and_an_unchanged_repository_costs_one_read() {
     for id in ["nested", "root", "unseen"] {
         assert!(app.port().entity("microservice", id).is_none(), "{id}");
     }
+    assert_eq!(app.port().entity_count(), 7);
     let listed = bb
         .requests()
         .iter()

@@ -342,7 +342,7 @@ fn register_handlers(
             .gitops
             .as_ref()
             .map_or_else(|| "https://app.port.io".to_owned(), |g| g.app_url.clone());
-        handlers.register(
+        handlers.register_internal(
             PR_CHECK_ACTION,
             PrCheckHandler::new(
                 gitops.engine.clone(),

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::apply::{delete_all, upsert_all};
+use super::breaker::mass_delete_breaker;
 use super::paths::PathRules;
 use super::plan::{self, owner_index, plan_changes, Plan};
 use super::read::Scan;
@@ -211,7 +212,7 @@ impl SyncEngine {
             repos: mut plans,
         } = plan_changes(&state, &scans, plans, declared, request.full, &mut report);
         if !request.allow_mass_delete {
-            plan::mass_delete_breaker(
+            mass_delete_breaker(
                 &state,
                 &mut deletes,
                 &mut plans,

@@ -6,6 +6,7 @@
 pub mod adapters;
 mod apply;
 pub mod blueprint;
+mod breaker;
 pub mod engine;
 pub mod manifest;
 pub mod paths;

@@ -15,8 +15,11 @@ pub struct GitOpsPaths {
     globs: Option<GlobSet>,
 }
 
+/// `{`, written so that brace-counting tools stay balanced.
+const OPEN_BRACE: char = '\u{7b}';
+
 fn is_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '[', '{'])
+    pattern.contains(['*', '?', '[', OPEN_BRACE])
 }
 
 /// Checks one pattern: a relative path in a repository (no `/` first, no `.` or `..`

@@ -150,6 +150,9 @@ pub fn load_each_definition(
 #[derive(Clone, Default)]
 pub struct HandlerRegistry {
     handlers: BTreeMap<String, Arc<dyn Handler>>,
+    /// Handlers only the runner's own runs reach (pull-request checks): not an action Port
+    /// can invoke, list or reconcile.
+    internal: BTreeMap<String, Arc<dyn Handler>>,
     /// The actions' `userInputs`, checked before a handler runs.
     inputs: ActionInputs,
 }
@@ -175,8 +178,14 @@ impl HandlerRegistry {
         self
     }
 
+    /// A handler only the runner's own runs (`Invocation::internal`) reach.
+    pub fn register_internal(&mut self, action: &str, handler: impl Handler) -> &mut Self {
+        self.internal.insert(action.to_owned(), Arc::new(handler));
+        self
+    }
+
     pub fn contains(&self, action: &str) -> bool {
-        self.handlers.contains_key(action)
+        self.handlers.contains_key(action) || self.internal.contains_key(action)
     }
 
     /// Checks inputs against the action's `userInputs` (as a run's are before it starts);
@@ -258,7 +267,11 @@ impl HandlerRegistry {
     /// The handler for this invocation, or the reason there is none (sent to Port as is).
     pub fn resolve(&self, invocation: &Invocation) -> Result<Arc<dyn Handler>, String> {
         let action = invocation.action.as_str();
-        let Some(handler) = self.handlers.get(action) else {
+        let own = invocation
+            .internal
+            .then(|| self.internal.get(action))
+            .flatten();
+        let Some(handler) = self.handlers.get(action).or(own) else {
             return Err(format!(
                 "no handler for action '{action}'; this runner handles: {}",
                 self.known().join(", ")

@@ -262,16 +262,7 @@ impl SyncEngine {
                 None => Vec::new(),
             };
             let matched: Vec<String> = listed.into_iter().filter(|p| paths.matches(p)).collect();
-            let at = head.as_deref();
-            let read = join_all(matched.iter().map(|path| async move {
-                let text = bb.file(project, slug, path, at).await?;
-                Ok::<_, BitbucketError>(text.map(|t| (path.clone(), t)))
-            }))
-            .await;
-            let mut found = Vec::new();
-            for file in read {
-                found.extend(file?);
-            }
+            let found = self.read_files(repo, &matched, head.as_deref()).await?;
             (found, Some(head))
         } else {
             // A repository with none of the files, known by its head: one read says so.
@@ -285,16 +276,7 @@ impl SyncEngine {
                     return Ok(vec![(key, Scan::Unchanged)]);
                 }
             }
-            let read = join_all(paths.literals().iter().map(|path| async move {
-                let text = bb.file(project, slug, path, None).await?;
-                Ok::<_, BitbucketError>(text.map(|t| (path.clone(), t)))
-            }))
-            .await;
-            let mut found = Vec::new();
-            for file in read {
-                found.extend(file?);
-            }
-            (found, None)
+            (self.read_files(repo, paths.literals(), None).await?, None)
         };
 
         let mut scans = Vec::new();
@@ -344,6 +326,31 @@ impl SyncEngine {
         };
         scans.extend(marker_scan.map(|scan| (key, scan)));
         Ok(scans)
+    }
+}
+
+impl SyncEngine {
+    /// The files among `paths` that exist at `at` (the default branch when `None`), all at
+    /// once: `(path, text)`.
+    pub(super) async fn read_files(
+        &self,
+        repo: &RepoRef,
+        paths: &[String],
+        at: Option<&str>,
+    ) -> Result<Vec<(String, String)>, BitbucketError> {
+        let read = join_all(paths.iter().map(|path| async move {
+            let text = self
+                .bitbucket
+                .file(&repo.project, &repo.slug, path, at)
+                .await?;
+            Ok::<_, BitbucketError>(text.map(|t| (path.clone(), t)))
+        }))
+        .await;
+        let mut found = Vec::new();
+        for file in read {
+            found.extend(file?);
+        }
+        Ok(found)
     }
 }
 

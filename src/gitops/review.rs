@@ -116,16 +116,11 @@ impl SyncEngine {
         } else {
             paths.literals().to_vec()
         };
-        let read = futures_util::future::join_all(candidates.iter().map(|path| async move {
-            let text = self.bitbucket.file(project, slug, path, Some(at)).await?;
-            Ok::<_, BitbucketError>(text.map(|t| (path.clone(), t)))
-        }))
-        .await;
-        let mut files = BTreeMap::new();
-        for file in read {
-            files.extend(file?);
-        }
-        Ok(files)
+        Ok(self
+            .read_files(repo, &candidates, Some(at))
+            .await?
+            .into_iter()
+            .collect())
     }
 
     /// Plans the pull request against the record and Port; writes nothing anywhere.

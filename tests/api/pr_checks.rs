@@ -317,3 +317,33 @@ async fn an_account_that_may_not_publish_gets_one_clear_message() {
     assert!(bb.report(REPO, C1, "port-catalog").is_none());
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_cannot_start_a_pull_request_check() {
+    let app = synced().await;
+    let run_id = crate::helpers::unique_run_id();
+    let inputs =
+        json!({"repository": REPO, "pull_request": 1, "commit": C1, "target": "refs/heads/main"});
+    let response = app
+        .post_signed(&crate::helpers::legacy(
+            &run_id,
+            "gitops_pr_check",
+            "CREATE",
+            inputs,
+        ))
+        .await;
+    assert_eq!(response.status(), 202);
+    let fin = app.port().wait_final(&run_id).await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("no handler for action 'gitops_pr_check'"),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("handles: gitops_pr_check") && !summary.contains(", gitops_pr_check"),
+        "{summary}"
+    );
+    assert!(app.bitbucket().builds(REPO, C1).is_empty());
+    app.shutdown().await;
+}

@@ -314,8 +314,11 @@ impl Runner {
         }
     }
 
-    async fn execute(self: Arc<Self>, invocation: Invocation, ahead: usize) {
+    async fn execute(self: Arc<Self>, mut invocation: Invocation, ahead: usize) {
         let run_id = invocation.run_id.clone();
+        // An automation event names its action only once routed: route first, so that the
+        // run's metrics name the action that runs (the journal keeps it as received).
+        let routed = self.handlers.route(&mut invocation);
         let action = invocation.action.to_string();
         let reporter = self.reporter(&invocation);
         tracing::info!(operation = %invocation.operation, "run accepted");
@@ -380,7 +383,10 @@ impl Runner {
                         Some(permit),
                     )
                 } else {
-                    (self.run_handler(invocation, &reporter).await, Some(permit))
+                    (
+                        self.run_handler(invocation, routed, &reporter).await,
+                        Some(permit),
+                    )
                 }
             }
         };
@@ -397,14 +403,19 @@ impl Runner {
         self.registry.retire(&run_id);
     }
 
-    async fn run_handler(&self, mut invocation: Invocation, reporter: &RunReporter) -> Verdict {
+    async fn run_handler(
+        &self,
+        mut invocation: Invocation,
+        routed: Result<(), String>,
+        reporter: &RunReporter,
+    ) -> Verdict {
         // Secret inputs are decrypted only now (the journal keeps them encrypted), before the
         // inputs are checked, and their plain values are masked from here on.
         if let Err(e) = invocation.decrypt_secret_inputs(self.config.input_key.as_ref()) {
             return Verdict::failure(format!("invalid input {e}"));
         }
         reporter.log().add_secrets(invocation.secret_values());
-        if let Err(reason) = self.handlers.route(&mut invocation) {
+        if let Err(reason) = routed {
             return Verdict::failure(reason);
         }
         if let Some(kind) = &invocation.event {

@@ -1408,6 +1408,18 @@ async fn port_s_own_event_shape_is_routed_to_the_blueprint_s_delete_action() {
     ));
     assert!(!stack_file.exists());
     assert!(fake.entity("s3_bucket", "evented").is_none());
+    // Counted under the action that ran, not the event's placeholder.
+    let metrics = reqwest::get(format!("http://{}/metrics", rig.served.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"port_runner_runs_total{action="delete_bucket",outcome="success"} 1"#)
+            && !metrics.contains(r#"action="port_automation_event""#),
+        "{metrics}"
+    );
 
     // A blueprint nothing here provisions, and an event that does not end an entity: each
     // FAILURE saying why, and no Pulumi command run.

@@ -1191,6 +1191,45 @@ async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_clears_operations_an_interrupted_update_left_pending() {
+    let rig = pulumi_rig().await;
+    let stack_file = created_bucket(&rig, "pendy").await;
+    // What a killed `up` leaves in the checkpoint: a create under way.
+    let mut checkpoint: Value =
+        serde_json::from_slice(&std::fs::read(&stack_file).unwrap()).unwrap();
+    checkpoint["pending_operations"] = json!([{"resource": {
+        "urn": "urn:pulumi:pendy::port-s3-bucket::aws:s3:BucketPolicy::policy",
+        "type": "aws:s3:BucketPolicy"}, "type": "creating"}]);
+    std::fs::write(&stack_file, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+    let (delete, fin) = run(
+        &rig.served,
+        &rig.fake,
+        "delete_bucket",
+        "DELETE",
+        json!({}),
+        Some(json!({"identifier": "pendy", "blueprint": "s3_bucket"})),
+    )
+    .await;
+    let log = rig.fake.log_lines(&delete);
+    assert_eq!(fin["status"], "SUCCESS", "{log:#?}");
+    assert!(
+        log.iter().any(
+            |l| l.starts_with("recovering: stack pendy has operations left pending")
+                && l.ends_with("then running destroy again")
+        ),
+        "{log:#?}"
+    );
+    let destroys = calls(&rig.state)
+        .iter()
+        .map(argv)
+        .filter(|argv| argv.get(1).map(String::as_str) == Some("destroy"))
+        .count();
+    assert_eq!(destroys, 2, "refused once, then done");
+    assert!(!stack_file.exists());
+    assert!(rig.fake.entity("s3_bucket", "pendy").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
     let rig = pulumi_rig().await;
     let (fake, state) = (&rig.fake, &rig.state);

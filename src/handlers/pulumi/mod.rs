@@ -414,10 +414,11 @@ impl PulumiHandler {
         ctx: &RunContext,
         workdir: &Path,
         s: &str,
+        then: &str,
     ) -> Result<(), HandlerError> {
         ctx.log
             .line(format!(
-                "recovering: stack {s} has operations left pending by an interrupted update (listed above); clearing them with `pulumi refresh --clear-pending-creates`, then running up again"
+                "recovering: stack {s} has operations left pending by an interrupted update (listed above); clearing them with `pulumi refresh --clear-pending-creates`, then running {then} again"
             ))
             .await;
         let mut args = operation("refresh", s).to_vec();
@@ -440,7 +441,14 @@ impl PulumiHandler {
         s: &str,
         context: &Value,
     ) -> Result<Outcome, HandlerError> {
-        match self.cli(ctx, workdir, &operation("destroy", s), None).await {
+        let mut destroyed = self.cli(ctx, workdir, &operation("destroy", s), None).await;
+        if matches!(destroyed, Err((Failure::Pending, _))) {
+            // As for `up`: we hold the stack and Pulumi's lock was free, so whatever left
+            // these operations is dead.
+            self.clear_pending(ctx, workdir, s, "destroy").await?;
+            destroyed = self.cli(ctx, workdir, &operation("destroy", s), None).await;
+        }
+        match destroyed {
             Ok(_) => {
                 self.cli(ctx, workdir, &["stack", "rm", "--yes", "--stack", s], None)
                     .await
@@ -487,7 +495,7 @@ impl PulumiHandler {
         if matches!(up, Err((Failure::Pending, _))) {
             // We hold the stack (our lock) and Pulumi's lock was free: whatever left these
             // operations pending is dead. Clear them as the CLI allows, then try once more.
-            self.clear_pending(ctx, workdir, s).await?;
+            self.clear_pending(ctx, workdir, s, "up").await?;
             up = self.cli(ctx, workdir, &operation("up", s), None).await;
         }
         if let Err(f) = up {

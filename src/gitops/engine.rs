@@ -27,7 +27,7 @@ use super::plan::{self, owner_index, plan_changes, Plan};
 use super::read::Scan;
 use super::record::{record_intent, record_outcome};
 use super::report::SyncReport;
-use super::state::{StateError, StateStore};
+use super::state::{repo_of, StateError, StateStore};
 use crate::bitbucket::{BitbucketClient, BitbucketError, RepoRef};
 use crate::port::{BulkItemResult, PortError};
 
@@ -179,11 +179,14 @@ impl SyncEngine {
             .read_watched(request, &state, &mut report, log, limited_before)
             .await?;
         let limited = self.bitbucket.pacer().limited() - limited_before;
-        report.repos_scanned = scans.len();
-        report.repos_unchanged = scans
-            .values()
-            .filter(|s| matches!(s, Scan::Unchanged))
-            .count();
+        // Counted by repository: a repository has a scan per file (and one for its marker).
+        let mut repos: std::collections::BTreeMap<&str, bool> = Default::default();
+        for (key, scan) in &scans {
+            let unchanged = repos.entry(repo_of(key)).or_insert(true);
+            *unchanged &= matches!(scan, Scan::Unchanged);
+        }
+        report.repos_scanned = repos.len();
+        report.repos_unchanged = repos.values().filter(|u| **u).count();
         report.files_read = scans
             .values()
             .filter(|s| matches!(s, Scan::File { .. }))

@@ -116,6 +116,11 @@ async fn globs_find_nested_files_and_an_unchanged_repository_costs_one_read() {
         "{requests:#?}"
     );
     assert_eq!(requests.len(), 5 + 1 + 2, "{requests:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("read 5 repositories: 0 files to process, 5 unchanged")),
+        "counted by repository, not by file: {log:#?}"
+    );
     app.shutdown().await;
 }
 

@@ -10,7 +10,6 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 /// The patterns of one repository.
 #[derive(Debug, Clone)]
 pub struct GitOpsPaths {
-    patterns: Vec<String>,
     literals: Vec<String>,
     globs: Option<GlobSet>,
 }
@@ -67,11 +66,7 @@ impl GitOpsPaths {
             true => Some(set.build().map_err(|e| e.to_string())?),
             false => None,
         };
-        Ok(Self {
-            patterns: patterns.to_vec(),
-            literals,
-            globs,
-        })
+        Ok(Self { literals, globs })
     }
 
     /// The literal paths (read directly when there is no glob).
@@ -87,10 +82,6 @@ impl GitOpsPaths {
     pub fn matches(&self, path: &str) -> bool {
         self.literals.iter().any(|l| l == path)
             || self.globs.as_ref().is_some_and(|g| g.is_match(path))
-    }
-
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
     }
 }
 

@@ -135,6 +135,15 @@ struct RepoWire {
     project: ProjectWire,
 }
 
+impl RepoWire {
+    fn repo_ref(&self) -> RepoRef {
+        RepoRef {
+            project: self.project.key.clone(),
+            slug: self.slug.clone(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct ProjectWire {
     key: String,
@@ -189,10 +198,7 @@ pub async fn receive(
     }
     let event: PushEvent = serde_json::from_slice(&body)
         .map_err(|e| PushError::Payload("repo:refs_changed".into(), e.to_string()))?;
-    let repo = RepoRef {
-        project: event.repository.project.key,
-        slug: event.repository.slug,
-    };
+    let repo = event.repository.repo_ref();
     if !event.changes.iter().any(Change::is_branch) {
         return Ok(HttpResponse::Accepted().json(
             json!({ "ok": true, "repository": repo.to_string(), "ignored": "no branch changed" }),
@@ -264,10 +270,7 @@ impl PrEvent {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| missing("fromRef.latestCommit"))?;
         Ok(Some(PullRequest {
-            repo: RepoRef {
-                project: repo.project.key.clone(),
-                slug: repo.slug.clone(),
-            },
+            repo: repo.repo_ref(),
             id: pr.id,
             commit,
             target: pr.to_ref.id.clone(),
@@ -290,8 +293,8 @@ async fn check_pull_request(
     let digest = sha2::Sha256::digest(
         format!("{}#{}@{}>{}", pr.repo, pr.id, pr.commit, pr.target).as_bytes(),
     );
-    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let run_id = RunId::parse("run_id", &format!("pr-check-{hex}")).expect("a valid run id");
+    let run_id = RunId::parse("run_id", &format!("pr-check-{}", hex(&digest[..12])))
+        .expect("a valid run id");
     let action = Identifier::schema("action", PR_CHECK_ACTION).expect("a valid identifier");
     let invocation = Invocation::internal(run_id.clone(), action, pr_inputs(&pr));
     let answer = json!({
@@ -321,6 +324,10 @@ fn verify(secret: &str, header: &str, body: &[u8]) -> Result<(), PushError> {
         .map_err(|_| PushError::BadSignature)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -335,9 +342,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", hex(&mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]

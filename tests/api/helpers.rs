@@ -28,6 +28,24 @@ pub use crate::wait::{until, Deadline};
 
 pub const BB_HOOK_SECRET: &str = "bitbucket-hook-secret";
 
+/// Posts a Bitbucket event (`X-Event-Key: key`) to the runner at `base_url`, signed with
+/// [`BB_HOOK_SECRET`]; its status and JSON answer.
+pub async fn post_bitbucket_event(base_url: &str, key: &str, body: &Value) -> (u16, Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{base_url}/bitbucket/webhook"))
+        .header("x-event-key", key)
+        .header(
+            "x-hub-signature",
+            port_runner::webhook::bitbucket::sign(BB_HOOK_SECRET, &raw),
+        )
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 /// Options for one test's app.

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::gitops::{microservice_blueprint, sync};
-use crate::helpers::{spawn_app_with, AppOptions, TestApp};
+use crate::helpers::{post_bitbucket_event, spawn_app_with, AppOptions, TestApp};
 
 fn service(id: &str, tier: &str) -> String {
     format!("- identifier: {id}\n  title: Service {id}\n  blueprint: microservice\n  properties:\n    tier: {tier}\n")
@@ -201,22 +201,8 @@ async fn a_pull_request_check_annotates_the_nested_file_on_its_line() {
     let body = json!({"eventKey": "pr:opened", "pullRequest": {"id": 1,
         "fromRef": {"id": "refs/heads/new", "latestCommit": commit, "repository": repo},
         "toRef": {"id": "refs/heads/main", "repository": repo}}});
-    let raw = serde_json::to_vec(&body).unwrap();
-    let answer: serde_json::Value = app
-        .http
-        .post(format!("{}/bitbucket/webhook", app.base_url))
-        .header("x-event-key", "pr:opened")
-        .header(
-            "x-hub-signature",
-            port_runner::webhook::bitbucket::sign(crate::helpers::BB_HOOK_SECRET, &raw),
-        )
-        .body(raw)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, answer) = post_bitbucket_event(&app.base_url, "pr:opened", &body).await;
+    assert_eq!(status, 202, "{answer}");
     let run = app
         .wait_local_final(answer["runId"].as_str().unwrap())
         .await;

@@ -6,7 +6,7 @@ use port_runner::bitbucket::FileApi;
 use serde_json::{json, Value};
 
 use crate::gitops::{entity_writes, gitops_app, list, sync};
-use crate::helpers::{TestApp, BB_HOOK_SECRET};
+use crate::helpers::{post_bitbucket_event, TestApp};
 
 const REPO: &str = "P/svc";
 
@@ -30,22 +30,8 @@ fn pr_event(id: u64, commit: &str, extra: Value) -> Value {
     body
 }
 
-/// Posts a signed Bitbucket event; the status and the answer.
 async fn post(app: &TestApp, key: &str, body: &Value) -> (u16, Value) {
-    let raw = serde_json::to_vec(body).unwrap();
-    let response = app
-        .http
-        .post(format!("{}/bitbucket/webhook", app.base_url))
-        .header("x-event-key", key)
-        .header(
-            "x-hub-signature",
-            port_runner::webhook::bitbucket::sign(BB_HOOK_SECRET, &raw),
-        )
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
+    post_bitbucket_event(&app.base_url, key, body).await
 }
 
 /// Posts the event and waits for its check run to end.

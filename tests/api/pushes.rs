@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use crate::fake_bitbucket::{FakeBitbucket, PASSWORD, USER};
 use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
 use crate::helpers::{
-    legacy, spawn_app_with, unique_run_id, until, AppOptions, Served, ADMIN_TOKEN, BB_HOOK_SECRET,
+    legacy, post_bitbucket_event, spawn_app_with, unique_run_id, until, AppOptions, Served,
+    ADMIN_TOKEN, BB_HOOK_SECRET,
 };
 use crate::pg::fresh_database;
 
@@ -23,30 +24,19 @@ fn blueprint() -> Value {
     })
 }
 
-fn push_body(project: &str, slug: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
+fn push_body(project: &str, slug: &str) -> Value {
+    json!({
         "eventKey": "repo:refs_changed",
         "repository": {"slug": slug, "name": slug, "project": {"key": project}},
         "changes": [{"ref": {"id": "refs/heads/main", "type": "BRANCH"}, "refId": "refs/heads/main"}]
-    }))
-    .unwrap()
+    })
 }
 
 async fn push(base_url: &str, project: &str, slug: &str) -> Value {
-    let raw = push_body(project, slug);
-    let response = reqwest::Client::new()
-        .post(format!("{base_url}/bitbucket/webhook"))
-        .header("x-event-key", "repo:refs_changed")
-        .header(
-            "x-hub-signature",
-            port_runner::webhook::bitbucket::sign(BB_HOOK_SECRET, &raw),
-        )
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    response.json().await.unwrap()
+    let (status, answer) =
+        post_bitbucket_event(base_url, "repo:refs_changed", &push_body(project, slug)).await;
+    assert_eq!(status, 202);
+    answer
 }
 
 fn gitops_env<'a>(fake: &'a FakePort, bb: &'a FakeBitbucket) -> Vec<(&'a str, &'a str)> {

@@ -3,9 +3,12 @@
 //! A step is an argv and an environment, never a string for a shell. The environment is
 //! explicit (nothing of the runner's own, such as `PORT_CLIENT_SECRET`, is inherited), stdin
 //! is closed, stdout and stderr are streamed line by line into the run's log (masked and
-//! batched by [`RunLog`]), stdout can be captured (bounded) to parse JSON from it, and every
-//! step runs in its own process group, which is killed — SIGTERM, then SIGKILL — on timeout,
-//! on cancellation, and when the step's future is dropped, so no process outlives its run.
+//! batched by [`RunLog`]), stdout can be captured (bounded) to parse JSON from it, or copied
+//! whole into a file to be read streamed (a digest of a big stack can be tens of megabytes),
+//! and every step runs in its own process group. On timeout and on cancellation the step is
+//! stopped the way its tool wants ([`Stop`]: SIGTERM to the group, or SIGINT to the tool alone
+//! so it can wind down as Pulumi's Automation API lets the CLI), then SIGKILL to the group; a
+//! dropped step's group is killed at once, so no process outlives its run.
 
 mod locks;
 
@@ -30,6 +33,17 @@ const STDERR_TAIL_LINES: usize = 20;
 /// How long a process group gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// How a step is asked to stop before it is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM to the whole process group, SIGKILL after [`KILL_GRACE`].
+    TermGroup,
+    /// SIGINT to the tool alone (it tells its own children to wind down), SIGKILL to the
+    /// group after the grace: what Pulumi's Automation API does to the CLI on cancellation
+    /// (`sdk/go/auto/cmd.go`: `cmd.Cancel` sends `os.Interrupt`, `WaitDelay` 10 s).
+    Interrupt(Duration),
+}
+
 /// Variables passed through from the runner's environment when set (nothing else is).
 const PASSED_THROUGH: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
@@ -48,6 +62,9 @@ pub struct Step {
     pub capture_stdout: Option<usize>,
     /// Capture stdout without logging it (it may hold secrets the log cannot mask yet).
     pub quiet_stdout: bool,
+    /// Copy stdout, byte for byte and unbounded, into this file instead (never logged).
+    pub stdout_to: Option<PathBuf>,
+    pub stop: Stop,
 }
 
 impl Step {
@@ -61,6 +78,8 @@ impl Step {
             timeout: Duration::from_secs(600),
             capture_stdout: None,
             quiet_stdout: false,
+            stdout_to: None,
+            stop: Stop::TermGroup,
         }
     }
 
@@ -181,12 +200,9 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs a step to completion, streaming its output into `log`.
-pub async fn run(
-    step: &Step,
-    log: &RunLog,
-    cancel: &CancellationToken,
-) -> Result<StepOutput, ToolError> {
+/// The step as a command: NUL-free argv and environment, nothing inherited but
+/// [`PASSED_THROUGH`], stdin closed, its own process group.
+fn command(step: &Step) -> Result<Command, ToolError> {
     let nul = |what: String| ToolError::Nul {
         program: step.program.clone(),
         what,
@@ -219,6 +235,16 @@ pub async fn run(
         }
     }
     command.envs(&step.plain_env).envs(&step.env);
+    Ok(command)
+}
+
+/// Runs a step to completion, streaming its output into `log`.
+pub async fn run(
+    step: &Step,
+    log: &RunLog,
+    cancel: &CancellationToken,
+) -> Result<StepOutput, ToolError> {
+    let mut command = command(step)?;
     // The values a step is given in its environment are as secret as its inputs.
     log.add_secrets(step.env.values().filter(|v| v.len() >= 8).cloned());
 
@@ -234,14 +260,37 @@ pub async fn run(
     let capture = step.capture_stdout;
     let out_log = log.clone();
     let err_log = log.clone();
+    let file = match &step.stdout_to {
+        Some(path) => {
+            Some(
+                tokio::fs::File::create(path)
+                    .await
+                    .map_err(|source| ToolError::Spawn {
+                        program: step.program.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let streams = async {
+        let out = async {
+            match file {
+                Some(file) => copy_out(stdout, file).await,
+                None => {
+                    let quiet = step.quiet_stdout;
+                    pump(
+                        stdout,
+                        (!quiet).then_some(out_log),
+                        capture,
+                        Some(STDERR_TAIL_LINES),
+                    )
+                    .await
+                }
+            }
+        };
         tokio::join!(
-            pump(
-                stdout,
-                (!step.quiet_stdout).then_some(out_log),
-                capture,
-                Some(STDERR_TAIL_LINES)
-            ),
+            out,
             pump(stderr, Some(err_log), None, Some(STDERR_TAIL_LINES))
         )
     };
@@ -252,7 +301,7 @@ pub async fn run(
         _ = cancel.cancelled() => None,
     };
     let Some((status, (out, err))) = finished else {
-        stop_group(&mut guard, &mut child).await;
+        stop(step.stop, &mut guard, &mut child).await;
         return Err(if cancel.is_cancelled() {
             ToolError::Cancelled {
                 program: step.program.clone(),
@@ -273,6 +322,12 @@ pub async fn run(
     })?;
     if !status.success() {
         return Err(failed(step, status, log, &out.tail, &err.tail));
+    }
+    if let Some(e) = out.error {
+        return Err(ToolError::Spawn {
+            program: step.program.clone(),
+            source: e,
+        });
     }
     if out.overflowed {
         return Err(ToolError::OutputTooLarge {
@@ -316,13 +371,24 @@ fn failed(
     }
 }
 
-/// SIGTERM to the whole group, SIGKILL after a grace period.
-async fn stop_group(guard: &mut GroupGuard, child: &mut tokio::process::Child) {
-    guard.signal(libc::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+/// Asks the step to stop as its [`Stop`] says, then SIGKILL to the group after the grace.
+async fn stop(how: Stop, guard: &mut GroupGuard, child: &mut tokio::process::Child) {
+    let grace = match how {
+        Stop::TermGroup => {
+            guard.signal(libc::SIGTERM);
+            KILL_GRACE
+        }
+        Stop::Interrupt(grace) => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on the child this step started and has not reaped.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGINT);
+                }
+            }
+            grace
+        }
+    };
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
         guard.signal(libc::SIGKILL);
         let _ = child.wait().await;
     }
@@ -336,6 +402,22 @@ struct Pumped {
     captured: Option<String>,
     overflowed: bool,
     tail: Vec<String>,
+    /// Writing stdout to its file failed.
+    error: Option<std::io::Error>,
+}
+
+/// Copies stdout into its file as it comes; a write error is kept (the stream is still
+/// drained, so the tool never blocks on a full pipe).
+async fn copy_out(mut stream: impl AsyncRead + Unpin, mut file: tokio::fs::File) -> Pumped {
+    use tokio::io::AsyncWriteExt;
+    let mut pumped = Pumped::default();
+    if let Err(e) = tokio::io::copy(&mut stream, &mut file).await {
+        pumped.error = Some(e);
+        let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
+    } else if let Err(e) = file.flush().await {
+        pumped.error = Some(e);
+    }
+    pumped
 }
 
 /// Reads lines (each cut at [`MAX_LINE_BYTES`]) into the log; optionally keeps stdout or a tail.

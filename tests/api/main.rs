@@ -19,6 +19,7 @@ mod port_client;
 mod pr_checks;
 mod provision;
 mod pull;
+mod pulumi_cli;
 mod pushes;
 mod reconcile;
 mod replicas;

@@ -14,10 +14,10 @@ use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
 use crate::helpers::Served;
 use crate::helpers::{hostile_values, unique_run_id, v2};
 
-const AWS_KEY_ID: &str = "AKIATESTINGKEYID0001";
-const AWS_SECRET: &str = "moto-secret-access-key-never-logged";
+pub(crate) const AWS_KEY_ID: &str = "AKIATESTINGKEYID0001";
+pub(crate) const AWS_SECRET: &str = "moto-secret-access-key-never-logged";
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -86,7 +86,7 @@ impl Drop for Moto {
 }
 
 /// An actions folder: the shipped action JSON plus the given handler definitions.
-fn actions_with(handlers: &[PathBuf]) -> tempfile::TempDir {
+pub(crate) fn actions_with(handlers: &[PathBuf]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(repo().join("actions")).unwrap() {
         let path = entry.unwrap().path();
@@ -105,7 +105,12 @@ fn actions_with(handlers: &[PathBuf]) -> tempfile::TempDir {
     dir
 }
 
-fn serve(fake: &FakePort, actions: &Path, data: &Path, extra: &[(&str, &str)]) -> Served {
+pub(crate) fn serve(
+    fake: &FakePort,
+    actions: &Path,
+    data: &Path,
+    extra: &[(&str, &str)],
+) -> Served {
     let home = std::env::var("HOME").unwrap_or_default();
     let mut envs = vec![
         ("PORT_CLIENT_ID", CLIENT_ID),
@@ -134,7 +139,7 @@ async fn post(served: &Served, body: &Value) {
 }
 
 /// Runs one action to its end and returns the final PATCH.
-async fn run(
+pub(crate) async fn run(
     served: &Served,
     fake: &FakePort,
     action: &str,
@@ -357,12 +362,12 @@ async fn s3_bucket_lifecycle_with_the_real_aws_cli_against_moto() {
 }
 
 /// An argv written as one line (no argument here has a space).
-fn w(line: &str) -> Vec<String> {
+pub(crate) fn w(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
 }
 
 /// The stand-in's record of the calls it received.
-fn calls(state: &Path) -> Vec<Value> {
+pub(crate) fn calls(state: &Path) -> Vec<Value> {
     std::fs::read_to_string(state.join("standin-calls.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -370,7 +375,7 @@ fn calls(state: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn argv(call: &Value) -> Vec<String> {
+pub(crate) fn argv(call: &Value) -> Vec<String> {
     call["argv"]
         .as_array()
         .unwrap()
@@ -379,7 +384,7 @@ fn argv(call: &Value) -> Vec<String> {
         .collect()
 }
 
-fn control(state: &Path, control: Value) {
+pub(crate) fn control(state: &Path, control: Value) {
     // The runner creates the state folder when a Pulumi action first runs.
     std::fs::create_dir_all(state).unwrap();
     std::fs::write(
@@ -389,14 +394,14 @@ fn control(state: &Path, control: Value) {
     .unwrap();
 }
 
-struct PulumiRig {
-    fake: FakePort,
-    served: Served,
-    state: PathBuf,
-    _data: tempfile::TempDir,
+pub(crate) struct PulumiRig {
+    pub(crate) fake: FakePort,
+    pub(crate) served: Served,
+    pub(crate) state: PathBuf,
+    pub(crate) _data: tempfile::TempDir,
 }
 
-async fn pulumi_rig() -> PulumiRig {
+pub(crate) async fn pulumi_rig() -> PulumiRig {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
     let standin = repo().join("tests/fixtures/pulumi");
@@ -452,6 +457,8 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
             w(
                 r#"--non-interactive config set --stack pay-assets --path --plaintext tags["team"] -- payments"#
             ),
+            // The checkpoint read for creates an interrupted operation left pending.
+            w(r#"--non-interactive stack export --stack pay-assets"#),
             w(
                 r#"--non-interactive up --yes --skip-preview --suppress-progress --color never --stack pay-assets"#
             ),
@@ -589,6 +596,7 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
         delete,
         [
             w(r#"--non-interactive cancel --yes --stack pay-assets"#),
+            w(r#"--non-interactive stack export --stack pay-assets"#),
             w(
                 r#"--non-interactive destroy --yes --skip-preview --suppress-progress --color never --stack pay-assets"#
             ),
@@ -798,8 +806,8 @@ async fn hostile_values_reach_pulumi_as_one_argument_or_are_refused() {
         );
     }
     // Nothing else ran: select, 3 scalar sets, clearing the tags, one set per value (the null
-    // is skipped), up, output.
-    assert_eq!(recorded.len(), 1 + 3 + 1 + values.len() + 2);
+    // is skipped), the checkpoint read, up, output.
+    assert_eq!(recorded.len(), 1 + 3 + 1 + values.len() + 3);
     // Every value came back as one value in the stack's outputs and so in the entity.
     let entity = fake.entity("s3_bucket", "hostile-tags").unwrap();
     for (i, value) in values.iter().enumerate() {
@@ -1081,7 +1089,7 @@ async fn a_lock_that_may_be_alive_is_never_cleared_and_its_owner_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds() {
+async fn after_a_kill_during_the_create_of_a_fixed_name_bucket_the_same_create_succeeds() {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
     let standin = repo().join("tests/fixtures/pulumi");
@@ -1100,7 +1108,7 @@ async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds()
             &create,
             "create_bucket",
             "CREATE",
-            json!({"bucket_name": "crashy"}),
+            json!({"bucket_name": "crashy", "region": "eu-west-1"}),
         ),
     )
     .await;
@@ -1144,18 +1152,24 @@ async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds()
         fin["summary"].as_str().unwrap().starts_with("interrupted"),
         "{fin}"
     );
-    let (day2, fin) = run(
+    // The bucket was made in the cloud, and the killed `up` never recorded it: its create is
+    // pending. The real CLI warns and creates it again, which S3 refuses outside us-east-1.
+    let cloud = || -> Value {
+        serde_json::from_slice(&std::fs::read(state.join("standin-cloud.json")).unwrap()).unwrap()
+    };
+    assert!(cloud().get("aws:s3:Bucket::crashy").is_some());
+    let (again, fin) = run(
         &served,
         &fake,
-        "change_acl",
-        "DAY-2",
-        json!({"bucket_acl": "private"}),
-        Some(json!({"identifier": "crashy", "blueprint": "s3_bucket"})),
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "crashy", "region": "eu-west-1"}),
+        None,
     )
     .await;
-    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let log = fake.log_lines(&again);
+    assert_eq!(fin["status"], "SUCCESS", "{log:#?}");
     assert!(!lock.exists());
-    let log = fake.log_lines(&day2);
     assert!(
         log.iter().any(
             |l| l.starts_with("recovering: stack crashy was left locked by runner@")
@@ -1163,44 +1177,77 @@ async fn after_a_kill_during_up_the_next_run_clears_the_dead_lock_and_succeeds()
         ),
         "{log:#?}"
     );
-    // The killed `up` also left its create pending: cleared through the CLI, then up again.
     assert!(
-        log.iter().any(|l| l.contains("interrupted while creating")),
+        log.iter().any(|l| l.starts_with(
+            "recovering: stack crashy has 4 create(s) an interrupted operation left pending"
+        ) && l.contains("aws:s3:Bucket bucket")),
         "{log:#?}"
     );
     assert!(
-        log.iter()
-            .any(|l| l == "recovered: stack crashy has no pending operations"),
+        log.iter().any(|l| l.starts_with("recovered: imported ")
+            && l.contains("aws:s3:Bucket bucket (as crashy)")
+            && l.contains("aws:s3:BucketAcl bucketAcl (as crashy,private)")),
         "{log:#?}"
     );
+    // One refresh imported them all; the `up` after it saw no pending operation.
     let refreshes: Vec<Vec<String>> = calls(&state)
         .iter()
         .map(argv)
         .filter(|argv| argv.get(1).map(String::as_str) == Some("refresh"))
         .collect();
     assert_eq!(refreshes.len(), 1, "{refreshes:?}");
-    assert!(refreshes[0].contains(&"--clear-pending-creates".to_owned()));
+    let imports = refreshes[0]
+        .iter()
+        .filter(|a| *a == "--import-pending-creates")
+        .count();
+    assert_eq!(imports, 8, "4 URN ID pairs: {:?}", refreshes[0]);
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("pending operations from previous deployment")),
+        "{log:#?}"
+    );
+    // One bucket in the cloud, in the stack, nothing pending.
+    let buckets = cloud()
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("aws:s3:Bucket::"))
+        .count();
+    assert_eq!(buckets, 1, "{}", cloud());
+    assert_eq!(cloud().as_object().unwrap().len(), 4, "{}", cloud());
     let checkpoint: Value = serde_json::from_slice(
         &std::fs::read(state.join(".pulumi/stacks/port-s3-bucket/crashy.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(checkpoint["pending_operations"], json!([]));
-    assert!(checkpoint["resources"]
-        .as_object()
-        .is_some_and(|r| !r.is_empty()));
+    assert_eq!(checkpoint["resources"]["bucket"]["__id"], "crashy");
+    assert_eq!(
+        fake.entity("s3_bucket", "crashy").unwrap()["properties"]["region"],
+        "eu-west-1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_clears_operations_an_interrupted_update_left_pending() {
+async fn a_delete_imports_or_clears_what_an_interrupted_update_left_pending() {
     let rig = pulumi_rig().await;
     let stack_file = created_bucket(&rig, "pendy").await;
-    // What a killed `up` leaves in the checkpoint: a create under way.
+    // What a killed `up` leaves: creates under way in the checkpoint, one of them made in the
+    // cloud (a bucket, importable by its name), one not importable (no import_ids entry).
     let mut checkpoint: Value =
         serde_json::from_slice(&std::fs::read(&stack_file).unwrap()).unwrap();
-    checkpoint["pending_operations"] = json!([{"resource": {
-        "urn": "urn:pulumi:pendy::port-s3-bucket::aws:s3:BucketPolicy::policy",
-        "type": "aws:s3:BucketPolicy"}, "type": "creating"}]);
+    checkpoint["pending_operations"] = json!([
+        {"resource": {"urn": "urn:pulumi:pendy::port-s3-bucket::aws:s3:BucketPolicy::policy",
+                      "type": "aws:s3:BucketPolicy", "inputs": {"bucket": "pendy"}},
+         "type": "creating"},
+        {"resource": {"urn": "urn:pulumi:pendy::port-s3-bucket::aws:s3:Bucket::logs",
+                      "type": "aws:s3:Bucket", "inputs": {"bucket": "pendy-logs"}},
+         "type": "creating"}
+    ]);
     std::fs::write(&stack_file, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+    let cloud_file = rig.state.join("standin-cloud.json");
+    let mut cloud: Value = serde_json::from_slice(&std::fs::read(&cloud_file).unwrap()).unwrap();
+    cloud["aws:s3:Bucket::pendy-logs"] = json!({"bucket": "pendy-logs", "__id": "pendy-logs"});
+    std::fs::write(&cloud_file, serde_json::to_vec(&cloud).unwrap()).unwrap();
     let (delete, fin) = run(
         &rig.served,
         &rig.fake,
@@ -1213,10 +1260,19 @@ async fn a_delete_clears_operations_an_interrupted_update_left_pending() {
     let log = rig.fake.log_lines(&delete);
     assert_eq!(fin["status"], "SUCCESS", "{log:#?}");
     assert!(
-        log.iter().any(
-            |l| l.starts_with("recovering: stack pendy has operations left pending")
-                && l.ends_with("then running destroy again")
-        ),
+        log.iter().any(|l| l.starts_with(
+            "recovering: stack pendy has 2 create(s) an interrupted operation left pending"
+        ) && l.ends_with("before destroy")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("recovered: imported aws:s3:Bucket logs (as pendy-logs)")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("recovered: cleared aws:s3:BucketPolicy policy")),
         "{log:#?}"
     );
     let destroys = calls(&rig.state)
@@ -1224,9 +1280,12 @@ async fn a_delete_clears_operations_an_interrupted_update_left_pending() {
         .map(argv)
         .filter(|argv| argv.get(1).map(String::as_str) == Some("destroy"))
         .count();
-    assert_eq!(destroys, 2, "refused once, then done");
+    assert_eq!(destroys, 1);
     assert!(!stack_file.exists());
     assert!(rig.fake.entity("s3_bucket", "pendy").is_none());
+    // The imported bucket went with the stack: nothing of it is left in the cloud.
+    let cloud: Value = serde_json::from_slice(&std::fs::read(&cloud_file).unwrap()).unwrap();
+    assert_eq!(cloud, json!({}), "{cloud}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1319,7 +1378,7 @@ async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
 }
 
 /// Creates bucket `name` through the shipped action; its stack's checkpoint file.
-async fn created_bucket(rig: &PulumiRig, name: &str) -> PathBuf {
+pub(crate) async fn created_bucket(rig: &PulumiRig, name: &str) -> PathBuf {
     let (_, fin) = run(
         &rig.served,
         &rig.fake,

@@ -1,20 +1,30 @@
 //! The CLI as the Automation API drives it: `--non-interactive` first, the run's `pass_env`
 //! and the backend's variables as the only environment, and a failure classified the way
-//! the SDKs classify it (stderr texts first, then CLI ≥ 3.226's exit codes), then put in
-//! words a hub user can act on.
+//! the SDKs classify it (stderr texts first, then CLI ≥ 3.227's exit codes), then put in
+//! words a hub user can act on. The CLI is stopped as the Automation API stops it: SIGINT to
+//! the CLI alone, which tells its providers to finish what is under way, saves the state and
+//! frees its lock; a kill only after [`STOP_GRACE`].
+//!
+//! JSON the CLI prints (digests, `stack export`) is copied into a file and read from there
+//! streamed, keeping only the fields read: a refresh digest carries every resource's old and
+//! new state and runs to megabytes on a big stack.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
 
 use super::{PulumiHandler, OUTPUT_LIMIT};
 use crate::core::{HandlerError, RunContext};
-use crate::tool::{self, Step, StepOutput, ToolError};
+use crate::tool::{self, Step, StepOutput, Stop, ToolError};
+
+/// How long the CLI gets after SIGINT before it is killed (the Automation API's `WaitDelay`).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What a failed CLI call means, in words a hub user understands.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Failure {
     Locked,
-    /// A killed update left operations pending in the checkpoint; `up` refuses to go on.
-    Pending,
     NoStack,
     Exists,
     Auth,
@@ -25,13 +35,14 @@ pub(super) enum Failure {
 }
 
 /// Classifies a failure the way the Automation API SDKs do: by the texts on stderr, then by
-/// the exit code (CLI ≥ 3.226 has distinct codes; older ones exit 255 for everything).
+/// the exit code (CLI ≥ 3.227 has distinct codes; older ones exit 255 for everything).
 pub(super) fn classify(code: Option<i32>, stderr: &str) -> Failure {
     let has = |needle: &str| stderr.contains(needle);
-    if has("currently locked by") || has("[409] Conflict") {
+    // Pulumi Cloud answers 409 for more than a busy stack ("The Update has already
+    // completed" to a late `cancel`): only "another update" is a lock (sdk/go/auto/errors.go).
+    if has("currently locked by") || has("[409] Conflict: Another update is currently in progress")
+    {
         Failure::Locked
-    } else if has("with pending operations") {
-        Failure::Pending
     } else if has("no stack named") || code == Some(6) {
         Failure::NoStack
     } else if has("already exists") {
@@ -55,9 +66,6 @@ impl PulumiHandler {
             Failure::Locked => format!(
                 "stack {stack} is locked by another Pulumi operation{}; if none is running (a crashed one leaves its lock), clear it with `pulumi cancel --yes --stack {stack}`",
                 self.lock_owners(stack)
-            ),
-            Failure::Pending => format!(
-                "stack {stack} has operations left pending by an interrupted update; check the resources listed above in the cloud, then run `pulumi refresh --clear-pending-creates --stack {stack}`"
             ),
             Failure::NoStack => format!(
                 "stack {stack} of project {} does not exist in the state backend: was it created by this runner?",
@@ -105,6 +113,38 @@ impl PulumiHandler {
         args: &[&str],
         capture: Option<bool>,
     ) -> Result<StepOutput, (Failure, String)> {
+        self.cli_step(ctx, workdir, args, capture, None).await
+    }
+
+    /// Runs the CLI with its stdout into a file, then reads the JSON from there (streamed:
+    /// only `T`'s fields are kept); `what` names the output in an error.
+    pub(super) async fn cli_json<T: DeserializeOwned>(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        args: &[&str],
+        what: &str,
+    ) -> Result<Result<T, String>, (Failure, String)> {
+        let file = Spill(workdir.join(format!(".out-{}.json", uuid::Uuid::new_v4().simple())));
+        self.cli_step(ctx, workdir, args, Some(true), Some(file.0.clone()))
+            .await?;
+        let read = std::fs::File::open(&file.0)
+            .map_err(|e| format!("{what}: cannot read the CLI's output: {e}"))
+            .and_then(|f| {
+                serde_json::from_reader(std::io::BufReader::new(f))
+                    .map_err(|e| format!("{what} is not the JSON Pulumi prints: {e}"))
+            });
+        Ok(read)
+    }
+
+    async fn cli_step(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        args: &[&str],
+        capture: Option<bool>,
+        stdout_to: Option<PathBuf>,
+    ) -> Result<StepOutput, (Failure, String)> {
         let mut argv = vec!["--non-interactive".to_owned()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let mut step = Step::new(self.settings.program.clone(), argv, workdir);
@@ -119,10 +159,12 @@ impl PulumiHandler {
                 .map(|(k, v)| (k.clone(), v.expose().to_owned())),
         );
         step.timeout = self.timeout;
+        step.stop = Stop::Interrupt(STOP_GRACE);
         if let Some(quiet) = capture {
             step.capture_stdout = Some(OUTPUT_LIMIT);
             step.quiet_stdout = quiet;
         }
+        step.stdout_to = stdout_to;
         ctx.log.line(format!("$ {}", step.display())).await;
         tool::run(&step, &ctx.log, &ctx.cancel)
             .await
@@ -175,6 +217,15 @@ impl PulumiHandler {
     }
 }
 
+/// A file the CLI's stdout went into, removed when read.
+struct Spill(PathBuf);
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,8 +251,19 @@ mod tests {
         );
         assert_eq!(classify(Some(8), ""), Failure::Cancelled);
         assert_eq!(
-            classify(Some(1), "error: the current deployment has 1 resource(s) with pending operations:\n  * urn:pulumi:dev::p::aws:s3:Bucket::b, interrupted while creating"),
-            Failure::Pending
+            classify(
+                Some(255),
+                "error: [409] Conflict: Another update is currently in progress."
+            ),
+            Failure::Locked
+        );
+        assert_eq!(
+            classify(
+                Some(255),
+                "error: [409] Conflict: The Update has already completed"
+            ),
+            Failure::Other,
+            "a late cancel is no lock"
         );
         assert_eq!(classify(Some(1), "error: update failed"), Failure::Other);
     }

@@ -46,22 +46,35 @@ pub struct DriftReport {
     pub reason: Option<String>,
 }
 
-/// The steps of a refresh preview that say a resource is not as the state has it: any
-/// planned change, and a `refresh` step that carries a diff (newer CLIs name them so).
-fn drifted(digest: &Digest) -> Vec<String> {
-    digest
+/// Whether a refresh preview found drift, and the drifted resources it can name.
+///
+/// `changeSummary` decides (`pkg/display/json.go`): a drifted resource whose provider gives no
+/// detailed diff stays a bare `refresh` step while the summary counts its update. The steps
+/// name the resources: any planned change, a `refresh` step with a diff, and a `refresh`
+/// step whose old and new state differ; whatever the summary counts beyond them is said as
+/// a number.
+fn drifted(digest: &Digest) -> (bool, Vec<String>) {
+    let mut named: Vec<String> = digest
         .steps
         .iter()
         .filter(|s| match s.op.as_str() {
             "same" | "read" => false,
-            "refresh" => !s.changed().is_empty(),
+            "refresh" => !s.changed().is_empty() || s.state_changed(),
             _ => true,
         })
         .map(|s| match s.changed() {
             changed if changed.is_empty() => format!("{} ({})", s.resource(), s.op),
             changed => format!("{} ({}: {})", s.resource(), s.op, changed.join(", ")),
         })
-        .collect()
+        .collect();
+    let counted: u64 = digest.counts().0.iter().map(|(_, n)| n).sum();
+    if counted > named.len() as u64 {
+        named.push(format!(
+            "{} more resource(s) changed that the provider does not name",
+            counted - named.len() as u64
+        ));
+    }
+    (!named.is_empty(), named)
 }
 
 impl PulumiHandler {
@@ -118,28 +131,20 @@ impl PulumiHandler {
             "--stack",
             stack,
         ];
-        let out = match self.cli(ctx, &workdir, &args, Some(true)).await {
-            Ok(out) => out,
+        let read = self
+            .cli_json::<Digest>(ctx, &workdir, &args, "the refresh preview")
+            .await;
+        Some(match read {
             Err(f) => {
                 let reason = self.fail("pulumi refresh --preview-only", stack, f);
-                return Some(report(Drift::Unknown, vec![], Some(reason.to_string())));
+                report(Drift::Unknown, vec![], Some(reason.to_string()))
             }
-        };
-        Some(
-            match serde_json::from_str::<Digest>(out.stdout.as_deref().unwrap_or("")) {
-                Ok(digest) => match drifted(&digest) {
-                    found if found.is_empty() => report(Drift::InSync, found, None),
-                    found => report(Drift::Drifted, found, None),
-                },
-                Err(e) => report(
-                    Drift::Unknown,
-                    vec![],
-                    Some(format!(
-                        "the refresh preview is not Pulumi's JSON digest: {e}"
-                    )),
-                ),
+            Ok(Err(e)) => report(Drift::Unknown, vec![], Some(e)),
+            Ok(Ok(digest)) => match drifted(&digest) {
+                (true, found) => report(Drift::Drifted, found, None),
+                (false, found) => report(Drift::InSync, found, None),
             },
-        )
+        })
     }
 
     /// Writes the check onto the stack's entity (named like the stack); `Ok(false)` when
@@ -187,16 +192,50 @@ mod tests {
         .unwrap();
         assert_eq!(
             drifted(&digest),
-            [
-                "aws:s3:BucketAcl acl (update: acl)",
-                "aws:s3:Bucket c (refresh: tags)",
-                "aws:s3:BucketPolicy gone (delete)",
-            ]
+            (
+                true,
+                vec![
+                    "aws:s3:BucketAcl acl (update: acl)".to_owned(),
+                    "aws:s3:Bucket c (refresh: tags)".to_owned(),
+                    "aws:s3:BucketPolicy gone (delete)".to_owned(),
+                ]
+            )
         );
         let clean: Digest = serde_json::from_value(json!({"steps": [
             {"op": "same", "urn": "urn:pulumi:dev::p::aws:s3:Bucket::a"}
-        ]}))
+        ], "changeSummary": {"same": 2}}))
         .unwrap();
-        assert!(drifted(&clean).is_empty());
+        assert_eq!(drifted(&clean), (false, vec![]));
+    }
+
+    #[test]
+    fn drift_without_a_detailed_diff_is_found_by_the_summary_and_the_states() {
+        // The provider gave no detailed diff: a bare `refresh` step, the summary counts it.
+        let state =
+            |acl: &str| json!({"type": "aws:s3:BucketAcl", "outputs": {"acl": acl, "bucket": "b"}});
+        let digest: Digest = serde_json::from_value(json!({"steps": [
+            {"op": "same", "urn": "urn:pulumi:dev::p::pulumi:pulumi:Stack::p-dev"},
+            {"op": "refresh", "urn": "urn:pulumi:dev::p::aws:s3:Bucket::b",
+             "oldState": state("x"), "newState": state("x")},
+            {"op": "refresh", "urn": "urn:pulumi:dev::p::aws:s3:BucketAcl::acl",
+             "oldState": state("private"), "newState": state("public-read")}
+        ], "changeSummary": {"same": 2, "update": 1}}))
+        .unwrap();
+        assert_eq!(
+            drifted(&digest),
+            (true, vec!["aws:s3:BucketAcl acl (refresh)".to_owned()])
+        );
+        // Nothing in the steps to name it by: the count still says drifted.
+        let bare: Digest = serde_json::from_value(json!({"steps": [
+            {"op": "refresh", "urn": "urn:pulumi:dev::p::aws:s3:BucketAcl::acl"}
+        ], "changeSummary": {"same": 1, "delete": 1}}))
+        .unwrap();
+        assert_eq!(
+            drifted(&bare),
+            (
+                true,
+                vec!["1 more resource(s) changed that the provider does not name".to_owned()]
+            )
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! pass_env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]
 //! entity: {blueprint: s3_bucket, identifier: .inputs.bucket_name,
 //!          properties: {url: .outputs.url}}                    # .outputs: the stack's outputs
+//! import_ids: {aws:s3:Bucket: .inputs.bucket}  # a pending create's cloud ID, by type (jq)
 //! ```
 //!
 //! CREATE: `stack select --create`, `config set` (objects: `config rm`, then leaf by leaf with
@@ -36,6 +37,7 @@ use crate::tool::{Locks, StepOutput};
 
 mod cli;
 mod drift;
+mod pending;
 mod preview;
 mod settings;
 mod stale;
@@ -70,6 +72,9 @@ struct DefinitionFile {
     timeout_secs: Option<u64>,
     #[serde(default)]
     entity: Option<EntityFile>,
+    /// Resource type → jq over `{urn, type, inputs}` of a pending create: its cloud ID.
+    #[serde(default)]
+    import_ids: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -88,13 +93,15 @@ pub struct PulumiHandler {
     pass_env: PassEnv,
     timeout: Duration,
     entity: Option<EntityMapping>,
+    /// `(resource type, its cloud ID from a pending create)`: see `pending.rs`.
+    import_ids: Vec<(String, Expr)>,
     settings: PulumiSettings,
     locks: Locks,
 }
 
 /// `up` or `destroy` as the Automation API runs them: no prompt, no preview, no progress
 /// animation, no colour.
-fn operation<'a>(verb: &'a str, stack: &'a str) -> [&'a str; 8] {
+pub(super) fn operation<'a>(verb: &'a str, stack: &'a str) -> [&'a str; 8] {
     [
         verb,
         "--yes",
@@ -201,8 +208,21 @@ impl PulumiHandler {
                 ));
             }
         }
+        let mut import_ids = Vec::new();
+        for (kind, source) in &def.import_ids {
+            let Value::String(source) = source else {
+                return Err(format!(
+                    "import_ids.{kind}: {source} is not a jq expression (a string)"
+                ));
+            };
+            import_ids.push((
+                kind.clone(),
+                compile(&format!("import_ids.{kind}"), source)?,
+            ));
+        }
         Ok(Self {
             action: def.action,
+            import_ids,
             operations,
             program_dir,
             project: project.name,
@@ -407,31 +427,6 @@ impl PulumiHandler {
         Ok(())
     }
 
-    /// `refresh --clear-pending-creates`: the operations an interrupted update left pending
-    /// are reconciled with the cloud (creates that never finished are dropped from the state).
-    async fn clear_pending(
-        &self,
-        ctx: &RunContext,
-        workdir: &Path,
-        s: &str,
-        then: &str,
-    ) -> Result<(), HandlerError> {
-        ctx.log
-            .line(format!(
-                "recovering: stack {s} has operations left pending by an interrupted update (listed above); clearing them with `pulumi refresh --clear-pending-creates`, then running {then} again"
-            ))
-            .await;
-        let mut args = operation("refresh", s).to_vec();
-        args.push("--clear-pending-creates");
-        self.cli(ctx, workdir, &args, None)
-            .await
-            .map_err(|f| self.fail("pulumi refresh --clear-pending-creates", s, f))?;
-        ctx.log
-            .line(format!("recovered: stack {s} has no pending operations"))
-            .await;
-        Ok(())
-    }
-
     /// DELETE: `destroy`, `stack rm`, then the entity (a stack already gone is said and the
     /// entity still deleted).
     async fn destroy(
@@ -441,14 +436,9 @@ impl PulumiHandler {
         s: &str,
         context: &Value,
     ) -> Result<Outcome, HandlerError> {
-        let mut destroyed = self.cli(ctx, workdir, &operation("destroy", s), None).await;
-        if matches!(destroyed, Err((Failure::Pending, _))) {
-            // As for `up`: we hold the stack and Pulumi's lock was free, so whatever left
-            // these operations is dead.
-            self.clear_pending(ctx, workdir, s, "destroy").await?;
-            destroyed = self.cli(ctx, workdir, &operation("destroy", s), None).await;
-        }
-        match destroyed {
+        // Imported first, so that destroy deletes what an interrupted create made.
+        self.recover_pending(ctx, workdir, s, "destroy").await?;
+        match self.cli(ctx, workdir, &operation("destroy", s), None).await {
             Ok(_) => {
                 self.cli(ctx, workdir, &["stack", "rm", "--yes", "--stack", s], None)
                     .await
@@ -491,14 +481,8 @@ impl PulumiHandler {
             .await
             .map_err(|f| self.fail("pulumi stack select", s, f))?;
         self.set_config(ctx, workdir, s, context).await?;
-        let mut up = self.cli(ctx, workdir, &operation("up", s), None).await;
-        if matches!(up, Err((Failure::Pending, _))) {
-            // We hold the stack (our lock) and Pulumi's lock was free: whatever left these
-            // operations pending is dead. Clear them as the CLI allows, then try once more.
-            self.clear_pending(ctx, workdir, s, "up").await?;
-            up = self.cli(ctx, workdir, &operation("up", s), None).await;
-        }
-        if let Err(f) = up {
+        self.recover_pending(ctx, workdir, s, "up").await?;
+        if let Err(f) = self.cli(ctx, workdir, &operation("up", s), None).await {
             let error = self.fail("pulumi up", s, f);
             ctx.log
                 .line(if create {

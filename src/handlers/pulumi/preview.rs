@@ -6,7 +6,11 @@
 //! --preview-only --json`. Previews take no lock in the state backend and save nothing; the
 //! entity is not written. The log lists each resource's planned operation with the names of
 //! the changed properties (never their values, and every line is masked anyway).
+//!
+//! The counts come from the digest's `changeSummary`: the steps leave out unchanged resources
+//! and always hold the root stack (`pkg/display/json.go`), so they only name what changes.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -17,11 +21,56 @@ use super::PulumiHandler;
 use crate::core::{HandlerError, Outcome, RunContext};
 use crate::domain::Operation;
 
-/// The parts of Pulumi's PreviewDigest (`preview --json`) read here.
+/// The parts of Pulumi's PreviewDigest (`preview --json`) read here (states and config are
+/// skipped as they are read).
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct Digest {
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Resources by operation, every resource counted (unchanged ones and the root stack).
+    #[serde(default)]
+    pub change_summary: Option<BTreeMap<String, u64>>,
+}
+
+/// Operations that change nothing in the cloud.
+const NO_CHANGE: [&str; 4] = ["same", "read", "refresh", "discard"];
+
+impl Digest {
+    /// The steps that change something (the root stack's `same`, reads and bare refreshes
+    /// left out).
+    pub fn changes(&self) -> impl Iterator<Item = &Step> {
+        self.steps
+            .iter()
+            .filter(|s| !NO_CHANGE.contains(&s.op.as_str()))
+    }
+
+    /// `(operation, count)` of the changes, as `changeSummary` counts them (the steps when
+    /// an older CLI gives no summary), in Pulumi's display order; and how many are unchanged.
+    pub fn counts(&self) -> (Vec<(String, u64)>, u64) {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let unchanged = match &self.change_summary {
+            Some(summary) => {
+                for (op, n) in summary {
+                    if !NO_CHANGE.contains(&op.as_str()) && *n > 0 {
+                        counts.insert(op.clone(), *n);
+                    }
+                }
+                summary.get("same").copied().unwrap_or(0)
+            }
+            None => {
+                for step in self.changes() {
+                    *counts.entry(step.op.clone()).or_default() += 1;
+                }
+                self.steps.iter().filter(|s| s.op == "same").count() as u64
+            }
+        };
+        let order = ["create", "update", "replace", "delete", "import"];
+        let rank = |op: &str| order.iter().position(|o| *o == op).unwrap_or(order.len());
+        let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+        counts.sort_by_key(|(op, _)| rank(op));
+        (counts, unchanged)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,9 +84,53 @@ pub(super) struct Step {
     replace_reasons: Vec<String>,
     #[serde(default)]
     detailed_diff: Option<serde_json::Map<String, Value>>,
+    /// The resource's outputs before and after (refresh digests carry them): only their
+    /// fingerprints are kept, so a big stack's digest is read in little memory.
+    #[serde(default)]
+    old_state: Option<Fingerprint>,
+    #[serde(default)]
+    new_state: Option<Fingerprint>,
+}
+
+/// A hash of a resource state's `outputs`, object keys in sorted order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fingerprint(u64);
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use std::hash::{Hash, Hasher};
+        fn feed(value: &Value, h: &mut std::collections::hash_map::DefaultHasher) {
+            match value {
+                Value::Object(map) => {
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort();
+                    b'{'.hash(h);
+                    for key in keys {
+                        key.hash(h);
+                        feed(&map[key], h);
+                    }
+                }
+                Value::Array(items) => {
+                    b'['.hash(h);
+                    items.iter().for_each(|v| feed(v, h));
+                }
+                other => other.to_string().hash(h),
+            }
+        }
+        let state = Value::deserialize(d)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        feed(state.get("outputs").unwrap_or(&Value::Null), &mut h);
+        Ok(Self(h.finish()))
+    }
 }
 
 impl Step {
+    /// A refresh step whose read found the resource other than the state has it, though its
+    /// provider gave no detailed diff (so the step is a bare `refresh`).
+    pub fn state_changed(&self) -> bool {
+        matches!((self.old_state, self.new_state), (Some(a), Some(b)) if a != b)
+    }
+
     /// `type name` from the URN (`urn:pulumi:stack::project::type::name`).
     pub fn resource(&self) -> String {
         let mut parts = self.urn.rsplitn(3, "::");
@@ -62,35 +155,31 @@ impl Step {
 
 /// The log lines and the summary of a digest.
 fn report(stack: &str, digest: &Digest) -> (Vec<String>, String) {
-    let mut lines = Vec::new();
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for step in digest.steps.iter().filter(|s| s.op != "same") {
-        let changed = step.changed();
-        lines.push(match changed.is_empty() {
-            true => format!("would {}: {}", step.op, step.resource()),
-            false => format!(
+    let lines = digest
+        .changes()
+        .map(|step| match step.changed() {
+            changed if changed.is_empty() => format!("would {}: {}", step.op, step.resource()),
+            changed => format!(
                 "would {}: {} ({})",
                 step.op,
                 step.resource(),
                 changed.join(", ")
             ),
-        });
-        match counts.iter_mut().find(|(op, _)| *op == step.op) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((step.op.clone(), 1)),
-        }
+        })
+        .collect();
+    let (counts, unchanged) = digest.counts();
+    let mut parts: Vec<String> = counts
+        .iter()
+        .map(|(op, n)| format!("{n} to {op}"))
+        .collect();
+    if parts.is_empty() {
+        parts.push("no changes".to_owned());
     }
-    let unchanged = digest.steps.iter().filter(|s| s.op == "same").count();
-    let planned = match counts.is_empty() {
-        true => "no changes".to_owned(),
-        false => counts
-            .iter()
-            .map(|(op, n)| format!("{n} to {op}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
-    let summary =
-        format!("preview of stack {stack}: {planned} ({unchanged} unchanged); nothing was changed");
+    parts.push(format!("{unchanged} unchanged"));
+    let summary = format!(
+        "preview of stack {stack}: {}; nothing was changed",
+        parts.join(", ")
+    );
     (lines, summary)
 }
 
@@ -104,7 +193,7 @@ impl PulumiHandler {
         context: &Value,
         operation: Operation,
     ) -> Result<Outcome, HandlerError> {
-        let digest = match operation {
+        let digest: Result<Digest, String> = match operation {
             Operation::Create => {
                 return Err(HandlerError::Failed(
                     "preview_only is for DAY-2 and DELETE runs (a stack that does not exist yet has nothing to compare)".into(),
@@ -120,8 +209,8 @@ impl PulumiHandler {
                     "--stack",
                     s,
                 ];
-                match self.cli(ctx, workdir, &args, Some(true)).await {
-                    Ok(out) => out,
+                match self.cli_json(ctx, workdir, &args, "the preview").await {
+                    Ok(digest) => digest,
                     Err((Failure::NoStack, _)) => {
                         return Ok(Outcome::new(format!(
                             "preview of stack {s}: it does not exist, nothing to destroy; nothing was changed"
@@ -132,12 +221,7 @@ impl PulumiHandler {
             }
             Operation::Day2 => self.preview_update(ctx, workdir, s, context).await?,
         };
-        let digest: Digest = serde_json::from_str(digest.stdout.as_deref().unwrap_or("{}"))
-            .map_err(|e| {
-                HandlerError::Failed(format!(
-                    "the preview of stack {s} is not Pulumi's JSON digest: {e}"
-                ))
-            })?;
+        let digest = digest.map_err(|e| HandlerError::Failed(format!("stack {s}: {e}")))?;
         let (lines, summary) = report(s, &digest);
         for line in lines {
             ctx.log.line(line).await;
@@ -152,7 +236,7 @@ impl PulumiHandler {
         workdir: &Path,
         s: &str,
         context: &Value,
-    ) -> Result<crate::tool::StepOutput, HandlerError> {
+    ) -> Result<Result<Digest, String>, HandlerError> {
         self.cli(ctx, workdir, &["stack", "select", "--stack", s], None)
             .await
             .map_err(|f| self.fail("pulumi stack select", s, f))?;
@@ -163,7 +247,7 @@ impl PulumiHandler {
             let args = [
                 "preview", "--json", "--diff", "--color", "never", "--stack", s,
             ];
-            self.cli(ctx, workdir, &args, Some(true))
+            self.cli_json(ctx, workdir, &args, "the preview")
                 .await
                 .map_err(|f| self.fail("pulumi preview", s, f))
         }
@@ -193,14 +277,14 @@ mod tests {
     fn a_digest_is_reported_by_resource_with_the_changed_properties() {
         let digest: Digest = serde_json::from_value(serde_json::json!({
             "steps": [
-                {"op": "same", "urn": "urn:pulumi:dev::proj::aws:s3:Bucket::bucket"},
+                {"op": "same", "urn": "urn:pulumi:dev::proj::pulumi:pulumi:Stack::proj-dev"},
                 {"op": "update", "urn": "urn:pulumi:dev::proj::aws:s3:BucketAcl::acl",
                  "diffReasons": ["acl"], "detailedDiff": {"acl": {"kind": "update"}}},
                 {"op": "replace", "urn": "urn:pulumi:dev::proj::aws:s3:BucketPolicy::policy",
                  "replaceReasons": ["bucket"]},
                 {"op": "create", "urn": "urn:pulumi:dev::proj::aws:s3:BucketTag::tag"}
             ],
-            "changeSummary": {"same": 1, "update": 1, "replace": 1, "create": 1}
+            "changeSummary": {"same": 47, "update": 1, "replace": 1, "create": 1}
         }))
         .unwrap();
         let (lines, summary) = report("dev", &digest);
@@ -214,7 +298,35 @@ mod tests {
         );
         assert_eq!(
             summary,
-            "preview of stack dev: 1 to update, 1 to replace, 1 to create (1 unchanged); nothing was changed"
+            "preview of stack dev: 1 to create, 1 to update, 1 to replace, 47 unchanged; nothing was changed"
+        );
+    }
+
+    #[test]
+    fn reads_are_no_change_and_an_older_cli_s_steps_still_count() {
+        let digest: Digest = serde_json::from_value(serde_json::json!({
+            "steps": [
+                {"op": "same", "urn": "urn:pulumi:dev::proj::pulumi:pulumi:Stack::proj-dev"},
+                {"op": "read", "urn": "urn:pulumi:dev::proj::aws:s3:Bucket::existing"},
+                {"op": "update", "urn": "urn:pulumi:dev::proj::aws:s3:BucketAcl::acl"}
+            ],
+            "changeSummary": {"same": 49, "read": 1, "update": 1}
+        }))
+        .unwrap();
+        let (lines, summary) = report("dev", &digest);
+        assert_eq!(lines, ["would update: aws:s3:BucketAcl acl"]);
+        assert_eq!(
+            summary,
+            "preview of stack dev: 1 to update, 49 unchanged; nothing was changed"
+        );
+        let older: Digest = serde_json::from_value(serde_json::json!({"steps": [
+            {"op": "same", "urn": "urn:pulumi:dev::proj::aws:s3:Bucket::b"},
+            {"op": "delete", "urn": "urn:pulumi:dev::proj::aws:s3:BucketAcl::acl"}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            report("dev", &older).1,
+            "preview of stack dev: 1 to delete, 1 unchanged; nothing was changed"
         );
     }
 }

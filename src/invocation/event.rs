@@ -143,12 +143,19 @@ pub(super) fn from_event(
     })
 }
 
-/// The event's type as Port names it; when it is not given, what the event shows (a timer
-/// property named, or an entity with nothing after).
+/// The event's type as an automation's trigger names it (`ENTITY_DELETED`, …). The event
+/// Port sends holds a verb in `action` (`CREATE`, `UPDATE`, `DELETE`, `TIMER_EXPIRED`, as
+/// Port's pages show it); the trigger names are taken too. When neither is given, what the
+/// event shows (a timer property named, or an entity with nothing after).
 fn event_kind(event: &Event) -> String {
     match event.action.as_deref().map(str::to_ascii_uppercase) {
-        Some(kind) if kind == "DELETE" => "ENTITY_DELETED".into(),
-        Some(kind) => kind,
+        Some(kind) => match kind.as_str() {
+            "CREATE" => "ENTITY_CREATED".into(),
+            "UPDATE" => "ENTITY_UPDATED".into(),
+            "DELETE" => "ENTITY_DELETED".into(),
+            "TIMER_EXPIRED" => "TIMER_PROPERTY_EXPIRED".into(),
+            _ => kind,
+        },
         None if event.context.property.is_some() => "TIMER_PROPERTY_EXPIRED".into(),
         None if event
             .diff
@@ -180,6 +187,23 @@ mod tests {
 
     fn parsed(body: &Value, header: Option<&str>) -> Result<Invocation, PayloadError> {
         parse(&serde_json::to_vec(body).unwrap(), header)
+    }
+
+    #[test]
+    fn port_s_event_verbs_are_read_as_the_trigger_names() {
+        for (verb, kind) in [
+            ("TIMER_EXPIRED", "TIMER_PROPERTY_EXPIRED"),
+            ("DELETE", "ENTITY_DELETED"),
+            ("UPDATE", "ENTITY_UPDATED"),
+            ("CREATE", "ENTITY_CREATED"),
+            ("TIMER_PROPERTY_EXPIRED", "TIMER_PROPERTY_EXPIRED"),
+            ("ENTITY_DELETED", "ENTITY_DELETED"),
+        ] {
+            let mut body = event();
+            body["action"] = json!(verb);
+            let inv = parsed(&json!({"event": body, "run": {"id": "r_1"}}), None).unwrap();
+            assert_eq!(inv.event.as_deref(), Some(kind), "{verb}");
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@ use super::types::ActiveRun;
 pub const AGENT_INSTALLATION_ID: &str = "_PORT_EXEC_AGENT";
 /// The organisation setting's value for pulling (the other one is `KAFKA`).
 pub const POLLING_STREAMER: &str = "POLLING";
+/// How long claimed runs stay invisible to other claimers (`visibilityTimeoutMs`, as
+/// port-labs/ocean sends it; Port's default is 60 s, its maximum 600 s): long enough to
+/// journal the runs and acknowledge them through a few retries of the `ack`.
+pub const CLAIM_LEASE_MS: u64 = 120_000;
 
 const RESERVED: Call = Call {
     retry: false,
@@ -30,6 +34,7 @@ impl PortClient {
             "installationId": AGENT_INSTALLATION_ID,
             "limit": limit,
             "invocationMethod": "WEBHOOK",
+            "visibilityTimeoutMs": CLAIM_LEASE_MS,
         });
         let answer = self
             .call_with(
@@ -45,12 +50,14 @@ impl PortClient {
 
     /// `PATCH /actions/runs/ack`: the runs stop coming back to claimers. Returns how many
     /// this call acknowledged (a run someone else acknowledged counts 0). Retried like any
-    /// call: acknowledging twice is harmless.
+    /// call: acknowledging twice is harmless, and Port's 409 to an ack of runs already
+    /// acknowledged (a retry whose first attempt got through) means just that, as Ocean reads
+    /// it: all of them are.
     pub async fn ack_runs(&self, run_ids: &[String]) -> Result<usize, PortError> {
         if run_ids.is_empty() {
             return Ok(0);
         }
-        let answer = self
+        let answer = match self
             .call_with(
                 Method::PATCH,
                 &["actions", "runs", "ack"],
@@ -61,7 +68,11 @@ impl PortClient {
                     ..RESERVED
                 },
             )
-            .await?;
+            .await
+        {
+            Err(PortError::Invalid { status: 409, .. }) => return Ok(run_ids.len()),
+            other => other?,
+        };
         Ok(answer
             .get("ackedCount")
             .and_then(Value::as_u64)

@@ -462,8 +462,15 @@ fn parse_body(body: &[u8]) -> Value {
     }
 }
 
+/// Port's error in words: its `message`, with its `error` code when it has both (the code
+/// is what a caller decides on: `run_exhausted`).
 fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            message: Some(m),
+            error: Some(e),
+            ..
+        }) if m != e => format!("{m} ({e})"),
         Ok(ErrorBody {
             message: Some(m), ..
         }) => m,

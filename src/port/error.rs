@@ -30,4 +30,17 @@ impl PortError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. } | Self::RateLimited { .. })
     }
+
+    /// Port's answer to a log line for a run that has its final status: 422
+    /// `run_exhausted` (or a 409). Nothing more can be logged on that run.
+    pub fn is_run_closed(&self) -> bool {
+        match self {
+            Self::Invalid { status: 409, .. } => true,
+            Self::Invalid {
+                status: 422,
+                message,
+            } => message.contains("run_exhausted"),
+            _ => false,
+        }
+    }
 }

@@ -461,7 +461,11 @@ impl Batch {
     }
 
     async fn flush(&mut self, run_id: &RunId, client: &PortClient, journal: Option<&Journal>) {
+        let mut closed = false;
         for message in self.messages.drain(..) {
+            if closed {
+                continue;
+            }
             // Kept until Port has it, so a crash mid-send re-sends it at the next start.
             let pending = match journal {
                 Some(j) => j.log_pending(run_id, &message).await.ok(),
@@ -471,6 +475,12 @@ impl Batch {
                 Err(e) if e.is_transient() => {
                     tracing::warn!(%run_id, error = %e, "a batch of log lines is not delivered yet; it stays in the journal");
                     continue;
+                }
+                Err(e) if e.is_run_closed() => {
+                    // Port has the run's final status (someone else's, or ours from before a
+                    // restart): it takes no more lines, so none is sent again.
+                    tracing::info!(%run_id, "Port closed the run's log (it has its final status); the remaining lines stay in our log only");
+                    closed = true;
                 }
                 Err(e) => {
                     tracing::warn!(%run_id, error = %e, "dropped a batch of log lines Port would not take")

@@ -79,7 +79,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/webhook")
             .route(web::post().to(receive))
             .route(web::put().to(receive))
-            .route(web::patch().to(receive)),
+            .route(web::patch().to(receive))
+            // Port lets an action's webhook use DELETE too (`invocationMethod.method`).
+            .route(web::delete().to(receive)),
     )
     .route("/bitbucket/webhook", web::post().to(bitbucket::receive))
     .route("/runs", web::get().to(admin::list_runs))

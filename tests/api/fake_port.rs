@@ -57,6 +57,10 @@ struct State {
     claim_ttl: Duration,
     /// The organisation's `settings.portAgentStreamerName`.
     streamer: Option<String>,
+    /// `visibilityTimeoutMs` of each claim, in order (`None`: not sent).
+    leases: Vec<Option<Duration>>,
+    /// Log lines refused because the run had its final status.
+    closed_logs: usize,
 }
 
 /// A run held for an agent, as `claim-pending` and `ack` see it.
@@ -149,6 +153,16 @@ impl FakePort {
     /// How long a claim holds before an unacknowledged run is handed out again.
     pub fn set_claim_ttl(&self, ttl: Duration) {
         self.state.lock().unwrap().claim_ttl = ttl;
+    }
+
+    /// The `visibilityTimeoutMs` each claim asked for, in order.
+    pub fn claim_leases(&self) -> Vec<Option<Duration>> {
+        self.state.lock().unwrap().leases.clone()
+    }
+
+    /// Log lines Port refused (422 `run_exhausted`) because the run was final.
+    pub fn closed_logs(&self) -> usize {
+        self.state.lock().unwrap().closed_logs
     }
 
     /// Holds every acknowledgement from now on (a runner waiting for one can be killed).
@@ -464,7 +478,17 @@ async fn handle(
             let Some(limit) = body["limit"].as_u64().filter(|l| *l >= 1) else {
                 return error(422, "invalid_request", "limit must be a positive integer");
             };
+            // As Ocean sends it: how long the claimed runs stay invisible (60 s to 600 s).
+            let lease = match body.get("visibilityTimeoutMs") {
+                None => None,
+                Some(ms) => match ms.as_u64().filter(|ms| (1..=600_000).contains(ms)) {
+                    Some(ms) => Some(Duration::from_millis(ms)),
+                    None => return error(422, "invalid_request", "visibilityTimeoutMs must be 1 to 600000"),
+                },
+            };
+            st.leases.push(lease);
             let now = std::time::Instant::now();
+            // The test's own claim TTL (short, to see runs come back) wins over the lease.
             let ttl = st.claim_ttl;
             let finals: HashSet<String> = st.finals.keys().cloned().collect();
             let mut runs = Vec::new();
@@ -495,6 +519,14 @@ async fn handle(
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
                 .unwrap_or_default();
+            let ours = |p: &Pending| ids.iter().any(|id| p.run["id"] == id.as_str());
+            let (known, already) = st.pending.iter().filter(|p| ours(p)).fold((0, 0), |(k, a), p| {
+                (k + 1, a + usize::from(p.acked))
+            });
+            if known > 0 && known == already {
+                // As Ocean reads it: every one of them was acknowledged before.
+                return error(409, "run_already_acked", "The runs were already acknowledged");
+            }
             let mut acked = 0;
             for p in st.pending.iter_mut() {
                 if !p.acked && ids.iter().any(|id| p.run["id"] == id.as_str()) {
@@ -521,7 +553,7 @@ async fn handle(
         ("PATCH", ["v1", "actions", "runs", run_id]) => {
             let run_id = run_id.to_string();
             if st.finals.contains_key(&run_id) {
-                return error(422, "run_already_finished", "The run has already finished");
+                return error(409, "run_already_finished", "The run has already finished");
             }
             if let Some(status) = body.get("status") {
                 if !matches!(status.as_str(), Some("SUCCESS" | "FAILURE")) {
@@ -587,7 +619,8 @@ async fn handle(
         }
         ("POST", ["v1", "actions", "runs", run_id, "logs"]) => {
             if st.finals.contains_key(*run_id) {
-                return error(422, "run_already_finished", "The run has already finished");
+                st.closed_logs += 1;
+                return error(422, "run_exhausted", "The run has already finished");
             }
             if !body["message"].is_string() {
                 return error(422, "invalid_request", "message is required");

@@ -552,12 +552,18 @@ impl Served {
 
     /// Posts `body` to the webhook, signed with the fake Port's client secret.
     pub async fn post_signed(&self, body: &Value) -> reqwest::Response {
+        self.send_signed(reqwest::Method::POST, body).await
+    }
+
+    /// Sends `body` to the webhook by `method` (Port's actions may use POST, PUT, PATCH or
+    /// DELETE), signed with the fake Port's client secret.
+    pub async fn send_signed(&self, method: reqwest::Method, body: &Value) -> reqwest::Response {
         let raw = serde_json::to_vec(body).unwrap();
         let ts = port_runner::webhook::signature::timestamp_now();
         let signature =
             port_runner::webhook::signature::sign(crate::fake_port::CLIENT_SECRET, &ts, &raw);
         reqwest::Client::new()
-            .post(format!("http://{}/webhook", self.addr))
+            .request(method, format!("http://{}/webhook", self.addr))
             .header("x-port-timestamp", &ts)
             .header("x-port-signature", signature)
             .body(raw)

@@ -44,7 +44,7 @@ async fn a_4xx_is_not_retried_and_surfaces_ports_message() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "Port refused the request (422): identifier is required"
+        "Port refused the request (422): identifier is required (invalid_request)"
     );
     assert_eq!(
         fake.requests_to("POST", "/blueprints/service/entities")
@@ -165,4 +165,37 @@ async fn deleting_a_missing_entity_is_not_an_error_and_search_filters_by_bluepri
         port.get_blueprint("service").await.unwrap(),
         Some(blueprint)
     );
+}
+
+#[tokio::test]
+async fn the_agent_protocol_s_answers_are_read_for_what_they_mean() {
+    let fake = FakePort::start().await;
+    let port = client(&fake);
+    fake.seed_pending("r_agent", json!({"action": {"identifier": "echo"}}));
+    let runs = port.claim_pending_runs(5).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    // A lease that covers journaling and acknowledging, as Ocean sends one.
+    assert_eq!(fake.claim_leases(), [Some(Duration::from_secs(120))]);
+    let ids = ["r_agent".to_owned()];
+    assert_eq!(port.ack_runs(&ids).await.unwrap(), 1);
+    // A retried ack whose first attempt got through: Port's 409 means "already acknowledged".
+    assert_eq!(port.ack_runs(&ids).await.unwrap(), 1);
+
+    let fin = port_runner::port::RunPatch {
+        status: Some(port_runner::port::RunStatus::Success),
+        status_label: None,
+        summary: Some("done".into()),
+        link: None,
+    };
+    port.patch_run("r_agent", &fin).await.unwrap();
+    // A finished run: its PATCH is 409, a log line 422 `run_exhausted`; neither is retried.
+    let again = port.patch_run("r_agent", &fin).await.unwrap_err();
+    assert!(
+        matches!(again, PortError::Invalid { status: 409, .. }),
+        "{again}"
+    );
+    let late = port.add_run_log("r_agent", "too late").await.unwrap_err();
+    assert!(late.is_run_closed(), "{late}");
+    assert_eq!(fake.requests_to("POST", "/runs/r_agent/logs").len(), 1);
+    assert_eq!(fake.closed_logs(), 1);
 }

@@ -1495,10 +1495,14 @@ async fn port_s_own_event_shape_is_routed_to_the_blueprint_s_delete_action() {
     let stack_file = created_bucket(&rig, "evented").await;
     let entity = fake.entity("s3_bucket", "evented").unwrap();
 
-    // The event beside its run, as Port's template data has it: delete_bucket runs.
+    // The event beside its run, as Port's template data has it, with the verb Port's event
+    // holds (`TIMER_EXPIRED`), sent by an automation whose webhook method is DELETE:
+    // delete_bucket runs.
     let expired = unique_run_id();
-    let body = json!({"event": port_event("TIMER_PROPERTY_EXPIRED", "s3_bucket", &entity), "run": {"id": expired}});
-    post(&rig.served, &body).await;
+    let body =
+        json!({"event": port_event("TIMER_EXPIRED", "s3_bucket", &entity), "run": {"id": expired}});
+    let response = rig.served.send_signed(reqwest::Method::DELETE, &body).await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
     let fin = fake.wait_final(&expired).await;
     assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&expired));
     assert!(fake.log_lines(&expired).contains(

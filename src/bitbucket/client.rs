@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::error::BitbucketError;
 use super::pacer::{Pacer, Rate};
-use super::types::{Branch, BranchWire, ErrorBody, LinesPage, Page};
+use super::types::{ErrorBody, LinesPage, Page};
 use crate::http::{Raw, RetryPolicy};
 
 /// How Bitbucket authenticates us.
@@ -75,6 +75,8 @@ pub struct BitbucketClient {
     requests: AtomicU64,
     pacer: Pacer,
     patience: Duration,
+    /// Which build-status API the server has, once asked (`insights.rs`).
+    pub(super) builds_api: tokio::sync::OnceCell<super::insights::BuildsApi>,
 }
 
 impl BitbucketClient {
@@ -115,6 +117,7 @@ impl BitbucketClient {
             requests: AtomicU64::new(0),
             pacer: Pacer::new(config.rate),
             patience: config.rate_limit_patience,
+            builds_api: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -155,34 +158,34 @@ impl BitbucketClient {
             .collect())
     }
 
-    /// The default branch, or `None` for an empty repository (it has none).
-    pub async fn default_branch(
-        &self,
-        project: &str,
-        slug: &str,
-    ) -> Result<Option<Branch>, BitbucketError> {
-        match self
-            .get_json(
-                &["projects", project, "repos", slug, "branches", "default"],
-                &[],
-            )
-            .await
-        {
-            Ok(value) => {
-                let wire: BranchWire =
-                    serde_json::from_value(value).map_err(|e| BitbucketError::Unexpected {
-                        message: format!("default branch of {project}/{slug}: {e}"),
-                    })?;
-                Ok(Some(Branch {
-                    name: wire.display_id,
-                    latest_commit: wire.latest_commit,
-                }))
-            }
-            // Only Bitbucket's own "empty repository" answers mean "no branch": a 404 page
-            // from a proxy must never look like an empty repository (that would delete).
-            Err(e) if e.is_missing_path() => Ok(None),
-            Err(e) => Err(e),
+    /// The head commit of the default branch, `None` for an empty repository.
+    ///
+    /// `GET …/commits?limit=1`: "if no explicit commit is specified, the tip of the
+    /// repository's default branch is assumed". (The deprecated `branches/default` answers an
+    /// empty repository with 204 and no body; `default-branch`, its replacement, names the
+    /// configured branch but not its head.) An empty repository comes back as an empty page,
+    /// a 204, or a 404 naming a missing commit or branch (versions differ: all are taken); a
+    /// 404 without Bitbucket's own exception (a proxy's page) is an error, never "empty".
+    pub async fn head(&self, project: &str, slug: &str) -> Result<Option<String>, BitbucketError> {
+        let segments = ["projects", project, "repos", slug, "commits"];
+        let raw = match self.get(&segments, &[("limit", "1")]).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_missing_path() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if raw.status == 204 || raw.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
         }
+        let page: Page =
+            serde_json::from_slice(&raw.body).map_err(|e| BitbucketError::Unexpected {
+                message: format!("commits of {project}/{slug}: not a page: {e}"),
+            })?;
+        Ok(page
+            .values
+            .first()
+            .and_then(|c| c.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned))
     }
 
     /// A file of the default branch (or of `at`), whole; `None` if there is no such path.

@@ -3,8 +3,16 @@
 //! Shapes as Atlassian's REST docs define them: a report is `PUT` whole under its key (so
 //! publishing again replaces it), its annotations are deleted and posted again (never piled
 //! up), and a build status is keyed, so the `INPROGRESS` posted first is replaced by the
-//! verdict. Bitbucket's limits are enforced here, where they are known: six data fields,
-//! 2000 characters of details or of an annotation's message, 1000 annotations a report.
+//! verdict. Bitbucket's limits are kept here, as its API description sets them (Data Center
+//! 9.2's OpenAPI): six data fields, 450 characters of a title or reporter, 2000 of details or
+//! of an annotation's message, 450 of an `externalId` (a longer one is hashed), 50000 of a
+//! path, 1000 annotations a report, 255 of a build status's key, name and description. An
+//! annotation that cannot be made to fit is left out, never sent to sink its batch.
+//!
+//! Build statuses: the repository-scoped API (`/rest/api/latest/…/commits/{c}/builds`, since
+//! 7.14) where the server's build capabilities say so, else the legacy one
+//! (`/rest/build-status/1.0/commits/{c}`), as Atlassian's own Jenkins integration chooses;
+//! a 404 from the repository-scoped route (an older server) also falls back.
 
 use reqwest::Method;
 use serde::Serialize;
@@ -22,6 +30,25 @@ pub const MAX_TEXT: usize = 2000;
 pub const MAX_ANNOTATIONS: usize = 1000;
 /// Annotations sent per request.
 const ANNOTATIONS_PER_POST: usize = 100;
+/// Bitbucket's cap on an annotation's `externalId`.
+pub const MAX_EXTERNAL_ID: usize = 450;
+/// Bitbucket's cap on an annotation's path.
+const MAX_PATH: usize = 50_000;
+/// Bitbucket's cap on a report's title and reporter.
+const MAX_TITLE: usize = 450;
+/// Bitbucket's cap on a build status's fields (the legacy API's, the stricter).
+const MAX_BUILD_FIELD: usize = 255;
+/// The capability a server lists when it has the repository-scoped builds API.
+const RICH_BUILD_STATUS: &str = "richBuildStatus";
+
+/// Which build-status API a server has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildsApi {
+    /// `POST /rest/api/latest/projects/{p}/repos/{r}/commits/{c}/builds` (7.14 and later).
+    Repository,
+    /// `POST /rest/build-status/1.0/commits/{c}` (every version; deprecated since 7.14).
+    Legacy,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -95,6 +122,40 @@ pub struct BuildStatus {
     pub description: String,
 }
 
+/// An `externalId` within Bitbucket's limit: as it is when it fits, else its start and a
+/// hash of the whole (so two long ones stay apart).
+pub fn external_id(id: &str) -> String {
+    if id.chars().count() <= MAX_EXTERNAL_ID {
+        return id.to_owned();
+    }
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let head: String = id.chars().take(MAX_EXTERNAL_ID - hash.len() - 1).collect();
+    format!("{head}~{hash}")
+}
+
+impl Annotation {
+    /// The annotation as Bitbucket takes it, or `None` when it cannot be made to (a path
+    /// over the limit): message cut, `externalId` hashed when too long.
+    fn fitted(&self) -> Option<Self> {
+        if self.path.chars().count() > MAX_PATH {
+            return None;
+        }
+        let message = match self.message.trim() {
+            "" => "(no message)".to_owned(),
+            _ => fit(&self.message, MAX_TEXT),
+        };
+        Some(Self {
+            message,
+            external_id: external_id(&self.external_id),
+            ..self.clone()
+        })
+    }
+}
+
 /// Cuts `text` to Bitbucket's limit, saying so.
 pub fn fit(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
@@ -120,10 +181,10 @@ impl InsightReport {
             })
             .collect();
         let mut body = json!({
-            "title": self.title,
+            "title": fit(&self.title, MAX_TITLE),
             "details": fit(&self.details, MAX_TEXT),
             "result": self.result,
-            "reporter": self.reporter,
+            "reporter": fit(&self.reporter, MAX_TITLE),
             "data": data,
         });
         if let Some(link) = &self.link {
@@ -174,15 +235,15 @@ impl BitbucketClient {
         path.extend(commit_path(repo, commit));
         path.extend(["reports", key, "annotations"]);
         self.call(Method::DELETE, &path, &[], None).await?;
-        let kept = &annotations[..annotations.len().min(MAX_ANNOTATIONS)];
+        let mut seen = std::collections::HashSet::new();
+        let kept: Vec<Annotation> = annotations
+            .iter()
+            .filter_map(Annotation::fitted)
+            // An `externalId` is unique within a report: a repeat would refuse the batch.
+            .filter(|a| seen.insert(a.external_id.clone()))
+            .take(MAX_ANNOTATIONS)
+            .collect();
         for chunk in kept.chunks(ANNOTATIONS_PER_POST) {
-            let chunk: Vec<Annotation> = chunk
-                .iter()
-                .map(|a| Annotation {
-                    message: fit(&a.message, MAX_TEXT),
-                    ..a.clone()
-                })
-                .collect();
             self.call(
                 Method::POST,
                 &path,
@@ -194,30 +255,112 @@ impl BitbucketClient {
         Ok(())
     }
 
-    /// Sets the build status `status.key` of `commit` (a later one of that key replaces it).
+    /// Sets the build status `status.key` of `commit` (a later one of that key replaces it),
+    /// through the API the server has.
     pub async fn post_build_status(
         &self,
         repo: &RepoRef,
         commit: &str,
         status: &BuildStatus,
     ) -> Result<(), BitbucketError> {
-        let mut path = vec!["api", "latest"];
-        path.extend(commit_path(repo, commit));
-        path.push("builds");
         let body = serde_json::to_value(BuildStatus {
-            description: fit(&status.description, 255),
+            key: fit(&status.key, MAX_BUILD_FIELD),
+            name: fit(&status.name, MAX_BUILD_FIELD),
+            description: fit(&status.description, MAX_BUILD_FIELD),
             ..status.clone()
         })
         .expect("a build status serializes");
-        self.call(Method::POST, &path, &[], Some(&body))
+        let legacy = ["build-status", "1.0", "commits", commit];
+        if self.builds_api().await? == BuildsApi::Legacy {
+            return self
+                .call(Method::POST, &legacy, &[], Some(&body))
+                .await
+                .map(drop);
+        }
+        let mut path = vec!["api", "latest"];
+        path.extend(commit_path(repo, commit));
+        path.push("builds");
+        match self.call(Method::POST, &path, &[], Some(&body)).await {
+            // No such route (not Bitbucket's word on the repository or commit): older than
+            // its capabilities said, or behind a proxy that hides it. Legacy from now on.
+            Err(BitbucketError::NotFound {
+                exception: None, ..
+            }) => {
+                let _ = self.builds_api.set(BuildsApi::Legacy);
+                self.call(Method::POST, &legacy, &[], Some(&body))
+                    .await
+                    .map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// The server's build-status API, asked once (`GET /rest/api/latest/build/capabilities`,
+    /// which servers before 7.14 do not have either).
+    async fn builds_api(&self) -> Result<BuildsApi, BitbucketError> {
+        if let Some(api) = self.builds_api.get() {
+            return Ok(*api);
+        }
+        let api = match self
+            .call(
+                Method::GET,
+                &["api", "latest", "build", "capabilities"],
+                &[],
+                None,
+            )
             .await
-            .map(drop)
+        {
+            Ok(raw) => {
+                let caps: Value = serde_json::from_slice(&raw.body).unwrap_or(Value::Null);
+                let rich = caps["buildStatus"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|v| v == RICH_BUILD_STATUS));
+                if rich {
+                    BuildsApi::Repository
+                } else {
+                    BuildsApi::Legacy
+                }
+            }
+            Err(BitbucketError::NotFound { .. }) => BuildsApi::Legacy,
+            // Not known yet (a passing failure): try the current API, ask again next time.
+            Err(BitbucketError::Transient { .. }) => return Ok(BuildsApi::Repository),
+            Err(e) => return Err(e),
+        };
+        Ok(*self.builds_api.get_or_init(|| async { api }).await)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_annotation_is_fitted_or_left_out_never_sent_to_be_refused() {
+        let annotation = |path: String, id: String| Annotation {
+            path,
+            line: 1,
+            message: "  ".into(),
+            severity: Severity::Low,
+            kind: AnnotationType::CodeSmell,
+            external_id: id,
+            link: None,
+        };
+        let long = |n| "x".repeat(n);
+        let fitted = annotation("port.yaml".into(), format!("port-delete-s/{}", long(990)))
+            .fitted()
+            .unwrap();
+        assert_eq!(fitted.external_id.chars().count(), MAX_EXTERNAL_ID);
+        assert_eq!(fitted.message, "(no message)");
+        let other = annotation("port.yaml".into(), format!("port-delete-s/{}y", long(989)))
+            .fitted()
+            .unwrap();
+        assert_ne!(fitted.external_id, other.external_id, "hashed apart");
+        let short = annotation("port.yaml".into(), "port-1".into())
+            .fitted()
+            .unwrap();
+        assert_eq!(short.external_id, "port-1");
+        assert!(annotation(long(50_001), "port-2".into()).fitted().is_none());
+    }
 
     #[test]
     fn reports_keep_to_bitbucket_s_limits() {

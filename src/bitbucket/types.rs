@@ -33,14 +33,6 @@ pub(crate) struct Line {
     pub text: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct BranchWire {
-    pub display_id: String,
-    #[serde(default)]
-    pub latest_commit: Option<String>,
-}
-
 /// Bitbucket's error body: `{"errors": [{"message", "exceptionName"}]}`.
 #[derive(Deserialize)]
 pub(crate) struct ErrorBody {
@@ -85,11 +77,4 @@ impl std::fmt::Display for RepoRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.project, self.slug)
     }
-}
-
-/// The default branch and its head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Branch {
-    pub name: String,
-    pub latest_commit: Option<String>,
 }

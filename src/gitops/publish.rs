@@ -50,8 +50,16 @@ pub struct Checked {
 pub enum CheckError {
     #[error(transparent)]
     Review(#[from] ReviewError),
-    #[error("Bitbucket refused to publish the check on {repo} ({status}): the account needs read access to the repository and the permission to publish Code Insights reports and build statuses (repository write); grant it, or stop sending pull-request events to this runner")]
+    #[error("Bitbucket refused to publish the check on {repo} ({status}): the account needs read access to the repository (REPO_READ is what reports, annotations and build statuses ask for); grant it, or stop sending pull-request events to this runner")]
     Permission { repo: String, status: u16 },
+    /// The build status went through (so the account reads the repository), the report's
+    /// replacement did not: Bitbucket lets only a report's creator replace it.
+    #[error("Bitbucket refused to replace the \"Port catalog\" report on {repo} at {commit} ({status}): only the account that created a report may replace it, and this one was made by another (were the runner's Bitbucket credentials changed?); publish with that account, or delete the report (DELETE /rest/insights/latest/projects/…/commits/{commit}/reports/port-catalog) and push again")]
+    NotCreator {
+        repo: String,
+        commit: String,
+        status: u16,
+    },
     #[error("cannot publish the check on {repo}: {source}")]
     Publish {
         repo: String,
@@ -118,7 +126,14 @@ impl SyncEngine {
         let annotations = render_annotations(&review, links);
         bb.put_report(&pr.repo, &pr.commit, CHECK_KEY, &report)
             .await
-            .map_err(publishing(&pr.repo))?;
+            .map_err(|e| match e {
+                BitbucketError::Unauthorized { status, .. } => CheckError::NotCreator {
+                    repo: pr.repo.to_string(),
+                    commit: pr.commit.clone(),
+                    status,
+                },
+                other => publishing(&pr.repo)(other),
+            })?;
         bb.replace_annotations(&pr.repo, &pr.commit, CHECK_KEY, &annotations)
             .await
             .map_err(publishing(&pr.repo))?;

@@ -249,10 +249,7 @@ impl SyncEngine {
             && marker.is_none_or(|m| m.entities.is_empty());
 
         let (found, head) = if paths.has_globs() {
-            let head = bb
-                .default_branch(project, slug)
-                .await?
-                .and_then(|b| b.latest_commit);
+            let head = bb.head(project, slug).await?;
             let cached = marker.and_then(|m| m.commit.as_ref());
             if !full && clean && head.is_some() && cached == head.as_ref() {
                 return Ok(unchanged(key, owned, marker.is_some()));
@@ -271,8 +268,7 @@ impl SyncEngine {
                 owned.is_empty(),
                 full,
             ) {
-                let branch = bb.default_branch(project, slug).await?;
-                if branch.as_ref().and_then(|b| b.latest_commit.as_ref()) == Some(commit) {
+                if bb.head(project, slug).await?.as_ref() == Some(commit) {
                     return Ok(vec![(key, Scan::Unchanged)]);
                 }
             }
@@ -317,12 +313,9 @@ impl SyncEngine {
                     Scan::NoFile { commit: None }
                 })
             }
-            None => {
-                let branch = bb.default_branch(project, slug).await?;
-                Some(Scan::NoFile {
-                    commit: branch.and_then(|b| b.latest_commit),
-                })
-            }
+            None => Some(Scan::NoFile {
+                commit: bb.head(project, slug).await?,
+            }),
         };
         scans.extend(marker_scan.map(|scan| (key, scan)));
         Ok(scans)

@@ -61,6 +61,24 @@ struct State {
     builds: BTreeMap<(String, String), Vec<Value>>,
     /// Insights and build statuses answer 403 (the account may only read).
     read_only: bool,
+    /// How `commits` answers for a repository without a commit.
+    empty_answer: EmptyAnswer,
+    /// A server before 7.14: no build capabilities, no repository-scoped builds API.
+    before_7_14: bool,
+    /// Build statuses posted to the legacy API, by commit.
+    legacy_builds: BTreeMap<String, Vec<Value>>,
+    /// Who created each report (`reports`' key): only they may replace it.
+    report_creators: BTreeMap<(String, String, String), String>,
+}
+
+/// What a server answers `GET …/commits` with for an empty repository (not documented;
+/// the client takes each).
+#[derive(Default, Clone, Copy, Debug)]
+pub enum EmptyAnswer {
+    #[default]
+    EmptyPage,
+    NoContent,
+    NoSuchCommit,
 }
 
 /// Data Center's per-user rate limit: a token bucket; an empty one answers 429.
@@ -140,6 +158,19 @@ impl FakeBitbucket {
         self.state.lock().unwrap().lines_page_max = n;
     }
 
+    /// A repository nothing was ever pushed to: no commit, no branch.
+    pub fn add_empty_repo(&self, project: &str, slug: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.projects
+            .entry(project.to_owned())
+            .or_default()
+            .insert(slug.to_owned(), Repo::default());
+    }
+
+    pub fn set_empty_answer(&self, answer: EmptyAnswer) {
+        self.state.lock().unwrap().empty_answer = answer;
+    }
+
     pub fn add_repo(&self, project: &str, slug: &str) {
         let mut st = self.state.lock().unwrap();
         st.projects
@@ -173,6 +204,27 @@ impl FakeBitbucket {
                 .map(|(n, c)| ((*n).to_owned(), (*c).to_owned()))
                 .collect(),
         );
+    }
+
+    /// A server older than 7.14: the repository-scoped builds API and the build capabilities
+    /// answer 404; build statuses go to `/rest/build-status/1.0/commits/{c}`.
+    pub fn set_before_7_14(&self, old: bool) {
+        self.state.lock().unwrap().before_7_14 = old;
+    }
+
+    /// Build statuses posted to the legacy API on `commit`, oldest first.
+    pub fn legacy_builds(&self, commit: &str) -> Vec<Value> {
+        let st = self.state.lock().unwrap();
+        st.legacy_builds.get(commit).cloned().unwrap_or_default()
+    }
+
+    /// A report another account created on the commit (only it may replace the report).
+    pub fn put_foreign_report(&self, repo: &str, commit: &str, key: &str) {
+        let mut st = self.state.lock().unwrap();
+        let id = (repo.to_owned(), commit.to_owned(), key.to_owned());
+        st.reports
+            .insert(id.clone(), json!({"title": "someone else's", "data": []}));
+        st.report_creators.insert(id, "someone-else".into());
     }
 
     /// The account may read but not publish insights or build statuses.
@@ -360,12 +412,25 @@ async fn handle(
             .json(json!({"errors": [{"message": format!("injected {}", fault.status)}]}));
     }
 
+    let who = if req
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes().starts_with(b"Bearer"))
+    {
+        "token"
+    } else {
+        USER
+    };
+    if let Some(rest) = path.strip_prefix("/rest/build-status/1.0/") {
+        let segs: Vec<&str> = rest.split('/').collect();
+        return publish(&mut st, who, "LEGACY", &segs, &body);
+    }
     if let Some(rest) = path
         .strip_prefix("/rest/insights/latest/")
         .or_else(|| path.strip_prefix("/rest/api/latest/"))
     {
         let segs: Vec<&str> = rest.split('/').collect();
-        return publish(&mut st, req.method().as_str(), &segs, &body);
+        return publish(&mut st, who, req.method().as_str(), &segs, &body);
     }
     let start: usize = query.get("start").and_then(|s| s.parse().ok()).unwrap_or(0);
     let limit: usize = query
@@ -414,8 +479,31 @@ async fn handle(
             }
             None => no_project(project),
         },
+        ["projects", project, "repos", slug, "commits"] => {
+            let Some(repo) = st.projects.get(*project).and_then(|r| r.get(*slug)) else {
+                return no_repo(project, slug);
+            };
+            if repo.commits == 0 {
+                return match st.empty_answer {
+                    EmptyAnswer::EmptyPage => page(Vec::new(), start, limit),
+                    EmptyAnswer::NoContent => HttpResponse::NoContent().finish(),
+                    EmptyAnswer::NoSuchCommit => no_commit("refs/heads/main"),
+                };
+            }
+            // Newest first: the tip of the default branch, then its parents.
+            let values = (1..=repo.commits)
+                .rev()
+                .map(|n| {
+                    json!({"id": commit_id(n), "displayId": &commit_id(n)[..11],
+                                "message": format!("commit {n}"), "parents": []})
+                })
+                .collect();
+            page(values, start, limit)
+        }
+        // Deprecated (and no longer used by the runner): 204 and no body for an empty one.
         ["projects", project, "repos", slug, "branches", "default"] => {
             match st.projects.get(*project).and_then(|r| r.get(*slug)) {
+                Some(repo) if repo.commits == 0 => HttpResponse::NoContent().finish(),
                 Some(repo) => HttpResponse::Ok().json(json!({
                     "id": "refs/heads/main", "displayId": "main", "type": "BRANCH",
                     "latestCommit": commit_id(repo.commits), "latestChangeset": commit_id(repo.commits),
@@ -428,6 +516,9 @@ async fn handle(
             let Some(repo) = st.projects.get(*project).and_then(|r| r.get(*slug)) else {
                 return no_repo(project, slug);
             };
+            if repo.commits == 0 {
+                return no_commit(query.get("at").map_or("HEAD", String::as_str));
+            }
             let Some(files) = files_at(repo, query.get("at")) else {
                 return no_commit(query.get("at").unwrap());
             };
@@ -437,6 +528,9 @@ async fn handle(
             let Some(repo) = st.projects.get(*project).and_then(|r| r.get(*slug)) else {
                 return no_repo(project, slug);
             };
+            if repo.commits == 0 {
+                return no_commit(query.get("at").map_or("HEAD", String::as_str));
+            }
             let name = file.join("/");
             let Some(files) = files_at(repo, query.get("at")) else {
                 return no_commit(query.get("at").unwrap());
@@ -495,7 +589,16 @@ fn files_at<'a>(repo: &'a Repo, at: Option<&String>) -> Option<&'a BTreeMap<Stri
 }
 
 /// Code Insights and build statuses: validated as Bitbucket does, then recorded.
-fn publish(st: &mut State, method: &str, segs: &[&str], body: &[u8]) -> HttpResponse {
+fn publish(st: &mut State, who: &str, method: &str, segs: &[&str], body: &[u8]) -> HttpResponse {
+    let no_route = || HttpResponse::NotFound().body("Not Found");
+    match (method, segs) {
+        ("GET", ["build", "capabilities"]) if st.before_7_14 => return no_route(),
+        ("GET", ["build", "capabilities"]) => {
+            return HttpResponse::Ok().json(json!({"buildStatus": ["richBuildStatus"]}))
+        }
+        ("POST", [.., "builds"]) if st.before_7_14 => return no_route(),
+        _ => {}
+    }
     if st.read_only {
         return errors(
             403,
@@ -534,6 +637,18 @@ fn publish(st: &mut State, method: &str, segs: &[&str], body: &[u8]) -> HttpResp
                 }
             }
             let id = (format!("{p}/{s}"), c.to_string(), key.to_string());
+            if st
+                .report_creators
+                .get(&id)
+                .is_some_and(|creator| creator != who)
+            {
+                return errors(
+                    401,
+                    "You are not permitted to replace this report: it was created by another user",
+                    "com.atlassian.bitbucket.AuthorisationException",
+                );
+            }
+            st.report_creators.insert(id.clone(), who.to_owned());
             st.reports.insert(id, body.clone());
             HttpResponse::Ok().json(body)
         }
@@ -563,8 +678,12 @@ fn publish(st: &mut State, method: &str, segs: &[&str], body: &[u8]) -> HttpResp
                         a["type"].as_str(),
                         None | Some("VULNERABILITY" | "CODE_SMELL" | "BUG")
                     );
-                let duplicate = a["externalId"].as_str().is_some()
-                    && list.iter().any(|b| b["externalId"] == a["externalId"]);
+                let long_id = a["externalId"]
+                    .as_str()
+                    .is_some_and(|id| id.chars().count() > 450);
+                let duplicate = long_id
+                    || a["externalId"].as_str().is_some()
+                        && list.iter().any(|b| b["externalId"] == a["externalId"]);
                 if !ok || duplicate {
                     return bad(format!("invalid annotation: {a}"));
                 }
@@ -573,6 +692,27 @@ fn publish(st: &mut State, method: &str, segs: &[&str], body: &[u8]) -> HttpResp
             if list.len() > 1000 {
                 return bad("a report has at most 1000 annotations".into());
             }
+            HttpResponse::NoContent().finish()
+        }
+        ("LEGACY", ["commits", c]) => {
+            // The legacy API: state, key and url, every field at most 255 (url 450).
+            let short = |k: &str| body[k].as_str().is_none_or(|v| v.chars().count() <= 255);
+            let ok = body["key"].as_str().is_some()
+                && body["url"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("http") && u.len() <= 450)
+                && matches!(
+                    body["state"].as_str(),
+                    Some("INPROGRESS" | "SUCCESSFUL" | "FAILED")
+                )
+                && ["key", "name", "description"].into_iter().all(short);
+            if !ok {
+                return bad(format!("invalid build status: {body}"));
+            }
+            st.legacy_builds
+                .entry(c.to_string())
+                .or_default()
+                .push(body);
             HttpResponse::NoContent().finish()
         }
         ("POST", ["projects", p, "repos", s, "commits", c, "builds"]) => {

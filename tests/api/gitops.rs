@@ -628,7 +628,7 @@ async fn a_first_sync_costs_one_read_per_repository_and_port_yml_is_opt_in() {
     let reads = bb
         .requests()
         .iter()
-        .filter(|r| r.contains("/raw/") || r.contains("/browse/") || r.contains("/branches"))
+        .filter(|r| r.contains("/raw/") || r.contains("/browse/") || r.contains("/commits?"))
         .count();
     assert_eq!(
         reads,

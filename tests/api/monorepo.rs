@@ -108,7 +108,7 @@ async fn globs_find_nested_files_and_an_unchanged_repository_costs_one_read() {
     let requests = bb.requests();
     let per_repo: Vec<&String> = requests
         .iter()
-        .filter(|r| r.contains("/branches/default") || r.contains("/raw/"))
+        .filter(|r| r.contains("/commits?") || r.contains("/raw/"))
         .collect();
     assert_eq!(per_repo.len(), 5, "{requests:#?}");
     assert!(
@@ -214,4 +214,59 @@ async fn a_pull_request_check_annotates_the_nested_file_on_its_line() {
     assert_eq!(annotations[0]["path"], "services/new/port.yaml");
     assert_eq!(annotations[0]["line"], 5);
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_repositories_read_as_empty_whatever_the_server_answers() {
+    // Globs for MONO, two literal paths elsewhere: both ways ask for the default branch's
+    // head, which an empty repository does not have.
+    let app = spawn_app_with(AppOptions {
+        gitops: true,
+        gitops_paths: vec!["port.yaml".into(), "port.yml".into()],
+        gitops_project_paths: vec!["MONO=services/*/port.yaml".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    app.port().add_blueprint(microservice_blueprint());
+    let bb = app.bitbucket();
+    bb.put_file(
+        "MONO",
+        "mono",
+        "services/api/port.yaml",
+        &service("api", "backend"),
+    );
+    bb.put_file("APP", "svc", "port.yaml", &service("svc", "backend"));
+    for (project, slug) in [
+        ("MONO", "empty-a"),
+        ("MONO", "empty-b"),
+        ("APP", "empty-c"),
+        ("APP", "empty-d"),
+    ] {
+        bb.add_empty_repo(project, slug);
+    }
+    use crate::fake_bitbucket::EmptyAnswer;
+    for answer in [
+        EmptyAnswer::EmptyPage,
+        EmptyAnswer::NoContent,
+        EmptyAnswer::NoSuchCommit,
+    ] {
+        bb.set_empty_answer(answer);
+        let (fin, log) = sync(&app, json!({"full": true})).await;
+        assert_eq!(fin["status"], "SUCCESS", "{answer:?}: {log:#?}");
+        assert!(
+            !log.iter()
+                .any(|l| l.contains("read failure") || l.contains("could not read")),
+            "{answer:?}: {log:#?}"
+        );
+        assert!(app.port().entity("microservice", "api").is_some());
+        assert!(app.port().entity("microservice", "svc").is_some());
+    }
+    // The deprecated route, whose 204 broke every sync, is not asked.
+    assert!(
+        !bb.requests()
+            .iter()
+            .any(|r| r.contains("/branches/default")),
+        "{:#?}",
+        bb.requests()
+    );
 }

@@ -287,13 +287,15 @@ async fn an_account_that_may_not_publish_gets_one_clear_message() {
     let summary = run["summary"].as_str().unwrap();
     assert!(
         summary.contains("Bitbucket refused to publish the check on P/svc (403)")
-            && summary.contains("permission to publish Code Insights reports and build statuses"),
+            && summary.contains("the account needs read access to the repository"),
         "{summary}"
     );
     let publishing: Vec<String> = bb
         .requests()
         .into_iter()
         .filter(|r| r.contains("/rest/insights/") || r.contains("/rest/api/latest/"))
+        // Asking which builds API the server has is reading, not publishing.
+        .filter(|r| !r.contains("/build/capabilities"))
         .collect();
     assert_eq!(
         publishing.len(),
@@ -332,4 +334,60 @@ async fn port_cannot_start_a_pull_request_check() {
     );
     assert!(app.bitbucket().builds(REPO, C1).is_empty());
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_server_before_7_14_the_check_publishes_with_legacy_build_statuses_and_long_ids() {
+    // Port allows identifiers of 1000 characters: `port-delete-microservice/<id>` is far over
+    // the 450 an annotation's externalId may have.
+    let long = format!("svc-{}", "x".repeat(600));
+    let app = gitops_app(FileApi::Raw).await;
+    let bb = app.bitbucket();
+    bb.put_file("P", "svc", "port.yaml", &list(&["a", &long]));
+    let (fin, log) = sync(&app, json!({})).await;
+    assert_eq!(fin["status"], "SUCCESS", "{log:#?}");
+    bb.set_before_7_14(true);
+    bb.put_commit("P", "svc", C1, &[("port.yaml", &list(&["a"]))]);
+    let run = check(&app, "pr:opened", &pr_event(9, C1, json!({}))).await;
+    assert_eq!(run["state"], "SUCCESS", "{run:#}");
+    let report = bb.report(REPO, C1, "port-catalog").expect("a report");
+    assert_eq!(data(&report, "Delete"), json!(1));
+    let annotations = bb.annotations(REPO, C1, "port-catalog");
+    assert_eq!(annotations.len(), 1, "{annotations:#?}");
+    let id = annotations[0]["externalId"].as_str().unwrap();
+    assert!(
+        id.chars().count() <= 450 && id.starts_with("port-delete-microservice/svc-x"),
+        "{id}"
+    );
+    // Nothing went to the builds API the server lacks; the legacy one has both states.
+    assert!(bb.builds(REPO, C1).is_empty());
+    let legacy: Vec<Value> = bb.legacy_builds(C1);
+    let states: Vec<&str> = legacy
+        .iter()
+        .map(|b| b["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["INPROGRESS", "SUCCESSFUL"], "{legacy:#?}");
+    assert!(
+        bb.requests()
+            .iter()
+            .any(|r| r.starts_with("/rest/api/latest/build/capabilities")),
+        "{:#?}",
+        bb.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_another_account_made_is_refused_with_its_real_cause() {
+    let app = synced().await;
+    let bb = app.bitbucket();
+    bb.put_commit("P", "svc", C1, &[("port.yaml", &list(&["a", "gone"]))]);
+    bb.put_foreign_report(REPO, C1, "port-catalog");
+    let run = check(&app, "pr:opened", &pr_event(8, C1, json!({}))).await;
+    assert_eq!(run["state"], "FAILURE", "{run:#}");
+    let summary = run["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("only the account that created a report may replace it")
+            && !summary.contains("write"),
+        "{summary}"
+    );
 }

@@ -23,6 +23,8 @@
 //! BENCH_RATE_LIMITED (1; 0 skips the rate-limited runs, which take about two minutes),
 //! BENCH_GLOBS (1; 0 skips the monorepo runs).
 
+#[path = "../tests/api/contract.rs"]
+mod contract;
 #[path = "../tests/api/fake_bitbucket.rs"]
 mod fake_bitbucket;
 #[path = "../tests/api/fake_port.rs"]

@@ -9,6 +9,8 @@
 //!
 //! Knobs: BENCH_RUNS (default 200), BENCH_PACE_MS between runs (default 50).
 
+#[path = "../tests/api/contract.rs"]
+mod contract;
 #[path = "../tests/api/fake_port.rs"]
 #[allow(dead_code)]
 mod fake_port;

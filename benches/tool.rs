@@ -9,6 +9,8 @@
 //!
 //! Knobs: BENCH_STEPS (default 300), BENCH_LINES (default 200000).
 
+#[path = "../tests/api/contract.rs"]
+mod contract;
 #[path = "../tests/api/fake_port.rs"]
 #[allow(dead_code)]
 mod fake_port;

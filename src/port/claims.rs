@@ -90,14 +90,31 @@ impl PortClient {
             .map(str::to_owned))
     }
 
-    /// `PATCH /organization {"settings": {"portAgentStreamerName": …}}`, as the agent does
-    /// at its start. An organisation-wide setting: only on request.
+    /// Sets `settings.portAgentStreamerName`. An organisation-wide setting: only on request.
+    ///
+    /// Port's API description requires the organisation's `name` in a `PATCH /organization`,
+    /// and does not say whether `settings` is merged or replaced: so the organisation is read
+    /// first and sent back with its name and every setting it had, this one changed.
     pub async fn set_agent_streamer(&self, streamer: &str) -> Result<(), PortError> {
+        let answer = self.call(Method::GET, &["organization"], &[], None).await?;
+        let org = answer.get("organization").unwrap_or(&answer);
+        let Some(name) = org.get("name").and_then(Value::as_str) else {
+            return Err(PortError::Unexpected {
+                status: 200,
+                url: "/v1/organization (no name in the answer)".into(),
+            });
+        };
+        let mut settings = org
+            .get("settings")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        settings.insert("portAgentStreamerName".into(), json!(streamer));
         self.call(
             Method::PATCH,
             &["organization"],
             &[],
-            Some(&json!({ "settings": { "portAgentStreamerName": streamer } })),
+            Some(&json!({ "name": name, "settings": settings })),
         )
         .await
         .map(|_| ())

@@ -37,7 +37,7 @@ fn echo_action() -> Value {
     })
 }
 
-fn fixture() -> tempfile::TempDir {
+pub(crate) fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     // Written out of order on purpose: service points at team.
     write(dir.path(), "blueprints/a_service.json", &service());
@@ -46,7 +46,7 @@ fn fixture() -> tempfile::TempDir {
     dir
 }
 
-async fn run(args: Vec<String>, port: Option<&FakePort>) -> Output {
+pub(crate) async fn run(args: Vec<String>, port: Option<&FakePort>) -> Output {
     let api = port.map(|p| p.api_url.clone());
     tokio::task::spawn_blocking(move || {
         let mut command = Command::new(BIN);
@@ -63,7 +63,7 @@ async fn run(args: Vec<String>, port: Option<&FakePort>) -> Output {
     .unwrap()
 }
 
-fn apply_args(dir: &Path, extra: &[&str]) -> Vec<String> {
+pub(crate) fn apply_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "apply".to_owned(),
         "--dir".to_owned(),

@@ -69,6 +69,8 @@ struct State {
     legacy_builds: BTreeMap<String, Vec<Value>>,
     /// Who created each report (`reports`' key): only they may replace it.
     report_creators: BTreeMap<(String, String, String), String>,
+    /// Every request checked against Bitbucket's API description.
+    contract: crate::contract::Ledger,
 }
 
 /// What a server answers `GET …/commits` with for an empty repository (not documented;
@@ -204,6 +206,11 @@ impl FakeBitbucket {
                 .map(|(n, c)| ((*n).to_owned(), (*c).to_owned()))
                 .collect(),
         );
+    }
+
+    /// The requests checked against Bitbucket's API description, and any violation.
+    pub fn contract(&self) -> crate::contract::Ledger {
+        self.state.lock().unwrap().contract.clone()
     }
 
     /// A server older than 7.14: the repository-scoped builds API and the build capabilities
@@ -356,11 +363,26 @@ async fn handle(
         web::Query::<BTreeMap<String, String>>::from_query(req.query_string())
             .map(|q| q.into_inner())
             .unwrap_or_default();
-    let latency = {
+    let (latency, ledger) = {
         let mut st = state.lock().unwrap();
         st.requests.push(format!("{path}?{}", req.query_string()));
-        st.latency
+        (st.latency, st.contract.clone())
     };
+    let checked = ledger.check(
+        crate::contract::bitbucket(),
+        req.method().as_str(),
+        &path,
+        req.query_string(),
+        &body,
+    );
+    if let Err(violation) = checked {
+        // What the real server does with a request its API does not describe or allow.
+        return errors(
+            400,
+            &violation,
+            "com.atlassian.bitbucket.validation.ArgumentValidationException",
+        );
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

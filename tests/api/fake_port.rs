@@ -61,6 +61,8 @@ struct State {
     leases: Vec<Option<Duration>>,
     /// Log lines refused because the run had its final status.
     closed_logs: usize,
+    /// Every request checked against Port's API description.
+    contract: crate::contract::Ledger,
 }
 
 /// A run held for an agent, as `claim-pending` and `ack` see it.
@@ -153,6 +155,11 @@ impl FakePort {
     /// How long a claim holds before an unacknowledged run is handed out again.
     pub fn set_claim_ttl(&self, ttl: Duration) {
         self.state.lock().unwrap().claim_ttl = ttl;
+    }
+
+    /// The requests checked against Port's API description, and any violation.
+    pub fn contract(&self) -> crate::contract::Ledger {
+        self.state.lock().unwrap().contract.clone()
     }
 
     /// The `visibilityTimeoutMs` each claim asked for, in order.
@@ -402,6 +409,14 @@ async fn handle(
 ) -> HttpResponse {
     let method = req.method().as_str().to_owned();
     let path = req.path().to_owned();
+    let ledger = state.lock().unwrap().contract.clone();
+    let checked = ledger.check(
+        crate::contract::port(),
+        &method,
+        &path,
+        req.query_string(),
+        &body,
+    );
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     state.lock().unwrap().requests.push(Recorded {
         method: method.clone(),
@@ -415,6 +430,10 @@ async fn handle(
         }
         // Its sender may be gone by now (killed while waiting): a held ack is not applied.
         return error(503, "held", "the acknowledgement was held and not applied");
+    }
+    if let Err(violation) = checked {
+        // What the real Port does with a request its API does not describe or allow.
+        return error(400, "contract_violation", &violation);
     }
     let mut st = state.lock().unwrap();
 

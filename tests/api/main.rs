@@ -5,6 +5,8 @@ mod apply;
 mod browser;
 mod cli;
 mod command;
+mod contract;
+mod contract_flows;
 mod fake_bitbucket;
 mod fake_port;
 mod gitops;

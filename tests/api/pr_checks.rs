@@ -10,7 +10,7 @@ use crate::helpers::{post_bitbucket_event, TestApp};
 
 const REPO: &str = "P/svc";
 
-fn pr_event(id: u64, commit: &str, extra: Value) -> Value {
+pub(crate) fn pr_event(id: u64, commit: &str, extra: Value) -> Value {
     let repo = json!({"slug": "svc", "name": "svc", "project": {"key": "P"}});
     let mut body = json!({
         "eventKey": "pr:opened",
@@ -35,7 +35,7 @@ async fn post(app: &TestApp, key: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Posts the event and waits for its check run to end.
-async fn check(app: &TestApp, key: &str, body: &Value) -> Value {
+pub(crate) async fn check(app: &TestApp, key: &str, body: &Value) -> Value {
     let (status, answer) = post(app, key, body).await;
     assert_eq!(status, 202, "{answer}");
     let run_id = answer["runId"].as_str().unwrap().to_owned();

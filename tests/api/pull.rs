@@ -13,7 +13,7 @@ use crate::helpers::{unique_run_id, v2, Served};
 use crate::replicas::{count, stamp_actions, stamp_run, stamps};
 use crate::wait::wait_for;
 
-fn puller(fake: &FakePort, data: &Path, actions: &Path, extra: &[&str]) -> Served {
+pub(crate) fn puller(fake: &FakePort, data: &Path, actions: &Path, extra: &[&str]) -> Served {
     puller_with(fake, &[], data, actions, extra)
 }
 

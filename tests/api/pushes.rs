@@ -32,7 +32,7 @@ fn push_body(project: &str, slug: &str) -> Value {
     })
 }
 
-async fn push(base_url: &str, project: &str, slug: &str) -> Value {
+pub(crate) async fn push(base_url: &str, project: &str, slug: &str) -> Value {
     let (status, answer) =
         post_bitbucket_event(base_url, "repo:refs_changed", &push_body(project, slug)).await;
     assert_eq!(status, 202);

@@ -592,7 +592,8 @@ mod tests {
             error_message(
                 br#"{"ok":false,"error":"not_found","message":"Blueprint x was not found"}"#
             ),
-            "Blueprint x was not found"
+            "Blueprint x was not found (not_found)",
+            "the code too: it is what a caller decides on (run_exhausted)"
         );
         assert_eq!(error_message(b""), "no details");
         assert_eq!(

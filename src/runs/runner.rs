@@ -33,6 +33,11 @@ use crate::metrics::Metrics;
 use crate::port::{RunPatch, RunStatus};
 use crate::store::{Journal, JournalError};
 
+/// How long a cancelled handler gets to stop its child processes before it is dropped (and
+/// their process groups killed): longer than any tool's own stop grace (the Pulumi CLI gets
+/// SIGINT and 10 s, as its Automation API gives it).
+const HANDLER_STOP_WAIT: Duration = Duration::from_secs(12);
+
 /// Limits of the runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -56,7 +61,7 @@ impl Default for RunnerConfig {
             run_timeout: Duration::from_secs(3600),
             log_batching: LogBatching::default(),
             final_report_retry: FinalReportRetry::default(),
-            report_drain: Duration::from_secs(15),
+            report_drain: Duration::from_secs(20),
             input_key: None,
         }
     }
@@ -482,9 +487,10 @@ impl Runner {
             _ = tokio::time::sleep(timeout) => timed_out(),
             _ = self.hard_stop.cancelled() => shutting_down(),
         };
-        // Let the handler see the cancellation (to stop child processes), then drop it.
+        // Let the handler see the cancellation (to stop child processes the way each wants
+        // to be stopped), then drop it.
         cancel.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+        if tokio::time::timeout(HANDLER_STOP_WAIT, &mut task)
             .await
             .is_err()
         {

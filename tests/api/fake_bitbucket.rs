@@ -756,3 +756,14 @@ fn publish(st: &mut State, who: &str, method: &str, segs: &[&str], body: &[u8]) 
         _ => HttpResponse::NotFound().body(format!("no route {method} {}", segs.join("/"))),
     }
 }
+
+/// A request Bitbucket's API description does not allow fails the test that sent it, even when
+/// the test went on past the fake's 400.
+impl Drop for FakeBitbucket {
+    fn drop(&mut self) {
+        let violations = self.contract().violations();
+        if !violations.is_empty() && !std::thread::panicking() {
+            panic!("requests Bitbucket's API description does not allow: {violations:#?}");
+        }
+    }
+}

@@ -831,3 +831,14 @@ fn merged(old: &serde_json::Map<String, Value>, body: &Value) -> Value {
     }
     Value::Object(merged)
 }
+
+/// A request Port's API description does not allow fails the test that sent it, even when the
+/// test went on past the fake's 400.
+impl Drop for FakePort {
+    fn drop(&mut self) {
+        let violations = self.contract().violations();
+        if !violations.is_empty() && !std::thread::panicking() {
+            panic!("requests Port's API description does not allow: {violations:#?}");
+        }
+    }
+}

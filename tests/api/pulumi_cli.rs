@@ -31,6 +31,30 @@ fn actions(name: &str, definition: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A runner serving one Pulumi definition against the stand-in: the fake Port, the runner,
+/// the state folder (and the folders kept alive with them).
+async fn rig(
+    name: &str,
+    definition: &str,
+) -> (
+    FakePort,
+    crate::helpers::Served,
+    std::path::PathBuf,
+    [tempfile::TempDir; 2],
+) {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let actions = actions(name, definition);
+    let served = serve(
+        &fake,
+        actions.path(),
+        data.path(),
+        &[("PORT_RUNNER_PULUMI_BIN", &standin())],
+    );
+    let state = data.path().join("pulumi-state");
+    (fake, served, state, [data, actions])
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -39,19 +63,11 @@ fn read_json(path: &Path) -> Value {
 async fn without_an_import_id_a_pending_bucket_is_made_again_and_s3_refuses_it() {
     // What happens on the real CLI when nothing imports a pending create: the `up` warns and
     // creates the bucket again, and S3 (outside us-east-1) answers BucketAlreadyOwnedByYou.
-    let fake = FakePort::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let actions = actions(
+    let (fake, served, state, _dirs) = rig(
         "plain_bucket",
         "stack: .inputs.name\nconfig:\n  aws:region: '\"eu-west-1\"'\n  bucketName: .inputs.name\n",
-    );
-    let served = serve(
-        &fake,
-        actions.path(),
-        data.path(),
-        &[("PORT_RUNNER_PULUMI_BIN", &standin())],
-    );
-    let state = data.path().join("pulumi-state");
+    )
+    .await;
     let (_, fin) = run(
         &served,
         &fake,
@@ -103,19 +119,11 @@ async fn without_an_import_id_a_pending_bucket_is_made_again_and_s3_refuses_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_up_is_interrupted_so_the_cli_saves_its_state_and_frees_its_lock() {
-    let fake = FakePort::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let actions = actions(
+    let (fake, served, state, _dirs) = rig(
         "slow_bucket",
         "stack: .inputs.name\ntimeout_secs: 2\nconfig:\n  bucketName: .inputs.name\n",
-    );
-    let served = serve(
-        &fake,
-        actions.path(),
-        data.path(),
-        &[("PORT_RUNNER_PULUMI_BIN", &standin())],
-    );
-    let state = data.path().join("pulumi-state");
+    )
+    .await;
     control(&state, json!({"up_seconds": 30}));
     let (_, fin) = run(
         &served,

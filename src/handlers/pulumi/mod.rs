@@ -130,6 +130,20 @@ fn refresh_file(from: &Path, to: &Path) -> std::io::Result<()> {
     })
 }
 
+/// A mapping of names to jq expressions (`config`, `secrets`, `import_ids`), compiled in order.
+fn jq_map(section: &str, map: &Map<String, Value>) -> Result<Vec<(String, Expr)>, String> {
+    map.iter()
+        .map(|(key, source)| match source {
+            Value::String(source) => {
+                Ok((key.clone(), compile(&format!("{section}.{key}"), source)?))
+            }
+            other => Err(format!(
+                "{section}.{key}: {other} is not a jq expression (a string)"
+            )),
+        })
+        .collect()
+}
+
 /// A config key: `namespace:key` or `key`, with `--path` segments of the same characters.
 fn check_config_key(key: &str) -> Result<(), String> {
     let ok = !key.is_empty()
@@ -193,33 +207,13 @@ impl PulumiHandler {
         }
         let mut config = Vec::new();
         for (map, secret) in [(&def.config, false), (&def.secrets, true)] {
-            for (key, source) in map {
-                check_config_key(key)?;
-                let section = if secret { "secrets" } else { "config" };
-                let Value::String(source) = source else {
-                    return Err(format!(
-                        "{section}.{key}: {source} is not a jq expression (a string)"
-                    ));
-                };
-                config.push((
-                    key.clone(),
-                    compile(&format!("{section}.{key}"), source)?,
-                    secret,
-                ));
+            let section = if secret { "secrets" } else { "config" };
+            for (key, expr) in jq_map(section, map)? {
+                check_config_key(&key)?;
+                config.push((key, expr, secret));
             }
         }
-        let mut import_ids = Vec::new();
-        for (kind, source) in &def.import_ids {
-            let Value::String(source) = source else {
-                return Err(format!(
-                    "import_ids.{kind}: {source} is not a jq expression (a string)"
-                ));
-            };
-            import_ids.push((
-                kind.clone(),
-                compile(&format!("import_ids.{kind}"), source)?,
-            ));
-        }
+        let import_ids = jq_map("import_ids", &def.import_ids)?;
         Ok(Self {
             action: def.action,
             import_ids,

@@ -8,6 +8,12 @@
 //! As in libpq: `prefer` and `require` encrypt without checking the certificate (unless
 //! `require` is given a root certificate, which makes it `verify-ca`); `verify-ca` checks the
 //! chain against `sslrootcert` (or the web's roots); `verify-full` also checks the host name.
+//!
+//! A server certificate that is exactly one given as `sslrootcert` (the self-signed case:
+//! `openssl req -x509` marks its certificate a CA, which rustls alone refuses as
+//! `CaUsedAsEndEntity`) is trusted as libpq (OpenSSL) trusts it: as its own anchor; for
+//! `verify-full` its name is checked as libpq checks it (the subject alternative names, or
+//! the common name when it has none). A refusal names the certificate presented.
 
 use std::sync::Arc;
 
@@ -140,9 +146,12 @@ fn client_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::Client
         SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Lenient {
             provider,
             chain: None,
+            pinned: Vec::new(),
+            check_name: false,
         }),
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let mut roots = rustls::RootCertStore::empty();
+            let mut pinned = Vec::new();
             match rootcert {
                 Some(path) => {
                     let certs = CertificateDer::pem_file_iter(path)
@@ -152,6 +161,7 @@ fn client_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::Client
                         return Err(format!("sslrootcert {path}: no PEM certificate in it"));
                     }
                     for cert in certs {
+                        pinned.push(cert.clone().into_owned());
                         roots
                             .add(cert)
                             .map_err(|e| format!("sslrootcert {path}: {e}"))?;
@@ -163,14 +173,12 @@ fn client_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::Client
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .map_err(|e| format!("TLS: {e}"))?;
-            if mode == SslMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(Lenient {
-                    provider,
-                    chain: Some(webpki),
-                })
-            }
+            Arc::new(Lenient {
+                provider,
+                chain: Some(webpki),
+                pinned,
+                check_name: mode == SslMode::VerifyFull,
+            })
         }
     };
     Ok(builder
@@ -179,14 +187,67 @@ fn client_config(mode: SslMode, rootcert: Option<&str>) -> Result<rustls::Client
         .with_no_client_auth())
 }
 
-/// `prefer` / `require` (no chain check: libpq's meaning of them) and `verify-ca` (the chain
-/// must lead to a trusted root, the host name is not checked). The handshake's signatures
-/// are checked either way.
+/// `prefer` / `require` (no chain check: libpq's meaning of them), `verify-ca` (the chain
+/// must lead to a trusted root, the host name is not checked) and `verify-full` (the name
+/// too). The handshake's signatures are checked either way.
 #[derive(Debug)]
 struct Lenient {
     provider: Arc<CryptoProvider>,
-    /// `verify-ca`'s chain check; `None` for `prefer` / `require`.
+    /// The chain check; `None` for `prefer` / `require`.
     chain: Option<Arc<WebPkiServerVerifier>>,
+    /// The certificates of `sslrootcert`: one of them presented as is is its own anchor.
+    pinned: Vec<CertificateDer<'static>>,
+    /// `verify-full`: the certificate must name the host.
+    check_name: bool,
+}
+
+/// A refusal of the server's certificate, in words that say what was presented.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(message: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Refused(message),
+    ))))
+}
+
+/// `CN=… (sha256 ab12…)`: which certificate this is.
+fn describe(der: &[u8]) -> String {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(der)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    match x509::common_name(der) {
+        Some(cn) => format!("CN={cn} (sha256 {hash}…)"),
+        None => format!("a certificate without a common name (sha256 {hash}…)"),
+    }
+}
+
+/// Whether `der` names `host` as libpq checks it: its subject alternative names (DNS or IP)
+/// when it has any, else its common name.
+fn names_host(der: &CertificateDer<'_>, host: &ServerName<'_>) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+        return false;
+    };
+    if cert.verify_is_valid_for_subject_name(host).is_ok() {
+        return true;
+    }
+    let wanted = match host {
+        ServerName::DnsName(name) => name.as_ref().to_ascii_lowercase(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => return false,
+    };
+    !x509::has_subject_alt_names(der)
+        && x509::common_name(der).is_some_and(|cn| cn.to_ascii_lowercase() == wanted)
 }
 
 impl ServerCertVerifier for Lenient {
@@ -201,10 +262,43 @@ impl ServerCertVerifier for Lenient {
         let Some(chain) = &self.chain else {
             return Ok(ServerCertVerified::assertion());
         };
+        let name_ok = || !self.check_name || names_host(end_entity, server_name);
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            // Exactly a certificate the operator gave: trusted as is, as OpenSSL trusts a
+            // self-signed anchor.
+            return match name_ok() {
+                true => Ok(ServerCertVerified::assertion()),
+                false => Err(refused(format!(
+                    "the server presented {}, which is the sslrootcert certificate but does not name {server_name:?}: use the host name it was issued for, or sslmode=verify-ca",
+                    describe(end_entity)
+                ))),
+            };
+        }
         match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            // (webpki's CaUsedAsEndEntity comes as `Other`: a self-signed one not given.)
+            Err(rustls::Error::InvalidCertificate(e))
+                if matches!(
+                    e,
+                    CertificateError::UnknownIssuer | CertificateError::BadSignature
+                ) || format!("{e:?}").contains("CaUsedAsEndEntity") =>
+            {
+                let given: Vec<String> = self.pinned.iter().map(|p| describe(p)).collect();
+                Err(refused(format!(
+                    "the server presented {}, which is not signed by a certificate of sslrootcert{}: check sslrootcert",
+                    describe(end_entity),
+                    match given.is_empty() {
+                        true => " (the web's roots)".to_owned(),
+                        false => format!(" ({})", given.join(", ")),
+                    }
+                )))
+            }
             other => other,
         }
     }
@@ -247,7 +341,12 @@ impl ServerCertVerifier for Lenient {
 /// What a TLS failure means for the operator, added to the driver's own error.
 pub fn hint(mode: SslMode, error: &str) -> Option<&'static str> {
     let e = error.to_ascii_lowercase();
-    if e.contains("unknownissuer") || e.contains("unknown issuer") || e.contains("badsignature") {
+    if e.contains("check sslrootcert") || e.contains("use the host name it was issued for") {
+        None // the refusal says it already
+    } else if e.contains("unknownissuer")
+        || e.contains("unknown issuer")
+        || e.contains("badsignature")
+    {
         Some("the server's certificate is not signed by a trusted root: check sslrootcert")
     } else if e.contains("notvalidforname") || e.contains("not valid for name") {
         Some("the server's certificate does not name this host: use the host name it was issued for, or sslmode=verify-ca")
@@ -258,6 +357,62 @@ pub fn hint(mode: SslMode, error: &str) -> Option<&'static str> {
         Some("the server does not offer TLS: use sslmode=prefer or disable, or turn ssl on in PostgreSQL")
     } else {
         None
+    }
+}
+
+/// The two facts about a certificate this module reads that rustls does not expose: its
+/// subject's common name, and whether it has subject alternative names. A small DER walk
+/// over `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version?, serial,
+/// signature, issuer, validity, subject, … } … }`.
+mod x509 {
+    /// `(tag, content, rest)` of the DER element at the start of `der`.
+    fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = der.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    /// The subject's first common name (OID 2.5.4.3).
+    pub fn common_name(der: &[u8]) -> Option<String> {
+        let (_, cert, _) = element(der)?;
+        let (_, tbs, _) = element(cert)?;
+        let mut rest = tbs;
+        let (tag, _, after) = element(rest)?;
+        if tag == 0xa0 {
+            rest = after; // explicit version
+        }
+        // serial, signature, issuer, validity: then the subject.
+        for _ in 0..4 {
+            rest = element(rest)?.2;
+        }
+        let (_, mut subject, _) = element(rest)?;
+        while let Some((_, set, after)) = element(subject) {
+            subject = after;
+            let (_, attribute, _) = element(set)?;
+            let (_, oid, value) = element(attribute)?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = element(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+        None
+    }
+
+    /// Whether the certificate has the subject alternative name extension (2.5.29.17).
+    pub fn has_subject_alt_names(der: &[u8]) -> bool {
+        der.windows(5).any(|w| w == [0x06, 0x03, 0x55, 0x1d, 0x11])
     }
 }
 

@@ -223,6 +223,13 @@ pub struct TlsServer {
 }
 
 pub fn start_tls_server() -> TlsServer {
+    start_tls_server_with(false)
+}
+
+/// `self_signed`: the server's certificate is made the usual way, `openssl req -x509` with
+/// only a common name (OpenSSL marks it a CA, and gives it no subject alternative name), and
+/// `ca` is that certificate itself.
+pub fn start_tls_server_with(self_signed: bool) -> TlsServer {
     let dir = tempfile::Builder::new()
         .prefix("port-runner-tls-")
         .tempdir()
@@ -264,6 +271,30 @@ pub fn start_tls_server() -> TlsServer {
             "keyUsage=critical,keyCertSign,cRLSign",
         ]);
     }
+    if self_signed {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+    } else {
+        server_certificate(&openssl, &dir);
+    }
+    start_with_certificate(dir, self_signed)
+}
+
+/// `server.key` and `server.crt` for 127.0.0.1 (and localhost), signed by `ca.crt`.
+fn server_certificate(openssl: &dyn Fn(&[&str]), dir: &std::path::Path) {
     openssl(&[
         "req",
         "-newkey",
@@ -298,6 +329,9 @@ pub fn start_tls_server() -> TlsServer {
         "-extfile",
         "san.ext",
     ]);
+}
+
+fn start_with_certificate(dir: PathBuf, self_signed: bool) -> TlsServer {
     std::fs::write(
         dir.join("hba.conf"),
         "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
@@ -324,7 +358,7 @@ pub fn start_tls_server() -> TlsServer {
     ]);
     TlsServer {
         url,
-        ca: dir.join("ca.crt"),
+        ca: dir.join(if self_signed { "server.crt" } else { "ca.crt" }),
         wrong_ca: dir.join("wrong.crt"),
     }
 }

@@ -173,7 +173,17 @@ impl Application {
         // Bound before recovery (a port in use stops the start before any run is touched);
         // serving starts after it, so the previous process is taken over first.
         let (addr, serve) = bind(&settings, state)?;
-        runner.recover(settings.retain).await;
+        // Tools a dead runner left running are stopped (and waited for) before their runs are
+        // reported: nothing goes on changing the cloud unwatched.
+        let leftovers = match crate::tool::keep_records_in(&settings.data_dir.join("running-tools"))
+        {
+            Ok(()) => crate::tool::stop_leftovers().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record running tools in the data folder: a tool a crash leaves running is not stopped at the next start");
+                Vec::new()
+            }
+        };
+        runner.recover(settings.retain, leftovers).await;
         start_maintenance(&settings, &runner, journal);
         start_reconcile(&settings, &runner, port.as_ref());
         if let Some(puller) = puller {

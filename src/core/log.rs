@@ -83,6 +83,11 @@ impl RunLog {
         self.inner.masker.add_all(secrets);
     }
 
+    /// The run this log belongs to.
+    pub fn run_id(&self) -> &RunId {
+        &self.inner.run_id
+    }
+
     pub fn masker(&self) -> &Masker {
         &self.inner.masker
     }

@@ -101,6 +101,8 @@ pub struct Runner {
     notes: dashmap::DashMap<RunId, &'static str>,
     /// Woken whenever a run ends.
     slot_freed: Notify,
+    /// What was done about a tool an interrupted run left running (found at start).
+    leftovers: dashmap::DashMap<RunId, String>,
 }
 
 impl Runner {
@@ -131,6 +133,7 @@ impl Runner {
             tracker: TaskTracker::new(),
             notes: dashmap::DashMap::new(),
             slot_freed: Notify::new(),
+            leftovers: dashmap::DashMap::new(),
         })
     }
 

@@ -10,6 +10,7 @@
 //! so it can wind down as Pulumi's Automation API lets the CLI), then SIGKILL to the group; a
 //! dropped step's group is killed at once, so no process outlives its run.
 
+mod leftovers;
 mod locks;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::RunLog;
 
+pub use leftovers::{alive, keep_records_in, stop_leftovers, Leftover};
 pub use locks::{LockGuard, Locks};
 
 /// Longest line kept; the rest of an overlong line is cut (a binary blob on stdout must not
@@ -229,6 +231,28 @@ fn command(step: &Step) -> Result<Command, ToolError> {
         .kill_on_drop(true)
         // Its own process group, so that everything it starts can be stopped together.
         .process_group(0);
+    // The runner's death, however it dies, reaches the tool as the signal a timeout would
+    // send it first (the parent-death signal; what outlives it is stopped at the next start,
+    // `leftovers.rs`). It follows the spawning thread: tokio's workers live as long as the
+    // runtime, and no step is spawned from a blocking-pool thread.
+    let death = match step.stop {
+        Stop::TermGroup => libc::SIGTERM,
+        Stop::Interrupt(_) => libc::SIGINT,
+    };
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death as libc::c_ulong) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The runner died between the fork and here: the signal came too early to count.
+            if libc::getppid() != parent {
+                libc::raise(death);
+            }
+            Ok(())
+        });
+    }
     for name in PASSED_THROUGH {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
@@ -255,6 +279,10 @@ pub async fn run(
     let mut guard = GroupGuard {
         pgid: child.id().map(|id| id as i32),
     };
+    // Dropped with the step (ended, stopped or dropped): the record goes with it.
+    let _recorded = guard
+        .pgid
+        .map(|pid| leftovers::record(log.run_id().as_str(), &step.program, pid, step.stop));
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let capture = step.capture_stdout;

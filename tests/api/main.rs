@@ -15,6 +15,7 @@ mod hub;
 mod journal;
 mod kubernetes;
 mod monorepo;
+mod orphans;
 mod pg;
 mod pg_tls;
 mod port_client;

@@ -105,6 +105,28 @@ pub(crate) fn actions_with(handlers: &[PathBuf]) -> tempfile::TempDir {
     dir
 }
 
+/// The shipped actions, with more YAML added to some handler definitions (`(action, yaml)`;
+/// program paths made absolute, so the copy runs from anywhere).
+pub(crate) fn shipped_with(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = actions_with(&[]);
+    for entry in std::fs::read_dir(repo().join("actions/handlers")).unwrap() {
+        let path = entry.unwrap().path();
+        let programs = format!("program: {}/", repo().join("actions/pulumi").display());
+        let mut text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("program: ../pulumi/", &programs);
+        let action = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        for (name, more) in extra {
+            if *name == action {
+                text.push_str(&format!("\n{more}\n"));
+            }
+        }
+        let to = dir.path().join("handlers").join(path.file_name().unwrap());
+        std::fs::write(to, text).unwrap();
+    }
+    dir
+}
+
 pub(crate) fn serve(
     fake: &FakePort,
     actions: &Path,
@@ -1000,7 +1022,7 @@ async fn a_tag_taken_away_leaves_the_stack_config_and_the_entity() {
 }
 
 /// A lock file as the CLI writes it, for `stack` of the S3 project.
-fn write_lock(state: &Path, stack: &str, pid: u32, host: &str) -> PathBuf {
+pub(crate) fn write_lock(state: &Path, stack: &str, pid: u32, host: &str) -> PathBuf {
     let dir = state.join(format!(".pulumi/locks/organization/port-s3-bucket/{stack}"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{}.json", uuid::Uuid::new_v4()));
@@ -1012,7 +1034,7 @@ fn write_lock(state: &Path, stack: &str, pid: u32, host: &str) -> PathBuf {
     path
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -1021,7 +1043,32 @@ fn host_name() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_that_may_be_alive_is_never_cleared_and_its_owner_is_named() {
-    let rig = pulumi_rig().await;
+    let PulumiRig {
+        fake,
+        served,
+        state,
+        _data,
+    } = pulumi_rig().await;
+    drop(served);
+    // A runner whose DAY-2 waits 1 s for a held stack (not its whole timeout).
+    let actions = shipped_with(&[("change_acl", "lock_wait_secs: 1")]);
+    let standin = repo().join("tests/fixtures/pulumi");
+    let served = serve(
+        &fake,
+        actions.path(),
+        _data.path(),
+        &[
+            ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
+            ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ],
+    );
+    let rig = PulumiRig {
+        fake,
+        served,
+        state,
+        _data,
+    };
     let (fake, state) = (&rig.fake, &rig.state);
     let (_, fin) = run(
         &rig.served,
@@ -1052,7 +1099,7 @@ async fn a_lock_that_may_be_alive_is_never_cleared_and_its_owner_is_named() {
     ] {
         let lock = write_lock(state, "held", pid, &host);
         let before = calls(state).len();
-        let (_, fin) = run(
+        let (day2, fin) = run(
             &rig.served,
             fake,
             "change_acl",
@@ -1076,6 +1123,14 @@ async fn a_lock_that_may_be_alive_is_never_cleared_and_its_owner_is_named() {
             "{summary}"
         );
         assert!(lock.exists(), "a lock that may be alive stays");
+        let log = fake.log_lines(&day2);
+        assert!(
+            log.iter().any(
+                |l| l.starts_with("waiting for stack held: locked by someone@")
+                    && l.ends_with("of at most 1s")
+            ),
+            "waited for it first: {log:#?}"
+        );
         assert!(
             calls(state)[before..]
                 .iter()

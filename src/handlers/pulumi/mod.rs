@@ -70,6 +70,9 @@ struct DefinitionFile {
     pass_env: Vec<String>,
     #[serde(default)]
     timeout_secs: Option<u64>,
+    /// How long a run waits for a stack a live process holds (default: the whole timeout).
+    #[serde(default)]
+    lock_wait_secs: Option<u64>,
     #[serde(default)]
     entity: Option<EntityFile>,
     /// Resource type → jq over `{urn, type, inputs}` of a pending create: its cloud ID.
@@ -92,6 +95,8 @@ pub struct PulumiHandler {
     config: Vec<(String, Expr, bool)>,
     pass_env: PassEnv,
     timeout: Duration,
+    /// How long to wait for a stack a live process holds.
+    lock_wait: Duration,
     entity: Option<EntityMapping>,
     /// `(resource type, its cloud ID from a pending create)`: see `pending.rs`.
     import_ids: Vec<(String, Expr)>,
@@ -227,6 +232,7 @@ impl PulumiHandler {
             config,
             pass_env: PassEnv::compile(&def.pass_env)?,
             timeout: Duration::from_secs(def.timeout_secs.unwrap_or(3600)),
+            lock_wait: Duration::from_secs(def.lock_wait_secs.or(def.timeout_secs).unwrap_or(3600)),
             entity: def
                 .entity
                 .as_ref()
@@ -376,6 +382,65 @@ impl PulumiHandler {
         }
     }
 
+    /// Waits, within the run's timeout, while a process that is not provably gone holds the
+    /// stack (an operation started outside this runner, or one a restart is still stopping),
+    /// saying who and for how long; then the lock is gone, or its holders dead (cleared next),
+    /// or still held (the operation reports it, naming the holder).
+    async fn wait_for_live_holders(
+        &self,
+        ctx: &RunContext,
+        s: &str,
+        expired_replica: Option<&str>,
+    ) -> Result<(), HandlerError> {
+        let host = stale::this_host();
+        let held = || {
+            self.stack_locks(s)
+                .into_iter()
+                .filter(|l| {
+                    matches!(
+                        l.holder(&host, expired_replica),
+                        stale::Holder::Running | stale::Holder::Unknown
+                    )
+                })
+                .map(|l| l.owner())
+                .collect::<Vec<_>>()
+        };
+        let started = std::time::Instant::now();
+        let mut said = None::<std::time::Instant>;
+        loop {
+            let holders = held();
+            if holders.is_empty() {
+                if said.is_some() {
+                    ctx.log
+                        .line(format!(
+                            "stack {s} is free after {:.0}s",
+                            started.elapsed().as_secs_f64()
+                        ))
+                        .await;
+                }
+                return Ok(());
+            }
+            if started.elapsed() >= self.lock_wait {
+                return Ok(());
+            }
+            if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+                ctx.log
+                    .line(format!(
+                        "waiting for stack {s}: locked by {} (not known to be gone), waiting for {:.0}s of at most {}s",
+                        holders.join(", "),
+                        started.elapsed().as_secs_f64(),
+                        self.lock_wait.as_secs()
+                    ))
+                    .await;
+                said = Some(std::time::Instant::now());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = ctx.cancel.cancelled() => return Err(HandlerError::Cancelled),
+            }
+        }
+    }
+
     /// Clears the stack's lock when every holder is provably gone (this host and no such
     /// process, or a replica that died holding the stack), saying so in the log; any other
     /// lock is left for the operation to report.
@@ -386,6 +451,7 @@ impl PulumiHandler {
         s: &str,
         expired_replica: Option<&str>,
     ) -> Result<(), HandlerError> {
+        self.wait_for_live_holders(ctx, s, expired_replica).await?;
         let locks = self.stack_locks(s);
         let host = stale::this_host();
         let dead = |l: &stale::StackLock| {

@@ -133,11 +133,11 @@ impl StackLock {
     }
 }
 
-/// Whether a process with this pid exists (`kill(pid, 0)`; EPERM means it does).
+/// Whether a process with this pid runs: it exists and is not a zombie (exited but not
+/// reaped, as an orphan of a PID-1 runner without an init would be). `kill(pid, 0)` answers
+/// yes for a zombie.
 fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
-    let answer = unsafe { libc::kill(pid, 0) };
-    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    crate::tool::alive(pid)
 }
 
 /// This machine's host name, as a lock file records it.

@@ -18,7 +18,16 @@ use crate::store::Journal;
 impl Runner {
     /// Takes over from a previous process: re-sends what Port never acknowledged, fails (or
     /// re-runs, when resumable) runs that were executing, starts runs that were queued.
-    pub async fn recover(self: &Arc<Self>, retain: Duration) {
+    pub async fn recover(
+        self: &Arc<Self>,
+        retain: Duration,
+        leftovers: Vec<crate::tool::Leftover>,
+    ) {
+        for leftover in leftovers {
+            if let Ok(run_id) = RunId::parse("run id", &leftover.run_id) {
+                self.leftovers.insert(run_id, leftover.what);
+            }
+        }
         let Some(journal) = self.journal.clone() else {
             return;
         };
@@ -153,6 +162,14 @@ impl Runner {
         };
         for invocation in interrupted {
             let reporter = self.reporter(&invocation);
+            // Its tool, still running after the restart, was stopped before this report.
+            let why = match self.leftovers.remove(&invocation.run_id) {
+                Some((_, what)) => {
+                    reporter.log().line(&what).await;
+                    format!("{why}; {what}")
+                }
+                None => why.to_owned(),
+            };
             reporter
                 .finish(
                     Verdict::failure(why),

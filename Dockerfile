@@ -25,7 +25,7 @@ FROM debian:bookworm-slim AS runtime
 ARG INSTALL_PULUMI=false
 ARG PULUMI_VERSION=3.259.0
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin runner \
  && mkdir -p /data && chown runner /data
@@ -51,5 +51,7 @@ EXPOSE 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
   CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
-ENTRYPOINT ["/usr/local/bin/port-runner"]
+# tini is PID 1: it forwards signals to port-runner and reaps what a tool's own children leave
+# (Pulumi's providers and language hosts re-parented when their CLI ends): no zombies pile up.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/port-runner"]
 CMD ["serve"]

@@ -13,6 +13,7 @@
 //! entity: {blueprint: s3_bucket, identifier: .inputs.bucket_name,
 //!          properties: {url: .outputs.url}}                    # .outputs: the stack's outputs
 //! import_ids: {aws:s3:Bucket: .inputs.bucket}  # a pending create's cloud ID, by type (jq)
+//! timeout_secs: 3600                # the CLI's; lock_wait_secs: waiting for a held stack
 //! ```
 //!
 //! CREATE: `stack select --create`, `config set` (objects: `config rm`, then leaf by leaf with

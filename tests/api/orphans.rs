@@ -162,12 +162,18 @@ steps:
     let run_id = unique_run_id();
     let body = v2(&run_id, "stubborn", "CREATE", json!({}));
     assert_eq!(served.post_signed(&body).await.status(), 202);
-    let pids = started(&fake, &run_id, "the stubborn step", &[&marker]).await;
+    started(&fake, &run_id, "the stubborn step", &[&marker]).await;
     // Once it ignores SIGTERM (its SigIgn mask has bit 15), not before.
-    until(
-        Duration::from_secs(20),
+    let pids = until(
+        Duration::from_secs(60),
         || "the step to ignore SIGTERM".to_owned(),
-        || pids.iter().all(|pid| ignores_sigterm(*pid)).then_some(()),
+        || {
+            let pids: Vec<i32> = processes(&[&marker])
+                .into_iter()
+                .filter(|pid| ignores_sigterm(*pid))
+                .collect();
+            (!pids.is_empty()).then_some(pids)
+        },
     )
     .await;
     served.child.kill().unwrap();

@@ -1723,7 +1723,9 @@ async fn a_lock_left_by_a_replica_whose_lease_ran_out_is_cleared_and_another_hos
         ("PORT_RUNNER_REPLICA_ID", "survivor-0badc0de"),
     ];
     let state = data.path().join("pulumi-state");
-    let served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    // A DAY-2 that waits 1 s for a stack another host holds (not its whole timeout).
+    let actions = shipped_with(&[("change_acl", "lock_wait_secs: 1")]);
+    let served = serve(&fake, actions.path(), data.path(), &envs);
     let (_, fin) = run(
         &served,
         &fake,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_port::FakePort;
-use port_runner::core::{Masker, RunRegistry, Sink};
+use port_runner::core::{Masker, RunRegistry};
 use port_runner::domain::RunId;
 use port_runner::http::RetryPolicy;
 use port_runner::metrics::Metrics;
@@ -56,28 +56,28 @@ struct Rig {
     registry: Arc<RunRegistry>,
     metrics: Metrics,
     tracker: TaskTracker,
+    /// As `--no-journal` has it: in memory.
+    journal: Arc<port_runner::store::Journal>,
 }
 
 impl Rig {
     /// Runs one step as a run would: log pump to Port (or local), then the final report.
     async fn step(&self, step: &Step, remote: bool) -> usize {
         let run_id = RunId::generate("r");
-        let sink = if remote {
-            Sink::Port(self.client.clone())
-        } else {
-            Sink::Local
+        let reporting = port_runner::runs::Reporting {
+            sink: if remote {
+                Arc::new(port_runner::runs::PortRuns(self.client.clone()))
+            } else {
+                Arc::new(port_runner::runs::LocalRuns)
+            },
+            journal: self.journal.clone(),
+            registry: self.registry.clone(),
+            batching: LogBatching::default(),
+            retry: FinalReportRetry::default(),
+            tracker: self.tracker.clone(),
+            stop: CancellationToken::new(),
         };
-        let reporter = RunReporter::new(
-            run_id,
-            sink,
-            None,
-            self.registry.clone(),
-            Masker::default(),
-            LogBatching::default(),
-            FinalReportRetry::default(),
-            self.tracker.clone(),
-            CancellationToken::new(),
-        );
+        let reporter = RunReporter::new(run_id, &reporting, Masker::default());
         let log = reporter.log();
         tool::run(step, &log, &CancellationToken::new())
             .await
@@ -112,6 +112,7 @@ async fn run(steps: usize, lines: usize) {
     let port = FakePort::start().await;
     let client = Arc::new(port.client(RetryPolicy::default(), Duration::from_secs(30)));
     let rig = Rig {
+        journal: Arc::new(port_runner::store::Journal::in_memory().expect("a journal in memory")),
         client,
         registry: Arc::new(RunRegistry::new(100, 1000)),
         metrics: Metrics::new(),

@@ -80,6 +80,13 @@ impl fmt::Display for StackName {
 #[serde(transparent)]
 pub struct RunId(String);
 
+impl<'de> serde::Deserialize<'de> for RunId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse("run id", &text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl RunId {
     pub const MAX_LEN: usize = 128;
 
@@ -193,7 +200,7 @@ pub type BlueprintId = Identifier;
 pub type EntityId = Identifier;
 
 /// What the action does to its entity, as Port's trigger names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub enum Operation {
     #[serde(rename = "CREATE")]
     Create,

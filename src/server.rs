@@ -29,7 +29,8 @@ use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{
-    check_streamer, DriftChecks, Puller, Reconciler, Runner, RunnerConfig, SubmitError,
+    check_streamer, DriftChecks, LocalRuns, PortRuns, Puller, Reconciler, Reporting, RunSink,
+    Runner, RunnerConfig, SubmitError,
 };
 use crate::secret::Secret;
 use crate::store::{DataDirError, DataDirLock, Journal};
@@ -112,21 +113,34 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let port = port_client(&settings, &metrics)?;
         let journal = open_journal(&settings).await?;
-        let gitops = wire_gitops(&settings, journal.as_ref(), port.as_ref())?;
+        let gitops = wire_gitops(&settings, &journal, port.as_ref())?;
         if let Some(engine) = &gitops.engine {
             metrics.watch_bitbucket(engine.bitbucket_client());
         }
-        let pulumi = register_handlers(&settings, &mut handlers, journal.as_ref(), &gitops)?;
-        let sink = port.clone().map_or(Sink::Local, Sink::Port);
-        let runner = Runner::new(
-            Handle::current(),
-            journal.clone(),
-            Arc::new(RunRegistry::new(
+        let pulumi = register_handlers(&settings, &mut handlers, &journal, &gitops)?;
+        // Each mode chosen here, once: where reports and entities go.
+        let catalog = port.clone().map_or(Sink::Local, Sink::Port);
+        let sink: Arc<dyn RunSink> = match &port {
+            Some(client) => Arc::new(PortRuns(client.clone())),
+            None => Arc::new(LocalRuns),
+        };
+        let reporting = Reporting {
+            sink,
+            journal: journal.clone(),
+            registry: Arc::new(RunRegistry::new(
                 settings.keep_finished_runs,
                 settings.max_log_lines_per_run,
             )),
+            batching: settings.runner.log_batching.clone(),
+            retry: settings.runner.final_report_retry.clone(),
+            tracker: Default::default(),
+            stop: Default::default(),
+        };
+        let runner = Runner::new(
+            Handle::current(),
+            reporting,
             handlers,
-            sink.clone(),
+            catalog.clone(),
             metrics.clone(),
             process_masker(&settings),
             RunnerConfig {
@@ -136,7 +150,7 @@ impl Application {
         );
         let drift = DriftChecks::new(
             pulumi,
-            sink,
+            catalog,
             runner.registry().clone(),
             metrics.clone(),
             process_masker(&settings),
@@ -245,35 +259,35 @@ fn port_client(
     }
 }
 
-/// The journal: PostgreSQL shared by replicas, SQLite in the data dir, or none.
-async fn open_journal(settings: &Settings) -> Result<Option<Arc<Journal>>, StartError> {
-    Ok(match (&settings.database, &settings.journal) {
-        (Some(db), _) => Some(Arc::new(
-            Journal::connect(&db.url, &db.replica, db.lease).await?,
-        )),
-        (None, Some(path)) => Some(Arc::new(Journal::open(path)?)),
-        (None, None) => None,
-    })
+/// The journal: PostgreSQL shared by replicas, SQLite in the data dir, or (`--no-journal`)
+/// SQLite in memory, which keeps nothing across the process. There always is one.
+async fn open_journal(settings: &Settings) -> Result<Arc<Journal>, StartError> {
+    Ok(Arc::new(match (&settings.database, &settings.journal) {
+        (Some(db), _) => Journal::connect(&db.url, &db.replica, db.lease).await?,
+        (None, Some(path)) => Journal::open(path)?,
+        (None, None) => Journal::in_memory()?,
+    }))
 }
 
 /// GitOps: the engine (when Bitbucket is configured), the blueprints port.yaml is checked
 /// against, and the push webhook when it has a secret.
 fn wire_gitops(
     settings: &Settings,
-    journal: Option<&Arc<Journal>>,
+    journal: &Arc<Journal>,
     port: Option<&Arc<PortClient>>,
 ) -> Result<GitOps, StartError> {
     let engine = match &settings.gitops {
         Some(gitops) => Some(Arc::new(
             SyncEngine::new(
                 Arc::new(BitbucketClient::new(gitops.bitbucket.clone())?),
-                // The ownership record lives in the journal (shared by replicas on PostgreSQL).
-                match journal {
-                    Some(j) => match j.shared() {
-                        Some(shared) => StateStore::shared(shared.clone()),
-                        None => StateStore::in_journal(&settings.data_dir, j.records()),
-                    },
-                    None => StateStore::in_dir(&settings.data_dir),
+                // The ownership record lives in the journal (shared by replicas on PostgreSQL);
+                // without a durable one (`--no-journal`) in a file of the data dir.
+                match (journal.shared(), &settings.journal) {
+                    (Some(shared), _) => StateStore::shared(shared.clone()),
+                    (None, Some(_)) => {
+                        StateStore::in_journal(&settings.data_dir, journal.records())
+                    }
+                    (None, None) => StateStore::in_dir(&settings.data_dir),
                 },
                 gitops.projects_filter.clone(),
                 8,
@@ -313,12 +327,12 @@ fn wire_gitops(
 fn register_handlers(
     settings: &Settings,
     handlers: &mut HandlerRegistry,
-    journal: Option<&Arc<Journal>>,
+    journal: &Arc<Journal>,
     gitops: &GitOps,
 ) -> Result<Vec<Arc<PulumiHandler>>, StartError> {
     handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
     // Stacks and resources are locked across replicas when they share a database.
-    let locks = match journal.and_then(|j| j.shared()) {
+    let locks = match journal.shared() {
         Some(shared) => Locks::global(shared.clone()),
         None => Locks::new(),
     };
@@ -385,14 +399,14 @@ fn process_masker(settings: &Settings) -> Masker {
 
 /// The runner's background loops, tracked by it so shutdown waits for them: replicas claim
 /// runs whose replica's lease ran out (every half lease), and the journal is pruned hourly.
-fn start_maintenance(settings: &Settings, runner: &Arc<Runner>, journal: Option<Arc<Journal>>) {
+fn start_maintenance(settings: &Settings, runner: &Arc<Runner>, journal: Arc<Journal>) {
     if let Some(db) = &settings.database {
         runner.every(
             db.lease / 2,
             |runner| async move { runner.take_over().await },
         );
     }
-    if let Some(journal) = journal {
+    {
         let retain = settings.retain;
         runner.every(Duration::from_secs(3600), move |_| {
             let journal = journal.clone();

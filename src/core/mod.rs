@@ -17,7 +17,7 @@ pub use handler::{Handler, HandlerError, Outcome, RunContext};
 pub use log::{LogCmd, RunLog, Sink};
 pub use mask::{Masker, MASK};
 pub use registry::{
-    Admission, AffectedEntity, EntityChange, LogLine, ReportState, RunRecord, RunRegistry,
-    RunState, RunSummary,
+    Admission, AffectedEntity, EntityChange, LocalEntity, LogLine, ReportState, RunRecord,
+    RunRegistry, RunState, RunSummary,
 };
 pub use store::{GlobalLocks, LockAttempt, RecordStore, SharedRecords, StoreError};

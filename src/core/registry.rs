@@ -8,14 +8,14 @@ use std::sync::Mutex;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::{Operation, RunId};
 use crate::invocation::Invocation;
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunState {
     Queued,
@@ -31,7 +31,7 @@ impl RunState {
 }
 
 /// Whether Port has the final status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ReportState {
     /// Not final yet.
@@ -51,21 +51,21 @@ pub enum ReportState {
 }
 
 /// What a run did to an entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntityChange {
     Upserted,
     Deleted,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AffectedEntity {
     pub blueprint: String,
     pub identifier: String,
     pub change: EntityChange,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -73,7 +73,7 @@ pub struct LogLine {
 }
 
 /// Everything known about one run. Log lines are already masked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: RunId,
     pub action: String,
@@ -145,7 +145,7 @@ pub struct RunTail {
 }
 
 /// One entity of the local catalog, and the run that last wrote it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalEntity {
     pub blueprint: String,
     pub identifier: String,
@@ -206,6 +206,14 @@ impl LocalEntities {
             .remove(&(blueprint.to_owned(), identifier.to_owned()));
     }
 
+    /// Puts back the catalog a previous process kept (from the journal).
+    pub fn restore(&self, entities: Vec<LocalEntity>) {
+        for e in entities {
+            self.0
+                .insert((e.blueprint.clone(), e.identifier.clone()), e);
+        }
+    }
+
     /// Every entity, by blueprint then identifier.
     pub fn list(&self) -> Vec<LocalEntity> {
         let mut all: Vec<LocalEntity> = self.0.iter().map(|e| e.value().clone()).collect();
@@ -223,6 +231,11 @@ impl RunRegistry {
             max_log_lines,
             entities: LocalEntities::default(),
         }
+    }
+
+    /// How many finished runs are kept.
+    pub fn keep_finished(&self) -> usize {
+        self.keep_finished
     }
 
     /// The local mode's catalog.
@@ -303,6 +316,16 @@ impl RunRegistry {
                 self.runs.remove(&old);
             }
         }
+    }
+
+    /// Puts back a finished run a previous process kept (local runs, from the journal).
+    pub fn restore(&self, record: RunRecord) {
+        let run_id = record.run_id.clone();
+        if self.runs.contains_key(&run_id) {
+            return;
+        }
+        self.runs.insert(run_id.clone(), record);
+        self.retire(&run_id);
     }
 
     pub fn get(&self, run_id: &RunId) -> Option<RunRecord> {

@@ -5,13 +5,16 @@
 //! `handlers/`, and reports through [`RunReporter`]. The types handlers see live in `core/`.
 
 mod drift;
+mod kept;
 mod pull;
 mod reconcile;
 mod reporter;
 mod runner;
+mod sink;
 
 pub use drift::{DriftChecks, CONCURRENCY as DRIFT_CONCURRENCY};
 pub use pull::{check_streamer, PullStatus, Puller};
 pub use reconcile::{Reconciled, Reconciler};
-pub use reporter::{FinalReportRetry, LogBatching, RunReporter, Verdict};
+pub use reporter::{FinalReportRetry, LogBatching, Reporting, RunReporter, Verdict};
 pub use runner::{Admitted, Runner, RunnerConfig, SubmitError};
+pub use sink::{LocalRuns, Logged, PortRuns, RunSink, SinkError};

@@ -1,9 +1,12 @@
-//! Reports one run to Port (or keeps it locally): log lines, status label, final status.
+//! Reports a run through its sink (`sink.rs`: Port's action runs, or only here): log lines,
+//! status label, final status. Everything is journalled before it is sent.
 //!
-//! Log lines go through a per-run pump that batches them into few `POST …/logs` calls
-//! (every `flush_interval`, `max_lines` lines or `max_bytes` bytes), so a chatty handler
-//! does not make one HTTP call per line. `finish` drains the pump before sending the
-//! final status, because Port accepts nothing for a run after it.
+//! Log lines go through a per-run pump that batches them into few calls (every
+//! `flush_interval`, `max_lines` lines or `max_bytes` bytes), so a chatty handler does not
+//! make one HTTP call per line. `finish` drains the pump before the final status, because
+//! Port accepts nothing for a run after it. Every final status — a run's, an internal
+//! error's, one recovery finds undelivered — goes through [`Reporting::finish`] or
+//! [`Reporting::deliver`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::core::{LogCmd, Masker, ReportState, RunLog, RunRegistry, RunState, Sink};
+use super::sink::{LocalRuns, Logged, RunSink, SinkError};
+use crate::core::{LogCmd, Masker, ReportState, RunLog, RunRegistry, RunState};
 use crate::domain::RunId;
 use crate::metrics::Metrics;
-use crate::port::{PortClient, PortError, RunPatch, RunStatus};
+use crate::port::RunStatus;
 use crate::store::{Journal, JournalError};
 
 /// Batching limits of the log pump.
@@ -85,66 +89,184 @@ impl Verdict {
     }
 }
 
-/// Reports for one run. `finish` consumes it: the final status is sent exactly once.
+/// What reporting any run needs, chosen once when the application is built: where reports
+/// go (the sink), the journal they are written to first, the registry, and how log lines
+/// are batched and a final status retried.
+#[derive(Clone)]
+pub struct Reporting {
+    pub sink: Arc<dyn RunSink>,
+    pub journal: Arc<Journal>,
+    pub registry: Arc<RunRegistry>,
+    pub batching: LogBatching,
+    pub retry: FinalReportRetry,
+    /// Retries in the background are tracked, so shutdown waits for them.
+    pub tracker: TaskTracker,
+    /// Shutdown began: one last attempt now instead of waiting out a backoff.
+    pub stop: CancellationToken,
+}
+
+impl Reporting {
+    /// The same, reporting nowhere but here (the runner's own runs: Port does not know them).
+    pub fn local(&self) -> Self {
+        Self {
+            sink: Arc::new(LocalRuns),
+            ..self.clone()
+        }
+    }
+
+    /// A run's final status, recorded: journalled (unless another replica took the run
+    /// over), then in the registry, then delivered, retried in the background while the
+    /// destination is unreachable. The one path every verdict takes, recovery's included.
+    pub async fn finish(&self, run_id: &RunId, verdict: Verdict) {
+        let remote = self.sink.remote();
+        // A local sink has nothing to send: finished and reported in one write.
+        if let Err(e) = self
+            .journal
+            .finished(
+                run_id,
+                verdict.status,
+                &verdict.summary,
+                verdict.link.as_deref(),
+                !remote,
+            )
+            .await
+        {
+            if let JournalError::NotOwner(_) = e {
+                // This replica lost the run to another one, which reports it.
+                tracing::warn!(%run_id, "run taken over by another replica: its verdict is not sent from here");
+                self.set_report(run_id, ReportState::Local);
+                return;
+            }
+            tracing::error!(%run_id, error = %e, "could not journal the verdict");
+        }
+        let state = match verdict.status {
+            RunStatus::Success => RunState::Success,
+            RunStatus::Failure => RunState::Failure,
+        };
+        self.registry.update(run_id, |r| {
+            r.state = state;
+            r.summary = Some(verdict.summary.clone());
+            r.link = verdict.link.clone();
+            r.finished_at.get_or_insert_with(OffsetDateTime::now_utc);
+        });
+        if !remote {
+            self.set_report(run_id, ReportState::Local);
+            // Nothing else keeps it: the journal does, with the local catalog.
+            let keep = self.registry.keep_finished();
+            super::kept::keep(self.journal.as_ref(), &self.registry, run_id, keep).await;
+            return;
+        }
+        self.deliver(run_id.clone(), verdict).await;
+    }
+
+    /// Sends a journalled final status (also one a previous process never delivered).
+    pub async fn deliver(&self, run_id: RunId, verdict: Verdict) {
+        match self.sink.finish(&run_id, &verdict).await {
+            Ok(()) => self.settle(&run_id, ReportState::Delivered).await,
+            Err(SinkError::Transient(e)) => {
+                tracing::warn!(%run_id, error = %e, "final status not delivered yet; retrying in the background");
+                self.set_report(
+                    &run_id,
+                    ReportState::Retrying {
+                        attempts: 1,
+                        last_error: e,
+                    },
+                );
+                let this = self.clone();
+                self.tracker
+                    .spawn(async move { this.retry(run_id, verdict).await }.in_current_span());
+            }
+            Err(SinkError::Refused(e)) => {
+                tracing::error!(%run_id, error = %e, "the final status was refused");
+                self.settle(&run_id, ReportState::Undelivered { reason: e })
+                    .await;
+            }
+        }
+    }
+
+    async fn retry(&self, run_id: RunId, verdict: Verdict) {
+        let deadline = tokio::time::Instant::now() + self.retry.give_up_after;
+        let mut delay = self.retry.first_delay;
+        let mut attempts = 1;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // On shutdown, one last attempt now instead of waiting out the backoff.
+                _ = self.stop.cancelled() => {}
+            }
+            attempts += 1;
+            match self.sink.finish(&run_id, &verdict).await {
+                Ok(()) => {
+                    tracing::info!(%run_id, attempts, "final status delivered after retries");
+                    return self.settle(&run_id, ReportState::Delivered).await;
+                }
+                Err(SinkError::Transient(e))
+                    if tokio::time::Instant::now() < deadline && !self.stop.is_cancelled() =>
+                {
+                    let state = ReportState::Retrying {
+                        attempts,
+                        last_error: e,
+                    };
+                    self.set_report(&run_id, state);
+                    delay = (delay * 2).min(self.retry.max_delay);
+                }
+                Err(SinkError::Transient(e)) => {
+                    // Still unreachable: the journal keeps it for the next start.
+                    tracing::error!(%run_id, attempts, error = %e, "final status still not delivered; it stays in the journal");
+                    return self.set_report(&run_id, ReportState::Undelivered { reason: e });
+                }
+                Err(SinkError::Refused(e)) => {
+                    tracing::error!(%run_id, attempts, error = %e, "the final status was refused");
+                    return self
+                        .settle(&run_id, ReportState::Undelivered { reason: e })
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Delivered, or refused for good: either way nothing is left to send.
+    async fn settle(&self, run_id: &RunId, state: ReportState) {
+        if let Err(e) = self.journal.reported(run_id).await {
+            tracing::error!(%run_id, error = %e, "could not journal the delivery");
+        }
+        self.set_report(run_id, state);
+    }
+
+    fn set_report(&self, run_id: &RunId, state: ReportState) {
+        self.registry.update(run_id, |r| r.report = state);
+    }
+}
+
+/// Reports for one run: its log (batched to the sink by a pump of its own), its label, and
+/// at the end its verdict. `finish` consumes it: the final status is sent exactly once.
 pub struct RunReporter {
     run_id: RunId,
-    sink: Sink,
-    journal: Option<Arc<Journal>>,
-    registry: Arc<RunRegistry>,
+    reporting: Reporting,
     log: RunLog,
     pump: Option<(mpsc::Sender<LogCmd>, JoinHandle<()>)>,
-    retry: FinalReportRetry,
-    tracker: TaskTracker,
-    stop: CancellationToken,
 }
 
 impl RunReporter {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        run_id: RunId,
-        sink: Sink,
-        journal: Option<Arc<Journal>>,
-        registry: Arc<RunRegistry>,
-        masker: Masker,
-        batching: LogBatching,
-        retry: FinalReportRetry,
-        tracker: TaskTracker,
-        stop: CancellationToken,
-    ) -> Self {
-        let pump = match &sink {
-            Sink::Port(client) => {
-                let (tx, rx) = mpsc::channel(1024);
-                let handle = tokio::spawn(
-                    pump(
-                        run_id.clone(),
-                        client.clone(),
-                        journal.clone(),
-                        rx,
-                        batching.clone(),
-                    )
-                    .in_current_span(),
-                );
-                Some((tx, handle))
-            }
-            Sink::Local => None,
-        };
+    pub fn new(run_id: RunId, reporting: &Reporting, masker: Masker) -> Self {
+        let pump = reporting.sink.remote().then(|| {
+            let (tx, rx) = mpsc::channel(1024);
+            let handle =
+                tokio::spawn(pump(run_id.clone(), reporting.clone(), rx).in_current_span());
+            (tx, handle)
+        });
         let log = RunLog::new(
             run_id.clone(),
-            registry.clone(),
+            reporting.registry.clone(),
             masker,
             pump.as_ref().map(|(tx, _)| tx.clone()),
-            batching.max_bytes,
+            reporting.batching.max_bytes,
         );
         Self {
             run_id,
-            sink,
-            journal,
-            registry,
+            reporting: reporting.clone(),
             log,
             pump,
-            retry,
-            tracker,
-            stop,
         }
     }
 
@@ -154,21 +276,16 @@ impl RunReporter {
 
     /// Sets the run's status label (best effort: a label is not worth failing a run over).
     pub async fn label(&self, label: &str) {
-        self.registry
+        self.reporting
+            .registry
             .update(&self.run_id, |r| r.status_label = Some(label.to_owned()));
-        if let Sink::Port(client) = &self.sink {
-            let patch = RunPatch {
-                status_label: Some(label.to_owned()),
-                ..RunPatch::default()
-            };
-            if let Err(e) = client.patch_run(self.run_id.as_str(), &patch).await {
-                tracing::warn!(run_id = %self.run_id, error = %e, "could not update the run's status label");
-            }
+        if let Err(e) = self.reporting.sink.label(&self.run_id, label).await {
+            tracing::warn!(run_id = %self.run_id, error = %e, "could not update the run's status label");
         }
     }
 
-    /// Drains the log, then reports the final status. Never fails: if Port cannot be
-    /// reached the report is retried in the background until `give_up_after`.
+    /// Drains the log, then records and reports the final status. Never fails: if the
+    /// destination cannot be reached the report is retried in the background.
     pub async fn finish(mut self, verdict: Verdict, metrics: &Metrics, action: &str) {
         let summary = self.log.masker().mask(&verdict.summary).into_owned();
         let status_line = format!("{}: {}", verdict.status.as_str(), summary);
@@ -180,219 +297,21 @@ impl RunReporter {
             }
             let _ = handle.await;
         }
-
-        let state = match verdict.status {
-            RunStatus::Success => RunState::Success,
-            RunStatus::Failure => RunState::Failure,
-        };
         let now = OffsetDateTime::now_utc();
         let mut took = Duration::ZERO;
-        self.registry.update(&self.run_id, |r| {
-            r.state = state;
-            r.summary = Some(summary.clone());
-            r.link = verdict.link.clone();
+        self.reporting.registry.update(&self.run_id, |r| {
             r.finished_at = Some(now);
             let started = r.started_at.unwrap_or(r.accepted_at);
             took = (now - started).try_into().unwrap_or_default();
         });
         metrics.run_finished(action, verdict.status == RunStatus::Success, took);
-
-        // Recorded before it is sent: a crash from here on re-sends it at the next start.
-        if let Some(journal) = &self.journal {
-            // In local mode there is nothing to send: finished and reported in one write.
-            let local = matches!(self.sink, Sink::Local);
-            if let Err(e) = journal
-                .finished(
-                    &self.run_id,
-                    verdict.status,
-                    &summary,
-                    verdict.link.as_deref(),
-                    local,
-                )
-                .await
-            {
-                if let JournalError::NotOwner(_) = e {
-                    // This replica lost the run to another one, which reports it.
-                    tracing::warn!(run_id = %self.run_id, "run taken over by another replica: its verdict is not sent from here");
-                    self.set_report(ReportState::Local);
-                    return;
-                }
-                tracing::error!(run_id = %self.run_id, error = %e, "could not journal the verdict");
-            }
-        }
-        let client = match &self.sink {
-            Sink::Local => {
-                self.set_report(ReportState::Local);
-                return;
-            }
-            Sink::Port(client) => client.clone(),
-        };
-        let patch = RunPatch {
-            status: Some(verdict.status),
-            status_label: None,
-            summary: Some(summary),
-            link: verdict.link,
-        };
-        deliver_final(
-            FinalDelivery {
-                client,
-                registry: self.registry.clone(),
-                journal: self.journal.clone(),
-                retry: self.retry.clone(),
-                tracker: self.tracker.clone(),
-                stop: self.stop.clone(),
-            },
-            self.run_id.clone(),
-            patch,
-        )
-        .await;
-    }
-
-    fn set_report(&self, state: ReportState) {
-        self.registry.update(&self.run_id, |r| r.report = state);
+        let verdict = Verdict { summary, ..verdict };
+        self.reporting.finish(&self.run_id, verdict).await;
     }
 }
 
-/// What delivering a final status needs besides the status itself.
-#[derive(Clone)]
-pub struct FinalDelivery {
-    pub client: Arc<PortClient>,
-    pub registry: Arc<RunRegistry>,
-    pub journal: Option<Arc<Journal>>,
-    pub retry: FinalReportRetry,
-    pub tracker: TaskTracker,
-    pub stop: CancellationToken,
-}
-
-impl FinalDelivery {
-    async fn settle(&self, run_id: &RunId, state: ReportState) {
-        // Delivered, or refused for good: either way there is nothing left to send.
-        if matches!(
-            state,
-            ReportState::Delivered | ReportState::Undelivered { .. }
-        ) {
-            if let Some(journal) = &self.journal {
-                if let Err(e) = journal.reported(run_id).await {
-                    tracing::error!(%run_id, error = %e, "could not journal the delivery");
-                }
-            }
-        }
-        self.registry.update(run_id, |r| r.report = state);
-    }
-}
-
-/// Sends a final status; if Port is unreachable, keeps trying in the background until
-/// `give_up_after` (and, with a journal, again at the next start).
-pub async fn deliver_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
-    match ctx.client.patch_run(run_id.as_str(), &patch).await {
-        Ok(()) => ctx.settle(&run_id, ReportState::Delivered).await,
-        Err(e) if already_final(&e) => {
-            // An earlier attempt landed (its answer was lost), or Port ended the run itself.
-            tracing::info!(%run_id, "Port already has a final status for this run");
-            ctx.settle(&run_id, ReportState::Delivered).await
-        }
-        Err(e) if e.is_transient() => {
-            tracing::warn!(%run_id, error = %e, "final status not delivered yet; retrying in the background");
-            ctx.registry.update(&run_id, |r| {
-                r.report = ReportState::Retrying {
-                    attempts: 1,
-                    last_error: e.to_string(),
-                }
-            });
-            let tracker = ctx.tracker.clone();
-            tracker.spawn(retry_final(ctx, run_id, patch).in_current_span());
-        }
-        Err(e) => {
-            tracing::error!(%run_id, error = %e, "Port refused the final status");
-            ctx.settle(
-                &run_id,
-                ReportState::Undelivered {
-                    reason: e.to_string(),
-                },
-            )
-            .await;
-        }
-    }
-}
-
-/// Port answers 409 or 422 to a final status for a run that is final already.
-fn already_final(e: &PortError) -> bool {
-    matches!(
-        e,
-        PortError::Invalid {
-            status: 409 | 422,
-            ..
-        }
-    )
-}
-
-async fn retry_final(ctx: FinalDelivery, run_id: RunId, patch: RunPatch) {
-    let deadline = tokio::time::Instant::now() + ctx.retry.give_up_after;
-    let mut delay = ctx.retry.first_delay;
-    let mut attempts = 1;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            // On shutdown, one last attempt now instead of waiting out the backoff.
-            _ = ctx.stop.cancelled() => {}
-        }
-        attempts += 1;
-        match ctx.client.patch_run(run_id.as_str(), &patch).await {
-            Ok(()) => {
-                tracing::info!(%run_id, attempts, "final status delivered after retries");
-                ctx.settle(&run_id, ReportState::Delivered).await;
-                return;
-            }
-            Err(e) if already_final(&e) => {
-                tracing::info!(%run_id, attempts, "Port already has a final status for this run");
-                ctx.settle(&run_id, ReportState::Delivered).await;
-                return;
-            }
-            Err(e)
-                if e.is_transient()
-                    && tokio::time::Instant::now() < deadline
-                    && !ctx.stop.is_cancelled() =>
-            {
-                ctx.registry.update(&run_id, |r| {
-                    r.report = ReportState::Retrying {
-                        attempts,
-                        last_error: e.to_string(),
-                    }
-                });
-                delay = (delay * 2).min(ctx.retry.max_delay);
-            }
-            Err(e) if e.is_transient() => {
-                // Still unreachable: the journal keeps it for the next start.
-                tracing::error!(%run_id, attempts, error = %e, "final status still not delivered; it stays in the journal");
-                ctx.registry.update(&run_id, |r| {
-                    r.report = ReportState::Undelivered {
-                        reason: e.to_string(),
-                    }
-                });
-                return;
-            }
-            Err(e) => {
-                tracing::error!(%run_id, attempts, error = %e, "Port refused the final status");
-                ctx.settle(
-                    &run_id,
-                    ReportState::Undelivered {
-                        reason: e.to_string(),
-                    },
-                )
-                .await;
-                return;
-            }
-        }
-    }
-}
-
-async fn pump(
-    run_id: RunId,
-    client: Arc<PortClient>,
-    journal: Option<Arc<Journal>>,
-    mut rx: mpsc::Receiver<LogCmd>,
-    limits: LogBatching,
-) {
+async fn pump(run_id: RunId, reporting: Reporting, mut rx: mpsc::Receiver<LogCmd>) {
+    let limits = reporting.batching.clone();
     let mut batch = Batch::new(limits.max_bytes);
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -400,7 +319,7 @@ async fn pump(
             Some(at) => tokio::select! {
                 cmd = rx.recv() => cmd,
                 _ = tokio::time::sleep_until(at) => {
-                    batch.flush(&run_id, &client, journal.as_deref()).await;
+                    batch.flush(&run_id, &reporting).await;
                     deadline = None;
                     continue;
                 }
@@ -411,19 +330,19 @@ async fn pump(
             Some(LogCmd::Line(line)) => {
                 batch.push(line);
                 if batch.lines >= limits.max_lines || batch.bytes >= limits.max_bytes {
-                    batch.flush(&run_id, &client, journal.as_deref()).await;
+                    batch.flush(&run_id, &reporting).await;
                     deadline = None;
                 } else if deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + limits.flush_interval);
                 }
             }
             Some(LogCmd::Close(ack)) => {
-                batch.flush(&run_id, &client, journal.as_deref()).await;
+                batch.flush(&run_id, &reporting).await;
                 let _ = ack.send(());
                 return;
             }
             None => {
-                batch.flush(&run_id, &client, journal.as_deref()).await;
+                batch.flush(&run_id, &reporting).await;
                 return;
             }
         }
@@ -460,34 +379,33 @@ impl Batch {
         }
     }
 
-    async fn flush(&mut self, run_id: &RunId, client: &PortClient, journal: Option<&Journal>) {
+    async fn flush(&mut self, run_id: &RunId, reporting: &Reporting) {
+        let journal = &reporting.journal;
         let mut closed = false;
         for message in self.messages.drain(..) {
             if closed {
                 continue;
             }
-            // Kept until Port has it, so a crash mid-send re-sends it at the next start.
-            let pending = match journal {
-                Some(j) => j.log_pending(run_id, &message).await.ok(),
-                None => None,
-            };
-            match client.add_run_log(run_id.as_str(), &message).await {
-                Err(e) if e.is_transient() => {
+            // Kept until the destination has it, so a crash mid-send re-sends it at the next
+            // start.
+            let pending = journal.log_pending(run_id, &message).await.ok();
+            match reporting.sink.log(run_id, &message).await {
+                Err(SinkError::Transient(e)) => {
                     tracing::warn!(%run_id, error = %e, "a batch of log lines is not delivered yet; it stays in the journal");
                     continue;
                 }
-                Err(e) if e.is_run_closed() => {
-                    // Port has the run's final status (someone else's, or ours from before a
+                Ok(Logged::Closed) => {
+                    // The run has its final status (someone else's, or ours from before a
                     // restart): it takes no more lines, so none is sent again.
-                    tracing::info!(%run_id, "Port closed the run's log (it has its final status); the remaining lines stay in our log only");
+                    tracing::info!(%run_id, "the run's log is closed (it has its final status); the remaining lines stay in our log only");
                     closed = true;
                 }
-                Err(e) => {
-                    tracing::warn!(%run_id, error = %e, "dropped a batch of log lines Port would not take")
+                Err(SinkError::Refused(e)) => {
+                    tracing::warn!(%run_id, error = %e, "dropped a batch of log lines the destination would not take")
                 }
-                Ok(()) => {}
+                Ok(Logged::Taken) => {}
             }
-            if let (Some(journal), Some(id)) = (journal, pending) {
+            if let Some(id) = pending {
                 let _ = journal.log_done(id);
             }
         }

@@ -20,9 +20,7 @@ use tracing::Instrument;
 
 mod recovery;
 
-use super::reporter::{
-    deliver_final, FinalDelivery, FinalReportRetry, LogBatching, RunReporter, Verdict,
-};
+use super::reporter::{FinalReportRetry, LogBatching, Reporting, RunReporter, Verdict};
 use crate::core::{
     Admission, HandlerError, Masker, RunCatalog, RunContext, RunRegistry, RunState, Sink,
 };
@@ -30,8 +28,8 @@ use crate::domain::RunId;
 use crate::handlers::HandlerRegistry;
 use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
-use crate::port::{RunPatch, RunStatus};
-use crate::store::{Journal, JournalError};
+use crate::port::RunStatus;
+use crate::store::JournalError;
 
 /// How long a cancelled handler gets to stop its child processes before it is dropped (and
 /// their process groups killed): longer than any tool's own stop grace (the Pulumi CLI gets
@@ -82,10 +80,11 @@ pub enum SubmitError {
 
 pub struct Runner {
     rt: Handle,
-    journal: Option<Arc<Journal>>,
-    registry: Arc<RunRegistry>,
+    /// Where runs are journalled and reported (chosen once, by the application).
+    reporting: Reporting,
     handlers: HandlerRegistry,
-    sink: Sink,
+    /// Where the entities runs write go (Port's catalog, or the registry's).
+    catalog: Sink,
     metrics: Arc<Metrics>,
     masker: Masker,
     config: RunnerConfig,
@@ -106,31 +105,37 @@ pub struct Runner {
 }
 
 impl Runner {
-    #[allow(clippy::too_many_arguments)]
+    /// `reporting`'s tracker and stop token are replaced by the runner's own.
     pub fn new(
         rt: Handle,
-        journal: Option<Arc<Journal>>,
-        registry: Arc<RunRegistry>,
+        reporting: Reporting,
         handlers: HandlerRegistry,
-        sink: Sink,
+        catalog: Sink,
         metrics: Arc<Metrics>,
         masker: Masker,
         config: RunnerConfig,
     ) -> Arc<Self> {
+        let (tracker, stopping) = (TaskTracker::new(), CancellationToken::new());
+        let reporting = Reporting {
+            batching: config.log_batching.clone(),
+            retry: config.final_report_retry.clone(),
+            tracker: tracker.clone(),
+            stop: stopping.clone(),
+            ..reporting
+        };
         Arc::new(Self {
             rt,
-            journal,
-            registry,
+            reporting,
             handlers,
-            sink,
+            catalog,
             metrics,
             masker,
             permits: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
             config,
             pending: AtomicUsize::new(0),
-            stopping: CancellationToken::new(),
+            stopping,
             hard_stop: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tracker,
             notes: dashmap::DashMap::new(),
             slot_freed: Notify::new(),
             leftovers: dashmap::DashMap::new(),
@@ -143,7 +148,7 @@ impl Runner {
     }
 
     pub fn registry(&self) -> &Arc<RunRegistry> {
-        &self.registry
+        &self.reporting.registry
     }
 
     pub fn handlers(&self) -> &HandlerRegistry {
@@ -196,14 +201,12 @@ impl Runner {
             return Err(SubmitError::QueueFull);
         }
         // The journal decides (it remembers across restarts); the registry follows.
-        if let Some(journal) = &self.journal {
-            match journal.accept(&invocation).await {
-                Ok(true) => {}
-                Ok(false) => return Err(SubmitError::Duplicate),
-                Err(e) => return Err(SubmitError::Journal(e)),
-            }
+        match self.reporting.journal.accept(&invocation).await {
+            Ok(true) => {}
+            Ok(false) => return Err(SubmitError::Duplicate),
+            Err(e) => return Err(SubmitError::Journal(e)),
         }
-        if self.registry.admit(&invocation) == Admission::Duplicate {
+        if self.reporting.registry.admit(&invocation) == Admission::Duplicate {
             return Err(SubmitError::Duplicate);
         }
         Ok(Admitted(invocation))
@@ -257,14 +260,11 @@ impl Runner {
         self.tracker.spawn_on(supervised.instrument(span), &self.rt);
     }
 
-    fn delivery(&self, client: Arc<crate::port::PortClient>) -> FinalDelivery {
-        FinalDelivery {
-            client,
-            registry: self.registry.clone(),
-            journal: self.journal.clone(),
-            retry: self.config.final_report_retry.clone(),
-            tracker: self.tracker.clone(),
-            stop: self.stopping.clone(),
+    /// How a run reports: the runner's own runs (internal) only here, Port knows none of them.
+    fn reporting_for(&self, internal: bool) -> Reporting {
+        match internal {
+            true => self.reporting.local(),
+            false => self.reporting.clone(),
         }
     }
 
@@ -273,53 +273,18 @@ impl Runner {
         masker.add_all(invocation.secret_values());
         RunReporter::new(
             invocation.run_id.clone(),
-            self.report_sink(invocation.internal),
-            self.journal.clone(),
-            self.registry.clone(),
+            &self.reporting_for(invocation.internal),
             masker,
-            self.config.log_batching.clone(),
-            self.config.final_report_retry.clone(),
-            self.tracker.clone(),
-            self.stopping.clone(),
         )
-    }
-
-    /// Where a run's status and log go: the runner's own runs are unknown to Port.
-    fn report_sink(&self, internal: bool) -> Sink {
-        if internal {
-            Sink::Local
-        } else {
-            self.sink.clone()
-        }
     }
 
     /// Ends a run whose supervision itself failed, through the same path as every verdict
     /// (journalled first, then delivered with background retries).
     async fn report_internal_error(&self, run_id: &RunId, message: &str, internal: bool) {
-        let sink = self.report_sink(internal);
         let summary = format!("internal error in port-runner: {message}");
-        self.registry.update(run_id, |r| {
-            r.state = RunState::Failure;
-            r.summary = Some(summary.clone());
-            r.finished_at = Some(OffsetDateTime::now_utc());
-        });
-        let local = matches!(sink, Sink::Local);
-        if let Some(journal) = &self.journal {
-            if let Err(e) = journal
-                .finished(run_id, RunStatus::Failure, &summary, None, local)
-                .await
-            {
-                tracing::error!(%run_id, error = %e, "could not journal the internal error");
-            }
-        }
-        if let Sink::Port(client) = &sink {
-            let patch = RunPatch {
-                status: Some(RunStatus::Failure),
-                summary: Some(summary),
-                ..RunPatch::default()
-            };
-            deliver_final(self.delivery(client.clone()), run_id.clone(), patch).await;
-        }
+        self.reporting_for(internal)
+            .finish(run_id, Verdict::failure(summary))
+            .await;
     }
 
     async fn execute(self: Arc<Self>, mut invocation: Invocation, ahead: usize) {
@@ -369,18 +334,16 @@ impl Runner {
             ),
             Some(permit) => {
                 self.metrics.runs_in_flight().inc();
-                self.registry.update(&run_id, |r| {
+                self.reporting.registry.update(&run_id, |r| {
                     r.state = RunState::InProgress;
                     r.started_at = Some(OffsetDateTime::now_utc());
                 });
                 let mut taken_over = false;
-                if let Some(journal) = &self.journal {
-                    match journal.started(&run_id).await {
-                        Ok(()) => {}
-                        Err(JournalError::NotOwner(_)) => taken_over = true,
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not journal the start of the run")
-                        }
+                match self.reporting.journal.started(&run_id).await {
+                    Ok(()) => {}
+                    Err(JournalError::NotOwner(_)) => taken_over = true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not journal the start of the run")
                     }
                 }
                 if taken_over {
@@ -408,7 +371,7 @@ impl Runner {
             self.metrics.runs_in_flight().dec();
         }
         drop(permit);
-        self.registry.retire(&run_id);
+        self.reporting.registry.retire(&run_id);
     }
 
     async fn run_handler(
@@ -443,14 +406,14 @@ impl Runner {
         let catalog = if invocation.internal {
             RunCatalog::untied(
                 invocation.run_id.clone(),
-                self.sink.clone(),
-                self.registry.clone(),
+                self.catalog.clone(),
+                self.reporting.registry.clone(),
             )
         } else {
             RunCatalog::new(
                 invocation.run_id.clone(),
-                self.sink.clone(),
-                self.registry.clone(),
+                self.catalog.clone(),
+                self.reporting.registry.clone(),
             )
         };
         let ctx = RunContext {
@@ -566,10 +529,8 @@ impl Runner {
             }
         }
         // Whatever was queued for the journal reaches the disk before the process exits.
-        if let Some(journal) = &self.journal {
-            if let Err(e) = journal.flush().await {
-                tracing::error!(error = %e, "could not flush the journal");
-            }
+        if let Err(e) = self.reporting.journal.flush().await {
+            tracing::error!(error = %e, "could not flush the journal");
         }
     }
 }

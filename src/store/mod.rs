@@ -103,6 +103,13 @@ impl Journal {
         })
     }
 
+    /// A journal that keeps nothing across the process (`--no-journal`).
+    pub fn in_memory() -> Result<Self, JournalError> {
+        Ok(Self {
+            store: Store::Sqlite(SqliteJournal::in_memory()?),
+        })
+    }
+
     /// The shared journal on PostgreSQL (migrations applied), for replica `replica`.
     pub async fn connect(url: &str, replica: &str, lease: Duration) -> Result<Self, JournalError> {
         Ok(Self {

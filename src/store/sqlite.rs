@@ -118,14 +118,28 @@ const GROUP_MAX: usize = 1024;
 impl SqliteJournal {
     /// Opens (creating and migrating) the journal at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let shown = path.display().to_string();
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Self::open_at(path, path.display().to_string())
+    }
+
+    /// A journal in memory only, for `--no-journal`: the same code and guarantees within
+    /// the process, nothing kept across it (a shared-cache memory database, so that the
+    /// writer and the checkpoint thread see one database).
+    pub fn in_memory() -> Result<Self, JournalError> {
+        let name = format!(
+            "file:port-runner-journal-{}?mode=memory&cache=shared",
+            uuid::Uuid::new_v4().simple()
+        );
+        Self::open_at(Path::new(&name), "(in memory: --no-journal)".into())
+    }
+
+    fn open_at(path: &Path, shown: String) -> Result<Self, JournalError> {
         let err = |source| JournalError::Sqlite {
             path: shown.clone(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         let _mode: String = conn

@@ -461,3 +461,82 @@ fn a_sigterm_right_after_start_is_a_graceful_stop() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+#[test]
+fn local_runs_their_logs_and_the_catalog_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let actions = tempfile::tempdir().unwrap();
+    std::fs::create_dir(actions.path().join("handlers")).unwrap();
+    std::fs::write(
+        actions.path().join("handlers/make_service.yaml"),
+        r#"
+action: make_service
+handler: command
+steps:
+  - name: make
+    program: printf
+    args: ['"{\"id\": \"%s\"}"', .inputs.name]
+    json: true
+entity:
+  blueprint: service
+  identifier: .outputs.make.id
+  title: '"Service " + .inputs.name'
+"#,
+    )
+    .unwrap();
+    let sample = data.path().join("make.json");
+    std::fs::write(
+        &sample,
+        serde_json::to_vec(&legacy(
+            "r_kept",
+            "make_service",
+            "CREATE",
+            json!({"name": "pay"}),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut served = Served::local(actions.path(), data.path());
+    let out = Command::new(BIN)
+        .args(["invoke", sample.to_str().unwrap(), "--keep-run-id"])
+        .args(["--url", &format!("http://{}", served.addr)])
+        .args(["--data-dir", data.path().to_str().unwrap()])
+        .env_remove("PORT_CLIENT_SECRET")
+        .env_remove("PORT_RUNNER_LOCAL_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let get = |served: &Served, path: &str| -> Value {
+        let url = format!("http://{}{path}", served.addr);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+    };
+    let before = get(&served, "/runs/r_kept");
+    assert_eq!(before["run"]["state"], "SUCCESS", "{before}");
+    assert!(served.terminate().success());
+
+    // A new process on the same data: the run, its log and the entity are back.
+    let served = Served::local(actions.path(), data.path());
+    let after = get(&served, "/runs/r_kept");
+    assert_eq!(after["run"]["state"], "SUCCESS", "{after}");
+    assert_eq!(after["run"]["summary"], before["run"]["summary"]);
+    assert_eq!(after["run"]["logs"], before["run"]["logs"]);
+    assert!(
+        after["run"]["logs"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{after}"
+    );
+    let runs = get(&served, "/runs");
+    assert!(runs.to_string().contains("r_kept"), "{runs}");
+    let entities = get(&served, "/hub/entities");
+    assert_eq!(entities["entities"][0]["identifier"], "pay", "{entities}");
+    assert_eq!(entities["entities"][0]["entity"]["title"], "Service pay");
+}

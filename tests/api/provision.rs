@@ -1185,16 +1185,19 @@ async fn after_a_kill_during_the_create_of_a_fixed_name_bucket_the_same_create_s
         ["pid"]
         .as_i64()
         .unwrap() as i32;
-    served.child.kill().unwrap();
-    served.child.wait().unwrap();
-    // SAFETY: kill(2) on the stand-in this test's runner started.
+    // (The runner frozen first, then the CLI killed: a runner that dies first sends it
+    // SIGINT, and it cleans up; a live one would see it die and report the run.)
+    // SAFETY: kill(2) on this test's runner and the stand-in it started.
     unsafe {
+        libc::kill(served.child.id() as i32, libc::SIGSTOP);
         libc::kill(cli_pid, libc::SIGKILL);
     }
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
     crate::helpers::until(
         Duration::from_secs(10),
         || "the CLI to be gone".to_owned(),
-        || (!std::path::Path::new(&format!("/proc/{cli_pid}")).exists()).then_some(()),
+        || (!port_runner::tool::alive(cli_pid)).then_some(()),
     )
     .await;
     assert!(lock.exists(), "the kill left the lock behind");

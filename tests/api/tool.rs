@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use port_runner::core::{Masker, RunLog, RunRegistry, Sink};
+use port_runner::core::{Masker, RunLog, RunRegistry};
 use port_runner::domain::RunId;
 use port_runner::runs::{FinalReportRetry, LogBatching, RunReporter};
 use port_runner::tool::{self, Locks, Step, ToolError};
@@ -28,16 +28,19 @@ fn harness(secrets: &[&str]) -> Harness {
     let inv =
         serde_json::json!({"run_id": run_id.as_str(), "action": "tool", "operation": "CREATE"});
     registry.admit(&port_runner::invocation::Invocation::from_stored(&inv).unwrap());
+    let reporting = port_runner::runs::Reporting {
+        sink: Arc::new(port_runner::runs::LocalRuns),
+        journal: Arc::new(port_runner::store::Journal::in_memory().unwrap()),
+        registry: registry.clone(),
+        batching: LogBatching::default(),
+        retry: FinalReportRetry::default(),
+        tracker: TaskTracker::new(),
+        stop: CancellationToken::new(),
+    };
     let reporter = RunReporter::new(
         run_id.clone(),
-        Sink::Local,
-        None,
-        registry.clone(),
+        &reporting,
         Masker::new(secrets.iter().copied()),
-        LogBatching::default(),
-        FinalReportRetry::default(),
-        TaskTracker::new(),
-        CancellationToken::new(),
     );
     Harness {
         log: reporter.log(),

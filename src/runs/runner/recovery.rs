@@ -8,11 +8,10 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 use super::Runner;
-use crate::core::Sink;
 use crate::domain::RunId;
 use crate::invocation::Invocation;
-use crate::port::RunPatch;
-use crate::runs::reporter::{deliver_final, Verdict};
+use crate::runs::reporter::Verdict;
+use crate::runs::sink::SinkError;
 use crate::store::Journal;
 
 impl Runner {
@@ -28,10 +27,16 @@ impl Runner {
                 self.leftovers.insert(run_id, leftover.what);
             }
         }
-        let Some(journal) = self.journal.clone() else {
-            return;
-        };
-        match journal.prune(retain).await {
+        let kept =
+            super::super::kept::restore(self.reporting.journal.as_ref(), &self.reporting.registry)
+                .await;
+        if kept > 0 {
+            tracing::info!(
+                runs = kept,
+                "runs reported only here are back from the journal"
+            );
+        }
+        match self.reporting.journal.prune(retain).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "pruned finished runs from the journal"),
             Err(e) => tracing::error!(error = %e, "could not prune the journal"),
@@ -42,9 +47,7 @@ impl Runner {
     /// Takes the runs nobody looks after (after a restart; with replicas, those of a replica
     /// whose lease ran out) and recovers them.
     pub async fn take_over(self: &Arc<Self>) {
-        let Some(journal) = self.journal.clone() else {
-            return;
-        };
+        let journal = self.reporting.journal.clone();
         let recovery = match journal.recovery().await {
             Ok(recovery) => recovery,
             Err(e) => {
@@ -73,7 +76,7 @@ impl Runner {
                 .resolve(&invocation)
                 .map(|h| h.resumable())
                 .unwrap_or(false);
-            self.registry.admit(&invocation);
+            self.reporting.registry.admit(&invocation);
             if resumable {
                 tracing::info!(run_id = %invocation.run_id, "re-running an interrupted run (its handler is resumable)");
                 if let Err(e) = journal.requeue(&invocation.run_id).await {
@@ -85,7 +88,7 @@ impl Runner {
             }
         }
         for invocation in recovery.queued {
-            self.registry.admit(&invocation);
+            self.reporting.registry.admit(&invocation);
             self.schedule(invocation);
         }
         // What Port is owed goes out in the background: a Port outage must not hold up the
@@ -113,24 +116,21 @@ impl Runner {
         interrupted: Vec<Invocation>,
     ) {
         // Log lines first: Port takes none for a run after its final status. A batch may have
-        // reached Port just before the crash: skip those Port already has (no idempotency key
-        // in Port's log API, so its copy is asked for).
-        if let Sink::Port(client) = &self.sink {
+        // reached the destination just before the crash: skip those it already has (Port's
+        // log API has no idempotency key, so its copy is asked for).
+        let sink = &self.reporting.sink;
+        if sink.remote() {
             let mut known: std::collections::HashMap<RunId, Vec<String>> = Default::default();
             for (id, run_id, message) in &pending_logs {
                 if !known.contains_key(run_id) {
-                    let messages = client
-                        .run_log_messages(run_id.as_str())
-                        .await
-                        .unwrap_or_default();
-                    known.insert(run_id.clone(), messages);
+                    known.insert(run_id.clone(), sink.logged(run_id).await);
                 }
                 if known[run_id].iter().any(|m| m == message) {
                     let _ = journal.log_done(*id);
                     continue;
                 }
-                match client.add_run_log(run_id.as_str(), message).await {
-                    Err(e) if e.is_transient() => {
+                match sink.log(run_id, message).await {
+                    Err(SinkError::Transient(e)) => {
                         tracing::warn!(%run_id, error = %e, "journalled log lines still not delivered")
                     }
                     _ => {
@@ -140,17 +140,14 @@ impl Runner {
             }
         }
         for fin in unreported {
-            match &self.sink {
-                Sink::Port(client) => {
-                    let patch = RunPatch {
-                        status: Some(fin.status),
-                        summary: Some(fin.summary),
-                        link: fin.link,
-                        status_label: None,
-                    };
-                    deliver_final(self.delivery(client.clone()), fin.run_id, patch).await;
-                }
-                Sink::Local => {
+            let verdict = Verdict {
+                status: fin.status,
+                summary: fin.summary,
+                link: fin.link,
+            };
+            match sink.remote() {
+                true => self.reporting.deliver(fin.run_id, verdict).await,
+                false => {
                     let _ = journal.reported(&fin.run_id).await;
                 }
             }
@@ -177,7 +174,7 @@ impl Runner {
                     invocation.action.as_str(),
                 )
                 .await;
-            self.registry.retire(&invocation.run_id);
+            self.reporting.registry.retire(&invocation.run_id);
         }
     }
 }

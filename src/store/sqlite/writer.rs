@@ -1,0 +1,170 @@
+//! The journal's writer thread: it owns the connection and commits everything queued in one
+//! transaction (group commit), so many concurrent runs cost few commits; acceptance waits for
+//! its commit, later transitions are queued in order.
+
+use std::sync::Arc;
+
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+use super::now_ms;
+
+/// Largest number of queued writes committed in one transaction.
+const GROUP_MAX: usize = 1024;
+
+/// One write, queued for the writer thread.
+pub(super) enum Op {
+    Accept {
+        run_id: String,
+        action: String,
+        invocation: String,
+        reply: oneshot::Sender<Result<bool, WriteFailure>>,
+    },
+    Started(String, Committed),
+    Requeue(String),
+    Finished {
+        run_id: String,
+        status: &'static str,
+        summary: String,
+        link: Option<String>,
+        /// Nothing to send (local mode): recorded as reported at once.
+        reported: bool,
+        committed: Committed,
+    },
+    Reported(String, Committed),
+    LogPending {
+        id: i64,
+        run_id: String,
+        message: String,
+        committed: Committed,
+    },
+    LogDone(i64),
+    /// Runs `f` on the connection after everything queued before it (reads, pruning).
+    Call(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// Told once the write is committed (or failed).
+/// A failed group commit, shared by every request that was in the group.
+pub(super) type WriteFailure = Arc<rusqlite::Error>;
+pub(super) type Committed = oneshot::Sender<Result<(), WriteFailure>>;
+
+/// The writer thread: takes what is queued, commits it as one transaction, answers.
+pub(super) fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, path: String) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let mut acks: Vec<Committed> = Vec::new();
+        let mut calls = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for op in group {
+                match op {
+                    Op::Accept {
+                        run_id,
+                        action,
+                        invocation,
+                        reply,
+                    } => {
+                        let inserted = tx
+                            .prepare_cached(
+                                "INSERT OR IGNORE INTO runs (run_id, action, state, accepted_at)
+                                 VALUES (?1, ?2, 'queued', ?3)",
+                            )?
+                            .execute(params![run_id, action, now_ms()])?;
+                        if inserted == 1 {
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO invocations (run_id, invocation) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![run_id, invocation])?;
+                        }
+                        replies.push((reply, inserted == 1));
+                    }
+                    Op::Started(run_id, committed) => {
+                        tx.prepare_cached(
+                            "UPDATE runs SET state = 'running', started_at = ?2 WHERE run_id = ?1",
+                        )?
+                        .execute(params![run_id, now_ms()])?;
+                        acks.push(committed);
+                    }
+                    Op::Requeue(run_id) => {
+                        tx.prepare_cached(
+                            "UPDATE runs SET state = 'queued', started_at = NULL WHERE run_id = ?1",
+                        )?
+                        .execute(params![run_id])?;
+                    }
+                    Op::Finished {
+                        run_id,
+                        status,
+                        summary,
+                        link,
+                        reported,
+                        committed,
+                    } => {
+                        acks.push(committed);
+                        tx.prepare_cached(
+                            "UPDATE runs SET state = 'finished', finished_at = ?2, final_status = ?3,
+                                    final_summary = ?4, final_link = ?5, reported = ?6
+                             WHERE run_id = ?1",
+                        )?
+                        .execute(params![run_id, now_ms(), status, summary, link, reported as i64])?;
+                    }
+                    Op::Reported(run_id, committed) => {
+                        acks.push(committed);
+                        tx.prepare_cached("UPDATE runs SET reported = 1 WHERE run_id = ?1")?
+                            .execute(params![run_id])?;
+                        tx.prepare_cached("DELETE FROM pending_logs WHERE run_id = ?1")?
+                            .execute(params![run_id])?;
+                    }
+                    Op::LogPending {
+                        id,
+                        run_id,
+                        message,
+                        committed,
+                    } => {
+                        acks.push(committed);
+                        tx.prepare_cached(
+                            "INSERT INTO pending_logs (id, run_id, message) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![id, run_id, message])?;
+                    }
+                    Op::LogDone(id) => {
+                        tx.prepare_cached("DELETE FROM pending_logs WHERE id = ?1")?
+                            .execute(params![id])?;
+                    }
+                    Op::Call(f) => calls.push(f),
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                for (reply, inserted) in replies {
+                    let _ = reply.send(Ok(inserted));
+                }
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(journal = %path, error = %e, "journal write failed");
+                let e = Arc::new(e);
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for ack in acks {
+                    let _ = ack.send(Err(e.clone()));
+                }
+            }
+        }
+        // Reads run after the group is committed, so they see it.
+        for call in calls {
+            call(&conn);
+        }
+    }
+}

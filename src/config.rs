@@ -65,8 +65,11 @@ impl GitOpsSettings {
             non_empty("BITBUCKET_PASSWORD"),
             non_empty("BITBUCKET_TOKEN"),
         ) {
-            (_, _, Some(token)) => BitbucketAuth::Bearer(token),
-            (Some(username), Some(password), None) => BitbucketAuth::Basic { username, password },
+            (_, _, Some(token)) => BitbucketAuth::Bearer(token.into()),
+            (Some(username), Some(password), None) => BitbucketAuth::Basic {
+                username,
+                password: password.into(),
+            },
             _ => {
                 return Err(ConfigError::Bitbucket(
                     "BITBUCKET_HOST is set but no credentials: set BITBUCKET_USERNAME and BITBUCKET_PASSWORD, or BITBUCKET_TOKEN".into(),

@@ -388,8 +388,8 @@ fn process_masker(settings: &Settings) -> Masker {
             settings.admin_token.as_ref().map(|s| s.expose().to_owned()),
             gitops.and_then(|g| g.webhook_secret.as_ref().map(|s| s.expose().to_owned())),
             gitops.map(|g| match &g.bitbucket.auth {
-                BitbucketAuth::Basic { password, .. } => password.clone(),
-                BitbucketAuth::Bearer(token) => token.clone(),
+                BitbucketAuth::Basic { password, .. } => password.expose().to_owned(),
+                BitbucketAuth::Bearer(token) => token.expose().to_owned(),
             }),
         ]
         .into_iter()

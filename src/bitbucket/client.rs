@@ -16,25 +16,17 @@ use super::error::BitbucketError;
 use super::pacer::{Pacer, Rate};
 use super::types::{ErrorBody, LinesPage, Page};
 use crate::http::{Raw, RetryPolicy};
+use crate::secret::Secret;
 
-/// How Bitbucket authenticates us.
-#[derive(Clone)]
+/// How Bitbucket authenticates us (the secrets show as `<secret>` in `Debug`).
+#[derive(Clone, Debug)]
 pub enum BitbucketAuth {
     Basic {
         username: String,
-        password: String,
+        password: Secret,
     },
     /// A personal or HTTP access token, sent as `Authorization: Bearer`.
-    Bearer(String),
-}
-
-impl std::fmt::Debug for BitbucketAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Basic { username, .. } => write!(f, "Basic({username}, ****)"),
-            Self::Bearer(_) => f.write_str("Bearer(****)"),
-        }
-    }
+    Bearer(Secret),
 }
 
 /// How file contents are read.
@@ -138,15 +130,6 @@ impl BitbucketClient {
             .iter()
             .filter_map(|p| p.get("key").and_then(Value::as_str).map(str::to_owned))
             .collect())
-    }
-
-    /// Whether a project exists.
-    pub async fn project_exists(&self, key: &str) -> Result<bool, BitbucketError> {
-        match self.get_json(&["projects", key], &[]).await {
-            Ok(_) => Ok(true),
-            Err(BitbucketError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
     }
 
     /// The slugs of a project's repositories.
@@ -410,9 +393,9 @@ impl BitbucketClient {
         }
         request = match &self.auth {
             BitbucketAuth::Basic { username, password } => {
-                request.basic_auth(username, Some(password))
+                request.basic_auth(username, Some(password.expose()))
             }
-            BitbucketAuth::Bearer(token) => request.bearer_auth(token),
+            BitbucketAuth::Bearer(token) => request.bearer_auth(token.expose()),
         };
         crate::http::send(request).await
     }
@@ -536,6 +519,10 @@ mod tests {
             username: "bot".into(),
             password: "hunter2".into(),
         };
-        assert_eq!(format!("{auth:?}"), "Basic(bot, ****)");
+        let shown = format!("{auth:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<secret>"),
+            "{shown}"
+        );
     }
 }

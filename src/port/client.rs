@@ -7,7 +7,7 @@
 //!   jitter, honouring `Retry-After` (or `x-ratelimit-reset`) up to a cap; other 4xx
 //!   surface Port's `message` at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,7 +72,6 @@ pub struct PortClient {
     retry: RetryPolicy,
     token: Mutex<Option<CachedToken>>,
     generation: AtomicU64,
-    reachable: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -105,14 +104,8 @@ impl PortClient {
             retry: config.retry,
             token: Mutex::new(None),
             generation: AtomicU64::new(0),
-            reachable: AtomicBool::new(false),
             metrics,
         })
-    }
-
-    /// Whether the last exchange with Port got an HTTP answer.
-    pub fn last_seen_reachable(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
     }
 
     /// Fetches (or reuses) a token: proves Port is reachable and the credentials work.
@@ -404,14 +397,8 @@ impl PortClient {
         }
         let result = crate::http::send(request).await;
         match &result {
-            Ok(raw) => {
-                self.reachable.store(true, Ordering::Relaxed);
-                self.metrics.port_call(&raw.status.to_string());
-            }
-            Err(_) => {
-                self.reachable.store(false, Ordering::Relaxed);
-                self.metrics.port_call("network_error");
-            }
+            Ok(raw) => self.metrics.port_call(&raw.status.to_string()),
+            Err(_) => self.metrics.port_call("network_error"),
         }
         result
     }

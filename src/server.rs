@@ -29,8 +29,8 @@ use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{
-    check_streamer, DriftChecks, LocalRuns, PortRuns, Puller, Reconciler, Reporting, RunSink,
-    Runner, RunnerConfig, SubmitError,
+    check_streamer, Background, DriftChecks, LocalRuns, PortRuns, Puller, Reconciler, Reporting,
+    RunSink, Runner, RunnerConfig, SubmitError,
 };
 use crate::secret::Secret;
 use crate::store::{DataDirError, DataDirLock, Journal};
@@ -165,7 +165,9 @@ impl Application {
             AdminAccess::Disabled => "off (set PORT_RUNNER_ADMIN_TOKEN)",
         };
         let puller = puller(&settings, &runner, port.as_ref(), &metrics);
+        let background = Arc::new(Background::new(&runner));
         let state = AppState {
+            background: background.clone(),
             runner: runner.clone(),
             takes_webhooks: settings.transport.takes_webhooks(),
             pull: puller.as_ref().map(|p| p.status()),
@@ -198,13 +200,13 @@ impl Application {
             }
         };
         runner.recover(settings.retain, leftovers).await;
-        start_maintenance(&settings, &runner, journal);
-        start_reconcile(&settings, &runner, port.as_ref());
+        start_maintenance(&settings, &background, journal);
+        start_reconcile(&settings, &runner, &background, port.as_ref());
         if let Some(puller) = puller {
-            start_pull(&settings, &runner, puller);
+            start_pull(&settings, &background, puller);
         }
-        start_scheduled_sync(&settings, &runner);
-        start_drift_checks(&settings, &runner, drift);
+        start_scheduled_sync(&settings, &background);
+        start_drift_checks(&settings, &background, drift);
         Ok(Self {
             addr,
             server: serve(),
@@ -399,23 +401,27 @@ fn process_masker(settings: &Settings) -> Masker {
 
 /// The runner's background loops, tracked by it so shutdown waits for them: replicas claim
 /// runs whose replica's lease ran out (every half lease), and the journal is pruned hourly.
-fn start_maintenance(settings: &Settings, runner: &Arc<Runner>, journal: Arc<Journal>) {
+fn start_maintenance(settings: &Settings, background: &Background, journal: Arc<Journal>) {
     if let Some(db) = &settings.database {
-        runner.every(
-            db.lease / 2,
-            |runner| async move { runner.take_over().await },
-        );
+        background.every("replica-claims", db.lease / 2, false, |runner| async move {
+            runner.take_over().await
+        });
     }
     {
         let retain = settings.retain;
-        runner.every(Duration::from_secs(3600), move |_| {
-            let journal = journal.clone();
-            async move {
-                if let Err(e) = journal.prune(retain).await {
-                    tracing::error!(error = %e, "could not prune the journal");
+        background.every(
+            "journal-pruning",
+            Duration::from_secs(3600),
+            false,
+            move |_| {
+                let journal = journal.clone();
+                async move {
+                    if let Err(e) = journal.prune(retain).await {
+                        tracing::error!(error = %e, "could not prune the journal");
+                    }
                 }
-            }
-        });
+            },
+        );
     }
 }
 
@@ -439,10 +445,10 @@ fn puller(
 
 /// Claims runs from Port until shutdown, after checking (or, when asked, setting) the
 /// organisation's agent transport.
-fn start_pull(settings: &Settings, runner: &Arc<Runner>, puller: Arc<Puller>) {
+fn start_pull(settings: &Settings, background: &Background, puller: Arc<Puller>) {
     let port = puller.port();
     let configure_org = settings.pull.configure_org;
-    runner.spawn_tracked(async move {
+    background.once("pull", async move {
         check_streamer(&port, configure_org).await;
         puller.run().await;
     });
@@ -450,7 +456,12 @@ fn start_pull(settings: &Settings, runner: &Arc<Runner>, puller: Arc<Puller>) {
 
 /// Runs Port holds for this runner but never delivered: looked for at start (in the
 /// background, so binding is not held up) and every `reconcile_interval`.
-fn start_reconcile(settings: &Settings, runner: &Arc<Runner>, port: Option<&Arc<PortClient>>) {
+fn start_reconcile(
+    settings: &Settings,
+    runner: &Arc<Runner>,
+    background: &Background,
+    port: Option<&Arc<PortClient>>,
+) {
     let Some(port) = port else {
         return; // local mode: Port holds nothing for us
     };
@@ -477,11 +488,11 @@ fn start_reconcile(settings: &Settings, runner: &Arc<Runner>, port: Option<&Arc<
             Err(e) => tracing::warn!(error = %e, "could not list Port's runs; trying again later"),
         }
     };
-    runner.spawn_tracked(pass(reconciler.clone()));
-    if !settings.reconcile_interval.is_zero() {
-        runner.every(settings.reconcile_interval, move |_| {
+    match settings.reconcile_interval.is_zero() {
+        true => background.once("reconcile", pass(reconciler)),
+        false => background.every("reconcile", settings.reconcile_interval, true, move |_| {
             pass(reconciler.clone())
-        });
+        }),
     }
 }
 
@@ -489,7 +500,7 @@ fn start_reconcile(settings: &Settings, runner: &Arc<Runner>, port: Option<&Arc<
 /// the slot's number, so replicas (and a restart within the slot) admit it once through
 /// the journal, and a runner that was down for longer than an interval syncs soon after
 /// it starts.
-fn start_scheduled_sync(settings: &Settings, runner: &Arc<Runner>) {
+fn start_scheduled_sync(settings: &Settings, background: &Background) {
     let Some(interval) = settings
         .gitops
         .as_ref()
@@ -526,14 +537,17 @@ fn start_scheduled_sync(settings: &Settings, runner: &Arc<Runner>) {
     };
     // At once at start (a runner down for longer than an interval syncs now), then checked
     // a few times an interval, jittered so replicas do not ask at the same moment.
-    runner.spawn_tracked(submit(runner.clone(), false));
     let check = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(900));
-    runner.every(check, move |runner| submit(runner, true));
+    let mut first = true;
+    background.every("scheduled-sync", check, true, move |runner| {
+        let jitter = !std::mem::take(&mut first);
+        submit(runner, jitter)
+    });
 }
 
 /// Drift checks every `drift_interval`: a first round soon after start, then one an
 /// interval, each cancelled when shutdown begins.
-fn start_drift_checks(settings: &Settings, runner: &Arc<Runner>, checks: DriftChecks) {
+fn start_drift_checks(settings: &Settings, background: &Background, checks: DriftChecks) {
     if settings.drift_interval.is_zero() || checks.is_empty() {
         return;
     }
@@ -542,10 +556,12 @@ fn start_drift_checks(settings: &Settings, runner: &Arc<Runner>, checks: DriftCh
         let reports = checks.round(runner.stopping_token()).await;
         tracing::info!(stacks = reports.len(), "drift check round done");
     };
-    runner.spawn_tracked(round(runner.clone(), checks.clone()));
-    runner.every(settings.drift_interval, move |runner| {
-        round(runner, checks.clone())
-    });
+    background.every(
+        "drift-checks",
+        settings.drift_interval,
+        true,
+        move |runner| round(runner, checks.clone()),
+    );
 }
 
 /// Binds the listener; calling what it returns starts serving.

@@ -4,6 +4,7 @@
 //! its final report: it admits through the journal (`store/`), executes with a handler from
 //! `handlers/`, and reports through [`RunReporter`]. The types handlers see live in `core/`.
 
+mod background;
 mod drift;
 mod kept;
 mod pull;
@@ -12,6 +13,7 @@ mod reporter;
 mod runner;
 mod sink;
 
+pub use background::{Background, LoopStatus};
 pub use drift::{DriftChecks, CONCURRENCY as DRIFT_CONCURRENCY};
 pub use pull::{check_streamer, PullStatus, Puller};
 pub use reconcile::{Reconciled, Reconciler};

@@ -465,28 +465,6 @@ impl Runner {
         stop
     }
 
-    /// Runs `work` every `every` until shutdown begins. The loop is tracked like a run, so
-    /// shutdown waits for an iteration in progress.
-    pub fn every<F, Fut>(self: &Arc<Self>, every: Duration, mut work: F)
-    where
-        F: FnMut(Arc<Self>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let runner = self.clone();
-        self.tracker.spawn_on(
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = runner.stopping.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    work(runner.clone()).await;
-                }
-            },
-            &self.rt,
-        );
-    }
-
     /// Runs `work` in the background, tracked like a run: shutdown waits for it (within the
     /// grace period). `false` when shutdown already began and the work was not started.
     pub fn spawn_tracked(

@@ -129,7 +129,8 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             }
         }
     };
-    let mut body = json!({ "ok": true, "ready": true, "port": port });
+    let mut body = json!({ "ok": true, "ready": true, "port": port,
+                           "background": state.background.snapshot() });
     if let Some(pull) = &state.pull {
         body["pull"] = pull.snapshot();
     }

@@ -44,6 +44,8 @@ pub enum AdminAccess {
 /// Shared by all HTTP workers.
 pub struct AppState {
     pub runner: Arc<Runner>,
+    /// The background loops, for `/readyz`.
+    pub background: Arc<crate::runs::Background>,
     /// Off when runs are only pulled from Port (`POST /webhook` answers 404 saying so).
     pub takes_webhooks: bool,
     /// How claiming runs from Port goes, when the transport pulls.

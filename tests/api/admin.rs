@@ -84,6 +84,10 @@ async fn health_readiness_and_metrics_answer() {
     let ready: Value = app.get("/readyz", None).await.json().await.unwrap();
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["port"], json!({"mode": "port", "reachable": true}));
+    // The background loops, by name, each with its status.
+    let pruning = &ready["background"]["journal-pruning"];
+    assert_eq!(pruning["every_secs"], 3600.0, "{ready}");
+    assert_eq!(pruning["running"], false, "{ready}");
 
     let run_id = unique_run_id();
     app.post_signed(&legacy(&run_id, "echo", "CREATE", json!({})))

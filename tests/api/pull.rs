@@ -155,6 +155,8 @@ async fn pending_runs_are_claimed_within_free_slots_and_run_once_each_and_the_we
     let ready = readyz(&served).await;
     assert_eq!(ready["pull"]["claiming"], true, "{ready}");
     assert!(ready["pull"]["claimed"].as_u64().unwrap() >= 13, "{ready}");
+    // The claimer is a background loop of its own, under way.
+    assert_eq!(ready["background"]["pull"]["running"], true, "{ready}");
     // Without --configure-org the organisation's setting is read, not changed.
     assert_eq!(fake.streamer(), None);
     let lines = served.log_lines().join("\n");

@@ -64,7 +64,7 @@ impl Rig {
     /// Runs one step as a run would: log pump to Port (or local), then the final report.
     async fn step(&self, step: &Step, remote: bool) -> usize {
         let run_id = RunId::generate("r");
-        let reporting = port_runner::runs::Reporting {
+        let lifecycle = port_runner::runs::Lifecycle {
             sink: if remote {
                 Arc::new(port_runner::runs::PortRuns(self.client.clone()))
             } else {
@@ -77,7 +77,7 @@ impl Rig {
             tracker: self.tracker.clone(),
             stop: CancellationToken::new(),
         };
-        let reporter = RunReporter::new(run_id, &reporting, Masker::default());
+        let reporter = RunReporter::new(run_id, &lifecycle, Masker::default());
         let log = reporter.log();
         tool::run(step, &log, &CancellationToken::new())
             .await

@@ -29,7 +29,7 @@ use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{
-    check_streamer, Background, DriftChecks, LocalRuns, PortRuns, Puller, Reconciler, Reporting,
+    check_streamer, Background, DriftChecks, Lifecycle, LocalRuns, PortRuns, Puller, Reconciler,
     RunSink, Runner, RunnerConfig, SubmitError,
 };
 use crate::secret::Secret;
@@ -124,7 +124,7 @@ impl Application {
             Some(client) => Arc::new(PortRuns(client.clone())),
             None => Arc::new(LocalRuns),
         };
-        let reporting = Reporting {
+        let lifecycle = Lifecycle {
             sink,
             journal: journal.clone(),
             registry: Arc::new(RunRegistry::new(
@@ -138,7 +138,7 @@ impl Application {
         };
         let runner = Runner::new(
             Handle::current(),
-            reporting,
+            lifecycle,
             handlers,
             catalog.clone(),
             metrics.clone(),

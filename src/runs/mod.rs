@@ -7,6 +7,7 @@
 mod background;
 mod drift;
 mod kept;
+mod lifecycle;
 mod pull;
 mod reconcile;
 mod reporter;
@@ -15,8 +16,9 @@ mod sink;
 
 pub use background::{Background, LoopStatus};
 pub use drift::{DriftChecks, CONCURRENCY as DRIFT_CONCURRENCY};
+pub use lifecycle::{FinalReportRetry, Lifecycle, LogBatching, Refused, TakenOver};
 pub use pull::{check_streamer, PullStatus, Puller};
 pub use reconcile::{Reconciled, Reconciler};
-pub use reporter::{FinalReportRetry, LogBatching, Reporting, RunReporter, Verdict};
+pub use reporter::RunReporter;
 pub use runner::{Admitted, Runner, RunnerConfig, SubmitError};
-pub use sink::{LocalRuns, Logged, PortRuns, RunSink, SinkError};
+pub use sink::{LocalRuns, Logged, PortRuns, RunSink, SinkError, Verdict};

@@ -11,7 +11,6 @@ use std::time::Duration;
 use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt as _;
-use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -20,10 +19,10 @@ use tracing::Instrument;
 
 mod recovery;
 
-use super::reporter::{FinalReportRetry, LogBatching, Reporting, RunReporter, Verdict};
-use crate::core::{
-    Admission, HandlerError, Masker, RunCatalog, RunContext, RunRegistry, RunState, Sink,
-};
+use super::lifecycle::{FinalReportRetry, Lifecycle, LogBatching, Refused, TakenOver};
+use super::reporter::RunReporter;
+use super::sink::Verdict;
+use crate::core::{HandlerError, Masker, RunCatalog, RunContext, RunRegistry, Sink};
 use crate::domain::RunId;
 use crate::handlers::HandlerRegistry;
 use crate::invocation::{InputKey, Invocation};
@@ -81,7 +80,7 @@ pub enum SubmitError {
 pub struct Runner {
     rt: Handle,
     /// Where runs are journalled and reported (chosen once, by the application).
-    reporting: Reporting,
+    lifecycle: Lifecycle,
     handlers: HandlerRegistry,
     /// Where the entities runs write go (Port's catalog, or the registry's).
     catalog: Sink,
@@ -105,10 +104,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// `reporting`'s tracker and stop token are replaced by the runner's own.
+    /// `lifecycle`'s tracker and stop token are replaced by the runner's own.
     pub fn new(
         rt: Handle,
-        reporting: Reporting,
+        lifecycle: Lifecycle,
         handlers: HandlerRegistry,
         catalog: Sink,
         metrics: Arc<Metrics>,
@@ -116,16 +115,16 @@ impl Runner {
         config: RunnerConfig,
     ) -> Arc<Self> {
         let (tracker, stopping) = (TaskTracker::new(), CancellationToken::new());
-        let reporting = Reporting {
+        let lifecycle = Lifecycle {
             batching: config.log_batching.clone(),
             retry: config.final_report_retry.clone(),
             tracker: tracker.clone(),
             stop: stopping.clone(),
-            ..reporting
+            ..lifecycle
         };
         Arc::new(Self {
             rt,
-            reporting,
+            lifecycle,
             handlers,
             catalog,
             metrics,
@@ -148,7 +147,7 @@ impl Runner {
     }
 
     pub fn registry(&self) -> &Arc<RunRegistry> {
-        &self.reporting.registry
+        &self.lifecycle.registry
     }
 
     pub fn handlers(&self) -> &HandlerRegistry {
@@ -200,16 +199,11 @@ impl Runner {
         if self.pending.load(Ordering::Acquire) >= capacity {
             return Err(SubmitError::QueueFull);
         }
-        // The journal decides (it remembers across restarts); the registry follows.
-        match self.reporting.journal.accept(&invocation).await {
-            Ok(true) => {}
-            Ok(false) => return Err(SubmitError::Duplicate),
-            Err(e) => return Err(SubmitError::Journal(e)),
+        match self.lifecycle.accept(&invocation).await {
+            Ok(()) => Ok(Admitted(invocation)),
+            Err(Refused::Duplicate) => Err(SubmitError::Duplicate),
+            Err(Refused::Journal(e)) => Err(SubmitError::Journal(e)),
         }
-        if self.reporting.registry.admit(&invocation) == Admission::Duplicate {
-            return Err(SubmitError::Duplicate);
-        }
-        Ok(Admitted(invocation))
     }
 
     /// Starts an admitted run.
@@ -261,10 +255,10 @@ impl Runner {
     }
 
     /// How a run reports: the runner's own runs (internal) only here, Port knows none of them.
-    fn reporting_for(&self, internal: bool) -> Reporting {
+    fn lifecycle_for(&self, internal: bool) -> Lifecycle {
         match internal {
-            true => self.reporting.local(),
-            false => self.reporting.clone(),
+            true => self.lifecycle.local(),
+            false => self.lifecycle.clone(),
         }
     }
 
@@ -273,7 +267,7 @@ impl Runner {
         masker.add_all(invocation.secret_values());
         RunReporter::new(
             invocation.run_id.clone(),
-            &self.reporting_for(invocation.internal),
+            &self.lifecycle_for(invocation.internal),
             masker,
         )
     }
@@ -282,7 +276,7 @@ impl Runner {
     /// (journalled first, then delivered with background retries).
     async fn report_internal_error(&self, run_id: &RunId, message: &str, internal: bool) {
         let summary = format!("internal error in port-runner: {message}");
-        self.reporting_for(internal)
+        self.lifecycle_for(internal)
             .finish(run_id, Verdict::failure(summary))
             .await;
     }
@@ -334,19 +328,7 @@ impl Runner {
             ),
             Some(permit) => {
                 self.metrics.runs_in_flight().inc();
-                self.reporting.registry.update(&run_id, |r| {
-                    r.state = RunState::InProgress;
-                    r.started_at = Some(OffsetDateTime::now_utc());
-                });
-                let mut taken_over = false;
-                match self.reporting.journal.started(&run_id).await {
-                    Ok(()) => {}
-                    Err(JournalError::NotOwner(_)) => taken_over = true,
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not journal the start of the run")
-                    }
-                }
-                if taken_over {
+                if let Err(TakenOver) = self.lifecycle.start(&run_id).await {
                     // Another replica claimed it while this one stalled: it is theirs now,
                     // and the verdict below is fenced off.
                     (
@@ -371,7 +353,7 @@ impl Runner {
             self.metrics.runs_in_flight().dec();
         }
         drop(permit);
-        self.reporting.registry.retire(&run_id);
+        self.lifecycle.registry.retire(&run_id);
     }
 
     async fn run_handler(
@@ -407,13 +389,13 @@ impl Runner {
             RunCatalog::untied(
                 invocation.run_id.clone(),
                 self.catalog.clone(),
-                self.reporting.registry.clone(),
+                self.lifecycle.registry.clone(),
             )
         } else {
             RunCatalog::new(
                 invocation.run_id.clone(),
                 self.catalog.clone(),
-                self.reporting.registry.clone(),
+                self.lifecycle.registry.clone(),
             )
         };
         let ctx = RunContext {
@@ -507,7 +489,7 @@ impl Runner {
             }
         }
         // Whatever was queued for the journal reaches the disk before the process exits.
-        if let Err(e) = self.reporting.journal.flush().await {
+        if let Err(e) = self.lifecycle.journal.flush().await {
             tracing::error!(error = %e, "could not flush the journal");
         }
     }

@@ -28,7 +28,7 @@ fn harness(secrets: &[&str]) -> Harness {
     let inv =
         serde_json::json!({"run_id": run_id.as_str(), "action": "tool", "operation": "CREATE"});
     registry.admit(&port_runner::invocation::Invocation::from_stored(&inv).unwrap());
-    let reporting = port_runner::runs::Reporting {
+    let lifecycle = port_runner::runs::Lifecycle {
         sink: Arc::new(port_runner::runs::LocalRuns),
         journal: Arc::new(port_runner::store::Journal::in_memory().unwrap()),
         registry: registry.clone(),
@@ -39,7 +39,7 @@ fn harness(secrets: &[&str]) -> Harness {
     };
     let reporter = RunReporter::new(
         run_id.clone(),
-        &reporting,
+        &lifecycle,
         Masker::new(secrets.iter().copied()),
     );
     Harness {

@@ -10,8 +10,8 @@ use tracing::Instrument as _;
 use super::Runner;
 use crate::domain::RunId;
 use crate::invocation::Invocation;
-use crate::runs::reporter::Verdict;
 use crate::runs::sink::SinkError;
+use crate::runs::sink::Verdict;
 use crate::store::Journal;
 
 impl Runner {
@@ -28,7 +28,7 @@ impl Runner {
             }
         }
         let kept =
-            super::super::kept::restore(self.reporting.journal.as_ref(), &self.reporting.registry)
+            super::super::kept::restore(self.lifecycle.journal.as_ref(), &self.lifecycle.registry)
                 .await;
         if kept > 0 {
             tracing::info!(
@@ -36,7 +36,7 @@ impl Runner {
                 "runs reported only here are back from the journal"
             );
         }
-        match self.reporting.journal.prune(retain).await {
+        match self.lifecycle.journal.prune(retain).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "pruned finished runs from the journal"),
             Err(e) => tracing::error!(error = %e, "could not prune the journal"),
@@ -47,7 +47,7 @@ impl Runner {
     /// Takes the runs nobody looks after (after a restart; with replicas, those of a replica
     /// whose lease ran out) and recovers them.
     pub async fn take_over(self: &Arc<Self>) {
-        let journal = self.reporting.journal.clone();
+        let journal = self.lifecycle.journal.clone();
         let recovery = match journal.recovery().await {
             Ok(recovery) => recovery,
             Err(e) => {
@@ -76,7 +76,7 @@ impl Runner {
                 .resolve(&invocation)
                 .map(|h| h.resumable())
                 .unwrap_or(false);
-            self.reporting.registry.admit(&invocation);
+            self.lifecycle.registry.admit(&invocation);
             if resumable {
                 tracing::info!(run_id = %invocation.run_id, "re-running an interrupted run (its handler is resumable)");
                 if let Err(e) = journal.requeue(&invocation.run_id).await {
@@ -88,7 +88,7 @@ impl Runner {
             }
         }
         for invocation in recovery.queued {
-            self.reporting.registry.admit(&invocation);
+            self.lifecycle.registry.admit(&invocation);
             self.schedule(invocation);
         }
         // What Port is owed goes out in the background: a Port outage must not hold up the
@@ -118,7 +118,7 @@ impl Runner {
         // Log lines first: Port takes none for a run after its final status. A batch may have
         // reached the destination just before the crash: skip those it already has (Port's
         // log API has no idempotency key, so its copy is asked for).
-        let sink = &self.reporting.sink;
+        let sink = &self.lifecycle.sink;
         if sink.remote() {
             let mut known: std::collections::HashMap<RunId, Vec<String>> = Default::default();
             for (id, run_id, message) in &pending_logs {
@@ -146,7 +146,7 @@ impl Runner {
                 link: fin.link,
             };
             match sink.remote() {
-                true => self.reporting.deliver(fin.run_id, verdict).await,
+                true => self.lifecycle.deliver(fin.run_id, verdict).await,
                 false => {
                     let _ = journal.reported(&fin.run_id).await;
                 }
@@ -174,7 +174,7 @@ impl Runner {
                     invocation.action.as_str(),
                 )
                 .await;
-            self.reporting.registry.retire(&invocation.run_id);
+            self.lifecycle.registry.retire(&invocation.run_id);
         }
     }
 }

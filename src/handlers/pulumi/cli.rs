@@ -172,13 +172,16 @@ impl PulumiHandler {
                 ToolError::Spawn { source, .. }
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    (
-                        Failure::Other,
-                        format!(
-                            "the Pulumi CLI ({}) is not installed on this runner: install it (the container image has a build argument for it) or set PORT_RUNNER_PULUMI_BIN",
-                            self.settings.program
+                    let program = &self.settings.program;
+                    let detail = match program.contains('/') {
+                        true => format!(
+                            "the Pulumi CLI was not found at {program} (--pulumi-bin / PORT_RUNNER_PULUMI_BIN): check the path"
                         ),
-                    )
+                        false => format!(
+                            "the Pulumi CLI ({program}) is not installed on this runner: install it (the container image has a build argument for it) or set PORT_RUNNER_PULUMI_BIN"
+                        ),
+                    };
+                    (Failure::Other, detail)
                 }
                 ToolError::Cancelled { .. } => (Failure::Cancelled, e.to_string()),
                 ToolError::Failed {

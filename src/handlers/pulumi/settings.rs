@@ -93,6 +93,13 @@ impl PulumiSettings {
             }
             (None, None) => {}
         }
+        // A path with a folder in it (`tests/fixtures/pulumi`, `./bin/pulumi`) is taken from
+        // where the runner started, not from the step's working folder (the project copy):
+        // made absolute here. A bare name (`pulumi`) is looked up on PATH as it is.
+        let program = match program.contains('/') {
+            true => std::path::absolute(&program)?.display().to_string(),
+            false => program,
+        };
         Ok(Self {
             program,
             projects_dir: std::path::absolute(data_dir.join("pulumi-projects"))?,
@@ -144,6 +151,19 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_cli_path_is_taken_from_where_the_runner_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let relative =
+            PulumiSettings::from_env(dir.path(), "tests/fixtures/pulumi".into(), |_| None).unwrap();
+        let expected = std::env::current_dir()
+            .unwrap()
+            .join("tests/fixtures/pulumi");
+        assert_eq!(relative.program, expected.display().to_string());
+        let bare = PulumiSettings::from_env(dir.path(), "pulumi".into(), |_| None).unwrap();
+        assert_eq!(bare.program, "pulumi", "a bare name is looked up on PATH");
+    }
 
     #[test]
     fn the_default_backend_and_passphrase_are_made_when_first_needed_not_at_start() {

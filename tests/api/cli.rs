@@ -279,8 +279,11 @@ async fn every_shipped_sample_invocation_runs_to_success() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap().to_owned();
-    // The provisioning samples run the shipped Pulumi definitions against the stand-in CLI.
-    let standin = root.join("tests/fixtures/pulumi");
+    // The provisioning samples run the shipped Pulumi definitions against the stand-in CLI,
+    // named as the README's demo names it: a path relative to where serve starts (the
+    // package root, as for `cargo run`), not to the project copy each step runs in.
+    assert_eq!(std::env::current_dir().unwrap(), root);
+    let standin = std::path::Path::new("tests/fixtures/pulumi");
     let served = Served::start(
         &[
             ("BITBUCKET_HOST", &bb.url),

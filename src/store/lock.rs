@@ -16,7 +16,7 @@ pub struct DataDirLock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error("{dir} is used by port-runner pid {pid}; give this one another --data-dir (PORT_RUNNER_DATA_DIR)")]
+    #[error("{dir} is used by port-runner pid {pid}: stop that one first (Ctrl-C in its terminal, or `kill {pid}`), or run this one beside it with another --data-dir and another --listen address")]
     Busy { dir: String, pid: String },
     #[error("cannot lock the data dir {dir}: {source}")]
     Io { dir: String, source: std::io::Error },
@@ -77,7 +77,8 @@ mod tests {
             err.contains(&format!("used by port-runner pid {}", std::process::id())),
             "{err}"
         );
-        assert!(err.contains("give this one another --data-dir"), "{err}");
+        assert!(err.contains("stop that one first"), "{err}");
+        assert!(err.contains("another --data-dir and another --listen address"), "{err}");
         drop(first);
         DataDirLock::acquire(dir.path()).unwrap();
     }

@@ -219,7 +219,7 @@ async fn a_second_serve_on_the_same_data_folder_refuses_to_start_and_the_first_r
     assert_eq!(second.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!("is used by port-runner pid {}", first.child.id()))
-            && stderr.contains("give this one another --data-dir"),
+            && stderr.contains("stop that one first"),
         "{stderr}"
     );
     let verdict = fake.wait_final(&run_id).await;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bitbucket::{BitbucketAuth, BitbucketClient};
 use crate::config::{Mode, Settings};
-use crate::core::{Masker, RunRegistry, Sink};
+use crate::core::{EntityStore, LocalEntityStore, Masker, RunRegistry};
 use crate::domain::{Identifier, RunId};
 use crate::gitops::adapters::{DirBlueprints, NoCatalog, PortBlueprints, PortCatalog};
 use crate::gitops::{BlueprintSource, CatalogLookup, Links, StateStore, SyncEngine};
@@ -29,8 +29,8 @@ use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{
-    check_streamer, Background, DriftChecks, Lifecycle, LocalRuns, PortRuns, Puller, Reconciler,
-    RunSink, Runner, RunnerConfig, SubmitError,
+    check_streamer, Background, DriftChecks, Lifecycle, LocalRuns, PortEntities, PortRuns, Puller,
+    Reconciler, RunSink, Runner, RunnerConfig, SubmitError,
 };
 use crate::secret::Secret;
 use crate::store::{DataDirError, DataDirLock, Journal};
@@ -119,23 +119,7 @@ impl Application {
         }
         let pulumi = register_handlers(&settings, &mut handlers, &journal, &gitops)?;
         // Each mode chosen here, once: where reports and entities go.
-        let catalog = port.clone().map_or(Sink::Local, Sink::Port);
-        let sink: Arc<dyn RunSink> = match &port {
-            Some(client) => Arc::new(PortRuns(client.clone())),
-            None => Arc::new(LocalRuns),
-        };
-        let lifecycle = Lifecycle {
-            sink,
-            journal: journal.clone(),
-            registry: Arc::new(RunRegistry::new(
-                settings.keep_finished_runs,
-                settings.max_log_lines_per_run,
-            )),
-            batching: settings.runner.log_batching.clone(),
-            retry: settings.runner.final_report_retry.clone(),
-            tracker: Default::default(),
-            stop: Default::default(),
-        };
+        let (lifecycle, catalog) = destinations(&settings, port.as_ref(), &journal);
         let runner = Runner::new(
             Handle::current(),
             lifecycle,
@@ -245,6 +229,39 @@ impl Application {
             Err(e) => Err(std::io::Error::other(e)),
         }
     }
+}
+
+/// Where runs report and where their entities go, chosen once: Port's action runs and
+/// catalog, or (local mode) only here; the journal and the registry either way.
+fn destinations(
+    settings: &Settings,
+    port: Option<&Arc<PortClient>>,
+    journal: &Arc<Journal>,
+) -> (Lifecycle, Arc<dyn EntityStore>) {
+    let registry = Arc::new(RunRegistry::new(
+        settings.keep_finished_runs,
+        settings.max_log_lines_per_run,
+    ));
+    let (sink, catalog): (Arc<dyn RunSink>, Arc<dyn EntityStore>) = match port {
+        Some(client) => (
+            Arc::new(PortRuns(client.clone())),
+            Arc::new(PortEntities(client.clone())),
+        ),
+        None => (
+            Arc::new(LocalRuns),
+            Arc::new(LocalEntityStore(registry.clone())),
+        ),
+    };
+    let lifecycle = Lifecycle {
+        sink,
+        journal: journal.clone(),
+        registry,
+        batching: settings.runner.log_batching.clone(),
+        retry: settings.runner.final_report_retry.clone(),
+        tracker: Default::default(),
+        stop: Default::default(),
+    };
+    (lifecycle, catalog)
 }
 
 /// The Port client in Port mode; none in local mode.

@@ -1,33 +1,104 @@
 //! Entity writes made on behalf of a run.
 //!
-//! In Port mode each write carries the run id, so the entity appears under the run's
-//! "Affected entities"; in local mode the write is only recorded. Either way the registry
-//! lists what the run touched.
+//! Where they go is an [`EntityStore`], chosen once by the application: Port's catalog, where
+//! each write carries the run id so the entity appears under the run's "Affected entities",
+//! or (local mode) the registry's own catalog. Either way the registry lists what the run
+//! touched.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde_json::Value;
 
-use super::log::Sink;
 use super::registry::{AffectedEntity, EntityChange, RunRegistry};
 use crate::domain::{BlueprintId, EntityId, RunId};
 use crate::port::{BulkItemResult, PortError, WriteMode};
+
+/// A catalog entity writes go to. `run`: the run id a write is tied to, if any.
+#[async_trait]
+pub trait EntityStore: Send + Sync {
+    /// Whether writes leave this process (else the registry's catalog is the catalog).
+    fn remote(&self) -> bool;
+    async fn upsert(
+        &self,
+        blueprint: &str,
+        entity: &Value,
+        mode: WriteMode,
+        run: Option<&str>,
+    ) -> Result<(), PortError>;
+    async fn bulk_upsert(
+        &self,
+        blueprint: &str,
+        entities: &[Value],
+        mode: WriteMode,
+        run: Option<&str>,
+    ) -> Result<Vec<BulkItemResult>, PortError>;
+    /// Updates the fields sent of an entity that exists; `false` when there is none.
+    async fn patch(
+        &self,
+        blueprint: &str,
+        identifier: &str,
+        patch: &Value,
+    ) -> Result<bool, PortError>;
+    /// `false` when it was already gone.
+    async fn delete(
+        &self,
+        blueprint: &str,
+        identifier: &str,
+        run: Option<&str>,
+    ) -> Result<bool, PortError>;
+}
+
+/// Local mode's catalog: the registry's. Writes are accepted as they are; the registry
+/// keeps them (see [`RunCatalog`]).
+pub struct LocalEntityStore(pub Arc<RunRegistry>);
+
+#[async_trait]
+impl EntityStore for LocalEntityStore {
+    fn remote(&self) -> bool {
+        false
+    }
+    async fn upsert(
+        &self,
+        _: &str,
+        _: &Value,
+        _: WriteMode,
+        _: Option<&str>,
+    ) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn bulk_upsert(
+        &self,
+        _: &str,
+        entities: &[Value],
+        _: WriteMode,
+        _: Option<&str>,
+    ) -> Result<Vec<BulkItemResult>, PortError> {
+        Ok(BulkItemResult::accepted_locally(entities))
+    }
+    async fn patch(&self, blueprint: &str, identifier: &str, _: &Value) -> Result<bool, PortError> {
+        Ok(self.0.entities().contains(blueprint, identifier))
+    }
+    async fn delete(&self, _: &str, _: &str, _: Option<&str>) -> Result<bool, PortError> {
+        Ok(true)
+    }
+}
 
 /// Catalog access scoped to one run.
 #[derive(Clone)]
 pub struct RunCatalog {
     run_id: RunId,
-    sink: Sink,
+    store: Arc<dyn EntityStore>,
     registry: Arc<RunRegistry>,
     /// Whether writes carry the run id (Port knows the run); not for the runner's own runs.
     tied: bool,
 }
 
 impl RunCatalog {
-    pub fn new(run_id: RunId, sink: Sink, registry: Arc<RunRegistry>) -> Self {
+    pub fn new(run_id: RunId, store: Arc<dyn EntityStore>, registry: Arc<RunRegistry>) -> Self {
         Self {
             run_id,
-            sink,
+            store,
             registry,
             tied: true,
         }
@@ -35,10 +106,10 @@ impl RunCatalog {
 
     /// For a run Port does not know (a push, the scheduled sync): writes reach Port without
     /// a run id, and are still recorded on the run here.
-    pub fn untied(run_id: RunId, sink: Sink, registry: Arc<RunRegistry>) -> Self {
+    pub fn untied(run_id: RunId, store: Arc<dyn EntityStore>, registry: Arc<RunRegistry>) -> Self {
         Self {
             tied: false,
-            ..Self::new(run_id, sink, registry)
+            ..Self::new(run_id, store, registry)
         }
     }
 
@@ -48,7 +119,7 @@ impl RunCatalog {
 
     /// Whether writes reach Port (false in local mode).
     pub fn is_remote(&self) -> bool {
-        matches!(self.sink, Sink::Port(_))
+        self.store.remote()
     }
 
     /// Creates or updates one entity; `entity` must carry its `identifier`.
@@ -58,11 +129,9 @@ impl RunCatalog {
         entity: &Value,
         mode: WriteMode,
     ) -> Result<(), PortError> {
-        if let Sink::Port(client) = &self.sink {
-            client
-                .upsert_entity(blueprint.as_str(), entity, mode, self.run_param())
-                .await?;
-        }
+        self.store
+            .upsert(blueprint.as_str(), entity, mode, self.run_param())
+            .await?;
         let identifier = entity
             .get("identifier")
             .and_then(Value::as_str)
@@ -79,14 +148,10 @@ impl RunCatalog {
         entities: &[Value],
         mode: WriteMode,
     ) -> Result<Vec<BulkItemResult>, PortError> {
-        let results = match &self.sink {
-            Sink::Port(client) => {
-                client
-                    .bulk_upsert(blueprint.as_str(), entities, mode, self.run_param())
-                    .await?
-            }
-            Sink::Local => BulkItemResult::accepted_locally(entities),
-        };
+        let results = self
+            .store
+            .bulk_upsert(blueprint.as_str(), entities, mode, self.run_param())
+            .await?;
         for (result, entity) in results.iter().zip(entities) {
             if let BulkItemResult::Ok { identifier, .. } = result {
                 self.record(blueprint.as_str(), identifier, EntityChange::Upserted);
@@ -104,17 +169,10 @@ impl RunCatalog {
         identifier: &EntityId,
         patch: &Value,
     ) -> Result<bool, PortError> {
-        let existed = match &self.sink {
-            Sink::Port(client) => {
-                client
-                    .patch_entity(blueprint.as_str(), identifier.as_str(), patch)
-                    .await?
-            }
-            Sink::Local => self
-                .registry
-                .entities()
-                .contains(blueprint.as_str(), identifier.as_str()),
-        };
+        let existed = self
+            .store
+            .patch(blueprint.as_str(), identifier.as_str(), patch)
+            .await?;
         if existed && !self.is_remote() {
             let mut entity = patch.clone();
             entity["identifier"] = identifier.as_str().into();
@@ -129,14 +187,10 @@ impl RunCatalog {
         blueprint: &BlueprintId,
         identifier: &EntityId,
     ) -> Result<bool, PortError> {
-        let existed = match &self.sink {
-            Sink::Port(client) => {
-                client
-                    .delete_entity(blueprint.as_str(), identifier.as_str(), self.run_param())
-                    .await?
-            }
-            Sink::Local => true,
-        };
+        let existed = self
+            .store
+            .delete(blueprint.as_str(), identifier.as_str(), self.run_param())
+            .await?;
         self.record(
             blueprint.as_str(),
             identifier.as_str(),

@@ -11,15 +11,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::mask::Masker;
 use super::registry::RunRegistry;
 use crate::domain::RunId;
-use crate::port::PortClient;
-
-/// Where a run's reports go.
-#[derive(Clone)]
-pub enum Sink {
-    Port(Arc<PortClient>),
-    /// Local mode: the registry (and the server log) are the only record.
-    Local,
-}
 
 /// What the log queue carries to the reporter's pump.
 pub enum LogCmd {

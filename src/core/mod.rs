@@ -12,9 +12,9 @@ mod mask;
 mod registry;
 mod store;
 
-pub use catalog::RunCatalog;
+pub use catalog::{EntityStore, LocalEntityStore, RunCatalog};
 pub use handler::{Handler, HandlerError, Outcome, RunContext};
-pub use log::{LogCmd, RunLog, Sink};
+pub use log::{LogCmd, RunLog};
 pub use mask::{Masker, MASK};
 pub use registry::{
     Admission, AffectedEntity, EntityChange, LocalEntity, LogLine, ReportState, RunRecord,

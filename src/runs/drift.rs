@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Masker, RunCatalog, RunContext, RunLog, RunRegistry, Sink};
+use crate::core::{EntityStore, Masker, RunCatalog, RunContext, RunLog, RunRegistry};
 use crate::domain::{Identifier, RunId};
 use crate::handlers::pulumi::{Drift, DriftReport};
 use crate::handlers::PulumiHandler;
@@ -27,7 +27,7 @@ const LINE_BYTES: usize = 16 * 1024;
 /// What a round needs: one handler per Pulumi project, and where results go.
 pub struct DriftChecks {
     projects: Vec<Arc<PulumiHandler>>,
-    sink: Sink,
+    sink: Arc<dyn EntityStore>,
     registry: Arc<RunRegistry>,
     metrics: Arc<Metrics>,
     masker: Masker,
@@ -37,7 +37,7 @@ impl DriftChecks {
     /// From every Pulumi action: one per project, preferring one that maps an entity.
     pub fn new(
         handlers: Vec<Arc<PulumiHandler>>,
-        sink: Sink,
+        sink: Arc<dyn EntityStore>,
         registry: Arc<RunRegistry>,
         metrics: Arc<Metrics>,
         masker: Masker,

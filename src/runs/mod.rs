@@ -21,4 +21,4 @@ pub use pull::{check_streamer, PullStatus, Puller};
 pub use reconcile::{Reconciled, Reconciler};
 pub use reporter::RunReporter;
 pub use runner::{Admitted, Runner, RunnerConfig, SubmitError};
-pub use sink::{LocalRuns, Logged, PortRuns, RunSink, SinkError, Verdict};
+pub use sink::{LocalRuns, Logged, PortEntities, PortRuns, RunSink, SinkError, Verdict};

@@ -22,7 +22,7 @@ mod recovery;
 use super::lifecycle::{FinalReportRetry, Lifecycle, LogBatching, Refused, TakenOver};
 use super::reporter::RunReporter;
 use super::sink::Verdict;
-use crate::core::{HandlerError, Masker, RunCatalog, RunContext, RunRegistry, Sink};
+use crate::core::{EntityStore, HandlerError, Masker, RunCatalog, RunContext, RunRegistry};
 use crate::domain::RunId;
 use crate::handlers::HandlerRegistry;
 use crate::invocation::{InputKey, Invocation};
@@ -83,7 +83,7 @@ pub struct Runner {
     lifecycle: Lifecycle,
     handlers: HandlerRegistry,
     /// Where the entities runs write go (Port's catalog, or the registry's).
-    catalog: Sink,
+    catalog: Arc<dyn EntityStore>,
     metrics: Arc<Metrics>,
     masker: Masker,
     config: RunnerConfig,
@@ -109,7 +109,7 @@ impl Runner {
         rt: Handle,
         lifecycle: Lifecycle,
         handlers: HandlerRegistry,
-        catalog: Sink,
+        catalog: Arc<dyn EntityStore>,
         metrics: Arc<Metrics>,
         masker: Masker,
         config: RunnerConfig,

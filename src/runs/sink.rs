@@ -2,7 +2,8 @@
 //! once when the application is built: Port's action-run API ([`PortRuns`]), or nowhere but
 //! this runner ([`LocalRuns`]: local mode, and the runner's own runs, which Port does not
 //! know). The run's lifecycle speaks only to [`RunSink`]: another destination (workflow node
-//! runs) is another implementation, and nothing else changes.
+//! runs) is another implementation, and nothing else changes. Entity writes have theirs:
+//! Port's catalog ([`PortEntities`]) or the registry's (`core::LocalEntityStore`).
 
 use std::sync::Arc;
 
@@ -165,5 +166,56 @@ impl RunSink for LocalRuns {
 
     async fn finish(&self, _: &RunId, _: &Verdict) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// Port's catalog: entity writes tied to the run (`?run_id=`), so they show under it.
+pub struct PortEntities(pub Arc<PortClient>);
+
+#[async_trait]
+impl crate::core::EntityStore for PortEntities {
+    fn remote(&self) -> bool {
+        true
+    }
+
+    async fn upsert(
+        &self,
+        blueprint: &str,
+        entity: &serde_json::Value,
+        mode: crate::port::WriteMode,
+        run: Option<&str>,
+    ) -> Result<(), PortError> {
+        self.0
+            .upsert_entity(blueprint, entity, mode, run)
+            .await
+            .map(drop)
+    }
+
+    async fn bulk_upsert(
+        &self,
+        blueprint: &str,
+        entities: &[serde_json::Value],
+        mode: crate::port::WriteMode,
+        run: Option<&str>,
+    ) -> Result<Vec<crate::port::BulkItemResult>, PortError> {
+        self.0.bulk_upsert(blueprint, entities, mode, run).await
+    }
+
+    async fn patch(
+        &self,
+        blueprint: &str,
+        identifier: &str,
+        patch: &serde_json::Value,
+    ) -> Result<bool, PortError> {
+        self.0.patch_entity(blueprint, identifier, patch).await
+    }
+
+    async fn delete(
+        &self,
+        blueprint: &str,
+        identifier: &str,
+        run: Option<&str>,
+    ) -> Result<bool, PortError> {
+        self.0.delete_entity(blueprint, identifier, run).await
     }
 }

@@ -78,7 +78,10 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("stop that one first"), "{err}");
-        assert!(err.contains("another --data-dir and another --listen address"), "{err}");
+        assert!(
+            err.contains("another --data-dir and another --listen address"),
+            "{err}"
+        );
         drop(first);
         DataDirLock::acquire(dir.path()).unwrap();
     }

@@ -68,7 +68,7 @@ pub struct BitbucketClient {
     pacer: Pacer,
     patience: Duration,
     /// Which build-status API the server has, once asked (`insights.rs`).
-    pub(super) builds_api: tokio::sync::OnceCell<super::insights::BuildsApi>,
+    pub(super) builds_api: tokio::sync::OnceCell<super::types::BuildsApi>,
 }
 
 impl BitbucketClient {

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::client::BitbucketClient;
 use super::error::BitbucketError;
-use super::types::RepoRef;
+use super::types::{BuildsApi, RepoRef};
 
 /// Bitbucket's cap on a report's data fields.
 pub const MAX_DATA: usize = 6;
@@ -40,15 +40,6 @@ const MAX_TITLE: usize = 450;
 const MAX_BUILD_FIELD: usize = 255;
 /// The capability a server lists when it has the repository-scoped builds API.
 const RICH_BUILD_STATUS: &str = "richBuildStatus";
-
-/// Which build-status API a server has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuildsApi {
-    /// `POST /rest/api/latest/projects/{p}/repos/{r}/commits/{c}/builds` (7.14 and later).
-    Repository,
-    /// `POST /rest/build-status/1.0/commits/{c}` (every version; deprecated since 7.14).
-    Legacy,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -78,3 +78,12 @@ impl std::fmt::Display for RepoRef {
         write!(f, "{}/{}", self.project, self.slug)
     }
 }
+
+/// Which build-status API a server has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildsApi {
+    /// `POST /rest/api/latest/projects/{p}/repos/{r}/commits/{c}/builds` (7.14 and later).
+    Repository,
+    /// `POST /rest/build-status/1.0/commits/{c}` (every version; deprecated since 7.14).
+    Legacy,
+}

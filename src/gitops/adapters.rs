@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::engine::{BlueprintError, BlueprintSource, EntityWriter, SyncLog};
+use super::contracts::{BlueprintError, BlueprintSource, EntityWriter, SyncLog};
 use super::review::CatalogLookup;
 use crate::core::{RunCatalog, RunLog};
 use crate::domain::Identifier;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::{stream, StreamExt as _};
 use serde_json::Value;
 
-use super::engine::EntityWriter;
+use super::contracts::EntityWriter;
 use super::plan::{Declared, Key};
 use super::report::{Problem, ProblemKind, SyncReport};
 use crate::port::{BulkItemResult, PortError, BULK_MAX};

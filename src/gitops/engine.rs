@@ -11,92 +11,24 @@
 //!    the outcome. Deletions happen only for entities this runner created from a file, and
 //!    never for a repository (or project) that could not be read this time.
 //!
-//! This module holds the entry point and the contracts of the outside world (where writes,
-//! blueprints and progress lines go); the phases are `read`, `plan`, `apply` and `record`.
+//! This module holds the entry point; the contracts of the outside world (where writes,
+//! blueprints and progress lines go) and what the phases hand each other are in
+//! `contracts`, so that the phases (`read`, `plan`, `apply`, `record`) and the engine that
+//! drives them import each other in one direction only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use serde_json::Value;
-
 use super::apply::{delete_all, upsert_all};
 use super::breaker::mass_delete_breaker;
+use super::contracts::Scan;
+use super::contracts::{BlueprintSource, EntityWriter, SyncError, SyncLog, SyncRequest};
 use super::paths::PathRules;
 use super::plan::{self, owner_index, plan_changes, Plan};
-use super::read::Scan;
 use super::record::{record_intent, record_outcome};
 use super::report::SyncReport;
-use super::state::{repo_of, StateError, StateStore};
-use crate::bitbucket::{BitbucketClient, BitbucketError, RepoRef};
-use crate::port::{BulkItemResult, PortError};
-
-/// What to sync.
-#[derive(Debug, Clone, Default)]
-pub struct SyncRequest {
-    /// Project keys; empty means the configured filter, or all projects.
-    pub projects: Vec<String>,
-    /// Single repositories; when given, only these are read.
-    pub repos: Vec<RepoRef>,
-    /// Plan and report, write nothing (not even the ownership record).
-    pub dry_run: bool,
-    /// Re-apply every entity, even those unchanged since they were last applied.
-    pub full: bool,
-    /// Delete even when it is more than the mass-deletion breaker allows.
-    pub allow_mass_delete: bool,
-}
-
-/// Where entity writes go (Port with a run id, Port directly, or nowhere in local mode).
-#[async_trait]
-pub trait EntityWriter: Send + Sync {
-    /// Replaces (upsert without merge) at most 20 entities of one blueprint.
-    async fn upsert_batch(
-        &self,
-        blueprint: &str,
-        entities: &[Value],
-    ) -> Result<Vec<BulkItemResult>, PortError>;
-    /// Deletes one entity; `Ok(false)` when it was already gone.
-    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, PortError>;
-}
-
-/// Where blueprint definitions come from (Port, or a folder of Port blueprint JSON).
-#[async_trait]
-pub trait BlueprintSource: Send + Sync {
-    /// Port's JSON for the blueprint, `None` if there is no such blueprint.
-    async fn blueprint(&self, identifier: &str) -> Result<Option<Value>, BlueprintError>;
-}
-
-/// Why a blueprint could not be read (an entity naming it is then not judged, and kept).
-#[derive(Debug, thiserror::Error)]
-pub enum BlueprintError {
-    #[error(transparent)]
-    Port(#[from] PortError),
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Json {
-        path: String,
-        source: serde_json::Error,
-    },
-}
-
-/// Progress lines (the run's log, or stderr for `port-runner sync`).
-#[async_trait]
-pub trait SyncLog: Send + Sync {
-    async fn line(&self, text: String);
-}
-
-/// Why a sync could not run at all (per-repository trouble is in the report instead).
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("sync stopped: {0}")]
-    Bitbucket(BitbucketError),
-    #[error(transparent)]
-    State(#[from] StateError),
-}
+use super::state::{repo_of, StateStore};
+use crate::bitbucket::BitbucketClient;
 
 pub struct SyncEngine {
     pub(super) bitbucket: Arc<BitbucketClient>,

@@ -7,6 +7,7 @@ pub mod adapters;
 mod apply;
 pub mod blueprint;
 mod breaker;
+pub mod contracts;
 pub mod engine;
 pub mod manifest;
 pub mod paths;
@@ -19,9 +20,10 @@ pub mod report;
 pub mod review;
 pub mod state;
 
-pub use engine::{
-    BlueprintError, BlueprintSource, EntityWriter, SyncEngine, SyncError, SyncLog, SyncRequest,
+pub use contracts::{
+    BlueprintError, BlueprintSource, EntityWriter, SyncError, SyncLog, SyncRequest,
 };
+pub use engine::SyncEngine;
 pub use publish::{CheckError, Checked, Links};
 pub use report::{Problem, ProblemKind, SyncReport};
 pub use review::{CatalogLookup, PullRequest, Review};

@@ -13,9 +13,9 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use super::blueprint::{Blueprint, FieldProblem, ValidEntity};
-use super::engine::BlueprintSource;
+use super::contracts::BlueprintSource;
+use super::contracts::Scan;
 use super::manifest::{self, kind, ManifestEntity, ManifestError};
-use super::read::Scan;
 use super::report::{Problem, ProblemKind, Spot, SpotAt, SyncReport};
 use super::state::{path_of, SyncState};
 

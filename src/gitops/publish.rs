@@ -4,7 +4,8 @@
 //! status. Deletions are said in the report's details and as file annotations: they are
 //! what a reviewer most needs to see.
 
-use super::engine::{BlueprintSource, SyncEngine};
+use super::contracts::BlueprintSource;
+use super::engine::SyncEngine;
 use std::collections::BTreeMap;
 
 use super::positions::Positions;

@@ -13,29 +13,11 @@ use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{SyncEngine, SyncError, SyncLog, SyncRequest};
+use super::contracts::{Scan, SyncError, SyncLog, SyncRequest};
+use super::engine::SyncEngine;
 use super::report::{Problem, ProblemKind, SyncReport};
 use super::state::{file_key, repo_of, SyncState};
 use crate::bitbucket::{BitbucketError, RepoRef};
-
-/// What reading one repository found.
-#[derive(Debug, Clone)]
-pub(super) enum Scan {
-    Unchanged,
-    File {
-        name: String,
-        text: String,
-        sha: String,
-    },
-    NoFile {
-        commit: Option<String>,
-    },
-    Gone,
-    Failed(String),
-    /// Not read this time because its repository could not be read: keeps everything,
-    /// reported once on the repository.
-    Kept,
-}
 
 impl SyncEngine {
     /// `read`, saying once in the log when Bitbucket starts rate limiting the sync (not a

@@ -10,10 +10,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::engine::{BlueprintSource, SyncEngine};
+use super::contracts::BlueprintSource;
+use super::contracts::Scan;
+use super::engine::SyncEngine;
 use super::manifest;
 use super::plan::{self, owner_index, plan_changes, Key};
-use super::read::{sha256, Scan};
+use super::read::sha256;
 use super::report::{Problem, SyncReport};
 use super::state::{file_key, path_of, repo_of, StateError};
 use crate::bitbucket::{BitbucketError, RepoRef};

@@ -170,8 +170,8 @@ fn event_kind(event: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::payload::parse;
     use super::*;
+    use crate::invocation::body::parse;
     use serde_json::json;
 
     fn event() -> Value {

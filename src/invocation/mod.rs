@@ -3,6 +3,7 @@
 //! The webhook builds it from the legacy envelope or our v2 body; `sync` and tests build it
 //! directly. Everything in it has been validated, so handlers trust it as it is.
 
+pub mod body;
 pub mod event;
 pub mod payload;
 
@@ -326,7 +327,7 @@ mod tests {
             "payload": {"entity": {"identifier": "svc", "blueprint": "service", "title": "S"},
                         "action": {"trigger": "DAY-2"}, "properties": {"x": [1, 2]}, "censoredProperties": ["x"]}
         });
-        let inv = crate::invocation::payload::parse(body.to_string().as_bytes(), None).unwrap();
+        let inv = crate::invocation::body::parse(body.to_string().as_bytes(), None).unwrap();
         let stored = serde_json::to_value(&inv).unwrap();
         let back = Invocation::from_stored(&stored).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), stored);

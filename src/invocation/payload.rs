@@ -34,29 +34,43 @@ pub enum PayloadError {
     Invalid(#[from] DomainError),
 }
 
-/// Parses `body`; `run_id_header` is the optional `RUN_ID` header a v2 action may send.
-pub fn parse(body: &[u8], run_id_header: Option<&str>) -> Result<Invocation, PayloadError> {
+/// The body as a JSON object (its syntax and its root checked), for `body.rs` to dispatch.
+pub(super) fn json_object(body: &[u8]) -> Result<Value, PayloadError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::Syntax {
         message: strip_position(&e.to_string()),
         line: e.line(),
         column: e.column(),
     })?;
-    let Value::Object(ref root) = value else {
-        return Err(PayloadError::Shape {
+    match value {
+        Value::Object(_) => Ok(value),
+        other => Err(PayloadError::Shape {
             path: "(root)".into(),
-            message: format!("expected a JSON object, got {}", kind(&value)),
-        });
-    };
-    if super::event::is_event(root) {
-        super::event::from_event(value, run_id_header)
-    } else if root.contains_key("port_context") {
-        let wire: V2Body = typed(value)?;
-        from_v2(wire, run_id_header)
-    } else if root.contains_key("context") || root.contains_key("payload") {
-        let wire: LegacyEnvelope = typed(value)?;
-        from_legacy(wire)
-    } else {
-        Err(PayloadError::Unrecognised)
+            message: format!("expected a JSON object, got {}", kind(&other)),
+        }),
+    }
+}
+
+/// An action's body: our v2 body (`port_context`) or Port's legacy envelope.
+pub(super) fn from_action_body(
+    value: Value,
+    run_id_header: Option<&str>,
+) -> Result<Invocation, PayloadError> {
+    let root = value.as_object().map(|r| {
+        (
+            r.contains_key("port_context"),
+            r.contains_key("context") || r.contains_key("payload"),
+        )
+    });
+    match root {
+        Some((true, _)) => {
+            let wire: V2Body = typed(value)?;
+            from_v2(wire, run_id_header)
+        }
+        Some((false, true)) => {
+            let wire: LegacyEnvelope = typed(value)?;
+            from_legacy(wire)
+        }
+        _ => Err(PayloadError::Unrecognised),
     }
 }
 
@@ -260,6 +274,7 @@ pub(super) fn triggered_by(trigger: Option<WireTrigger>) -> TriggeredBy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invocation::body::parse;
     use serde_json::json;
 
     fn legacy() -> Value {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::runner::{Admitted, Runner, SubmitError};
-use crate::invocation::{payload, Invocation};
+use crate::invocation::Invocation;
 use crate::metrics::Metrics;
 use crate::port::{ActiveRun, PortClient, PortError, RunPatch, RunStatus, POLLING_STREAMER};
 
@@ -300,7 +300,8 @@ fn invocation_of(run: &ActiveRun) -> Result<Invocation, String> {
             .or_insert_with(|| Value::String(run.id.clone()));
     }
     let raw = serde_json::to_vec(&body).expect("JSON serializes");
-    let invocation = payload::parse(&raw, Some(&run.id)).map_err(|e| e.to_string())?;
+    let invocation =
+        crate::invocation::body::parse(&raw, Some(&run.id)).map_err(|e| e.to_string())?;
     if invocation.run_id.as_str() != run.id {
         return Err(format!(
             "its body names run {} but Port handed out run {}",

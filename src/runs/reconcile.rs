@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use crate::invocation::payload;
 use crate::port::{ActiveRun, PortClient, PortError};
 
 use super::runner::{Runner, SubmitError};
@@ -98,7 +97,7 @@ impl Reconciler {
             return false; // delivered (or adopted) already
         }
         let raw = serde_json::to_vec(body).expect("JSON serializes");
-        let invocation = match payload::parse(&raw, Some(&run.id)) {
+        let invocation = match crate::invocation::body::parse(&raw, Some(&run.id)) {
             Ok(invocation) => invocation,
             Err(e) => {
                 tracing::warn!(run_id = %run.id, error = %e, "a run Port holds for this runner has a body it cannot read; left alone");

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use super::admin::{authorize, AdminError};
 use super::{AdminAccess, AppState};
 use crate::domain::RunId;
-use crate::invocation::payload;
+
 use crate::runs::SubmitError;
 
 const PAGE: &str = include_str!("hub.html");
@@ -243,7 +243,8 @@ pub(super) async fn press(
         "entity": entity,
     });
     let raw = serde_json::to_vec(&rendered).expect("JSON serializes");
-    let invocation = payload::parse(&raw, None).map_err(|e| HubError::Invalid(e.to_string()))?;
+    let invocation =
+        crate::invocation::body::parse(&raw, None).map_err(|e| HubError::Invalid(e.to_string()))?;
     state
         .runner
         .submit(invocation)

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 
-use crate::invocation::payload::{self, PayloadError};
+use crate::invocation::payload::PayloadError;
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{PullStatus, Runner};
@@ -226,7 +226,7 @@ async fn accept(
             source,
             local: state.port.is_none(),
         })?;
-    let invocation = payload::parse(&body, header(RUN_ID_HEADER))?;
+    let invocation = crate::invocation::body::parse(&body, header(RUN_ID_HEADER))?;
     let run_id = invocation.run_id.clone();
     match state.runner.submit(invocation).await {
         Ok(()) => Ok(HttpResponse::Accepted().json(json!({ "ok": true, "runId": run_id }))),

@@ -76,13 +76,11 @@ impl BitbucketClient {
         let host = config.host.trim_end_matches('/');
         // `/rest` under the host (which may have a context path): REST API 1.0, its
         // `latest` alias (build statuses) and Code Insights all live beneath it.
-        let base = Url::parse(&format!("{host}/rest")).map_err(|e| BitbucketError::Invalid {
-            status: 0,
+        let base = Url::parse(&format!("{host}/rest")).map_err(|e| BitbucketError::Config {
             message: format!("BITBUCKET_HOST {:?} is not a URL: {e}", config.host),
         })?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
-            return Err(BitbucketError::Invalid {
-                status: 0,
+            return Err(BitbucketError::Config {
                 message: format!(
                     "BITBUCKET_HOST {:?} must be an http(s) URL such as https://bitbucket.example.com",
                     config.host

@@ -19,6 +19,9 @@ pub enum BitbucketError {
     Invalid { status: u16, message: String },
     #[error("unexpected answer from Bitbucket: {message}")]
     Unexpected { message: String },
+    /// The settings are wrong: nothing can be sent.
+    #[error("{message}")]
+    Config { message: String },
 }
 
 impl BitbucketError {

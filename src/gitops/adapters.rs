@@ -54,8 +54,7 @@ impl EntityWriter for RunCatalog {
 }
 
 fn typed<T>(parsed: Result<T, crate::domain::DomainError>) -> Result<T, PortError> {
-    parsed.map_err(|e| PortError::Invalid {
-        status: 0,
+    parsed.map_err(|e| PortError::NotSent {
         message: e.to_string(),
     })
 }

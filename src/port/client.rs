@@ -78,13 +78,11 @@ pub struct PortClient {
 impl PortClient {
     pub fn new(config: PortConfig, metrics: Arc<Metrics>) -> Result<Self, PortError> {
         let base =
-            Url::parse(config.api_url.trim_end_matches('/')).map_err(|e| PortError::Invalid {
-                status: 0,
+            Url::parse(config.api_url.trim_end_matches('/')).map_err(|e| PortError::NotSent {
                 message: format!("PORT_API_URL {:?} is not a URL: {e}", config.api_url),
             })?;
         if base.cannot_be_a_base() {
-            return Err(PortError::Invalid {
-                status: 0,
+            return Err(PortError::NotSent {
                 message: format!("PORT_API_URL {:?} cannot be a base URL", config.api_url),
             });
         }

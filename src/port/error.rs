@@ -23,6 +23,9 @@ pub enum PortError {
     Invalid { status: u16, message: String },
     #[error("unexpected answer from Port ({status}) for {url}")]
     Unexpected { status: u16, url: String },
+    /// Nothing was sent: the settings or the request itself are wrong (no HTTP status).
+    #[error("{message}")]
+    NotSent { message: String },
 }
 
 impl PortError {

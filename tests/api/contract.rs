@@ -1,7 +1,8 @@
 //! Every request a fake receives, checked against the service's own API description.
 //!
-//! `tests/contract/{port,bitbucket}.json` are extracts of `../shared/specs/` made by
-//! `tests/contract/extract.py`: the operations the runner uses, each with its method, path
+//! `tests/contract/{port,bitbucket}.json`, committed with the tests, are extracts of Port's and
+//! Bitbucket Data Center 9.2's published OpenAPI descriptions, made by
+//! `tests/contract/extract.py` (each names its source file and SHA-256): the operations the runner uses, each with its method, path
 //! template, query parameters and request-body schema. A request is a violation when no
 //! operation has its method and path, when it sends a query parameter the operation does not
 //! declare (or leaves out a required one, or one breaks its schema), or when its JSON body

@@ -1,7 +1,8 @@
 //! The Pulumi handler against the stand-in where it behaves as the real CLI (3.259) does and
 //! our first stand-in did not: an interrupted create is not refused but re-created, the CLI
 //! stops on SIGINT, previews and refresh digests count in `changeSummary` and carry every
-//! resource's state (`../shared/pulumi-cli.md` §7).
+//! resource's state. `tests/fixtures/pulumi` names, at each such place, the pulumi/pulumi source
+//! file it follows.
 
 use std::path::Path;
 use std::time::Duration;

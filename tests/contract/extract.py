@@ -3,12 +3,16 @@
 against: for each operation the runner uses, its method, path template, query parameters and
 request-body schema (every `$ref` inlined, so each schema stands alone).
 
-    python3 tests/contract/extract.py [SPECS_DIR]    # default: ../shared/specs
+    python3 tests/contract/extract.py PORT_OPENAPI BITBUCKET_OPENAPI
 
-writes tests/contract/port.json and tests/contract/bitbucket.json. The tests read only those
-(they pass on a clone without the descriptions); run this again when the descriptions change.
+PORT_OPENAPI is Port's published OpenAPI description (port-labs/port-docs, `static/apispec.yaml`,
+as JSON, or as YAML when PyYAML is installed); BITBUCKET_OPENAPI is Atlassian's for Bitbucket
+Data Center 9.2 (its `swagger.v3.json`). It writes tests/contract/port.json and
+tests/contract/bitbucket.json, each naming the file it was made from and its SHA-256. The tests
+read only those two extracts, which are committed: run this again when a description changes.
 The list of operations below is the runner's: a request to anything else is a violation.
 """
+import hashlib
 import json
 import os
 import sys
@@ -36,7 +40,7 @@ PORT_OPERATIONS = [
     ("PATCH", "/v1/organization"),
 ]
 
-# Port's agent protocol is not in its public description (specs/README.md): these routes are
+# Port's agent protocol is not in its public description: these routes are
 # checked against what port-labs/port-agent and port-labs/ocean send, written here by hand.
 PORT_UNDESCRIBED = [
     {"method": "POST", "path": "/v1/actions/runs/claim-pending", "query": [],
@@ -159,12 +163,31 @@ def operation(spec, method, path):
             "query": query, "body": body, "bodyRequired": required}
 
 
+def load(path):
+    """The description at `path`: JSON, or YAML when PyYAML is there."""
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        sys.exit(f"extract.py: cannot read {path}: {e.strerror}")
+    try:
+        return json.loads(raw), raw
+    except ValueError:
+        pass
+    try:
+        import yaml
+    except ImportError:
+        sys.exit(f"extract.py: {path} is not JSON (for YAML, pip install pyyaml)")
+    return yaml.safe_load(raw), raw
+
+
 def extract(spec_file, operations, prefixes, title, undescribed=()):
-    spec = json.load(open(spec_file))
+    spec, raw = load(spec_file)
+    info = spec.get("info", {})
     return {
         "generatedBy": "tests/contract/extract.py",
         "description": f"{title} ({os.path.basename(spec_file)}, "
-                       f"{spec.get('info', {}).get('title', '')} {spec.get('info', {}).get('version', '')})".strip(),
+                       f"{info.get('title', '')} {info.get('version', '')})".strip(),
+        "sourceSha256": hashlib.sha256(raw).hexdigest(),
         "prefixes": prefixes,
         "operations": [operation(spec, m, p) for m, p in operations],
         "undescribed": list(undescribed),
@@ -172,12 +195,13 @@ def extract(spec_file, operations, prefixes, title, undescribed=()):
 
 
 def main():
-    specs = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "..", "shared", "specs")
+    if len(sys.argv) != 3:
+        sys.exit(__doc__.split("\n\n", 1)[1].split('"""')[0].rstrip())
+    port_file, bitbucket_file = sys.argv[1:]
     out = {
-        "port.json": extract(os.path.join(specs, "port-openapi.json"), PORT_OPERATIONS,
-                             PORT_PREFIXES, "Port API", PORT_UNDESCRIBED),
-        "bitbucket.json": extract(os.path.join(specs, "bitbucket-dc-9.2-openapi.json"),
-                                  BITBUCKET_OPERATIONS, BITBUCKET_PREFIXES,
+        "port.json": extract(port_file, PORT_OPERATIONS, PORT_PREFIXES, "Port API",
+                             PORT_UNDESCRIBED),
+        "bitbucket.json": extract(bitbucket_file, BITBUCKET_OPERATIONS, BITBUCKET_PREFIXES,
                                   "Bitbucket Data Center 9.2"),
     }
     for name, data in out.items():

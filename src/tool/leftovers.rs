@@ -40,9 +40,14 @@ fn stat(pid: i32) -> Option<(char, i32, u64)> {
     Some((state, pgrp, start))
 }
 
+/// Whether a process in this `/proc` state runs: not a zombie (exited, unreaped), not dead.
+fn running(state: char) -> bool {
+    state != 'Z' && state != 'X'
+}
+
 /// Whether `pid` is a live process: it exists and is not a zombie (exited, unreaped).
 pub fn alive(pid: i32) -> bool {
-    matches!(stat(pid), Some((state, _, _)) if state != 'Z' && state != 'X')
+    matches!(stat(pid), Some((state, _, _)) if running(state))
 }
 
 /// The kernel's start time of a process (clock ticks since boot).
@@ -63,6 +68,16 @@ struct Record {
     owner_start: u64,
 }
 
+impl Record {
+    /// How the tool is stopped, as it was when it started.
+    fn stop(&self) -> Stop {
+        match self.interrupt {
+            true => Stop::Interrupt(Duration::from_millis(self.grace_ms)),
+            false => Stop::TermGroup,
+        }
+    }
+}
+
 /// A running tool's record; removed when dropped (the tool ended, or was stopped).
 pub(super) struct Recorded(Option<PathBuf>);
 
@@ -80,17 +95,13 @@ pub(super) fn record(run_id: &str, program: &str, pid: i32, stop: Stop) -> Recor
         return Recorded(None);
     };
     let me = std::process::id() as i32;
-    let (interrupt, grace) = match stop {
-        Stop::TermGroup => (false, super::KILL_GRACE),
-        Stop::Interrupt(grace) => (true, grace),
-    };
     let record = Record {
         run_id: run_id.to_owned(),
         program: program.to_owned(),
         pid,
         start,
-        interrupt,
-        grace_ms: grace.as_millis() as u64,
+        interrupt: matches!(stop, Stop::Interrupt(_)),
+        grace_ms: stop.grace().as_millis() as u64,
         owner_pid: me,
         owner_start: start_time(me).unwrap_or_default(),
     };
@@ -123,7 +134,7 @@ fn group_members(pgid: i32, since: u64) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             matches!(stat(*pid), Some((state, group, start))
-                if group == pgid && start >= since && state != 'Z' && state != 'X')
+                if group == pgid && start >= since && running(state))
         })
         .collect()
 }
@@ -139,21 +150,23 @@ fn signal(pid: i32, sig: i32) {
 /// whatever of the group is left. Returns how it went.
 async fn stop(record: &Record) -> String {
     let started = Instant::now();
-    let (sig, name) = match record.interrupt {
-        true => (libc::SIGINT, "SIGINT"),
-        false => (libc::SIGTERM, "SIGTERM"),
-    };
-    let leader_alive = || stat(record.pid).is_some_and(|(s, _, st)| st == record.start && s != 'Z');
-    if record.interrupt {
-        if leader_alive() {
-            signal(record.pid, sig);
+    let how = record.stop();
+    let (sig, name) = how.signal();
+    match how {
+        // The tool alone, if it is still the one recorded.
+        Stop::Interrupt(_) => {
+            let leader = stat(record.pid);
+            if leader.is_some_and(|(state, _, start)| start == record.start && running(state)) {
+                signal(record.pid, sig);
+            }
         }
-    } else {
-        for pid in group_members(record.pid, record.start) {
-            signal(pid, sig);
+        Stop::TermGroup => {
+            for pid in group_members(record.pid, record.start) {
+                signal(pid, sig);
+            }
         }
     }
-    let grace = Duration::from_millis(record.grace_ms);
+    let grace = how.grace();
     while started.elapsed() < grace && !group_members(record.pid, record.start).is_empty() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -46,6 +46,24 @@ pub enum Stop {
     Interrupt(Duration),
 }
 
+impl Stop {
+    /// The signal that asks the tool to stop, and its name.
+    fn signal(self) -> (i32, &'static str) {
+        match self {
+            Self::TermGroup => (libc::SIGTERM, "SIGTERM"),
+            Self::Interrupt(_) => (libc::SIGINT, "SIGINT"),
+        }
+    }
+
+    /// How long the tool has after that signal before its group is killed.
+    fn grace(self) -> Duration {
+        match self {
+            Self::TermGroup => KILL_GRACE,
+            Self::Interrupt(grace) => grace,
+        }
+    }
+}
+
 /// Variables passed through from the runner's environment when set (nothing else is).
 const PASSED_THROUGH: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
@@ -235,10 +253,7 @@ fn command(step: &Step) -> Result<Command, ToolError> {
     // send it first (the parent-death signal; what outlives it is stopped at the next start,
     // `leftovers.rs`). It follows the spawning thread: tokio's workers live as long as the
     // runtime, and no step is spawned from a blocking-pool thread.
-    let death = match step.stop {
-        Stop::TermGroup => libc::SIGTERM,
-        Stop::Interrupt(_) => libc::SIGINT,
-    };
+    let (death, _) = step.stop.signal();
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
     unsafe {
@@ -401,21 +416,19 @@ fn failed(
 
 /// Asks the step to stop as its [`Stop`] says, then SIGKILL to the group after the grace.
 async fn stop(how: Stop, guard: &mut GroupGuard, child: &mut tokio::process::Child) {
-    let grace = match how {
-        Stop::TermGroup => {
-            guard.signal(libc::SIGTERM);
-            KILL_GRACE
-        }
-        Stop::Interrupt(grace) => {
+    let (signal, _) = how.signal();
+    match how {
+        Stop::TermGroup => guard.signal(signal),
+        Stop::Interrupt(_) => {
             if let Some(pid) = child.id() {
                 // SAFETY: kill(2) on the child this step started and has not reaped.
                 unsafe {
-                    libc::kill(pid as i32, libc::SIGINT);
+                    libc::kill(pid as i32, signal);
                 }
             }
-            grace
         }
-    };
+    }
+    let grace = how.grace();
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         guard.signal(libc::SIGKILL);
         let _ = child.wait().await;

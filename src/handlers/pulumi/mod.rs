@@ -220,6 +220,7 @@ impl PulumiHandler {
             }
         }
         let import_ids = jq_map("import_ids", &def.import_ids)?;
+        let timeout = Duration::from_secs(def.timeout_secs.unwrap_or(3600));
         Ok(Self {
             action: def.action,
             import_ids,
@@ -232,8 +233,8 @@ impl PulumiHandler {
             )?,
             config,
             pass_env: PassEnv::compile(&def.pass_env)?,
-            timeout: Duration::from_secs(def.timeout_secs.unwrap_or(3600)),
-            lock_wait: Duration::from_secs(def.lock_wait_secs.or(def.timeout_secs).unwrap_or(3600)),
+            timeout,
+            lock_wait: def.lock_wait_secs.map_or(timeout, Duration::from_secs),
             entity: def
                 .entity
                 .as_ref()

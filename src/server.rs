@@ -421,7 +421,7 @@ fn process_masker(settings: &Settings) -> Masker {
 fn start_maintenance(settings: &Settings, background: &Background, journal: Arc<Journal>) {
     if let Some(db) = &settings.database {
         background.every("replica-claims", db.lease / 2, false, |runner| async move {
-            runner.take_over().await
+            runner.take_over(Default::default()).await
         });
     }
     {

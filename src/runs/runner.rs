@@ -99,8 +99,6 @@ pub struct Runner {
     notes: dashmap::DashMap<RunId, &'static str>,
     /// Woken whenever a run ends.
     slot_freed: Notify,
-    /// What was done about a tool an interrupted run left running (found at start).
-    leftovers: dashmap::DashMap<RunId, String>,
 }
 
 impl Runner {
@@ -137,7 +135,6 @@ impl Runner {
             tracker,
             notes: dashmap::DashMap::new(),
             slot_freed: Notify::new(),
-            leftovers: dashmap::DashMap::new(),
         })
     }
 

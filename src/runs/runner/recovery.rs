@@ -2,6 +2,7 @@
 //! runs): runs that can start again start, what Port was never told is sent, and runs that
 //! were cut off mid-way end as FAILURE saying so.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +23,10 @@ impl Runner {
         retain: Duration,
         leftovers: Vec<crate::tool::Leftover>,
     ) {
-        for leftover in leftovers {
-            if let Ok(run_id) = RunId::parse("run id", &leftover.run_id) {
-                self.leftovers.insert(run_id, leftover.what);
-            }
-        }
+        let stopped = leftovers
+            .into_iter()
+            .filter_map(|l| Some((RunId::parse("run id", &l.run_id).ok()?, l.what)))
+            .collect();
         let kept =
             super::super::kept::restore(self.lifecycle.journal.as_ref(), &self.lifecycle.registry)
                 .await;
@@ -41,12 +41,13 @@ impl Runner {
             Ok(n) => tracing::info!(runs = n, "pruned finished runs from the journal"),
             Err(e) => tracing::error!(error = %e, "could not prune the journal"),
         }
-        self.take_over().await;
+        self.take_over(stopped).await;
     }
 
     /// Takes the runs nobody looks after (after a restart; with replicas, those of a replica
-    /// whose lease ran out) and recovers them.
-    pub async fn take_over(self: &Arc<Self>) {
+    /// whose lease ran out) and recovers them. `stopped`: what was done at start about the
+    /// tools of interrupted runs that were still running (said in their reports).
+    pub async fn take_over(self: &Arc<Self>, mut stopped: HashMap<RunId, String>) {
         let journal = self.lifecycle.journal.clone();
         let recovery = match journal.recovery().await {
             Ok(recovery) => recovery,
@@ -84,7 +85,8 @@ impl Runner {
                 }
                 self.schedule(invocation);
             } else {
-                owed_failures.push(invocation);
+                let tool = stopped.remove(&invocation.run_id);
+                owed_failures.push((invocation, tool));
             }
         }
         for invocation in recovery.queued {
@@ -113,7 +115,7 @@ impl Runner {
         journal: Arc<Journal>,
         pending_logs: Vec<(i64, RunId, String)>,
         unreported: Vec<crate::store::UnreportedFinal>,
-        interrupted: Vec<Invocation>,
+        interrupted: Vec<(Invocation, Option<String>)>,
     ) {
         // Log lines first: Port takes none for a run after its final status. A batch may have
         // reached the destination just before the crash: skip those it already has (Port's
@@ -157,11 +159,11 @@ impl Runner {
         } else {
             "interrupted: runner restarted during the run"
         };
-        for invocation in interrupted {
+        for (invocation, tool) in interrupted {
             let reporter = self.reporter(&invocation);
             // Its tool, still running after the restart, was stopped before this report.
-            let why = match self.leftovers.remove(&invocation.run_id) {
-                Some((_, what)) => {
+            let why = match tool {
+                Some(what) => {
                     reporter.log().line(&what).await;
                     format!("{why}; {what}")
                 }

@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::fake_port::FakePort;
 use crate::helpers::{unique_run_id, until, v2};
-use crate::provision::{control, pulumi_rig, repo, run, serve, write_lock, AWS_KEY_ID, AWS_SECRET};
+use crate::provision::{
+    control, one_action, pulumi_rig, repo, run, serve, serve_standin, write_lock,
+};
 
 /// Pids of live (not zombie) processes whose command line contains every one of `words`.
 fn processes(words: &[&str]) -> Vec<i32> {
@@ -35,16 +37,7 @@ fn ignores_sigterm(pid: i32) -> bool {
         .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
-/// An actions folder holding one command definition.
-fn command_actions(name: &str, definition: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("handlers")).unwrap();
-    std::fs::write(dir.path().join(format!("handlers/{name}.yaml")), definition).unwrap();
-    dir
-}
-
-async fn started(fake: &FakePort, run_id: &str, what: &str, words: &[&str]) -> Vec<i32> {
-    let _ = fake;
+async fn started(run_id: &str, what: &str, words: &[&str]) -> Vec<i32> {
     until(
         Duration::from_secs(30),
         || format!("{what} to run for {run_id}"),
@@ -57,14 +50,8 @@ async fn started(fake: &FakePort, run_id: &str, what: &str, words: &[&str]) -> V
 async fn a_runner_killed_alone_takes_its_pulumi_cli_with_it_and_the_next_run_needs_no_hand_work() {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let standin = repo().join("tests/fixtures/pulumi");
-    let envs = [
-        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
-        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-    ];
     let state = data.path().join("pulumi-state");
-    let mut served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    let mut served = serve_standin(&fake, &repo().join("actions"), data.path(), &[]);
     control(&state, json!({"up_seconds": 60}));
     let create = unique_run_id();
     let body = v2(
@@ -74,13 +61,7 @@ async fn a_runner_killed_alone_takes_its_pulumi_cli_with_it_and_the_next_run_nee
         json!({"bucket_name": "lonely"}),
     );
     assert_eq!(served.post_signed(&body).await.status(), 202);
-    started(
-        &fake,
-        &create,
-        "pulumi up",
-        &["fixtures/pulumi", "up", "lonely"],
-    )
-    .await;
+    started(&create, "pulumi up", &["fixtures/pulumi", "up", "lonely"]).await;
     let locks = state.join(".pulumi/locks/organization/port-s3-bucket/lonely");
     let held = || std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0);
     until(
@@ -106,7 +87,7 @@ async fn a_runner_killed_alone_takes_its_pulumi_cli_with_it_and_the_next_run_nee
     assert_eq!(held(), 0, "the lock was released");
     control(&state, json!({}));
 
-    let served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    let served = serve_standin(&fake, &repo().join("actions"), data.path(), &[]);
     let fin = fake.wait_final(&create).await;
     assert_eq!(fin["status"], "FAILURE");
     assert!(
@@ -157,12 +138,12 @@ steps:
     args: ['"-c"', '"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"', '"{marker}"']
 "#
     );
-    let actions = command_actions("stubborn", &definition);
+    let actions = one_action("stubborn", &definition);
     let mut served = serve(&fake, actions.path(), data.path(), &[]);
     let run_id = unique_run_id();
     let body = v2(&run_id, "stubborn", "CREATE", json!({}));
     assert_eq!(served.post_signed(&body).await.status(), 202);
-    started(&fake, &run_id, "the stubborn step", &[&marker]).await;
+    started(&run_id, "the stubborn step", &[&marker]).await;
     // Once it ignores SIGTERM (its SigIgn mask has bit 15), not before.
     let pids = until(
         Duration::from_secs(60),
@@ -209,7 +190,7 @@ steps:
 async fn a_runner_killed_alone_takes_a_long_command_step_with_it() {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let actions = command_actions(
+    let actions = one_action(
         "long_sleep",
         "action: long_sleep\nhandler: command\nsteps:\n  - name: wait\n    program: sleep\n    args: ['\"97.5\"']\n",
     );
@@ -222,7 +203,7 @@ async fn a_runner_killed_alone_takes_a_long_command_step_with_it() {
             .status(),
         202
     );
-    started(&fake, &run_id, "sleep", &["sleep", "97.5"]).await;
+    started(&run_id, "sleep", &["sleep", "97.5"]).await;
     served.child.kill().unwrap();
     served.child.wait().unwrap();
     until(

@@ -154,6 +154,44 @@ pub(crate) fn serve(
     )
 }
 
+/// An actions folder holding one handler definition, `handlers/<name>.yaml`.
+pub(crate) fn one_action(name: &str, definition: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("handlers")).unwrap();
+    std::fs::write(dir.path().join(format!("handlers/{name}.yaml")), definition).unwrap();
+    dir
+}
+
+/// One Pulumi action on the shipped S3 program (by absolute path); `rest` is the rest of its
+/// definition.
+pub(crate) fn s3_action(name: &str, rest: &str) -> tempfile::TempDir {
+    let program = repo().join("actions/pulumi/s3_bucket");
+    let head = format!(
+        "action: {name}\nhandler: pulumi\nprogram: {}\n",
+        program.display()
+    );
+    one_action(name, &format!("{head}{rest}"))
+}
+
+/// `serve` with the stand-in as the Pulumi CLI and the cloud credentials the shipped Pulumi
+/// definitions pass on, plus `extra` environment.
+pub(crate) fn serve_standin(
+    fake: &FakePort,
+    actions: &Path,
+    data: &Path,
+    extra: &[(&str, &str)],
+) -> Served {
+    let standin = repo().join("tests/fixtures/pulumi");
+    let mut envs = vec![
+        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
+        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ("CIVO_TOKEN", "civo-token-for-tests"),
+    ];
+    envs.extend_from_slice(extra);
+    serve(fake, actions, data, &envs)
+}
+
 async fn post(served: &Served, body: &Value) {
     let response = served.post_signed(body).await;
     let status = response.status();
@@ -426,18 +464,7 @@ pub(crate) struct PulumiRig {
 pub(crate) async fn pulumi_rig() -> PulumiRig {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let standin = repo().join("tests/fixtures/pulumi");
-    let served = serve(
-        &fake,
-        &repo().join("actions"),
-        data.path(),
-        &[
-            ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
-            ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-            ("CIVO_TOKEN", "civo-token-for-tests"),
-        ],
-    );
+    let served = serve_standin(&fake, &repo().join("actions"), data.path(), &[]);
     PulumiRig {
         state: data.path().join("pulumi-state"),
         fake,
@@ -948,23 +975,11 @@ async fn hostile_values_reach_a_command_as_one_argument_or_are_refused() {
 async fn a_pulumi_up_that_hangs_is_stopped_at_its_timeout_and_fails_the_run() {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let actions = tempfile::tempdir().unwrap();
-    std::fs::create_dir(actions.path().join("handlers")).unwrap();
-    std::fs::write(
-        actions.path().join("handlers/slow_bucket.yaml"),
-        format!(
-            "action: slow_bucket\nhandler: pulumi\nprogram: {}\nstack: .inputs.name\ntimeout_secs: 2\nconfig:\n  bucketName: .inputs.name\n",
-            repo().join("actions/pulumi/s3_bucket").display()
-        ),
-    )
-    .unwrap();
-    let standin = repo().join("tests/fixtures/pulumi");
-    let served = serve(
-        &fake,
-        actions.path(),
-        data.path(),
-        &[("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap())],
+    let actions = s3_action(
+        "slow_bucket",
+        "stack: .inputs.name\ntimeout_secs: 2\nconfig:\n  bucketName: .inputs.name\n",
     );
+    let served = serve_standin(&fake, actions.path(), data.path(), &[]);
     let state = data.path().join("pulumi-state");
     control(&state, json!({"fail": {"up": "hang"}}));
     let (run_id, fin) = run(
@@ -1052,17 +1067,7 @@ async fn a_lock_that_may_be_alive_is_never_cleared_and_its_owner_is_named() {
     drop(served);
     // A runner whose DAY-2 waits 1 s for a held stack (not its whole timeout).
     let actions = shipped_with(&[("change_acl", "lock_wait_secs: 1")]);
-    let standin = repo().join("tests/fixtures/pulumi");
-    let served = serve(
-        &fake,
-        actions.path(),
-        _data.path(),
-        &[
-            ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
-            ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-        ],
-    );
+    let served = serve_standin(&fake, actions.path(), _data.path(), &[]);
     let rig = PulumiRig {
         fake,
         served,
@@ -1147,14 +1152,8 @@ async fn a_lock_that_may_be_alive_is_never_cleared_and_its_owner_is_named() {
 async fn after_a_kill_during_the_create_of_a_fixed_name_bucket_the_same_create_succeeds() {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let standin = repo().join("tests/fixtures/pulumi");
-    let envs = [
-        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
-        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-    ];
     let state = data.path().join("pulumi-state");
-    let mut served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    let mut served = serve_standin(&fake, &repo().join("actions"), data.path(), &[]);
     control(&state, json!({"up_seconds": 30}));
     let create = unique_run_id();
     post(
@@ -1203,7 +1202,7 @@ async fn after_a_kill_during_the_create_of_a_fixed_name_bucket_the_same_create_s
     assert!(lock.exists(), "the kill left the lock behind");
     control(&state, json!({}));
 
-    let served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    let served = serve_standin(&fake, &repo().join("actions"), data.path(), &[]);
     let fin = fake.wait_final(&create).await;
     assert_eq!(fin["status"], "FAILURE");
     assert!(
@@ -1612,15 +1611,9 @@ async fn port_s_own_event_shape_is_routed_to_the_blueprint_s_delete_action() {
 async fn drift_checks_mark_the_entity_and_change_no_stack() {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let standin = repo().join("tests/fixtures/pulumi");
-    let envs = [
-        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
-        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-        ("PORT_RUNNER_DRIFT_INTERVAL_SECS", "1"),
-    ];
+    let envs = [("PORT_RUNNER_DRIFT_INTERVAL_SECS", "1")];
     let state = data.path().join("pulumi-state");
-    let served = serve(&fake, &repo().join("actions"), data.path(), &envs);
+    let served = serve_standin(&fake, &repo().join("actions"), data.path(), &envs);
     for bucket in ["drifty", "steady"] {
         let (_, fin) = run(
             &served,
@@ -1717,18 +1710,14 @@ async fn a_lock_left_by_a_replica_whose_lease_ran_out_is_cleared_and_another_hos
     let fake = FakePort::start().await;
     let database = crate::pg::fresh_database().await;
     let data = tempfile::tempdir().unwrap();
-    let standin = repo().join("tests/fixtures/pulumi");
     let envs = [
-        ("PORT_RUNNER_PULUMI_BIN", standin.to_str().unwrap()),
-        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
         ("DATABASE_URL", database.as_str()),
         ("PORT_RUNNER_REPLICA_ID", "survivor-0badc0de"),
     ];
     let state = data.path().join("pulumi-state");
     // A DAY-2 that waits 1 s for a stack another host holds (not its whole timeout).
     let actions = shipped_with(&[("change_acl", "lock_wait_secs: 1")]);
-    let served = serve(&fake, actions.path(), data.path(), &envs);
+    let served = serve_standin(&fake, actions.path(), data.path(), &envs);
     let (_, fin) = run(
         &served,
         &fake,

@@ -10,27 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::fake_port::FakePort;
-use crate::provision::{argv, calls, control, repo, run, serve, AWS_KEY_ID, AWS_SECRET};
-
-fn standin() -> String {
-    repo().join("tests/fixtures/pulumi").display().to_string()
-}
-
-/// An actions folder with one Pulumi definition (the S3 program, by absolute path).
-fn actions(name: &str, definition: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("handlers")).unwrap();
-    let program = repo().join("actions/pulumi/s3_bucket");
-    std::fs::write(
-        dir.path().join(format!("handlers/{name}.yaml")),
-        format!(
-            "action: {name}\nhandler: pulumi\nprogram: {}\n{definition}",
-            program.display()
-        ),
-    )
-    .unwrap();
-    dir
-}
+use crate::provision::{argv, calls, control, repo, run, s3_action, serve_standin};
 
 /// A runner serving one Pulumi definition against the stand-in: the fake Port, the runner,
 /// the state folder (and the folders kept alive with them).
@@ -45,13 +25,8 @@ async fn rig(
 ) {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let actions = actions(name, definition);
-    let served = serve(
-        &fake,
-        actions.path(),
-        data.path(),
-        &[("PORT_RUNNER_PULUMI_BIN", &standin())],
-    );
+    let actions = s3_action(name, definition);
+    let served = serve_standin(&fake, actions.path(), data.path(), &[]);
     let state = data.path().join("pulumi-state");
     (fake, served, state, [data, actions])
 }
@@ -157,16 +132,11 @@ async fn a_timed_out_up_is_interrupted_so_the_cli_saves_its_state_and_frees_its_
 async fn previews_and_drift_count_by_the_change_summary_on_big_stacks() {
     let fake = FakePort::start().await;
     let data = tempfile::tempdir().unwrap();
-    let served = serve(
+    let served = serve_standin(
         &fake,
         &repo().join("actions"),
         data.path(),
-        &[
-            ("PORT_RUNNER_PULUMI_BIN", &standin()),
-            ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-            ("PORT_RUNNER_DRIFT_INTERVAL_SECS", "1"),
-        ],
+        &[("PORT_RUNNER_DRIFT_INTERVAL_SECS", "1")],
     );
     let state = data.path().join("pulumi-state");
     // 49 resources and the root stack: Pulumi's own "50 resources".

@@ -140,8 +140,7 @@ async fn previews_and_drift_count_by_the_change_summary_on_big_stacks() {
     );
     let state = data.path().join("pulumi-state");
     // 49 resources and the root stack: Pulumi's own "50 resources".
-    let fifty = json!({"repeat": {"publicAccess": 46}});
-    control(&state, fifty.clone());
+    control(&state, json!({"repeat": {"publicAccess": 46}}));
     let (_, fin) = run(
         &served,
         &fake,

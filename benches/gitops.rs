@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use port_runner::bitbucket::{BitbucketAuth, BitbucketClient, BitbucketConfig, FileApi};
+use port_runner::domain::WriteMode;
 use port_runner::gitops::manifest;
 use port_runner::http::RetryPolicy;
-use port_runner::port::WriteMode;
 use serde_json::{json, Value};
 
 use fake_bitbucket::{FakeBitbucket, PASSWORD, USER};

@@ -121,7 +121,7 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
         unique
     };
-    let (blueprints, mut problems) = Definitions::load_blueprints(&args.blueprints_dir);
+    let (blueprints, mut problems) = Definitions::load_folder(&args.blueprints_dir);
     // Command definitions of every checkout given (their problems reported), of the folders
     // of handler files given (only those files' problems), and of the current folder's
     // actions/ (what it serves counts; its problems only when it was asked for).

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use serde::Serialize;
+use serde_json::Value;
 
 /// Why a value from the outside was refused; `field` names where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -240,6 +241,46 @@ impl Operation {
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How an entity write treats what the catalog already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// `upsert=true`: create or replace; fields not sent are removed.
+    Replace,
+    /// `upsert=true&merge=true`: create or update only the fields sent.
+    Merge,
+}
+
+/// One entity's outcome in a (bulk) write, in the caller's order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResult {
+    Ok {
+        identifier: String,
+        created: bool,
+    },
+    Failed {
+        identifier: Option<String>,
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+impl WriteResult {
+    /// What a write that is only recorded locally (local mode) answers: each entity accepted.
+    pub fn accepted_locally(entities: &[Value]) -> Vec<Self> {
+        entities
+            .iter()
+            .map(|e| Self::Ok {
+                identifier: e
+                    .get("identifier")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                created: false,
+            })
+            .collect()
     }
 }
 

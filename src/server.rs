@@ -6,6 +6,7 @@
 //! `webhook/`; this module only assembles them.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bitbucket::{BitbucketAuth, BitbucketClient};
 use crate::config::{Mode, Settings};
 use crate::core::{EntityStore, LocalEntityStore, Masker, RunRegistry};
+use crate::definitions::{Definition, Definitions};
 use crate::domain::{Identifier, RunId};
 use crate::gitops::adapters::{DirBlueprints, NoCatalog, PortBlueprints, PortCatalog};
 use crate::gitops::{BlueprintSource, CatalogLookup, Links, StateStore, SyncEngine};
@@ -117,6 +119,8 @@ impl Application {
         if let Some(engine) = &gitops.engine {
             metrics.watch_bitbucket(engine.bitbucket_client());
         }
+        let actions = load_actions(&settings.actions_dir);
+        handlers.with_inputs(ActionInputs::of(&actions));
         let pulumi = register_handlers(&settings, &mut handlers, &journal, &gitops)?;
         // Each mode chosen here, once: where reports and entities go.
         let (lifecycle, catalog) = destinations(&settings, port.as_ref(), &journal);
@@ -165,7 +169,7 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             rt: Handle::current(),
             push_hook: gitops.push_hook,
-            hub: Arc::new(Hub::load(&settings.actions_dir, |action| {
+            hub: Arc::new(Hub::new(&actions, |action| {
                 runner.handlers().contains(action)
             })),
             loopback_only: listens_on_loopback(&settings.listen),
@@ -341,15 +345,28 @@ fn wire_gitops(
     })
 }
 
-/// The actions' input schemas, the declarative handlers (`actions/handlers/*.yaml`,
-/// compiled now: a bad file stops the start) and the GitOps action, beside those given.
+/// The action definitions the hub offers and runs' inputs are checked against. One that
+/// cannot be read is left out, with a warning naming its file and what is wrong
+/// (`port-runner validate` reports the same as errors).
+fn load_actions(dir: &Path) -> Vec<Definition> {
+    if !dir.is_dir() {
+        tracing::warn!(dir = %dir.display(), "no actions folder: the hub offers no actions and inputs are not checked against userInputs");
+    }
+    let (actions, problems) = Definitions::load_folder(dir);
+    for problem in problems {
+        tracing::warn!(file = %problem.file.display(), problem = %problem.message, "action file left out");
+    }
+    actions
+}
+
+/// The declarative handlers (`actions/handlers/*.yaml`, compiled now: a bad file stops the
+/// start) and the GitOps action, beside those given.
 fn register_handlers(
     settings: &Settings,
     handlers: &mut HandlerRegistry,
     journal: &Arc<Journal>,
     gitops: &GitOps,
 ) -> Result<Vec<Arc<PulumiHandler>>, StartError> {
-    handlers.with_inputs(ActionInputs::load(&settings.actions_dir));
     // Stacks and resources are locked across replicas when they share a database.
     let locks = match journal.shared() {
         Some(shared) => Locks::global(shared.clone()),

@@ -11,8 +11,19 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::registry::{AffectedEntity, EntityChange, RunRegistry};
-use crate::domain::{BlueprintId, EntityId, RunId};
-use crate::port::{BulkItemResult, PortError, WriteMode};
+use crate::domain::{BlueprintId, EntityId, RunId, WriteMode, WriteResult};
+
+/// A write the catalog did not take. `Display` is written for the hub user's run log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogError {
+    /// The catalog refused the write itself (bad entity, credentials): repeating it as it
+    /// is would not help.
+    #[error("{0}")]
+    Refused(String),
+    /// The catalog could not be reached, after the store's own retries.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 /// A catalog entity writes go to. `run`: the run id a write is tied to, if any.
 #[async_trait]
@@ -25,28 +36,28 @@ pub trait EntityStore: Send + Sync {
         entity: &Value,
         mode: WriteMode,
         run: Option<&str>,
-    ) -> Result<(), PortError>;
+    ) -> Result<(), CatalogError>;
     async fn bulk_upsert(
         &self,
         blueprint: &str,
         entities: &[Value],
         mode: WriteMode,
         run: Option<&str>,
-    ) -> Result<Vec<BulkItemResult>, PortError>;
+    ) -> Result<Vec<WriteResult>, CatalogError>;
     /// Updates the fields sent of an entity that exists; `false` when there is none.
     async fn patch(
         &self,
         blueprint: &str,
         identifier: &str,
         patch: &Value,
-    ) -> Result<bool, PortError>;
+    ) -> Result<bool, CatalogError>;
     /// `false` when it was already gone.
     async fn delete(
         &self,
         blueprint: &str,
         identifier: &str,
         run: Option<&str>,
-    ) -> Result<bool, PortError>;
+    ) -> Result<bool, CatalogError>;
 }
 
 /// Local mode's catalog: the registry's. Writes are accepted as they are; the registry
@@ -64,7 +75,7 @@ impl EntityStore for LocalEntityStore {
         _: &Value,
         _: WriteMode,
         _: Option<&str>,
-    ) -> Result<(), PortError> {
+    ) -> Result<(), CatalogError> {
         Ok(())
     }
     async fn bulk_upsert(
@@ -73,13 +84,18 @@ impl EntityStore for LocalEntityStore {
         entities: &[Value],
         _: WriteMode,
         _: Option<&str>,
-    ) -> Result<Vec<BulkItemResult>, PortError> {
-        Ok(BulkItemResult::accepted_locally(entities))
+    ) -> Result<Vec<WriteResult>, CatalogError> {
+        Ok(WriteResult::accepted_locally(entities))
     }
-    async fn patch(&self, blueprint: &str, identifier: &str, _: &Value) -> Result<bool, PortError> {
+    async fn patch(
+        &self,
+        blueprint: &str,
+        identifier: &str,
+        _: &Value,
+    ) -> Result<bool, CatalogError> {
         Ok(self.0.entities().contains(blueprint, identifier))
     }
-    async fn delete(&self, _: &str, _: &str, _: Option<&str>) -> Result<bool, PortError> {
+    async fn delete(&self, _: &str, _: &str, _: Option<&str>) -> Result<bool, CatalogError> {
         Ok(true)
     }
 }
@@ -128,7 +144,7 @@ impl RunCatalog {
         blueprint: &BlueprintId,
         entity: &Value,
         mode: WriteMode,
-    ) -> Result<(), PortError> {
+    ) -> Result<(), CatalogError> {
         self.store
             .upsert(blueprint.as_str(), entity, mode, self.run_param())
             .await?;
@@ -147,13 +163,13 @@ impl RunCatalog {
         blueprint: &BlueprintId,
         entities: &[Value],
         mode: WriteMode,
-    ) -> Result<Vec<BulkItemResult>, PortError> {
+    ) -> Result<Vec<WriteResult>, CatalogError> {
         let results = self
             .store
             .bulk_upsert(blueprint.as_str(), entities, mode, self.run_param())
             .await?;
         for (result, entity) in results.iter().zip(entities) {
-            if let BulkItemResult::Ok { identifier, .. } = result {
+            if let WriteResult::Ok { identifier, .. } = result {
                 self.record(blueprint.as_str(), identifier, EntityChange::Upserted);
                 self.keep_locally(blueprint, entity, mode);
             }
@@ -168,7 +184,7 @@ impl RunCatalog {
         blueprint: &BlueprintId,
         identifier: &EntityId,
         patch: &Value,
-    ) -> Result<bool, PortError> {
+    ) -> Result<bool, CatalogError> {
         let existed = self
             .store
             .patch(blueprint.as_str(), identifier.as_str(), patch)
@@ -186,7 +202,7 @@ impl RunCatalog {
         &self,
         blueprint: &BlueprintId,
         identifier: &EntityId,
-    ) -> Result<bool, PortError> {
+    ) -> Result<bool, CatalogError> {
         let existed = self
             .store
             .delete(blueprint.as_str(), identifier.as_str(), self.run_param())

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::RunCatalog;
+use super::catalog::{CatalogError, RunCatalog};
 use super::log::RunLog;
 use crate::domain::Operation;
 use crate::invocation::Invocation;
-use crate::port::PortError;
 
 /// What a handler has to work with.
 pub struct RunContext {
@@ -49,7 +48,7 @@ pub enum HandlerError {
     #[error("cancelled")]
     Cancelled,
     #[error(transparent)]
-    Port(#[from] PortError),
+    Catalog(#[from] CatalogError),
 }
 
 #[async_trait]

@@ -12,7 +12,7 @@ mod mask;
 mod registry;
 mod store;
 
-pub use catalog::{EntityStore, LocalEntityStore, RunCatalog};
+pub use catalog::{CatalogError, EntityStore, LocalEntityStore, RunCatalog};
 pub use handler::{Handler, HandlerError, Outcome, RunContext};
 pub use log::{LogCmd, RunLog};
 pub use mask::{Masker, MASK};

@@ -64,11 +64,13 @@ impl Definitions {
         )
     }
 
-    /// Loads just a folder of blueprint files (what port.yaml files are checked against).
-    pub fn load_blueprints(dir: &Path) -> (Vec<Definition>, Vec<FileProblem>) {
+    /// Loads just one folder of definition files: the blueprints port.yaml files are checked
+    /// against, or the actions `serve` offers and checks inputs against. A file that cannot
+    /// be read is a problem, not a definition; a missing folder is none of either.
+    pub fn load_folder(dir: &Path) -> (Vec<Definition>, Vec<FileProblem>) {
         let mut problems = Vec::new();
-        let blueprints = load_dir(dir, &mut problems);
-        (blueprints, problems)
+        let definitions = load_dir(dir, &mut problems);
+        (definitions, problems)
     }
 
     /// Blueprints named by relations and actions that are not in the folder.

@@ -8,9 +8,10 @@ use serde_json::Value;
 
 use super::contracts::{BlueprintError, BlueprintSource, EntityWriter, SyncLog};
 use super::review::CatalogLookup;
-use crate::core::{RunCatalog, RunLog};
+use crate::core::{CatalogError, RunCatalog, RunLog};
 use crate::domain::Identifier;
-use crate::port::{BulkItemResult, PortClient, PortError, WriteMode};
+use crate::domain::{WriteMode, WriteResult};
+use crate::port::{PortClient, PortError};
 
 /// Writes straight to Port (the `sync` command and the push webhook: no action run).
 pub struct PortWriter(pub Arc<PortClient>);
@@ -21,15 +22,16 @@ impl EntityWriter for PortWriter {
         &self,
         blueprint: &str,
         entities: &[Value],
-    ) -> Result<Vec<BulkItemResult>, PortError> {
+    ) -> Result<Vec<WriteResult>, CatalogError> {
         // Without merge: the file is the whole truth, fields removed from it disappear.
-        self.0
+        Ok(self
+            .0
             .bulk_upsert(blueprint, entities, WriteMode::Replace, None)
-            .await
+            .await?)
     }
 
-    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, PortError> {
-        self.0.delete_entity(blueprint, identifier, None).await
+    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, CatalogError> {
+        Ok(self.0.delete_entity(blueprint, identifier, None).await?)
     }
 }
 
@@ -40,23 +42,22 @@ impl EntityWriter for RunCatalog {
         &self,
         blueprint: &str,
         entities: &[Value],
-    ) -> Result<Vec<BulkItemResult>, PortError> {
+    ) -> Result<Vec<WriteResult>, CatalogError> {
         let blueprint = typed(Identifier::schema("blueprint", blueprint))?;
         self.bulk_upsert(&blueprint, entities, WriteMode::Replace)
             .await
     }
 
-    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, PortError> {
+    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, CatalogError> {
         let blueprint = typed(Identifier::schema("blueprint", blueprint))?;
         let identifier = typed(Identifier::entity("identifier", identifier))?;
         RunCatalog::delete(self, &blueprint, &identifier).await
     }
 }
 
-fn typed<T>(parsed: Result<T, crate::domain::DomainError>) -> Result<T, PortError> {
-    parsed.map_err(|e| PortError::NotSent {
-        message: e.to_string(),
-    })
+/// An identifier from a file that is not one Port would take: refused before anything is sent.
+fn typed<T>(parsed: Result<T, crate::domain::DomainError>) -> Result<T, CatalogError> {
+    parsed.map_err(|e| CatalogError::Refused(e.to_string()))
 }
 
 /// Blueprints as Port has them.
@@ -125,11 +126,11 @@ impl EntityWriter for NullWriter {
         &self,
         _blueprint: &str,
         entities: &[Value],
-    ) -> Result<Vec<BulkItemResult>, PortError> {
-        Ok(BulkItemResult::accepted_locally(entities))
+    ) -> Result<Vec<WriteResult>, CatalogError> {
+        Ok(WriteResult::accepted_locally(entities))
     }
 
-    async fn delete(&self, _blueprint: &str, _identifier: &str) -> Result<bool, PortError> {
+    async fn delete(&self, _blueprint: &str, _identifier: &str) -> Result<bool, CatalogError> {
         Ok(true)
     }
 }

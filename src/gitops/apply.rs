@@ -11,10 +11,12 @@ use serde_json::Value;
 use super::contracts::EntityWriter;
 use super::plan::{Declared, Key};
 use super::report::{Problem, ProblemKind, SyncReport};
-use crate::port::{BulkItemResult, PortError, BULK_MAX};
+use crate::core::CatalogError;
+use crate::domain::WriteResult;
+use crate::port::BULK_MAX;
 
 /// One bulk call's entities (indices into the upserts) and Port's answer.
-type BulkOutcome = (Vec<usize>, Result<Vec<BulkItemResult>, PortError>);
+type BulkOutcome = (Vec<usize>, Result<Vec<WriteResult>, CatalogError>);
 
 /// Writes every planned upsert; returns the keys Port accepted.
 pub(super) async fn upsert_all(
@@ -59,8 +61,8 @@ pub(super) async fn upsert_all(
             Ok(items) => items
                 .into_iter()
                 .map(|r| match r {
-                    BulkItemResult::Ok { created, .. } => Ok(created),
-                    BulkItemResult::Failed { message, .. } => Err(message),
+                    WriteResult::Ok { created, .. } => Ok(created),
+                    WriteResult::Failed { message, .. } => Err(message),
                 })
                 .collect(),
             Err(e) => chunk.iter().map(|_| Err(e.to_string())).collect(),
@@ -96,7 +98,7 @@ pub(super) async fn delete_all(
     writes: &AtomicU64,
     report: &mut SyncReport,
 ) -> HashSet<Key> {
-    let results: Vec<(String, Key, Result<bool, PortError>)> = stream::iter(deletes.to_vec())
+    let results: Vec<(String, Key, Result<bool, CatalogError>)> = stream::iter(deletes.to_vec())
         .map(|(repo, key)| async move {
             writes.fetch_add(1, Ordering::Relaxed);
             let result = writer.delete(&key.0, &key.1).await;

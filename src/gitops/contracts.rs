@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::state::StateError;
 use crate::bitbucket::{BitbucketError, RepoRef};
-use crate::port::{BulkItemResult, PortError};
+use crate::core::CatalogError;
+use crate::domain::WriteResult;
+use crate::port::PortError;
 
 /// What to sync.
 #[derive(Debug, Clone, Default)]
@@ -32,9 +34,9 @@ pub trait EntityWriter: Send + Sync {
         &self,
         blueprint: &str,
         entities: &[Value],
-    ) -> Result<Vec<BulkItemResult>, PortError>;
+    ) -> Result<Vec<WriteResult>, CatalogError>;
     /// Deletes one entity; `Ok(false)` when it was already gone.
-    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, PortError>;
+    async fn delete(&self, blueprint: &str, identifier: &str) -> Result<bool, CatalogError>;
 }
 
 /// Where blueprint definitions come from (Port, or a folder of Port blueprint JSON).

@@ -4,11 +4,11 @@
 //! fails at once, naming every bad field, instead of reaching a handler or a tool.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::definitions::Definition;
 use crate::schema::{string_list, ObjectSchema, Violation};
 
 /// One action's inputs, compiled once, and what its trigger says: the blueprint its
@@ -74,33 +74,17 @@ impl InputSchema {
 pub struct ActionInputs(HashMap<String, InputSchema>);
 
 impl ActionInputs {
-    /// Reads `dir/*.json`; files that do not parse are skipped with a warning (`validate`
-    /// reports them properly).
-    pub fn load(dir: &Path) -> Self {
-        let mut map = HashMap::new();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            tracing::warn!(dir = %dir.display(), "no actions folder: inputs are not checked against userInputs");
-            return Self(map);
-        };
-        for path in entries.flatten().map(|e| e.path()) {
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            match std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            {
-                Some(action) => {
-                    if let Some(id) = action.get("identifier").and_then(Value::as_str) {
-                        map.insert(id.to_owned(), InputSchema::from_action(&action));
-                    }
-                }
-                None => {
-                    tracing::warn!(file = %path.display(), "action file skipped: not valid JSON")
-                }
-            }
-        }
-        Self(map)
+    /// The schemas of loaded action definitions.
+    pub fn of(actions: &[Definition]) -> Self {
+        Self(
+            actions
+                .iter()
+                .map(|a| {
+                    let json = Value::Object(a.json.clone());
+                    (a.identifier.clone(), InputSchema::from_action(&json))
+                })
+                .collect(),
+        )
     }
 
     pub fn get(&self, action: &str) -> Option<&InputSchema> {

@@ -9,9 +9,9 @@ use serde_json::{json, Map, Value};
 
 use super::jq::{Expr, JqError};
 use crate::core::{HandlerError, RunContext};
+use crate::domain::WriteMode;
 use crate::domain::{Identifier, Operation};
 use crate::invocation::Invocation;
-use crate::port::WriteMode;
 
 /// The `entity:` section of a definition file.
 #[derive(Deserialize)]

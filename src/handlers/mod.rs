@@ -11,6 +11,7 @@ pub mod jq;
 mod mapping;
 mod pr_check;
 pub mod pulumi;
+mod routing;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,6 @@ use std::sync::Arc;
 
 use crate::core::Handler;
 use crate::domain::Operation;
-use crate::invocation::{event, Invocation};
 
 pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
@@ -26,6 +26,7 @@ pub use gitops::{sync_request, GitOpsHandler};
 pub use inputs::{ActionInputs, InputSchema};
 pub use pr_check::{pr_inputs, PrCheckHandler, PR_CHECK_ACTION};
 pub use pulumi::{PulumiHandler, PulumiSettings, PULUMI_ENV};
+pub use routing::RouteError;
 
 use crate::tool::Locks;
 
@@ -207,107 +208,7 @@ impl HandlerRegistry {
         self
     }
 
-    /// Whether this runner can take the invocation: an action it has a handler for, or a
-    /// Port event (routed by blueprint, and failed naming it when none fits).
-    pub fn serves(&self, invocation: &Invocation) -> bool {
-        invocation.event.is_some() || self.contains(invocation.action.as_str())
-    }
-
-    /// Points a Port event (a body with no template) at the action it means: the DELETE
-    /// action of the event's blueprint. Other invocations are left as they are.
-    pub fn route(&self, invocation: &mut Invocation) -> Result<(), String> {
-        let Some(kind) = invocation.event.as_deref() else {
-            return Ok(());
-        };
-        let blueprint = invocation
-            .blueprint
-            .as_ref()
-            .map(|b| b.as_str().to_owned())
-            .unwrap_or_default();
-        if !event::DESTROYING_EVENTS.contains(&kind) {
-            return Err(format!(
-                "automation event {kind} on blueprint '{blueprint}': port-runner acts on {} events (it destroys the entity's resources); give the automation a body template naming the action to run",
-                event::DESTROYING_EVENTS.join(" and ")
-            ));
-        }
-        let mut candidates: Vec<&str> = self
-            .inputs
-            .iter()
-            .filter(|(action, schema)| {
-                schema.blueprint() == Some(blueprint.as_str())
-                    && schema.operation().is_none_or(|op| op == "DELETE")
-                    && self
-                        .handlers
-                        .get(*action)
-                        .is_some_and(|h| h.supports(Operation::Delete))
-            })
-            .map(|(action, _)| action)
-            .collect();
-        candidates.sort_unstable();
-        match candidates.as_slice() {
-            [action] => {
-                invocation.action = crate::domain::Identifier::schema("action", action)
-                    .map_err(|e| e.to_string())?;
-                Ok(())
-            }
-            [] => Err(format!(
-                "automation event {kind}: this runner does not provision blueprint '{blueprint}' (none of its actions deletes '{blueprint}' entities)"
-            )),
-            many => Err(format!(
-                "automation event {kind}: blueprint '{blueprint}' has several DELETE actions ({}); give the automation a body template naming the one to run (port_context.action)",
-                many.join(", ")
-            )),
-        }
-    }
-
     pub fn known(&self) -> Vec<&str> {
         self.handlers.keys().map(String::as_str).collect()
-    }
-
-    /// The handler for this invocation, or the reason there is none (sent to Port as is).
-    pub fn resolve(&self, invocation: &Invocation) -> Result<Arc<dyn Handler>, String> {
-        let action = invocation.action.as_str();
-        let own = invocation
-            .internal
-            .then(|| self.internal.get(action))
-            .flatten();
-        let Some(handler) = self.handlers.get(action).or(own) else {
-            return Err(format!(
-                "no handler for action '{action}'; this runner handles: {}",
-                self.known().join(", ")
-            ));
-        };
-        if !handler.supports(invocation.operation) {
-            let supported: Vec<&str> = Operation::ALL
-                .iter()
-                .filter(|op| handler.supports(**op))
-                .map(|op| op.as_str())
-                .collect();
-            return Err(format!(
-                "action '{action}' does not support operation {}; it supports: {}",
-                invocation.operation,
-                supported.join(", ")
-            ));
-        }
-        if let Some(schema) = self.inputs.get(action) {
-            // An automation can point any blueprint's events at any action: refuse one whose
-            // entity is not of the blueprint the action provisions, rather than act on it.
-            let given = invocation
-                .entity
-                .as_ref()
-                .and_then(|e| e.blueprint.as_ref())
-                .or(invocation.blueprint.as_ref());
-            if let (Some(declared), Some(given)) = (schema.blueprint(), given) {
-                if declared != given.as_str() && invocation.operation != Operation::Create {
-                    return Err(format!(
-                        "action '{action}' acts on {declared} entities, but this run is for blueprint '{given}': this runner does not provision '{given}' with it"
-                    ));
-                }
-            }
-            schema
-                .check(&invocation.inputs)
-                .map_err(|problems| format!("invalid inputs: {}", problems.join("; ")))?;
-        }
-        Ok(handler.clone())
     }
 }

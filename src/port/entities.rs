@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 
 use super::client::{PortClient, BODY_BUDGET, BULK_MAX};
 use super::error::PortError;
-use super::types::{BulkItemResult, BulkResponse, SearchResponse, WriteMode};
+use super::types::{BulkResponse, SearchResponse};
+use crate::domain::{WriteMode, WriteResult};
 
 impl PortClient {
     /// Creates or updates one entity; with `run_id` it shows under the run's affected entities.
@@ -40,7 +41,7 @@ impl PortClient {
         entities: &[Value],
         mode: WriteMode,
         run_id: Option<&str>,
-    ) -> Result<Vec<BulkItemResult>, PortError> {
+    ) -> Result<Vec<WriteResult>, PortError> {
         let query = write_query(mode, run_id);
         let mut results = Vec::with_capacity(entities.len());
         for range in chunk_ranges(entities) {
@@ -58,7 +59,7 @@ impl PortClient {
                 Ok(answer) => results.extend(map_bulk_answer(answer, chunk)),
                 Err(e @ PortError::Unauthorized { .. }) => return Err(e),
                 Err(e) => results.extend(chunk.iter().map(|entity| {
-                    BulkItemResult::Failed {
+                    WriteResult::Failed {
                         identifier: entity
                             .get("identifier")
                             .and_then(Value::as_str)
@@ -166,12 +167,12 @@ fn chunk_ranges(entities: &[Value]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Maps a bulk answer (200 or 207) back onto the chunk's entities by `index`.
-fn map_bulk_answer(answer: Value, chunk: &[Value]) -> Vec<BulkItemResult> {
-    let mut results: Vec<Option<BulkItemResult>> = vec![None; chunk.len()];
+fn map_bulk_answer(answer: Value, chunk: &[Value]) -> Vec<WriteResult> {
+    let mut results: Vec<Option<WriteResult>> = vec![None; chunk.len()];
     if let Ok(parsed) = serde_json::from_value::<BulkResponse>(answer) {
         for ok in parsed.entities {
             if let Some(slot) = results.get_mut(ok.index) {
-                *slot = Some(BulkItemResult::Ok {
+                *slot = Some(WriteResult::Ok {
                     identifier: ok.identifier,
                     created: ok.created,
                 });
@@ -179,7 +180,7 @@ fn map_bulk_answer(answer: Value, chunk: &[Value]) -> Vec<BulkItemResult> {
         }
         for err in parsed.errors {
             if let Some(slot) = results.get_mut(err.index) {
-                *slot = Some(BulkItemResult::Failed {
+                *slot = Some(WriteResult::Failed {
                     identifier: err.identifier,
                     status: err.status_code,
                     message: err
@@ -194,7 +195,7 @@ fn map_bulk_answer(answer: Value, chunk: &[Value]) -> Vec<BulkItemResult> {
         .into_iter()
         .zip(chunk)
         .map(|(result, entity)| {
-            result.unwrap_or_else(|| BulkItemResult::Failed {
+            result.unwrap_or_else(|| WriteResult::Failed {
                 identifier: entity
                     .get("identifier")
                     .and_then(Value::as_str)
@@ -246,16 +247,16 @@ mod tests {
         assert_eq!(
             results,
             vec![
-                BulkItemResult::Ok {
+                WriteResult::Ok {
                     identifier: "a".into(),
                     created: true
                 },
-                BulkItemResult::Failed {
+                WriteResult::Failed {
                     identifier: Some("b".into()),
                     status: Some(422),
                     message: "property size must be number".into()
                 },
-                BulkItemResult::Ok {
+                WriteResult::Ok {
                     identifier: "c".into(),
                     created: false
                 },

@@ -47,3 +47,15 @@ impl PortError {
         }
     }
 }
+
+/// What the core is told of a failed entity write: Port's own words, and whether a later
+/// attempt may succeed.
+impl From<PortError> for crate::core::CatalogError {
+    fn from(e: PortError) -> Self {
+        if e.is_transient() {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Refused(e.to_string())
+        }
+    }
+}

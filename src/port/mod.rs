@@ -13,4 +13,4 @@ pub use crate::http::RetryPolicy;
 pub use claims::{AGENT_INSTALLATION_ID, POLLING_STREAMER};
 pub use client::{PortClient, PortConfig, BULK_MAX};
 pub use error::PortError;
-pub use types::{ActiveRun, BulkItemResult, RunPatch, RunPayload, RunStatus, WriteMode};
+pub use types::{ActiveRun, RunPatch, RunPayload, RunStatus};

@@ -49,46 +49,6 @@ pub(crate) struct TokenResponse {
     pub expires_in: Option<u64>,
 }
 
-/// How an entity write treats what is already in Port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// `upsert=true`: create or replace; fields not sent are removed.
-    Replace,
-    /// `upsert=true&merge=true`: create or update only the fields sent.
-    Merge,
-}
-
-/// One entity's outcome in a bulk upsert, mapped back to the caller's index.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BulkItemResult {
-    Ok {
-        identifier: String,
-        created: bool,
-    },
-    Failed {
-        identifier: Option<String>,
-        status: Option<u16>,
-        message: String,
-    },
-}
-
-impl BulkItemResult {
-    /// What a write that is only recorded locally (local mode) answers: each entity accepted.
-    pub fn accepted_locally(entities: &[Value]) -> Vec<Self> {
-        entities
-            .iter()
-            .map(|e| Self::Ok {
-                identifier: e
-                    .get("identifier")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                created: false,
-            })
-            .collect()
-    }
-}
-
 #[derive(Deserialize)]
 pub(crate) struct BulkResponse {
     #[serde(default)]

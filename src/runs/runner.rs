@@ -24,7 +24,7 @@ use super::reporter::RunReporter;
 use super::sink::Verdict;
 use crate::core::{EntityStore, HandlerError, Masker, RunCatalog, RunContext, RunRegistry};
 use crate::domain::RunId;
-use crate::handlers::HandlerRegistry;
+use crate::handlers::{HandlerRegistry, RouteError};
 use crate::invocation::{InputKey, Invocation};
 use crate::metrics::Metrics;
 use crate::port::RunStatus;
@@ -356,7 +356,7 @@ impl Runner {
     async fn run_handler(
         &self,
         mut invocation: Invocation,
-        routed: Result<(), String>,
+        routed: Result<(), RouteError>,
         reporter: &RunReporter,
     ) -> Verdict {
         // Secret inputs are decrypted only now (the journal keeps them encrypted), before the
@@ -366,7 +366,7 @@ impl Runner {
         }
         reporter.log().add_secrets(invocation.secret_values());
         if let Err(reason) = routed {
-            return Verdict::failure(reason);
+            return Verdict::failure(reason.to_string());
         }
         if let Some(kind) = &invocation.event {
             reporter
@@ -379,7 +379,7 @@ impl Runner {
         }
         let handler = match self.handlers.resolve(&invocation) {
             Ok(handler) => handler,
-            Err(reason) => return Verdict::failure(reason),
+            Err(reason) => return Verdict::failure(reason.to_string()),
         };
         let cancel = self.hard_stop.child_token();
         let catalog = if invocation.internal {

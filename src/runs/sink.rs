@@ -182,23 +182,27 @@ impl crate::core::EntityStore for PortEntities {
         &self,
         blueprint: &str,
         entity: &serde_json::Value,
-        mode: crate::port::WriteMode,
+        mode: crate::domain::WriteMode,
         run: Option<&str>,
-    ) -> Result<(), PortError> {
+    ) -> Result<(), crate::core::CatalogError> {
         self.0
             .upsert_entity(blueprint, entity, mode, run)
             .await
             .map(drop)
+            .map_err(Into::into)
     }
 
     async fn bulk_upsert(
         &self,
         blueprint: &str,
         entities: &[serde_json::Value],
-        mode: crate::port::WriteMode,
+        mode: crate::domain::WriteMode,
         run: Option<&str>,
-    ) -> Result<Vec<crate::port::BulkItemResult>, PortError> {
-        self.0.bulk_upsert(blueprint, entities, mode, run).await
+    ) -> Result<Vec<crate::domain::WriteResult>, crate::core::CatalogError> {
+        self.0
+            .bulk_upsert(blueprint, entities, mode, run)
+            .await
+            .map_err(Into::into)
     }
 
     async fn patch(
@@ -206,8 +210,11 @@ impl crate::core::EntityStore for PortEntities {
         blueprint: &str,
         identifier: &str,
         patch: &serde_json::Value,
-    ) -> Result<bool, PortError> {
-        self.0.patch_entity(blueprint, identifier, patch).await
+    ) -> Result<bool, crate::core::CatalogError> {
+        self.0
+            .patch_entity(blueprint, identifier, patch)
+            .await
+            .map_err(Into::into)
     }
 
     async fn delete(
@@ -215,7 +222,10 @@ impl crate::core::EntityStore for PortEntities {
         blueprint: &str,
         identifier: &str,
         run: Option<&str>,
-    ) -> Result<bool, PortError> {
-        self.0.delete_entity(blueprint, identifier, run).await
+    ) -> Result<bool, crate::core::CatalogError> {
+        self.0
+            .delete_entity(blueprint, identifier, run)
+            .await
+            .map_err(Into::into)
     }
 }

@@ -7,7 +7,6 @@
 //! token otherwise. Runs are started from the page only in local mode: with Port, a run must
 //! be created in Port's hub, or Port would not know it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -17,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::admin::{authorize, AdminError};
 use super::{AdminAccess, AppState};
+use crate::definitions::Definition;
 use crate::domain::RunId;
 
 use crate::runs::SubmitError;
@@ -30,18 +30,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// The action files in `dir` (`*.json`) whose action this runner handles.
-    pub fn load(dir: &Path, served: impl Fn(&str) -> bool) -> Self {
-        let mut actions: Vec<Value> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter_map(|p| std::fs::read(&p).ok())
-            .filter_map(|raw| serde_json::from_slice::<Value>(&raw).ok())
+    /// The loaded self-service actions whose action this runner handles.
+    pub fn new(actions: &[Definition], served: impl Fn(&str) -> bool) -> Self {
+        let mut actions: Vec<Value> = actions
+            .iter()
+            .filter(|a| served(&a.identifier))
+            .map(|a| Value::Object(a.json.clone()))
             .filter(|a| a["trigger"]["type"] == "self-service")
-            .filter(|a| a["identifier"].as_str().is_some_and(&served))
             .map(|a| {
                 let trigger = &a["trigger"];
                 json!({

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use port_runner::port::{BulkItemResult, PortClient, PortError, RetryPolicy, WriteMode};
+use port_runner::domain::{WriteMode, WriteResult};
+use port_runner::port::{PortClient, PortError, RetryPolicy};
 use serde_json::{json, Value};
 
 use crate::fake_port::FakePort;
@@ -91,14 +92,14 @@ async fn bulk_upserts_go_twenty_at_a_time_and_map_partial_failures_back() {
     assert!(calls.iter().all(|c| c.query == "upsert=true&run_id=r_9"));
     for (i, result) in results.iter().enumerate() {
         match result {
-            BulkItemResult::Failed {
+            WriteResult::Failed {
                 identifier, status, ..
             } => {
                 assert!(i == 7 || i == 33, "{i} failed");
                 assert_eq!(identifier.as_deref(), Some(format!("svc-{i}").as_str()));
                 assert_eq!(*status, Some(422));
             }
-            BulkItemResult::Ok {
+            WriteResult::Ok {
                 identifier,
                 created,
             } => {
@@ -124,10 +125,10 @@ async fn a_chunk_refused_as_a_whole_fails_only_its_entities() {
         .unwrap();
     assert!(results[..20]
         .iter()
-        .all(|r| matches!(r, BulkItemResult::Failed { .. })));
+        .all(|r| matches!(r, WriteResult::Failed { .. })));
     assert!(results[20..]
         .iter()
-        .all(|r| matches!(r, BulkItemResult::Ok { .. })));
+        .all(|r| matches!(r, WriteResult::Ok { .. })));
 }
 
 #[tokio::test]

@@ -1179,6 +1179,19 @@ async fn after_a_kill_during_the_create_of_a_fixed_name_bucket_the_same_create_s
         },
     )
     .await;
+    // The kill comes once the bucket is made (the CLI then sleeps for `up_seconds`): the
+    // lock is taken a moment before.
+    let made = || {
+        let cloud: Value =
+            serde_json::from_slice(&std::fs::read(state.join("standin-cloud.json")).ok()?).ok()?;
+        cloud.get("aws:s3:Bucket::crashy").map(drop)
+    };
+    crate::helpers::until(
+        Duration::from_secs(30),
+        || "the bucket to be made in the stand-in's cloud".to_owned(),
+        made,
+    )
+    .await;
     // The machine loses both: port-runner and the CLI it ran, with no chance to clean up.
     let cli_pid: i32 = serde_json::from_slice::<Value>(&std::fs::read(&lock).unwrap()).unwrap()
         ["pid"]

@@ -28,7 +28,7 @@ pub fn served_actions(actions_dir: &Path) -> (Vec<String>, Vec<FileProblem>) {
         .into_iter()
         .map(str::to_owned)
         .collect();
-    known.push("gitops_sync".into());
+    known.push(crate::handlers::SYNC_ACTION.into());
     let mut problems = Vec::new();
     // Only compiled here (from_env creates nothing).
     let pulumi = match PulumiSettings::from_env(actions_dir, "pulumi".into(), |_| None) {

@@ -19,15 +19,15 @@ use crate::bitbucket::{BitbucketAuth, BitbucketClient};
 use crate::config::{Mode, Settings};
 use crate::core::{EntityStore, LocalEntityStore, Masker, RunRegistry};
 use crate::definitions::{Definition, Definitions};
-use crate::domain::{Identifier, RunId};
+use crate::domain::RunId;
 use crate::gitops::adapters::{DirBlueprints, NoCatalog, PortBlueprints, PortCatalog};
 use crate::gitops::{BlueprintSource, CatalogLookup, Links, StateStore, SyncEngine};
 use crate::handlers::HandlerRegistry;
 use crate::handlers::{
     load_definitions, ActionInputs, DefinitionContext, GitOpsHandler, PrCheckHandler,
-    PulumiHandler, PR_CHECK_ACTION,
+    PulumiHandler, PR_CHECK_ACTION, SYNC_ACTION,
 };
-use crate::invocation::{InputKey, Invocation};
+use crate::invocation::{InputKey, Invocation, Job};
 use crate::metrics::Metrics;
 use crate::port::PortClient;
 use crate::runs::{
@@ -391,9 +391,9 @@ fn register_handlers(
             stacks.extend(definition.pulumi);
         }
     }
-    if !handlers.contains("gitops_sync") {
+    if !handlers.contains(SYNC_ACTION) {
         handlers.register(
-            "gitops_sync",
+            SYNC_ACTION,
             GitOpsHandler::new(gitops.engine.clone(), gitops.blueprints.clone()),
         );
     }
@@ -553,13 +553,8 @@ fn start_scheduled_sync(settings: &Settings, background: &Background) {
         let Ok(run_id) = RunId::parse("run_id", &format!("gitops-sync-{slot}")) else {
             return;
         };
-        let action = Identifier::schema("action", "gitops_sync").expect("a valid identifier");
         match runner
-            .submit(Invocation::internal(
-                run_id.clone(),
-                action,
-                Default::default(),
-            ))
+            .submit(Invocation::internal(run_id.clone(), Job::SyncAll))
             .await
         {
             Ok(()) => tracing::info!(%run_id, "scheduled GitOps sync queued"),

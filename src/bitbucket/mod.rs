@@ -14,4 +14,4 @@ mod types;
 pub use client::{BitbucketAuth, BitbucketClient, BitbucketConfig, FileApi};
 pub use error::BitbucketError;
 pub use pacer::{Pacer, Rate};
-pub use types::RepoRef;
+pub use types::{PullRequest, RepoRef};

@@ -1,6 +1,6 @@
 //! Wire types of Bitbucket Server's REST API 1.0.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One page of a paged listing.
@@ -77,6 +77,31 @@ impl std::fmt::Display for RepoRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.project, self.slug)
     }
+}
+
+impl Serialize for RepoRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RepoRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A pull request, as a check of it is journaled and run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub repo: RepoRef,
+    pub id: u64,
+    /// The source branch's head (`fromRef.latestCommit`): what is checked, and where the
+    /// check is published.
+    pub commit: String,
+    /// The target branch (`refs/heads/main`): what merging would change.
+    pub target: String,
 }
 
 /// Which build-status API a server has.

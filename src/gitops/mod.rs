@@ -26,5 +26,5 @@ pub use contracts::{
 pub use engine::SyncEngine;
 pub use publish::{CheckError, Checked, Links};
 pub use report::{Problem, ProblemKind, SyncReport};
-pub use review::{CatalogLookup, PullRequest, Review};
+pub use review::{CatalogLookup, Review};
 pub use state::StateStore;

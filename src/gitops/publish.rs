@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 
 use super::positions::Positions;
 use super::report::{ProblemKind, SpotAt};
-use super::review::{CatalogLookup, Planned, PullRequest, Review, ReviewError};
+use super::review::{CatalogLookup, Planned, Review, ReviewError};
 use super::state::path_of;
 use crate::bitbucket::insights::{
     fit, Annotation, AnnotationType, BuildState, BuildStatus, DataValue, InsightReport,
     InsightResult, Severity,
 };
+use crate::bitbucket::PullRequest;
 use crate::bitbucket::{BitbucketError, RepoRef};
 
 /// The report's key and the build status's key.

@@ -18,20 +18,8 @@ use super::plan::{self, owner_index, plan_changes, Key};
 use super::read::sha256;
 use super::report::{Problem, SyncReport};
 use super::state::{file_key, path_of, repo_of, StateError};
-use crate::bitbucket::{BitbucketError, RepoRef};
+use crate::bitbucket::{BitbucketError, PullRequest, RepoRef};
 use crate::port::PortError;
-
-/// The pull request a check is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PullRequest {
-    pub repo: RepoRef,
-    pub id: u64,
-    /// The source branch's head (`fromRef.latestCommit`): what is checked, and where the
-    /// check is published.
-    pub commit: String,
-    /// The target branch (`refs/heads/main`): what merging would change.
-    pub target: String,
-}
 
 /// Entities as Port has them now (read-only), to tell creates from updates.
 #[async_trait]

@@ -1,7 +1,8 @@
 //! `gitops_sync`: the GitOps sync as a Port action.
 //!
 //! Inputs (all optional): `projects` (project keys), `repositories` (`PROJECT/slug`),
-//! `dry_run`, `full`. Entity writes carry the run id. The run fails if anything was rejected
+//! `dry_run`, `full`. A run of the runner's own (a push, the schedule) carries its
+//! [`Job`] instead. Entity writes carry the run id. The run fails if anything was rejected
 //! or failed, and its summary says what was applied anyway.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::bitbucket::RepoRef;
 use crate::core::{Handler, HandlerError, Outcome, RunContext};
 use crate::domain::Operation;
 use crate::gitops::{BlueprintSource, SyncEngine, SyncRequest};
+use crate::invocation::Job;
 
 pub struct GitOpsHandler {
     engine: Option<Arc<SyncEngine>>,
@@ -101,7 +103,20 @@ impl Handler for GitOpsHandler {
                 "GitOps sync is not configured on this runner: set BITBUCKET_HOST and BITBUCKET_USERNAME/BITBUCKET_PASSWORD (or BITBUCKET_TOKEN)".into(),
             ));
         };
-        let request = sync_request(&ctx.invocation.inputs)?;
+        let request = match &ctx.invocation.job {
+            None => sync_request(&ctx.invocation.inputs)?,
+            Some(Job::SyncAll) => SyncRequest::default(),
+            Some(Job::SyncRepos { repositories }) => SyncRequest {
+                repos: repositories.clone(),
+                ..SyncRequest::default()
+            },
+            Some(other) => {
+                return Err(HandlerError::Failed(format!(
+                    "a GitOps sync cannot run a job of '{}'",
+                    other.action()
+                )))
+            }
+        };
         let report = engine
             .sync(&request, self.blueprints.as_ref(), &ctx.catalog, &ctx.log)
             .await

@@ -20,11 +20,12 @@ use std::sync::Arc;
 use crate::core::Handler;
 use crate::domain::Operation;
 
+pub use crate::invocation::job::{PR_CHECK_ACTION, SYNC_ACTION};
 pub use command::{CommandHandler, DefinitionError};
 pub use echo::EchoHandler;
 pub use gitops::{sync_request, GitOpsHandler};
 pub use inputs::{ActionInputs, InputSchema};
-pub use pr_check::{pr_inputs, PrCheckHandler, PR_CHECK_ACTION};
+pub use pr_check::PrCheckHandler;
 pub use pulumi::{PulumiHandler, PulumiSettings, PULUMI_ENV};
 pub use routing::RouteError;
 

@@ -8,15 +8,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
 
-use crate::bitbucket::RepoRef;
 use crate::core::{Handler, HandlerError, Outcome, RunContext};
 use crate::domain::Operation;
-use crate::gitops::{BlueprintSource, CatalogLookup, Links, PullRequest, SyncEngine};
-
-/// The action identifier of pull-request checks.
-pub const PR_CHECK_ACTION: &str = "gitops_pr_check";
+use crate::gitops::{BlueprintSource, CatalogLookup, Links, SyncEngine};
+use crate::invocation::Job;
 
 pub struct PrCheckHandler {
     engine: Option<Arc<SyncEngine>>,
@@ -41,48 +37,6 @@ impl PrCheckHandler {
     }
 }
 
-/// The inputs a check run carries (the webhook writes them; a journal replays them).
-pub fn pr_inputs(pr: &PullRequest) -> Map<String, Value> {
-    let mut inputs = Map::new();
-    inputs.insert("repository".into(), pr.repo.to_string().into());
-    inputs.insert("pull_request".into(), pr.id.into());
-    inputs.insert("commit".into(), pr.commit.clone().into());
-    inputs.insert("target".into(), pr.target.clone().into());
-    inputs
-}
-
-/// Reads a check run's inputs back.
-pub fn pull_request(inputs: &Map<String, Value>) -> Result<PullRequest, HandlerError> {
-    let text = |field: &str| {
-        inputs
-            .get(field)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| HandlerError::Input {
-                field: field.into(),
-                reason: "expected a non-empty string".into(),
-            })
-    };
-    let repo = RepoRef::parse(&text("repository")?).map_err(|reason| HandlerError::Input {
-        field: "repository".into(),
-        reason,
-    })?;
-    let id = inputs
-        .get("pull_request")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| HandlerError::Input {
-            field: "pull_request".into(),
-            reason: "expected the pull request's number".into(),
-        })?;
-    Ok(PullRequest {
-        repo,
-        id,
-        commit: text("commit")?,
-        target: text("target")?,
-    })
-}
-
 #[async_trait]
 impl Handler for PrCheckHandler {
     fn supports(&self, operation: Operation) -> bool {
@@ -101,7 +55,11 @@ impl Handler for PrCheckHandler {
                     .into(),
             ));
         };
-        let pr = pull_request(&ctx.invocation.inputs)?;
+        let Some(Job::PrCheck { pull_request: pr }) = &ctx.invocation.job else {
+            return Err(HandlerError::Failed(
+                "a pull-request check runs only for a Bitbucket pull request event".into(),
+            ));
+        };
         let short: String = pr.commit.chars().take(12).collect();
         let name = format!("{} pull request #{} at {short}", pr.repo, pr.id);
         ctx.log
@@ -109,7 +67,7 @@ impl Handler for PrCheckHandler {
             .await;
         let checked = engine
             .check_pull_request(
-                &pr,
+                pr,
                 self.blueprints.as_ref(),
                 self.catalog.as_ref(),
                 &self.links,
@@ -145,27 +103,5 @@ impl Handler for PrCheckHandler {
             review.bitbucket_requests
         );
         Ok(Outcome::new(summary))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inputs_round_trip_and_are_checked() {
-        let pr = PullRequest {
-            repo: RepoRef::parse("PRJ/svc").unwrap(),
-            id: 7,
-            commit: "abc".into(),
-            target: "refs/heads/main".into(),
-        };
-        assert_eq!(pull_request(&pr_inputs(&pr)).unwrap(), pr);
-        let mut bad = pr_inputs(&pr);
-        bad.insert("pull_request".into(), "seven".into());
-        assert_eq!(
-            pull_request(&bad).unwrap_err().to_string(),
-            "invalid input 'pull_request': expected the pull request's number"
-        );
     }
 }

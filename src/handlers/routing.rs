@@ -101,7 +101,7 @@ impl HandlerRegistry {
     pub fn resolve(&self, invocation: &Invocation) -> Result<Arc<dyn Handler>, RouteError> {
         let action = invocation.action.as_str();
         let own = invocation
-            .internal
+            .is_internal()
             .then(|| self.internal.get(action))
             .flatten();
         let Some(handler) = self.handlers.get(action).or(own) else {

@@ -138,7 +138,7 @@ pub(super) fn from_event(
         inputs: Map::new(),
         secret_inputs: Vec::new(),
         triggered_by: triggered_by(event.trigger),
-        internal: false,
+        job: None,
         event: Some(kind),
     })
 }

@@ -5,12 +5,14 @@
 
 pub mod body;
 pub mod event;
+pub mod job;
 pub mod payload;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::domain::{ActionId, BlueprintId, DomainError, EntityId, Identifier, Operation, RunId};
+pub use job::Job;
 
 /// The entity a DAY-2 or DELETE run acts on, as Port sent it.
 #[derive(Debug, Clone, Serialize)]
@@ -42,10 +44,10 @@ pub struct Invocation {
     /// Identifiers of inputs Port marked as secret (`censoredProperties` / `encryptedProperties`).
     pub secret_inputs: Vec<String>,
     pub triggered_by: TriggeredBy,
-    /// Started by the runner itself (a Bitbucket push, the scheduled sync), not by Port:
-    /// Port knows no such run, so its status and log stay here.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub internal: bool,
+    /// Started by the runner itself (a Bitbucket push, a pull request, the scheduled sync),
+    /// not by Port: Port knows no such run, so its status and log stay here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
     /// Port's automation event type, when the body was the event itself (no template):
     /// the action is then the blueprint's DELETE action, chosen by the runner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,26 +67,26 @@ impl Invocation {
             inputs: Map::new(),
             secret_inputs: vec![],
             triggered_by: TriggeredBy::default(),
-            internal: false,
+            job: None,
             event: None,
         }
     }
 
-    /// A run the runner starts itself (`internal`): `action` with `inputs`, as CREATE.
-    pub fn internal(run_id: RunId, action: ActionId, inputs: Map<String, Value>) -> Self {
+    /// A run the runner starts itself: its job, run as a CREATE of the job's action.
+    pub fn internal(run_id: RunId, job: Job) -> Self {
         Self {
             run_id,
-            action,
+            action: Identifier::schema("action", job.action()).expect("a job's action is valid"),
             operation: Operation::Create,
             blueprint: None,
             entity: None,
-            inputs,
+            inputs: Map::new(),
             secret_inputs: vec![],
             triggered_by: TriggeredBy {
                 origin: Some("port-runner".into()),
                 ..TriggeredBy::default()
             },
-            internal: true,
+            job: Some(job),
             event: None,
         }
     }
@@ -119,6 +121,21 @@ impl Invocation {
             }),
             _ => None,
         };
+        let job = match value.get("job") {
+            Some(job) => Some(
+                serde_json::from_value(job.clone())
+                    .map_err(|e| DomainError::new("job", e.to_string()))?,
+            ),
+            // Journaled before jobs were typed: the job is in the action's inputs.
+            None if value.get("internal").and_then(Value::as_bool) == Some(true) => {
+                let inputs = value.get("inputs").and_then(Value::as_object);
+                Some(
+                    Job::from_inputs(action.as_str(), inputs.unwrap_or(&Map::new()))
+                        .map_err(|reason| DomainError::new("inputs", reason))?,
+                )
+            }
+            None => None,
+        };
         let by = value.get("triggered_by");
         let by_text = |key: &str| {
             by.and_then(|b| b.get(key))
@@ -150,12 +167,14 @@ impl Invocation {
                 email: by_text("email"),
                 origin: by_text("origin"),
             },
-            internal: value
-                .get("internal")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            job,
             event: text("event").map(str::to_owned),
         })
+    }
+
+    /// Whether the runner started this run itself (Port knows nothing of it).
+    pub fn is_internal(&self) -> bool {
+        self.job.is_some()
     }
 
     /// Whether the run asks only to see what it would change (the `preview_only` input).

@@ -190,7 +190,7 @@ fn from_legacy(wire: LegacyEnvelope) -> Result<Invocation, PayloadError> {
         inputs: wire.payload.properties.unwrap_or_default(),
         secret_inputs: wire.payload.censored_properties.unwrap_or_default(),
         triggered_by: triggered_by(wire.trigger),
-        internal: false,
+        job: None,
         event: None,
     })
 }
@@ -216,7 +216,7 @@ fn from_v2(wire: V2Body, run_id_header: Option<&str>) -> Result<Invocation, Payl
         inputs: wire.inputs.unwrap_or_default(),
         secret_inputs: ctx.encrypted_properties.unwrap_or_default(),
         triggered_by: triggered_by(ctx.trigger),
-        internal: false,
+        job: None,
         event: None,
     })
 }

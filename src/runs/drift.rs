@@ -13,10 +13,10 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{EntityStore, Masker, RunCatalog, RunContext, RunLog, RunRegistry};
-use crate::domain::{Identifier, RunId};
+use crate::domain::RunId;
 use crate::handlers::pulumi::{Drift, DriftReport};
 use crate::handlers::PulumiHandler;
-use crate::invocation::Invocation;
+use crate::invocation::{Invocation, Job};
 use crate::metrics::Metrics;
 
 /// Stacks checked at the same time.
@@ -74,13 +74,8 @@ impl DriftChecks {
         let Ok(run_id) = RunId::parse("run_id", &format!("drift-{}", now.unix_timestamp())) else {
             return Vec::new();
         };
-        let action = Identifier::schema("action", "drift_check").expect("a valid identifier");
         let ctx = RunContext {
-            invocation: Arc::new(Invocation::internal(
-                run_id.clone(),
-                action,
-                Default::default(),
-            )),
+            invocation: Arc::new(Invocation::internal(run_id.clone(), Job::DriftCheck)),
             log: RunLog::new(
                 run_id.clone(),
                 self.registry.clone(),

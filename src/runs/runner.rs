@@ -235,7 +235,7 @@ impl Runner {
             tracing::info_span!("run", run_id = %invocation.run_id, action = %invocation.action);
         let this = self.clone();
         let run_id = invocation.run_id.clone();
-        let internal = invocation.internal;
+        let internal = invocation.is_internal();
         let supervised = async move {
             let pending = PendingGuard(&this.pending, &this.slot_freed);
             let run = AssertUnwindSafe(this.clone().execute(invocation, ahead));
@@ -264,7 +264,7 @@ impl Runner {
         masker.add_all(invocation.secret_values());
         RunReporter::new(
             invocation.run_id.clone(),
-            &self.lifecycle_for(invocation.internal),
+            &self.lifecycle_for(invocation.is_internal()),
             masker,
         )
     }
@@ -382,7 +382,7 @@ impl Runner {
             Err(reason) => return Verdict::failure(reason.to_string()),
         };
         let cancel = self.hard_stop.child_token();
-        let catalog = if invocation.internal {
+        let catalog = if invocation.is_internal() {
             RunCatalog::untied(
                 invocation.run_id.clone(),
                 self.catalog.clone(),

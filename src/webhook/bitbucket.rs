@@ -25,12 +25,10 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::AppState;
-use crate::bitbucket::RepoRef;
+use crate::bitbucket::{PullRequest, RepoRef};
 use crate::core::RunState;
-use crate::domain::{Identifier, RunId};
-use crate::gitops::PullRequest;
-use crate::handlers::{pr_inputs, PR_CHECK_ACTION};
-use crate::invocation::Invocation;
+use crate::domain::RunId;
+use crate::invocation::{Invocation, Job};
 use crate::runs::{Runner, SubmitError};
 use crate::secret::Secret;
 
@@ -78,11 +76,11 @@ impl PushHook {
         }
         let run_id = RunId::parse("run_id", &format!("push-{}", uuid::Uuid::new_v4().simple()))
             .expect("a valid run id");
-        let mut inputs = serde_json::Map::new();
-        inputs.insert("repositories".into(), json!([key]));
-        let action = Identifier::schema("action", "gitops_sync").expect("a valid identifier");
+        let job = Job::SyncRepos {
+            repositories: vec![repo.clone()],
+        };
         runner
-            .submit(Invocation::internal(run_id.clone(), action, inputs))
+            .submit(Invocation::internal(run_id.clone(), job))
             .await?;
         waiting.insert(key, run_id.clone());
         Ok(Queued::New(run_id))
@@ -295,15 +293,16 @@ async fn check_pull_request(
     );
     let run_id = RunId::parse("run_id", &format!("pr-check-{}", hex(&digest[..12])))
         .expect("a valid run id");
-    let action = Identifier::schema("action", PR_CHECK_ACTION).expect("a valid identifier");
-    let invocation = Invocation::internal(run_id.clone(), action, pr_inputs(&pr));
     let answer = json!({
         "ok": true, "repository": pr.repo.to_string(), "pullRequest": pr.id,
         "commit": pr.commit, "runId": run_id,
     });
+    let repo = pr.repo.clone();
+    let number = pr.id;
+    let invocation = Invocation::internal(run_id.clone(), Job::PrCheck { pull_request: pr });
     match runner.submit(invocation).await {
         Ok(()) => {
-            tracing::info!(repository = %pr.repo, pull_request = pr.id, %run_id, "pull request event: checking it");
+            tracing::info!(repository = %repo, pull_request = number, %run_id, "pull request event: checking it");
             Ok(HttpResponse::Accepted().json(answer))
         }
         Err(SubmitError::Duplicate) => Ok(HttpResponse::Ok().json(answer)),

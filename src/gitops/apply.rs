@@ -9,7 +9,8 @@ use futures_util::{stream, StreamExt as _};
 use serde_json::Value;
 
 use super::contracts::EntityWriter;
-use super::plan::{Declared, Key};
+use super::keys::EntityKey;
+use super::plan::Declared;
 use super::report::{Problem, ProblemKind, SyncReport};
 use crate::core::CatalogError;
 use crate::domain::WriteResult;
@@ -25,7 +26,7 @@ pub(super) async fn upsert_all(
     writer: &dyn EntityWriter,
     writes: &AtomicU64,
     report: &mut SyncReport,
-) -> HashSet<Key> {
+) -> HashSet<EntityKey> {
     // Owned items (indices and bodies): the stream's closures must not borrow per item.
     let mut by_blueprint: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, d) in upserts.iter().enumerate() {
@@ -68,8 +69,8 @@ pub(super) async fn upsert_all(
             Err(e) => chunk.iter().map(|_| Err(e.to_string())).collect(),
         };
         for (d, outcome) in chunk.iter().zip(outcomes) {
-            let key = (d.entity.blueprint.clone(), d.entity.identifier.clone());
-            let name = format!("{}/{}", key.0, key.1);
+            let key = d.entity.key();
+            let name = key.to_string();
             match outcome {
                 Ok(true) => report.created.push(name),
                 Ok(false) => report.updated.push(name),
@@ -93,31 +94,32 @@ pub(super) async fn upsert_all(
 /// Deletes every planned deletion; returns the keys that are gone.
 pub(super) async fn delete_all(
     concurrency: usize,
-    deletes: &[(String, Key)],
+    deletes: &[(String, EntityKey)],
     writer: &dyn EntityWriter,
     writes: &AtomicU64,
     report: &mut SyncReport,
-) -> HashSet<Key> {
-    let results: Vec<(String, Key, Result<bool, CatalogError>)> = stream::iter(deletes.to_vec())
-        .map(|(repo, key)| async move {
-            writes.fetch_add(1, Ordering::Relaxed);
-            let result = writer.delete(&key.0, &key.1).await;
-            (repo, key, result)
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+) -> HashSet<EntityKey> {
+    let results: Vec<(String, EntityKey, Result<bool, CatalogError>)> =
+        stream::iter(deletes.to_vec())
+            .map(|(repo, key)| async move {
+                writes.fetch_add(1, Ordering::Relaxed);
+                let result = writer.delete(&key.blueprint, &key.identifier).await;
+                (repo, key, result)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
     let mut removed = HashSet::new();
     for (repo, key, result) in results {
         match result {
             Ok(_) => {
-                report.deleted.push(format!("{}/{}", key.0, key.1));
+                report.deleted.push(key.to_string());
                 removed.insert(key);
             }
             Err(e) => report.problems.push(Problem {
                 kind: ProblemKind::WriteFailed,
                 location: repo.clone(),
-                entity: Some(format!("{}/{}", key.0, key.1)),
+                entity: Some(key.to_string()),
                 message: format!("could not delete it: {e}"),
                 spots: Vec::new(),
             }),

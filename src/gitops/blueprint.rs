@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::keys::EntityKey;
 use super::manifest::kind;
 use crate::domain::Identifier;
 use crate::schema::{short, string_list, ObjectSchema, Violation};
@@ -72,6 +73,12 @@ pub struct ValidEntity {
     pub body: Value,
     /// SHA-256 of the canonical body: equal hashes mean nothing to write.
     pub hash: String,
+}
+
+impl ValidEntity {
+    pub fn key(&self) -> EntityKey {
+        EntityKey::new(&self.blueprint, &self.identifier)
+    }
 }
 
 impl Blueprint {

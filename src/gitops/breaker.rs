@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::plan::{Key, RepoPlan};
+use super::keys::EntityKey;
+use super::plan::RepoPlan;
 use super::report::{Problem, ProblemKind, SyncReport};
 use super::state::SyncState;
 
@@ -13,7 +14,7 @@ use super::state::SyncState;
 /// to go ahead anyway. Creates and updates still go through.
 pub(super) fn mass_delete_breaker(
     state: &SyncState,
-    deletes: &mut Vec<(String, Key)>,
+    deletes: &mut Vec<(String, EntityKey)>,
     plans: &mut HashMap<String, RepoPlan>,
     ratio: f64,
     report: &mut SyncReport,

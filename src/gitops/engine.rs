@@ -168,16 +168,13 @@ impl SyncEngine {
             let owners = owner_index(&state);
             for d in &upserts {
                 let key = format!("{}/{}", d.entity.blueprint, d.entity.identifier);
-                if owners.contains_key(&(d.entity.blueprint.clone(), d.entity.identifier.clone())) {
+                if owners.contains_key(&d.entity.key()) {
                     report.updated.push(key);
                 } else {
                     report.created.push(key);
                 }
             }
-            report.deleted = deletes
-                .iter()
-                .map(|(_, k)| format!("{}/{}", k.0, k.1))
-                .collect();
+            report.deleted = deletes.iter().map(|(_, k)| k.to_string()).collect();
             report.bitbucket_requests = self.bitbucket.request_count() - requests_before;
             return Ok(report);
         }

@@ -9,6 +9,7 @@ pub mod blueprint;
 mod breaker;
 pub mod contracts;
 pub mod engine;
+pub mod keys;
 pub mod manifest;
 pub mod paths;
 mod plan;

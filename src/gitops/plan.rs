@@ -15,17 +15,15 @@ use serde_json::Value;
 use super::blueprint::{Blueprint, FieldProblem, ValidEntity};
 use super::contracts::BlueprintSource;
 use super::contracts::Scan;
+use super::keys::EntityKey;
 use super::manifest::{self, kind, ManifestEntity, ManifestError};
 use super::report::{Problem, ProblemKind, Spot, SpotAt, SyncReport};
 use super::state::{path_of, SyncState};
 
-/// `(blueprint, identifier)`.
-pub(super) type Key = (String, String);
-
 /// What planning decided: writes, deletions (with the owning repository), per-repository notes.
 pub(super) struct Plan {
     pub upserts: Vec<Declared>,
-    pub deletes: Vec<(String, Key)>,
+    pub deletes: Vec<(String, EntityKey)>,
     pub repos: HashMap<String, RepoPlan>,
 }
 
@@ -45,7 +43,7 @@ pub(super) struct RepoPlan {
     /// `Some` when the repository's outcome is decisive (file parsed, no file, gone).
     pub decisive: Option<Decisive>,
     /// Every blueprint/identifier the file declares, valid or not (never deleted).
-    pub declared: HashSet<Key>,
+    pub declared: HashSet<EntityKey>,
     pub dirty: bool,
 }
 
@@ -170,7 +168,7 @@ pub(super) fn validate(
     let mut declared = Vec::new();
     for (repo, location, entities) in parsed {
         let plan = plans.get_mut(&repo).expect("planned above");
-        let mut seen_here: HashSet<Key> = HashSet::new();
+        let mut seen_here: HashSet<EntityKey> = HashSet::new();
         for item in entities {
             let label = item.label();
             let index = item.index;
@@ -226,7 +224,7 @@ pub(super) fn validate(
                 }
             };
             if let Some(Value::String(id)) = map.get("identifier") {
-                let key = (blueprint_id.clone(), id.clone());
+                let key = EntityKey::new(&blueprint_id, id);
                 if !seen_here.insert(key.clone()) {
                     reject(
                         ProblemKind::Rejected,
@@ -317,7 +315,7 @@ pub(super) fn plan_changes(
     }
     // Does `repo` (the current owner) still declare `key`? Repositories not re-read this
     // time (unchanged, unreadable, broken, out of scope) are taken to still declare theirs.
-    let still_declares = |repo: &str, key: &Key| match plans.get(repo) {
+    let still_declares = |repo: &str, key: &EntityKey| match plans.get(repo) {
         Some(RepoPlan {
             decisive: Some(_),
             declared,
@@ -326,13 +324,13 @@ pub(super) fn plan_changes(
         _ => true,
     };
 
-    let mut claims: BTreeMap<Key, Vec<Declared>> = BTreeMap::new();
+    let mut claims: BTreeMap<EntityKey, Vec<Declared>> = BTreeMap::new();
     for d in declared {
-        let key = (d.entity.blueprint.clone(), d.entity.identifier.clone());
+        let key = d.entity.key();
         claims.entry(key).or_default().push(d);
     }
     let mut upserts = Vec::new();
-    let mut winners: HashMap<Key, String> = HashMap::new();
+    let mut winners: HashMap<EntityKey, String> = HashMap::new();
     let mut conflicted: Vec<String> = Vec::new();
     for (key, mut claimants) in claims {
         claimants.sort_by(|a, b| a.repo.cmp(&b.repo));
@@ -345,7 +343,7 @@ pub(super) fn plan_changes(
                 conflicted.push(d.repo.clone());
                 let message = format!(
                     "{}/{} is also declared by {winner}, which keeps it; remove it from one of the files",
-                    key.0, key.1
+                    key.blueprint, key.identifier
                 );
                 report.problems.push(Problem {
                     kind: ProblemKind::Conflict,
@@ -389,7 +387,7 @@ pub(super) fn plan_changes(
             continue;
         };
         for owned in &repo_state.entities {
-            let key = (owned.blueprint.clone(), owned.identifier.clone());
+            let key = owned.key();
             // Still declared here (valid or not), or taken over by another file: keep.
             if plan.declared.contains(&key) || winners.contains_key(&key) {
                 continue;
@@ -405,14 +403,11 @@ pub(super) fn plan_changes(
 }
 
 /// Who owns what: `(blueprint, identifier)` → (repository, last applied hash).
-pub(super) fn owner_index(state: &SyncState) -> HashMap<Key, (String, Option<String>)> {
+pub(super) fn owner_index(state: &SyncState) -> HashMap<EntityKey, (String, Option<String>)> {
     let mut index = HashMap::new();
     for (repo, repo_state) in &state.repos {
         for owned in &repo_state.entities {
-            index.insert(
-                (owned.blueprint.clone(), owned.identifier.clone()),
-                (repo.clone(), owned.hash.clone()),
-            );
+            index.insert(owned.key(), (repo.clone(), owned.hash.clone()));
         }
     }
     index
@@ -643,7 +638,7 @@ mod tests {
             let mut deletes: Vec<(&str, &str)> = plan
                 .deletes
                 .iter()
-                .map(|(repo, key)| (repo.as_str(), key.1.as_str()))
+                .map(|(repo, key)| (repo.as_str(), key.identifier.as_str()))
                 .collect();
             deletes.sort();
             assert_eq!(deletes, case.deletes, "{}: deletes", case.name);

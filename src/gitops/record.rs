@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::plan::{Decisive, Declared, Key, RepoPlan};
+use super::keys::EntityKey;
+use super::plan::{Decisive, Declared, RepoPlan};
 use super::state::{path_of, repo_of, Owned, SyncState};
 
 /// Before writing: planned upserts become owned (hash unknown), transfers move.
@@ -16,14 +17,9 @@ pub(super) fn record_intent(
     plans: &HashMap<String, RepoPlan>,
     upserts: &[Declared],
 ) {
-    let moving: HashSet<Key> = upserts
-        .iter()
-        .map(|d| (d.entity.blueprint.clone(), d.entity.identifier.clone()))
-        .collect();
+    let moving: HashSet<EntityKey> = upserts.iter().map(|d| d.entity.key()).collect();
     for repo_state in state.repos.values_mut() {
-        repo_state
-            .entities
-            .retain(|o| !moving.contains(&(o.blueprint.clone(), o.identifier.clone())));
+        repo_state.entities.retain(|o| !moving.contains(&o.key()));
     }
     for d in upserts {
         state
@@ -53,22 +49,17 @@ pub(super) fn record_outcome(
     state: &mut SyncState,
     mut plans: HashMap<String, RepoPlan>,
     upserts: &[Declared],
-    deletes: &[(String, Key)],
-    written: &HashSet<Key>,
-    removed: &HashSet<Key>,
+    deletes: &[(String, EntityKey)],
+    written: &HashSet<EntityKey>,
+    removed: &HashSet<EntityKey>,
 ) {
-    let landed: HashMap<Key, &str> = upserts
+    let landed: HashMap<EntityKey, &str> = upserts
         .iter()
-        .map(|d| {
-            (
-                (d.entity.blueprint.clone(), d.entity.identifier.clone()),
-                d.entity.hash.as_str(),
-            )
-        })
+        .map(|d| (d.entity.key(), d.entity.hash.as_str()))
         .filter(|(key, _)| written.contains(key))
         .collect();
     for d in upserts {
-        if !written.contains(&(d.entity.blueprint.clone(), d.entity.identifier.clone())) {
+        if !written.contains(&d.entity.key()) {
             plans.entry(d.repo.clone()).or_default().dirty = true;
         }
     }
@@ -78,11 +69,9 @@ pub(super) fn record_outcome(
         }
     }
     for repo_state in state.repos.values_mut() {
-        repo_state
-            .entities
-            .retain(|o| !removed.contains(&(o.blueprint.clone(), o.identifier.clone())));
+        repo_state.entities.retain(|o| !removed.contains(&o.key()));
         for owned in &mut repo_state.entities {
-            if let Some(hash) = landed.get(&(owned.blueprint.clone(), owned.identifier.clone())) {
+            if let Some(hash) = landed.get(&owned.key()) {
                 owned.hash = Some((*hash).to_owned());
             }
         }

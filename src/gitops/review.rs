@@ -13,8 +13,9 @@ use serde_json::Value;
 use super::contracts::BlueprintSource;
 use super::contracts::Scan;
 use super::engine::SyncEngine;
+use super::keys::EntityKey;
 use super::manifest;
-use super::plan::{self, owner_index, plan_changes, Key};
+use super::plan::{self, owner_index, plan_changes};
 use super::read::sha256;
 use super::report::{Problem, SyncReport};
 use super::state::{file_key, path_of, repo_of, StateError};
@@ -183,18 +184,14 @@ impl SyncEngine {
 
         // Deletions: what the record says the repository's files produced, and what the
         // target branch's files declare, that no file of the source commit declares.
-        let declared_here: BTreeSet<&Key> = planned
+        let declared_here: BTreeSet<&EntityKey> = planned
             .repos
             .iter()
             .filter(|(key, _)| repo_of(key) == repo)
             .flat_map(|(_, plan)| plan.declared.iter())
             .collect();
-        let claimed: BTreeSet<Key> = planned
-            .upserts
-            .iter()
-            .map(|d| (d.entity.blueprint.clone(), d.entity.identifier.clone()))
-            .collect();
-        let mut deletes: BTreeMap<Key, Option<String>> = planned
+        let claimed: BTreeSet<EntityKey> = planned.upserts.iter().map(|d| d.entity.key()).collect();
+        let mut deletes: BTreeMap<EntityKey, Option<String>> = planned
             .deletes
             .into_iter()
             .map(|(owner, key)| (key, path_of(&owner).map(str::to_owned)))
@@ -210,13 +207,13 @@ impl SyncEngine {
             }
         }
 
-        let wanted: Vec<Key> = claimed.iter().chain(deletes.keys()).cloned().collect();
+        let wanted: Vec<EntityKey> = claimed.iter().chain(deletes.keys()).cloned().collect();
         let existing = existing(catalog, &wanted, review).await?;
         for d in planned.upserts {
-            let key = (d.entity.blueprint.clone(), d.entity.identifier.clone());
+            let key = d.entity.key();
             let mut entry = Planned {
-                blueprint: key.0.clone(),
-                identifier: key.1.clone(),
+                blueprint: key.blueprint.clone(),
+                identifier: key.identifier.clone(),
                 item: d.item,
                 fields: Vec::new(),
                 path: path_of(&d.location).map(str::to_owned),
@@ -243,9 +240,9 @@ impl SyncEngine {
         review.deleted = deletes
             .into_iter()
             .filter(|(k, _)| !review.compared || existing.contains_key(k))
-            .map(|((blueprint, identifier), path)| Planned {
-                blueprint,
-                identifier,
+            .map(|(key, path)| Planned {
+                blueprint: key.blueprint,
+                identifier: key.identifier,
                 item: None,
                 fields: Vec::new(),
                 path,
@@ -259,15 +256,15 @@ impl SyncEngine {
 /// uncompared when there is no catalog to ask.
 async fn existing(
     catalog: &dyn CatalogLookup,
-    keys: &[Key],
+    keys: &[EntityKey],
     review: &mut Review,
-) -> Result<HashMap<Key, Value>, ReviewError> {
+) -> Result<HashMap<EntityKey, Value>, ReviewError> {
     let mut wanted: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (blueprint, identifier) in keys {
+    for key in keys {
         wanted
-            .entry(blueprint)
+            .entry(&key.blueprint)
             .or_default()
-            .push(identifier.clone());
+            .push(key.identifier.clone());
     }
     let mut existing = HashMap::new();
     review.compared = true;
@@ -280,7 +277,7 @@ async fn existing(
             Some(found) => {
                 for entity in found {
                     if let Some(id) = entity.get("identifier").and_then(Value::as_str) {
-                        existing.insert((blueprint.to_owned(), id.to_owned()), entity);
+                        existing.insert(EntityKey::new(blueprint, id), entity);
                     }
                 }
             }
@@ -291,7 +288,7 @@ async fn existing(
 }
 
 /// The `(blueprint, identifier)` pairs a file names, valid or not (for deletions).
-fn declared_keys(text: &str) -> Vec<Key> {
+fn declared_keys(text: &str) -> Vec<EntityKey> {
     manifest::parse(text)
         .map(|items| {
             items
@@ -299,7 +296,7 @@ fn declared_keys(text: &str) -> Vec<Key> {
                 .filter_map(|item| {
                     let blueprint = item.value.get("blueprint")?.as_str()?;
                     let identifier = item.value.get("identifier")?.as_str()?;
-                    Some((blueprint.to_owned(), identifier.to_owned()))
+                    Some(EntityKey::new(blueprint, identifier))
                 })
                 .collect()
         })
@@ -370,8 +367,8 @@ mod tests {
         assert_eq!(
             keys,
             vec![
-                ("service".into(), "a".into()),
-                ("service".into(), "c".into())
+                EntityKey::new("service", "a"),
+                EntityKey::new("service", "c")
             ]
         );
         assert!(declared_keys("[unclosed").is_empty());

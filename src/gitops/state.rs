@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::keys::EntityKey;
 use crate::core::{RecordStore, SharedRecords, StoreError};
 
 /// Name of the record (and of its lock) in a shared store.
@@ -32,6 +33,12 @@ pub struct Owned {
     pub identifier: String,
     /// Hash of the body last applied; `None` while a write is planned or failed (retried next time).
     pub hash: Option<String>,
+}
+
+impl Owned {
+    pub fn key(&self) -> EntityKey {
+        EntityKey::new(&self.blueprint, &self.identifier)
+    }
 }
 
 /// What the last sync learnt about one repository.

@@ -9,7 +9,7 @@ use futures_util::{stream, StreamExt as _};
 use serde_json::Value;
 
 use super::contracts::EntityWriter;
-use super::keys::EntityKey;
+use super::keys::{EntityKey, SourceKey};
 use super::plan::Declared;
 use super::report::{Problem, ProblemKind, SyncReport};
 use crate::core::CatalogError;
@@ -94,12 +94,12 @@ pub(super) async fn upsert_all(
 /// Deletes every planned deletion; returns the keys that are gone.
 pub(super) async fn delete_all(
     concurrency: usize,
-    deletes: &[(String, EntityKey)],
+    deletes: &[(SourceKey, EntityKey)],
     writer: &dyn EntityWriter,
     writes: &AtomicU64,
     report: &mut SyncReport,
 ) -> HashSet<EntityKey> {
-    let results: Vec<(String, EntityKey, Result<bool, CatalogError>)> =
+    let results: Vec<(SourceKey, EntityKey, Result<bool, CatalogError>)> =
         stream::iter(deletes.to_vec())
             .map(|(repo, key)| async move {
                 writes.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +118,7 @@ pub(super) async fn delete_all(
             }
             Err(e) => report.problems.push(Problem {
                 kind: ProblemKind::WriteFailed,
-                location: repo.clone(),
+                location: repo.to_string(),
                 entity: Some(key.to_string()),
                 message: format!("could not delete it: {e}"),
                 spots: Vec::new(),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::keys::EntityKey;
+use super::keys::{EntityKey, SourceKey};
 use super::plan::RepoPlan;
 use super::report::{Problem, ProblemKind, SyncReport};
 use super::state::SyncState;
@@ -14,8 +14,8 @@ use super::state::SyncState;
 /// to go ahead anyway. Creates and updates still go through.
 pub(super) fn mass_delete_breaker(
     state: &SyncState,
-    deletes: &mut Vec<(String, EntityKey)>,
-    plans: &mut HashMap<String, RepoPlan>,
+    deletes: &mut Vec<(SourceKey, EntityKey)>,
+    plans: &mut HashMap<SourceKey, RepoPlan>,
     ratio: f64,
     report: &mut SyncReport,
 ) {

@@ -27,7 +27,7 @@ use super::paths::PathRules;
 use super::plan::{self, owner_index, plan_changes, Plan};
 use super::record::{record_intent, record_outcome};
 use super::report::SyncReport;
-use super::state::{repo_of, StateStore};
+use super::state::StateStore;
 use crate::bitbucket::BitbucketClient;
 
 pub struct SyncEngine {
@@ -114,7 +114,7 @@ impl SyncEngine {
         // Counted by repository: a repository has a scan per file (and one for its marker).
         let mut repos: std::collections::BTreeMap<&str, bool> = Default::default();
         for (key, scan) in &scans {
-            let unchanged = repos.entry(repo_of(key)).or_insert(true);
+            let unchanged = repos.entry(key.repo_name()).or_insert(true);
             *unchanged &= matches!(scan, Scan::Unchanged);
         }
         report.repos_scanned = repos.len();
@@ -167,11 +167,12 @@ impl SyncEngine {
         if request.dry_run {
             let owners = owner_index(&state);
             for d in &upserts {
-                let key = format!("{}/{}", d.entity.blueprint, d.entity.identifier);
-                if owners.contains_key(&d.entity.key()) {
-                    report.updated.push(key);
+                let key = d.entity.key();
+                let name = key.to_string();
+                if owners.contains_key(&key) {
+                    report.updated.push(name);
                 } else {
-                    report.created.push(key);
+                    report.created.push(name);
                 }
             }
             report.deleted = deletes.iter().map(|(_, k)| k.to_string()).collect();

@@ -69,6 +69,11 @@ impl SourceKey {
         &self.repo
     }
 
+    /// The project key (`PROJECT` of `PROJECT/slug`).
+    pub fn project(&self) -> &str {
+        self.repo.split_once('/').map_or(&self.repo, |(p, _)| p)
+    }
+
     /// The file's path, for a file's key.
     pub fn path(&self) -> Option<&str> {
         self.path.as_deref()

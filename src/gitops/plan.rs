@@ -15,21 +15,21 @@ use serde_json::Value;
 use super::blueprint::{Blueprint, FieldProblem, ValidEntity};
 use super::contracts::BlueprintSource;
 use super::contracts::Scan;
-use super::keys::EntityKey;
+use super::keys::{EntityKey, SourceKey};
 use super::manifest::{self, kind, ManifestEntity, ManifestError};
 use super::report::{Problem, ProblemKind, Spot, SpotAt, SyncReport};
-use super::state::{path_of, SyncState};
+use super::state::SyncState;
 
 /// What planning decided: writes, deletions (with the owning repository), per-repository notes.
 pub(super) struct Plan {
     pub upserts: Vec<Declared>,
-    pub deletes: Vec<(String, EntityKey)>,
-    pub repos: HashMap<String, RepoPlan>,
+    pub deletes: Vec<(SourceKey, EntityKey)>,
+    pub repos: HashMap<SourceKey, RepoPlan>,
 }
 
 /// A valid entity, where it came from.
 pub(super) struct Declared {
-    pub repo: String,
+    pub repo: SourceKey,
     /// Its item in the file (`None` in a single-entity file).
     pub item: Option<usize>,
     pub location: String,
@@ -53,8 +53,13 @@ pub(super) enum Decisive {
     Gone,
 }
 
-/// A parsed file: its repository, its location (`PROJECT/repo:port.yaml`) and its items.
-pub(super) type Parsed = (String, String, Vec<ManifestEntity>);
+/// A parsed file: where its scan came from, how reports name it (`PROJECT/repo:port.yaml`)
+/// and its items.
+pub(super) struct Parsed {
+    pub source: SourceKey,
+    pub location: String,
+    pub entities: Vec<ManifestEntity>,
+}
 
 /// The blueprints the files use, as fetched (once each).
 pub(super) type Known = HashMap<String, Result<Option<Blueprint>, String>>;
@@ -62,10 +67,10 @@ pub(super) type Known = HashMap<String, Result<Option<Blueprint>, String>>;
 /// Turns what was read into per-repository plans and the files to validate; unreadable and
 /// unparsable repositories are marked (they keep everything) and reported.
 pub(super) fn classify(
-    scans: &BTreeMap<String, Scan>,
+    scans: &BTreeMap<SourceKey, Scan>,
     report: &mut SyncReport,
-) -> (HashMap<String, RepoPlan>, Vec<Parsed>) {
-    let mut plans: HashMap<String, RepoPlan> = HashMap::new();
+) -> (HashMap<SourceKey, RepoPlan>, Vec<Parsed>) {
+    let mut plans: HashMap<SourceKey, RepoPlan> = HashMap::new();
     let mut parsed: Vec<Parsed> = Vec::new();
     for (repo, scan) in scans {
         let plan = plans.entry(repo.clone()).or_default();
@@ -76,14 +81,18 @@ pub(super) fn classify(
                         name: name.clone(),
                         sha: sha.clone(),
                     });
-                    parsed.push((repo.clone(), location(repo, name), entities));
+                    parsed.push(Parsed {
+                        source: repo.clone(),
+                        location: repo.or_file(name).to_string(),
+                        entities,
+                    });
                 }
                 Err(e) => {
                     // A broken file still exists: nothing of it is deleted.
                     plan.dirty = true;
                     report.problems.push(Problem {
                         kind: ProblemKind::Rejected,
-                        location: location(repo, name),
+                        location: repo.or_file(name).to_string(),
                         entity: None,
                         message: e.to_string(),
                         spots: vec![Spot {
@@ -109,7 +118,7 @@ pub(super) fn classify(
                 plan.dirty = true;
                 report.problems.push(Problem {
                     kind: ProblemKind::ReadFailed,
-                    location: repo.clone(),
+                    location: repo.to_string(),
                     entity: None,
                     message: message.clone(),
                     spots: Vec::new(),
@@ -125,20 +134,12 @@ pub(super) fn classify(
     (plans, parsed)
 }
 
-/// How a report names a file: its key (`PROJECT/repo:path`).
-fn location(key: &str, name: &str) -> String {
-    match path_of(key) {
-        Some(_) => key.to_owned(),
-        None => format!("{key}:{name}"),
-    }
-}
-
 /// Fetches each blueprint the files name, once, all at once.
 pub(super) async fn fetch_blueprints(parsed: &[Parsed], blueprints: &dyn BlueprintSource) -> Known {
     // Fetch each blueprint once, all at once.
     let wanted: BTreeSet<String> = parsed
         .iter()
-        .flat_map(|(_, _, entities)| entities.iter())
+        .flat_map(|p| p.entities.iter())
         .filter_map(|e| e.value.get("blueprint").and_then(Value::as_str))
         .map(str::to_owned)
         .collect();
@@ -162,11 +163,16 @@ pub(super) async fn fetch_blueprints(parsed: &[Parsed], blueprints: &dyn Bluepri
 pub(super) fn validate(
     parsed: Vec<Parsed>,
     known: &Known,
-    plans: &mut HashMap<String, RepoPlan>,
+    plans: &mut HashMap<SourceKey, RepoPlan>,
     report: &mut SyncReport,
 ) -> Vec<Declared> {
     let mut declared = Vec::new();
-    for (repo, location, entities) in parsed {
+    for Parsed {
+        source: repo,
+        location,
+        entities,
+    } in parsed
+    {
         let plan = plans.get_mut(&repo).expect("planned above");
         let mut seen_here: HashSet<EntityKey> = HashSet::new();
         for item in entities {
@@ -301,8 +307,8 @@ fn rejection(
 /// Settles ownership and conflicts; returns what to write and what to delete.
 pub(super) fn plan_changes(
     state: &SyncState,
-    scans: &BTreeMap<String, Scan>,
-    mut plans: HashMap<String, RepoPlan>,
+    scans: &BTreeMap<SourceKey, Scan>,
+    mut plans: HashMap<SourceKey, RepoPlan>,
     declared: Vec<Declared>,
     full: bool,
     report: &mut SyncReport,
@@ -315,7 +321,7 @@ pub(super) fn plan_changes(
     }
     // Does `repo` (the current owner) still declare `key`? Repositories not re-read this
     // time (unchanged, unreadable, broken, out of scope) are taken to still declare theirs.
-    let still_declares = |repo: &str, key: &EntityKey| match plans.get(repo) {
+    let still_declares = |repo: &SourceKey, key: &EntityKey| match plans.get(repo) {
         Some(RepoPlan {
             decisive: Some(_),
             declared,
@@ -330,8 +336,8 @@ pub(super) fn plan_changes(
         claims.entry(key).or_default().push(d);
     }
     let mut upserts = Vec::new();
-    let mut winners: HashMap<EntityKey, String> = HashMap::new();
-    let mut conflicted: Vec<String> = Vec::new();
+    let mut winners: HashMap<EntityKey, SourceKey> = HashMap::new();
+    let mut conflicted: Vec<SourceKey> = Vec::new();
     for (key, mut claimants) in claims {
         claimants.sort_by(|a, b| a.repo.cmp(&b.repo));
         let winner = match owners.get(&key) {
@@ -403,7 +409,7 @@ pub(super) fn plan_changes(
 }
 
 /// Who owns what: `(blueprint, identifier)` → (repository, last applied hash).
-pub(super) fn owner_index(state: &SyncState) -> HashMap<EntityKey, (String, Option<String>)> {
+pub(super) fn owner_index(state: &SyncState) -> HashMap<EntityKey, (SourceKey, Option<String>)> {
     let mut index = HashMap::new();
     for (repo, repo_state) in &state.repos {
         for owned in &repo_state.entities {
@@ -472,13 +478,13 @@ mod tests {
             repos: case
                 .record
                 .iter()
-                .map(|(r, s)| ((*r).to_owned(), s.clone()))
+                .map(|(r, s)| (SourceKey::parse(r), s.clone()))
                 .collect(),
         };
-        let scans: BTreeMap<String, Scan> = case
+        let scans: BTreeMap<SourceKey, Scan> = case
             .scans
             .iter()
-            .map(|(r, s)| ((*r).to_owned(), s.clone()))
+            .map(|(r, s)| (SourceKey::parse(r), s.clone()))
             .collect();
         let mut report = SyncReport::default();
         let (mut plans, parsed) = classify(&scans, &mut report);
@@ -487,7 +493,7 @@ mod tests {
                 .unwrap();
         let known: Known = parsed
             .iter()
-            .flat_map(|(_, _, items)| items.iter())
+            .flat_map(|p| p.entities.iter())
             .filter_map(|e| e.value.get("blueprint").and_then(Value::as_str))
             .map(|b| {
                 let found = (b == "service").then(|| service.clone());
@@ -635,13 +641,18 @@ mod tests {
                 .collect();
             writes.sort();
             assert_eq!(writes, case.writes, "{}: writes", case.name);
-            let mut deletes: Vec<(&str, &str)> = plan
+            let mut deletes: Vec<(String, &str)> = plan
                 .deletes
                 .iter()
-                .map(|(repo, key)| (repo.as_str(), key.identifier.as_str()))
+                .map(|(repo, key)| (repo.to_string(), key.identifier.as_str()))
                 .collect();
             deletes.sort();
-            assert_eq!(deletes, case.deletes, "{}: deletes", case.name);
+            let expected: Vec<(String, &str)> = case
+                .deletes
+                .iter()
+                .map(|(repo, id)| ((*repo).to_owned(), *id))
+                .collect();
+            assert_eq!(deletes, expected, "{}: deletes", case.name);
             let kinds: Vec<ProblemKind> = report.problems.iter().map(|p| p.kind).collect();
             assert_eq!(kinds, case.problems, "{}: {:?}", case.name, report.problems);
         }

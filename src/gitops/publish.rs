@@ -8,10 +8,10 @@ use super::contracts::BlueprintSource;
 use super::engine::SyncEngine;
 use std::collections::BTreeMap;
 
+use super::keys::SourceKey;
 use super::positions::Positions;
 use super::report::{ProblemKind, SpotAt};
 use super::review::{CatalogLookup, Planned, Review, ReviewError};
-use super::state::path_of;
 use crate::bitbucket::insights::{
     fit, Annotation, AnnotationType, BuildState, BuildStatus, DataValue, InsightReport,
     InsightResult, Severity,
@@ -314,7 +314,9 @@ fn render_annotations(review: &Review, links: &Links) -> Vec<Annotation> {
             Some(entity) => format!("{entity}: {message}"),
             None => message.to_owned(),
         };
-        let file = path_of(&problem.location).unwrap_or(&first).to_owned();
+        // A problem's location names its file as the record keys it (`PROJECT/slug:path`).
+        let located = SourceKey::parse(&problem.location);
+        let file = located.path().unwrap_or(&first).to_owned();
         let here = positions.get(file.as_str());
         let spots: Vec<(usize, String)> = if problem.spots.is_empty() {
             vec![(0, named(&problem.message))]

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::contracts::{Scan, SyncError, SyncLog, SyncRequest};
 use super::engine::SyncEngine;
+use super::keys::SourceKey;
 use super::report::{Problem, ProblemKind, SyncReport};
-use super::state::{file_key, repo_of, SyncState};
+use super::state::SyncState;
 use crate::bitbucket::{BitbucketError, RepoRef};
 
 impl SyncEngine {
@@ -29,7 +30,7 @@ impl SyncEngine {
         report: &mut SyncReport,
         log: &dyn SyncLog,
         limited_before: u64,
-    ) -> Result<BTreeMap<String, Scan>, SyncError> {
+    ) -> Result<BTreeMap<SourceKey, Scan>, SyncError> {
         let read = self.read(request, state, report, log);
         tokio::pin!(read);
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -59,7 +60,7 @@ impl SyncEngine {
         state: &SyncState,
         report: &mut SyncReport,
         log: &dyn SyncLog,
-    ) -> Result<BTreeMap<String, Scan>, SyncError> {
+    ) -> Result<BTreeMap<SourceKey, Scan>, SyncError> {
         let abort = CancellationToken::new();
         let fatal: Mutex<Option<BitbucketError>> = Mutex::new(None);
         let mut scans = BTreeMap::new();
@@ -95,7 +96,7 @@ impl SyncEngine {
             .await;
             let listed = join_all(projects.iter().map(|key| async {
                 let slugs = self.bitbucket.repo_slugs(key).await;
-                let scans: Vec<(String, Scan)> = match &slugs {
+                let scans: Vec<(SourceKey, Scan)> = match &slugs {
                     Ok(slugs) => join_all(slugs.iter().map(|slug| {
                         let repo = RepoRef {
                             project: key.clone(),
@@ -116,12 +117,14 @@ impl SyncEngine {
             for (key, result) in listed {
                 match result {
                     Ok(found) => {
-                        let seen: HashSet<String> =
-                            found.iter().map(|(k, _)| repo_of(k).to_owned()).collect();
+                        let seen: HashSet<String> = found
+                            .iter()
+                            .map(|(k, _)| k.repo_name().to_owned())
+                            .collect();
                         scans.extend(found);
                         // Owned repositories no longer listed were deleted or moved.
                         for owned in owned_keys_of(state, &key) {
-                            if !seen.contains(repo_of(&owned)) {
+                            if !seen.contains(owned.repo_name()) {
                                 scans.insert(owned, Scan::Gone);
                             }
                         }
@@ -151,8 +154,7 @@ impl SyncEngine {
             if listed_all {
                 // Owned repositories of projects that no longer exist.
                 for key in state.repos.keys() {
-                    let project = key.split('/').next().unwrap_or_default();
-                    if !in_scope.contains(project) {
+                    if !in_scope.contains(key.project()) {
                         scans.insert(key.clone(), Scan::Gone);
                     }
                 }
@@ -173,7 +175,7 @@ impl SyncEngine {
         full: bool,
         abort: &CancellationToken,
         fatal: &Mutex<Option<BitbucketError>>,
-    ) -> Vec<(String, Scan)> {
+    ) -> Vec<(SourceKey, Scan)> {
         let key = repo.to_string();
         let result = tokio::select! {
             result = self.scan_repo(&repo, state, full) => result,
@@ -184,7 +186,7 @@ impl SyncEngine {
             Err(e) if e.is_gone() => {
                 let mut keys = state.keys_of(&key);
                 if keys.is_empty() {
-                    keys.push(key);
+                    keys.push(SourceKey::repo(&key));
                 }
                 return keys.into_iter().map(|k| (k, Scan::Gone)).collect();
             }
@@ -198,13 +200,12 @@ impl SyncEngine {
             Err(e) => e.to_string(),
         };
         // Reported once, on the repository; its files keep everything.
-        let mut scans: Vec<(String, Scan)> = state
-            .keys_of(&key)
+        let mut scans: Vec<(SourceKey, Scan)> = state
+            .files_of(&key)
             .into_iter()
-            .filter(|k| k != &key)
             .map(|k| (k, Scan::Kept))
             .collect();
-        scans.push((key, Scan::Failed(message)));
+        scans.push((SourceKey::repo(&key), Scan::Failed(message)));
         scans
     }
 
@@ -216,15 +217,12 @@ impl SyncEngine {
         repo: &RepoRef,
         state: &SyncState,
         full: bool,
-    ) -> Result<Vec<(String, Scan)>, BitbucketError> {
-        let key = repo.to_string();
+    ) -> Result<Vec<(SourceKey, Scan)>, BitbucketError> {
+        let name = repo.to_string();
+        let key = SourceKey::repo(&name);
         let paths = self.paths.for_project(&repo.project);
         let marker = state.repos.get(&key);
-        let owned: Vec<String> = state
-            .keys_of(&key)
-            .into_iter()
-            .filter(|k| k != &key)
-            .collect();
+        let owned = state.files_of(&name);
         let bb = &self.bitbucket;
         let (project, slug) = (repo.project.as_str(), repo.slug.as_str());
         let clean = owned.iter().all(|k| state.repos[k].content_sha.is_some())
@@ -259,7 +257,7 @@ impl SyncEngine {
 
         let mut scans = Vec::new();
         for (path, text) in &found {
-            let file = file_key(&key, path);
+            let file = SourceKey::file(&name, path);
             let sha = sha256(text);
             let same = state.repos.get(&file).and_then(|r| r.content_sha.as_ref()) == Some(&sha);
             scans.push((
@@ -330,8 +328,9 @@ impl SyncEngine {
 }
 
 /// Nothing changed in the repository: every key of it unchanged.
-fn unchanged(key: String, owned: Vec<String>, marked: bool) -> Vec<(String, Scan)> {
-    let mut scans: Vec<(String, Scan)> = owned.into_iter().map(|k| (k, Scan::Unchanged)).collect();
+fn unchanged(key: SourceKey, owned: Vec<SourceKey>, marked: bool) -> Vec<(SourceKey, Scan)> {
+    let mut scans: Vec<(SourceKey, Scan)> =
+        owned.into_iter().map(|k| (k, Scan::Unchanged)).collect();
     if marked {
         scans.push((key, Scan::Unchanged));
     }
@@ -339,11 +338,11 @@ fn unchanged(key: String, owned: Vec<String>, marked: bool) -> Vec<(String, Scan
 }
 
 /// The record's keys (markers and files) of a project's repositories.
-fn owned_keys_of(state: &SyncState, project: &str) -> Vec<String> {
+fn owned_keys_of(state: &SyncState, project: &str) -> Vec<SourceKey> {
     state
         .repos
         .keys()
-        .filter(|k| k.split('/').next() == Some(project))
+        .filter(|k| k.project() == project)
         .cloned()
         .collect()
 }

@@ -5,16 +5,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::keys::EntityKey;
+use super::keys::{EntityKey, SourceKey};
 use super::plan::{Decisive, Declared, RepoPlan};
-use super::state::{path_of, repo_of, Owned, SyncState};
+use super::state::{Owned, SyncState};
 
 /// Before writing: planned upserts become owned (hash unknown), transfers move.
 ///
 /// Planned deletions stay owned until Port confirms them.
 pub(super) fn record_intent(
     state: &mut SyncState,
-    plans: &HashMap<String, RepoPlan>,
+    plans: &HashMap<SourceKey, RepoPlan>,
     upserts: &[Declared],
 ) {
     let moving: HashSet<EntityKey> = upserts.iter().map(|d| d.entity.key()).collect();
@@ -47,9 +47,9 @@ pub(super) fn record_intent(
 /// A repository with any failed write is marked to be read again next time.
 pub(super) fn record_outcome(
     state: &mut SyncState,
-    mut plans: HashMap<String, RepoPlan>,
+    mut plans: HashMap<SourceKey, RepoPlan>,
     upserts: &[Declared],
-    deletes: &[(String, EntityKey)],
+    deletes: &[(SourceKey, EntityKey)],
     written: &HashSet<EntityKey>,
     removed: &HashSet<EntityKey>,
 ) {
@@ -81,12 +81,12 @@ pub(super) fn record_outcome(
     let with_files: HashSet<&str> = plans
         .iter()
         .filter(|(_, p)| matches!(p.decisive, Some(Decisive::File { .. })))
-        .map(|(key, _)| repo_of(key))
+        .map(|(key, _)| key.repo_name())
         .collect();
     let dirty: HashSet<String> = plans
         .iter()
         .filter(|(_, p)| p.dirty)
-        .map(|(key, _)| repo_of(key).to_owned())
+        .map(|(key, _)| key.repo_name().to_owned())
         .collect();
     for (repo, plan) in &plans {
         let Some(decisive) = &plan.decisive else {
@@ -111,13 +111,13 @@ pub(super) fn record_outcome(
                 repo_state.content_sha = None;
                 // Only a clean repository may be skipped by its commit next time.
                 let clean = !plan.dirty && repo_state.entities.is_empty();
-                let is_marker = path_of(repo).is_none();
+                let is_marker = repo.path().is_none();
                 repo_state.commit = if clean && is_marker {
                     commit.clone()
                 } else {
                     None
                 };
-                repo_state.absent = clean && is_marker && !with_files.contains(repo.as_str());
+                repo_state.absent = clean && is_marker && !with_files.contains(repo.repo_name());
             }
             Decisive::Gone => {
                 repo_state.absent = false;
@@ -128,7 +128,7 @@ pub(super) fn record_outcome(
         }
     }
     for (key, repo_state) in state.repos.iter_mut() {
-        if path_of(key).is_none() && dirty.contains(key) {
+        if key.path().is_none() && dirty.contains(key.repo_name()) {
             repo_state.commit = None;
         }
     }

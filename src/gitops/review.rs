@@ -14,11 +14,12 @@ use super::contracts::BlueprintSource;
 use super::contracts::Scan;
 use super::engine::SyncEngine;
 use super::keys::EntityKey;
+use super::keys::SourceKey;
 use super::manifest;
 use super::plan::{self, owner_index, plan_changes};
 use super::read::sha256;
 use super::report::{Problem, SyncReport};
-use super::state::{file_key, path_of, repo_of, StateError};
+use super::state::StateError;
 use crate::bitbucket::{BitbucketError, PullRequest, RepoRef};
 use crate::port::PortError;
 
@@ -158,7 +159,7 @@ impl SyncEngine {
         let repo = pr.repo.to_string();
         let state = self.store.load().await?;
         let owners = owner_index(&state);
-        let mut scans: BTreeMap<String, Scan> = head
+        let mut scans: BTreeMap<SourceKey, Scan> = head
             .iter()
             .map(|(path, text)| {
                 let scan = Scan::File {
@@ -166,7 +167,7 @@ impl SyncEngine {
                     text: text.clone(),
                     sha: sha256(text),
                 };
-                (file_key(&repo, path), scan)
+                (SourceKey::file(&repo, path), scan)
             })
             .collect();
         // What the record says this repository owns and the commit no longer has.
@@ -187,20 +188,20 @@ impl SyncEngine {
         let declared_here: BTreeSet<&EntityKey> = planned
             .repos
             .iter()
-            .filter(|(key, _)| repo_of(key) == repo)
+            .filter(|(key, _)| key.repo_name() == repo)
             .flat_map(|(_, plan)| plan.declared.iter())
             .collect();
         let claimed: BTreeSet<EntityKey> = planned.upserts.iter().map(|d| d.entity.key()).collect();
         let mut deletes: BTreeMap<EntityKey, Option<String>> = planned
             .deletes
             .into_iter()
-            .map(|(owner, key)| (key, path_of(&owner).map(str::to_owned)))
+            .map(|(owner, key)| (key, owner.path().map(str::to_owned)))
             .collect();
         for (path, text) in base {
             for key in declared_keys(text) {
                 let owned_elsewhere = owners
                     .get(&key)
-                    .is_some_and(|(owner, _)| repo_of(owner) != repo);
+                    .is_some_and(|(owner, _)| owner.repo_name() != repo);
                 if !declared_here.contains(&key) && !claimed.contains(&key) && !owned_elsewhere {
                     deletes.entry(key).or_insert_with(|| Some(path.clone()));
                 }
@@ -216,7 +217,7 @@ impl SyncEngine {
                 identifier: key.identifier.clone(),
                 item: d.item,
                 fields: Vec::new(),
-                path: path_of(&d.location).map(str::to_owned),
+                path: d.repo.path().map(str::to_owned),
             };
             let now = match existing.get(&key) {
                 Some(now) => Some(now),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::EntityKey;
+use super::keys::{EntityKey, SourceKey};
 use crate::core::{RecordStore, SharedRecords, StoreError};
 
 /// Name of the record (and of its lock) in a shared store.
@@ -59,52 +59,40 @@ pub struct RepoState {
     pub entities: Vec<Owned>,
 }
 
-/// The whole record. Keys are sources: a file (`PROJECT/slug:path`, which owns entities)
-/// or a repository (`PROJECT/slug`, a marker: its head commit, or that it has no file).
+/// The whole record, by source: a file (which owns entities) or a repository (a marker: its
+/// head commit, or that it has no file).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
     pub version: u32,
-    pub repos: BTreeMap<String, RepoState>,
-}
-
-/// The key of a file's record.
-pub fn file_key(repo: &str, path: &str) -> String {
-    format!("{repo}:{path}")
-}
-
-/// The repository of a record's key (`PROJECT/slug`).
-pub fn repo_of(key: &str) -> &str {
-    key.split_once(':').map_or(key, |(repo, _)| repo)
-}
-
-/// The file of a record's key, for a file's key.
-pub fn path_of(key: &str) -> Option<&str> {
-    key.split_once(':').map(|(_, path)| path)
+    pub repos: BTreeMap<SourceKey, RepoState>,
 }
 
 impl SyncState {
-    /// The keys (the repository's marker and its files) of `repo`.
-    pub fn keys_of(&self, repo: &str) -> Vec<String> {
+    /// The keys (the repository's marker and its files) of `repo` (`PROJECT/slug`).
+    pub fn keys_of(&self, repo: &str) -> Vec<SourceKey> {
         self.repos
-            .range(repo.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(repo))
-            .filter(|(k, _)| repo_of(k) == repo)
+            .range(SourceKey::repo(repo)..)
+            .take_while(|(k, _)| k.repo_name() == repo)
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// The files (not the marker) of `repo` the record holds.
+    pub fn files_of(&self, repo: &str) -> Vec<SourceKey> {
+        let mut keys = self.keys_of(repo);
+        keys.retain(|k| k.path().is_some());
+        keys
     }
 
     /// Version 1 → 2: a repository's file becomes a file's key.
     fn convert_to_file_keys(&mut self) {
         let old = std::mem::take(&mut self.repos);
         for (key, state) in old {
-            match (&state.file, path_of(&key)) {
-                (Some(name), None) => {
-                    self.repos.insert(file_key(&key, name), state);
-                }
-                _ => {
-                    self.repos.insert(key, state);
-                }
-            }
+            let key = match (&state.file, key.path()) {
+                (Some(name), None) => key.or_file(name),
+                _ => key,
+            };
+            self.repos.insert(key, state);
         }
         self.version = VERSION;
     }
@@ -342,11 +330,11 @@ mod tests {
         }}"#;
         let state = store.parse(v1).unwrap();
         assert_eq!(state.version, VERSION);
-        let keys: Vec<&String> = state.repos.keys().collect();
+        let keys: Vec<String> = state.repos.keys().map(ToString::to_string).collect();
         assert_eq!(keys, ["PRJ/a:port.yaml", "PRJ/b"]);
-        assert_eq!(state.repos["PRJ/a:port.yaml"].entities[0].identifier, "x");
-        assert_eq!(state.keys_of("PRJ/a"), ["PRJ/a:port.yaml"]);
-        assert_eq!(repo_of("PRJ/a:services/x/port.yaml"), "PRJ/a");
+        let file = SourceKey::file("PRJ/a", "port.yaml");
+        assert_eq!(state.repos[&file].entities[0].identifier, "x");
+        assert_eq!(state.keys_of("PRJ/a"), [file]);
         assert!(store.parse(r#"{"version": 3, "repos": {}}"#).is_err());
     }
 
@@ -357,7 +345,7 @@ mod tests {
         let mut state = store.load().await.unwrap();
         assert!(state.repos.is_empty());
         state.repos.insert(
-            "PRJ/a".into(),
+            SourceKey::repo("PRJ/a"),
             RepoState {
                 file: Some("port.yaml".into()),
                 content_sha: Some("abc".into()),
@@ -380,7 +368,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = StateStore::in_dir(dir.path());
         let mut state = old.load().await.unwrap();
-        state.repos.insert("PRJ/old".into(), RepoState::default());
+        state
+            .repos
+            .insert(SourceKey::repo("PRJ/old"), RepoState::default());
         old.save(&state).await.unwrap();
 
         let journal = std::sync::Arc::new(
@@ -394,7 +384,7 @@ mod tests {
         );
         imported
             .repos
-            .insert("PRJ/new".into(), RepoState::default());
+            .insert(SourceKey::repo("PRJ/new"), RepoState::default());
         store.save(&imported).await.unwrap();
         assert!(!dir.path().join("gitops-state.json").exists());
         assert!(dir.path().join("gitops-state.json.imported").exists());

@@ -248,6 +248,7 @@ async fn runs_on_one_stack_never_overlap_across_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
+    use port_runner::gitops::keys::SourceKey;
     use port_runner::gitops::StateStore;
     use port_runner::store::PgJournal;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -266,7 +267,9 @@ async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
     let held = store_a.lock(|| panic!("free at first")).await.unwrap();
     let mut state = store_a.load().await.unwrap();
     assert!(state.repos.is_empty());
-    state.repos.insert("PRJ/a".into(), Default::default());
+    state
+        .repos
+        .insert(SourceKey::repo("PRJ/a"), Default::default());
     let waited = Arc::new(AtomicBool::new(false));
     let flag = waited.clone();
     let other = store_b.clone();

@@ -130,17 +130,7 @@ impl Lifecycle {
     pub async fn finish(&self, run_id: &RunId, verdict: Verdict) {
         let remote = self.sink.remote();
         // A local sink has nothing to send: finished and reported in one write.
-        if let Err(e) = self
-            .journal
-            .finished(
-                run_id,
-                verdict.status,
-                &verdict.summary,
-                verdict.link.as_deref(),
-                !remote,
-            )
-            .await
-        {
+        if let Err(e) = self.journal.finished(run_id, &verdict, !remote).await {
             if let JournalError::NotOwner(_) = e {
                 // This replica lost the run to another one, which reports it.
                 tracing::warn!(%run_id, "run taken over by another replica: its verdict is not sent from here");
@@ -163,7 +153,7 @@ impl Lifecycle {
             self.set_report(run_id, ReportState::Local);
             // Nothing else keeps it: the journal does, with the local catalog.
             let keep = self.registry.keep_finished();
-            super::kept::keep(self.journal.as_ref(), &self.registry, run_id, keep).await;
+            super::kept::keep(&*self.journal.records(), &self.registry, run_id, keep).await;
             return;
         }
         self.deliver(run_id.clone(), verdict).await;

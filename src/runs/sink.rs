@@ -10,33 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::RunId;
-use crate::port::{PortClient, PortError, RunPatch, RunStatus};
+use crate::port::{PortClient, PortError, RunPatch};
 
-/// The verdict on a finished run.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    pub status: RunStatus,
-    pub summary: String,
-    pub link: Option<String>,
-}
-
-impl Verdict {
-    pub fn success(summary: impl Into<String>, link: Option<String>) -> Self {
-        Self {
-            status: RunStatus::Success,
-            summary: summary.into(),
-            link,
-        }
-    }
-
-    pub fn failure(summary: impl Into<String>) -> Self {
-        Self {
-            status: RunStatus::Failure,
-            summary: summary.into(),
-            link: None,
-        }
-    }
-}
+pub use crate::store::Verdict;
 
 /// A report the destination did not take.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::core::{RecordStore, StoreError};
+use crate::core::RecordStore;
 use crate::domain::RunId;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
@@ -61,14 +61,51 @@ pub enum JournalError {
     NotOwner(String),
 }
 
+/// The verdict on a finished run: journaled first, then reported.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub status: RunStatus,
+    pub summary: String,
+    pub link: Option<String>,
+}
+
+impl Verdict {
+    pub fn success(summary: impl Into<String>, link: Option<String>) -> Self {
+        Self {
+            status: RunStatus::Success,
+            summary: summary.into(),
+            link,
+        }
+    }
+
+    pub fn failure(summary: impl Into<String>) -> Self {
+        Self {
+            status: RunStatus::Failure,
+            summary: summary.into(),
+            link: None,
+        }
+    }
+
+    /// As the journal stores it (`SUCCESS`, else a failure).
+    fn stored(status: Option<&str>, summary: Option<String>, link: Option<String>) -> Self {
+        Self {
+            status: if status == Some("SUCCESS") {
+                RunStatus::Success
+            } else {
+                RunStatus::Failure
+            },
+            summary: summary.unwrap_or_default(),
+            link,
+        }
+    }
+}
+
 /// A final report that Port has not acknowledged.
 #[derive(Debug, Clone)]
 pub struct UnreportedFinal {
     pub run_id: RunId,
     pub action: String,
-    pub status: RunStatus,
-    pub summary: String,
-    pub link: Option<String>,
+    pub verdict: Verdict,
 }
 
 /// What a restart (or, with replicas, a lost replica) leaves to take care of.
@@ -85,168 +122,92 @@ pub struct Recovery {
     pub unreadable: Vec<String>,
 }
 
-enum Store {
-    Sqlite(SqliteJournal),
-    Postgres(Arc<PgJournal>),
+/// What a journal store does; SQLite and PostgreSQL each implement it once. Every write is
+/// committed before the call returns unless it says otherwise.
+#[async_trait::async_trait]
+pub trait RunStore: RecordStore + Send + Sync {
+    /// Records a new run; `false` if this run id was accepted before (also before a
+    /// restart, also by another replica).
+    async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError>;
+    /// Records that the run started (committed before the handler may have effects).
+    async fn started(&self, run_id: &RunId) -> Result<(), JournalError>;
+    /// Puts a run back in the queue (a resumable run interrupted by a restart).
+    async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError>;
+    /// Records the verdict, committed before it is sent, so a crash re-sends this verdict
+    /// rather than deciding another.
+    async fn finished(
+        &self,
+        run_id: &RunId,
+        verdict: &Verdict,
+        reported: bool,
+    ) -> Result<(), JournalError>;
+    /// Port acknowledged the final report (or will never take it): nothing left to send.
+    async fn reported(&self, run_id: &RunId) -> Result<(), JournalError>;
+    /// At shutdown: everything queued is committed (SQLite); this replica's unfinished
+    /// business is handed to the others at once instead of after its lease (PostgreSQL).
+    async fn flush(&self) -> Result<(), JournalError>;
+    /// Keeps a log batch until Port acknowledges it (committed before it is sent); its id.
+    async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError>;
+    /// Port has the batch (queued, not waited for).
+    fn log_done(&self, id: i64) -> Result<(), JournalError>;
+    /// What this process has to take over: at start everything left open; with replicas,
+    /// also (called periodically) the runs of replicas whose lease ran out, claimed so that
+    /// exactly one replica takes each.
+    async fn recovery(&self) -> Result<Recovery, JournalError>;
+    /// Deletes finished, reported runs older than `retain`; returns how many.
+    async fn prune(&self, retain: Duration) -> Result<usize, JournalError>;
+    /// The state of one run (`queued`, `running`, `finished`) and whether it was reported.
+    async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError>;
 }
 
-/// The journal, whichever store holds it.
+/// The journal, whichever store holds it: its [`RunStore`] methods are the store's own.
 pub struct Journal {
-    store: Store,
+    store: Arc<dyn RunStore>,
+    /// The PostgreSQL store, when runs are shared between replicas.
+    shared: Option<Arc<PgJournal>>,
 }
 
 impl Journal {
     /// The embedded journal at `path` (created and migrated if needed).
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         Ok(Self {
-            store: Store::Sqlite(SqliteJournal::open(path)?),
+            store: Arc::new(SqliteJournal::open(path)?),
+            shared: None,
         })
     }
 
     /// A journal that keeps nothing across the process (`--no-journal`).
     pub fn in_memory() -> Result<Self, JournalError> {
         Ok(Self {
-            store: Store::Sqlite(SqliteJournal::in_memory()?),
+            store: Arc::new(SqliteJournal::in_memory()?),
+            shared: None,
         })
     }
 
     /// The shared journal on PostgreSQL (migrations applied), for replica `replica`.
     pub async fn connect(url: &str, replica: &str, lease: Duration) -> Result<Self, JournalError> {
+        let pg = PgJournal::connect(url, replica, lease).await?;
         Ok(Self {
-            store: Store::Postgres(PgJournal::connect(url, replica, lease).await?),
+            store: pg.clone(),
+            shared: Some(pg),
         })
     }
 
     /// The PostgreSQL store, when runs are shared between replicas.
     pub fn shared(&self) -> Option<&Arc<PgJournal>> {
-        match &self.store {
-            Store::Postgres(pg) => Some(pg),
-            Store::Sqlite(_) => None,
-        }
-    }
-
-    /// Records a new run and waits until it is committed; `false` if this run id was
-    /// accepted before (also before a restart, also by another replica).
-    pub async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.accept(invocation).await,
-            Store::Postgres(j) => j.accept(invocation).await,
-        }
-    }
-
-    /// Records that the run started (committed before the handler may have effects).
-    pub async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.started(run_id).await,
-            Store::Postgres(j) => j.started(run_id).await,
-        }
-    }
-
-    /// Puts a run back in the queue (a resumable run interrupted by a restart).
-    pub async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.requeue(run_id),
-            Store::Postgres(j) => j.requeue(run_id).await,
-        }
-    }
-
-    /// Records the verdict, committed before it is sent, so a crash re-sends this verdict
-    /// rather than deciding another.
-    pub async fn finished(
-        &self,
-        run_id: &RunId,
-        status: RunStatus,
-        summary: &str,
-        link: Option<&str>,
-        reported: bool,
-    ) -> Result<(), JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.finished(run_id, status, summary, link, reported).await,
-            Store::Postgres(j) => j.finished(run_id, status, summary, link, reported).await,
-        }
-    }
-
-    /// Port acknowledged the final report (or will never take it): nothing left to send.
-    pub async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.reported(run_id).await,
-            Store::Postgres(j) => j.reported(run_id).await,
-        }
-    }
-
-    /// At shutdown: everything queued is committed (SQLite); this replica's unfinished
-    /// business is handed to the others at once instead of after its lease (PostgreSQL).
-    pub async fn flush(&self) -> Result<(), JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.flush().await,
-            Store::Postgres(j) => j.release().await,
-        }
-    }
-
-    /// Keeps a log batch until Port acknowledges it (committed before it is sent).
-    pub async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.log_pending(run_id, message).await,
-            Store::Postgres(j) => j.log_pending(run_id, message).await,
-        }
-    }
-
-    /// Port has the batch.
-    pub fn log_done(&self, id: i64) -> Result<(), JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.log_done(id),
-            Store::Postgres(j) => {
-                j.log_done(id);
-                Ok(())
-            }
-        }
-    }
-
-    /// What this process has to take over: at start everything left open; with replicas,
-    /// also (called periodically) the runs of replicas whose lease ran out, claimed so that
-    /// exactly one replica takes each.
-    pub async fn recovery(&self) -> Result<Recovery, JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.recovery().await,
-            Store::Postgres(j) => j.claim().await,
-        }
-    }
-
-    /// Deletes finished, reported runs older than `retain`; returns how many.
-    pub async fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.prune(retain).await,
-            Store::Postgres(j) => j.prune(retain).await,
-        }
+        self.shared.as_ref()
     }
 
     /// Named documents in the journal (the GitOps ownership record).
-    pub fn records(self: &Arc<Self>) -> Arc<dyn RecordStore> {
-        self.clone()
-    }
-
-    /// The state of one run (`queued`, `running`, `finished`) and whether it was reported.
-    pub async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
-        match &self.store {
-            Store::Sqlite(j) => j.state(run_id).await,
-            Store::Postgres(j) => j.state(run_id).await,
-        }
+    pub fn records(&self) -> Arc<dyn RecordStore> {
+        self.store.clone()
     }
 }
 
-#[async_trait::async_trait]
-impl RecordStore for Journal {
-    async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
-        match &self.store {
-            Store::Sqlite(j) => j.read_record(key).await.map_err(StoreError::new),
-            Store::Postgres(j) => j.read_record(key).await,
-        }
-    }
+impl std::ops::Deref for Journal {
+    type Target = dyn RunStore;
 
-    async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
-        match &self.store {
-            Store::Sqlite(j) => j.write_record(key, text).await.map_err(StoreError::new),
-            Store::Postgres(j) => j.write_record(key, text).await,
-        }
+    fn deref(&self) -> &Self::Target {
+        self.store.as_ref()
     }
 }

@@ -18,11 +18,10 @@ use tokio_postgres::{Client, Config};
 use tokio_util::sync::CancellationToken;
 
 use super::pg_tls::PgTls;
-use super::{JournalError, Recovery, UnreportedFinal};
+use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
 
 use crate::domain::RunId;
 use crate::invocation::Invocation;
-use crate::port::RunStatus;
 
 /// Migrations, in order; each is applied once.
 const MIGRATIONS: [(i32, &str); 2] = [
@@ -54,6 +53,8 @@ pub struct PgJournal {
     /// together in the next one (one round trip and one commit for many runs).
     accepts: mpsc::UnboundedSender<(Accepting, oneshot::Sender<Result<bool, String>>)>,
     starts: mpsc::UnboundedSender<(String, oneshot::Sender<Result<bool, String>>)>,
+    /// Log batches Port has, forgotten in groups in the background.
+    dones: mpsc::UnboundedSender<(i64, oneshot::Sender<Result<(), String>>)>,
 }
 
 /// A run to record as accepted.
@@ -139,6 +140,7 @@ impl PgJournal {
         migrate(&mut client, &target).await?;
         let (accepts, accepts_rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
+        let (dones, dones_rx) = mpsc::unbounded_channel();
         let journal = Arc::new(Self {
             config,
             tls,
@@ -150,6 +152,7 @@ impl PgJournal {
             stop: CancellationToken::new(),
             accepts,
             starts,
+            dones,
         });
         tokio::spawn(group_commit(
             Arc::downgrade(&journal),
@@ -160,6 +163,11 @@ impl PgJournal {
             Arc::downgrade(&journal),
             starts_rx,
             |j, group| Box::pin(async move { j.start_group(group).await }),
+        ));
+        tokio::spawn(group_commit(
+            Arc::downgrade(&journal),
+            dones_rx,
+            |j, group| Box::pin(async move { j.done_group(group).await }),
         ));
         tokio::spawn(heartbeat(
             Arc::downgrade(&journal),
@@ -222,20 +230,19 @@ impl PgJournal {
             .map_err(|e| self.error(describe(&e)))
     }
 
-    pub async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
-        let item = Accepting {
-            run_id: invocation.run_id.to_string(),
-            action: invocation.action.to_string(),
-            invocation: serde_json::to_string(invocation).expect("invocations serialize"),
-        };
-        let (reply, answer) = oneshot::channel();
-        self.accepts
-            .send((item, reply))
-            .map_err(|_| self.error("the journal is closed"))?;
-        answer
-            .await
-            .map_err(|_| self.error("the journal is closed"))?
-            .map_err(|e| self.error(e))
+    /// Forgets a group of delivered log batches in one statement.
+    async fn done_group(&self, ids: Vec<i64>) -> Result<Vec<()>, String> {
+        let done = ids.len();
+        self.execute(
+            "DELETE FROM port_runner_pending_logs WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "could not drop delivered log batches from the journal");
+            message(e)
+        })?;
+        Ok(vec![(); done])
     }
 
     /// Inserts a group of runs in one statement; for each, whether it was new.
@@ -295,203 +302,6 @@ impl PgJournal {
             0 => Err(JournalError::NotOwner(run_id.to_string())),
             _ => Ok(()),
         }
-    }
-
-    pub async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.starts
-            .send((run_id.to_string(), reply))
-            .map_err(|_| self.error("the journal is closed"))?;
-        match answer
-            .await
-            .map_err(|_| self.error("the journal is closed"))?
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(JournalError::NotOwner(run_id.to_string())),
-            Err(e) => Err(self.error(e)),
-        }
-    }
-
-    pub async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
-        self.owned(
-            run_id,
-            "UPDATE port_runner_runs SET state = 'queued', started_at = NULL
-             WHERE run_id = $1 AND owner = $2",
-            &[],
-        )
-        .await
-    }
-
-    pub async fn finished(
-        &self,
-        run_id: &RunId,
-        status: RunStatus,
-        summary: &str,
-        link: Option<&str>,
-        reported: bool,
-    ) -> Result<(), JournalError> {
-        self.owned(
-            run_id,
-            "UPDATE port_runner_runs SET state = 'finished', finished_at = now(),
-                    final_status = $3, final_summary = $4, final_link = $5, reported = $6
-             WHERE run_id = $1 AND owner = $2",
-            &[&status.as_str(), &summary, &link, &reported],
-        )
-        .await
-    }
-
-    pub async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
-        self.execute(
-            "UPDATE port_runner_runs SET reported = true WHERE run_id = $1",
-            &[&run_id.as_str()],
-        )
-        .await?;
-        self.execute(
-            "DELETE FROM port_runner_pending_logs WHERE run_id = $1",
-            &[&run_id.as_str()],
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
-        let rows = self
-            .query(
-                "INSERT INTO port_runner_pending_logs (run_id, message) VALUES ($1, $2) RETURNING id",
-                &[&run_id.as_str(), &message],
-            )
-            .await?;
-        Ok(rows[0].get(0))
-    }
-
-    /// Forgets an acknowledged batch, in the background (at worst it is checked against
-    /// Port's copy and skipped after a crash).
-    pub fn log_done(self: &Arc<Self>, id: i64) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this
-                .execute("DELETE FROM port_runner_pending_logs WHERE id = $1", &[&id])
-                .await
-            {
-                tracing::warn!(error = %e, "could not drop a delivered log batch from the journal");
-            }
-        });
-    }
-
-    /// Claims the runs nobody is looking after: at first this replica's own (after a
-    /// restart with a fixed replica id) and any whose lease ran out; later only others'
-    /// expired ones. SKIP LOCKED: two replicas claiming at once take different runs.
-    pub async fn claim(&self) -> Result<Recovery, JournalError> {
-        let first = !self.recovered_once.swap(true, Ordering::AcqRel);
-        let rows = self
-            .query(
-                "UPDATE port_runner_runs r
-                    SET owner = $1, lease_until = now() + make_interval(secs => $2)
-                  WHERE r.run_id IN (
-                        SELECT run_id FROM port_runner_runs
-                         WHERE NOT reported
-                           AND ((lease_until < now() AND owner <> $1) OR ($3 AND owner = $1)
-                                OR ($3 AND lease_until < now()))
-                         ORDER BY accepted_at
-                         LIMIT $4
-                         FOR UPDATE SKIP LOCKED)
-                RETURNING r.run_id, r.state, r.invocation, r.action, r.final_status,
-                          r.final_summary, r.final_link",
-                &[&self.replica, &secs(self.lease), &first, &CLAIM_BATCH],
-            )
-            .await?;
-        let mut recovery = Recovery::default();
-        let mut claimed: Vec<String> = Vec::new();
-        for row in rows {
-            let run_id: String = row.get(0);
-            let state: String = row.get(1);
-            claimed.push(run_id.clone());
-            if state == "finished" {
-                let status: Option<String> = row.get(4);
-                let Ok(id) = RunId::parse("run_id", &run_id) else {
-                    recovery.unreadable.push(run_id);
-                    continue;
-                };
-                recovery.unreported.push(UnreportedFinal {
-                    run_id: id,
-                    action: row.get(3),
-                    status: if status.as_deref() == Some("SUCCESS") {
-                        RunStatus::Success
-                    } else {
-                        RunStatus::Failure
-                    },
-                    summary: row.get::<_, Option<String>>(5).unwrap_or_default(),
-                    link: row.get(6),
-                });
-                continue;
-            }
-            let stored: String = row.get(2);
-            let parsed = serde_json::from_str::<Value>(&stored)
-                .map_err(|e| e.to_string())
-                .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(inv) if state == "queued" => recovery.queued.push(inv),
-                Ok(inv) => recovery.interrupted.push(inv),
-                Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
-            }
-        }
-        if !claimed.is_empty() {
-            tracing::info!(
-                runs = claimed.len(),
-                "claimed runs left by a stopped replica or a previous start"
-            );
-            let logs = self
-                .query(
-                    "SELECT id, run_id, message FROM port_runner_pending_logs
-                      WHERE run_id = ANY($1) ORDER BY id",
-                    &[&claimed],
-                )
-                .await?;
-            for row in logs {
-                if let Ok(run_id) = RunId::parse("run_id", row.get::<_, &str>(1)) {
-                    recovery.pending_logs.push((row.get(0), run_id, row.get(2)));
-                }
-            }
-        }
-        Ok(recovery)
-    }
-
-    pub async fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
-        let n = self
-            .execute(
-                "DELETE FROM port_runner_runs
-                  WHERE reported AND finished_at <= now() - make_interval(secs => $1)",
-                &[&secs(retain)],
-            )
-            .await?;
-        Ok(n as usize)
-    }
-
-    pub async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
-        let rows = self
-            .query(
-                "SELECT state, reported FROM port_runner_runs WHERE run_id = $1",
-                &[&run_id],
-            )
-            .await?;
-        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
-    }
-
-    /// Hands this replica's open runs and locks to the others now (graceful shutdown).
-    pub async fn release(&self) -> Result<(), JournalError> {
-        self.stop.cancel();
-        self.execute(
-            "UPDATE port_runner_runs SET lease_until = now() - interval '1 second'
-              WHERE owner = $1 AND NOT reported",
-            &[&self.replica],
-        )
-        .await?;
-        self.execute(
-            "DELETE FROM port_runner_locks WHERE owner = $1",
-            &[&self.replica],
-        )
-        .await?;
-        Ok(())
     }
 
     async fn renew(&self) -> Result<(), JournalError> {
@@ -577,6 +387,200 @@ async fn migrate(client: &mut Client, target: &str) -> Result<(), JournalError> 
         }
     }
     tx.commit().await.map_err(error)
+}
+
+#[async_trait::async_trait]
+impl RunStore for PgJournal {
+    async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
+        let item = Accepting {
+            run_id: invocation.run_id.to_string(),
+            action: invocation.action.to_string(),
+            invocation: serde_json::to_string(invocation).expect("invocations serialize"),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.accepts
+            .send((item, reply))
+            .map_err(|_| self.error("the journal is closed"))?;
+        answer
+            .await
+            .map_err(|_| self.error("the journal is closed"))?
+            .map_err(|e| self.error(e))
+    }
+    async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.starts
+            .send((run_id.to_string(), reply))
+            .map_err(|_| self.error("the journal is closed"))?;
+        match answer
+            .await
+            .map_err(|_| self.error("the journal is closed"))?
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JournalError::NotOwner(run_id.to_string())),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+    async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
+        self.owned(
+            run_id,
+            "UPDATE port_runner_runs SET state = 'queued', started_at = NULL
+             WHERE run_id = $1 AND owner = $2",
+            &[],
+        )
+        .await
+    }
+    async fn finished(
+        &self,
+        run_id: &RunId,
+        verdict: &Verdict,
+        reported: bool,
+    ) -> Result<(), JournalError> {
+        self.owned(
+            run_id,
+            "UPDATE port_runner_runs SET state = 'finished', finished_at = now(),
+                    final_status = $3, final_summary = $4, final_link = $5, reported = $6
+             WHERE run_id = $1 AND owner = $2",
+            &[
+                &verdict.status.as_str(),
+                &verdict.summary,
+                &verdict.link,
+                &reported,
+            ],
+        )
+        .await
+    }
+    async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
+        self.execute(
+            "UPDATE port_runner_runs SET reported = true WHERE run_id = $1",
+            &[&run_id.as_str()],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM port_runner_pending_logs WHERE run_id = $1",
+            &[&run_id.as_str()],
+        )
+        .await?;
+        Ok(())
+    }
+    async fn flush(&self) -> Result<(), JournalError> {
+        self.stop.cancel();
+        self.execute(
+            "UPDATE port_runner_runs SET lease_until = now() - interval '1 second'
+              WHERE owner = $1 AND NOT reported",
+            &[&self.replica],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM port_runner_locks WHERE owner = $1",
+            &[&self.replica],
+        )
+        .await?;
+        Ok(())
+    }
+    async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
+        let rows = self
+            .query(
+                "INSERT INTO port_runner_pending_logs (run_id, message) VALUES ($1, $2) RETURNING id",
+                &[&run_id.as_str(), &message],
+            )
+            .await?;
+        Ok(rows[0].get(0))
+    }
+    fn log_done(&self, id: i64) -> Result<(), JournalError> {
+        // In the background, deleted in groups (at worst a batch is checked against Port's
+        // copy and skipped after a crash).
+        let (reply, _) = oneshot::channel();
+        self.dones
+            .send((id, reply))
+            .map_err(|_| self.error("the journal is closed"))
+    }
+    async fn recovery(&self) -> Result<Recovery, JournalError> {
+        let first = !self.recovered_once.swap(true, Ordering::AcqRel);
+        let rows = self
+            .query(
+                "UPDATE port_runner_runs r
+                    SET owner = $1, lease_until = now() + make_interval(secs => $2)
+                  WHERE r.run_id IN (
+                        SELECT run_id FROM port_runner_runs
+                         WHERE NOT reported
+                           AND ((lease_until < now() AND owner <> $1) OR ($3 AND owner = $1)
+                                OR ($3 AND lease_until < now()))
+                         ORDER BY accepted_at
+                         LIMIT $4
+                         FOR UPDATE SKIP LOCKED)
+                RETURNING r.run_id, r.state, r.invocation, r.action, r.final_status,
+                          r.final_summary, r.final_link",
+                &[&self.replica, &secs(self.lease), &first, &CLAIM_BATCH],
+            )
+            .await?;
+        let mut recovery = Recovery::default();
+        let mut claimed: Vec<String> = Vec::new();
+        for row in rows {
+            let run_id: String = row.get(0);
+            let state: String = row.get(1);
+            claimed.push(run_id.clone());
+            if state == "finished" {
+                let status: Option<String> = row.get(4);
+                let Ok(id) = RunId::parse("run_id", &run_id) else {
+                    recovery.unreadable.push(run_id);
+                    continue;
+                };
+                recovery.unreported.push(UnreportedFinal {
+                    run_id: id,
+                    action: row.get(3),
+                    verdict: Verdict::stored(status.as_deref(), row.get(5), row.get(6)),
+                });
+                continue;
+            }
+            let stored: String = row.get(2);
+            let parsed = serde_json::from_str::<Value>(&stored)
+                .map_err(|e| e.to_string())
+                .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(inv) if state == "queued" => recovery.queued.push(inv),
+                Ok(inv) => recovery.interrupted.push(inv),
+                Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
+            }
+        }
+        if !claimed.is_empty() {
+            tracing::info!(
+                runs = claimed.len(),
+                "claimed runs left by a stopped replica or a previous start"
+            );
+            let logs = self
+                .query(
+                    "SELECT id, run_id, message FROM port_runner_pending_logs
+                      WHERE run_id = ANY($1) ORDER BY id",
+                    &[&claimed],
+                )
+                .await?;
+            for row in logs {
+                if let Ok(run_id) = RunId::parse("run_id", row.get::<_, &str>(1)) {
+                    recovery.pending_logs.push((row.get(0), run_id, row.get(2)));
+                }
+            }
+        }
+        Ok(recovery)
+    }
+    async fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
+        let n = self
+            .execute(
+                "DELETE FROM port_runner_runs
+                  WHERE reported AND finished_at <= now() - make_interval(secs => $1)",
+                &[&secs(retain)],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+    async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
+        let rows = self
+            .query(
+                "SELECT state, reported FROM port_runner_runs WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
 }
 
 type GroupFuture<'a, R> =

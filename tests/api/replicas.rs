@@ -292,7 +292,7 @@ async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
     use port_runner::invocation::Invocation;
-    use port_runner::port::RunStatus;
+    use port_runner::store::Verdict;
     use port_runner::store::{Journal, JournalError};
 
     let database = fresh_database().await;
@@ -329,18 +329,12 @@ async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
 
     // A wakes up: its verdict is fenced off, B's goes through.
     let late = a
-        .finished(&invocation.run_id, RunStatus::Success, "done", None, false)
+        .finished(&invocation.run_id, &Verdict::success("done", None), false)
         .await;
     assert!(matches!(late, Err(JournalError::NotOwner(_))), "{late:?}");
-    b.finished(
-        &invocation.run_id,
-        RunStatus::Failure,
-        "interrupted",
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    b.finished(&invocation.run_id, &Verdict::failure("interrupted"), false)
+        .await
+        .unwrap();
     b.reported(&invocation.run_id).await.unwrap();
     assert_eq!(
         b.state(invocation.run_id.as_str()).await.unwrap(),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use port_runner::invocation::Invocation;
-use port_runner::port::RunStatus;
 use port_runner::store::Journal;
+use port_runner::store::Verdict;
 use serde_json::json;
 
 use crate::helpers::unique_run_id;
@@ -47,7 +47,7 @@ where
         Some(("running".into(), false))
     );
     journal
-        .finished(&id, RunStatus::Success, "all good", None, false)
+        .finished(&id, &Verdict::success("all good", None), false)
         .await
         .unwrap();
     assert_eq!(

@@ -27,9 +27,11 @@ impl Runner {
             .into_iter()
             .filter_map(|l| Some((RunId::parse("run id", &l.run_id).ok()?, l.what)))
             .collect();
-        let kept =
-            super::super::kept::restore(self.lifecycle.journal.as_ref(), &self.lifecycle.registry)
-                .await;
+        let kept = super::super::kept::restore(
+            &*self.lifecycle.journal.records(),
+            &self.lifecycle.registry,
+        )
+        .await;
         if kept > 0 {
             tracing::info!(
                 runs = kept,
@@ -142,11 +144,7 @@ impl Runner {
             }
         }
         for fin in unreported {
-            let verdict = Verdict {
-                status: fin.status,
-                summary: fin.summary,
-                link: fin.link,
-            };
+            let verdict = fin.verdict;
             match sink.remote() {
                 true => self.lifecycle.deliver(fin.run_id, verdict).await,
                 false => {

@@ -13,10 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{JournalError, Recovery, UnreportedFinal};
+use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
+use crate::core::{RecordStore, StoreError};
 use crate::domain::RunId;
 use crate::invocation::Invocation;
-use crate::port::RunStatus;
 
 mod writer;
 
@@ -217,23 +217,6 @@ impl SqliteJournal {
             })
     }
 
-    /// Records a new run and waits until it is committed; `false` if this run id was
-    /// accepted before (also before a restart).
-    pub async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Op::Accept {
-            run_id: invocation.run_id.to_string(),
-            action: invocation.action.to_string(),
-            invocation: serde_json::to_string(invocation).expect("invocations serialize"),
-            reply,
-        })?;
-        match answer.await {
-            Ok(Ok(inserted)) => Ok(inserted),
-            Ok(Err(source)) => Err(self.commit_failed(source)),
-            Err(_) => Err(self.gone()),
-        }
-    }
-
     async fn committed(
         &self,
         answer: oneshot::Receiver<Result<(), WriteFailure>>,
@@ -251,56 +234,58 @@ impl SqliteJournal {
             source,
         }
     }
+}
 
-    /// Records that the run started, and waits for the commit: a run must never look
-    /// merely queued after a crash once its handler may have had effects.
-    pub async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
+#[async_trait::async_trait]
+impl RunStore for SqliteJournal {
+    async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Accept {
+            run_id: invocation.run_id.to_string(),
+            action: invocation.action.to_string(),
+            invocation: serde_json::to_string(invocation).expect("invocations serialize"),
+            reply,
+        })?;
+        match answer.await {
+            Ok(Ok(inserted)) => Ok(inserted),
+            Ok(Err(source)) => Err(self.commit_failed(source)),
+            Err(_) => Err(self.gone()),
+        }
+    }
+    async fn started(&self, run_id: &RunId) -> Result<(), JournalError> {
         let (committed, answer) = oneshot::channel();
         self.send(Op::Started(run_id.to_string(), committed))?;
         self.committed(answer).await
     }
-
-    /// Puts a run back in the queue (a resumable run interrupted by a restart).
-    pub fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
+    async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
         self.send(Op::Requeue(run_id.to_string()))
     }
-
-    /// Records the verdict and waits for the commit before it is sent, so a crash re-sends
-    /// this verdict rather than deciding another.
-    pub async fn finished(
+    async fn finished(
         &self,
         run_id: &RunId,
-        status: RunStatus,
-        summary: &str,
-        link: Option<&str>,
+        verdict: &Verdict,
         reported: bool,
     ) -> Result<(), JournalError> {
         let (committed, answer) = oneshot::channel();
         self.send(Op::Finished {
             run_id: run_id.to_string(),
-            status: status.as_str(),
-            summary: summary.to_owned(),
-            link: link.map(str::to_owned),
+            status: verdict.status.as_str(),
+            summary: verdict.summary.clone(),
+            link: verdict.link.clone(),
             reported,
             committed,
         })?;
         self.committed(answer).await
     }
-
-    /// Port acknowledged the final report (or will never take it): nothing left to send.
-    pub async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
+    async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
         let (committed, answer) = oneshot::channel();
         self.send(Op::Reported(run_id.to_string(), committed))?;
         self.committed(answer).await
     }
-
-    /// Waits until everything queued so far is committed (at shutdown).
-    pub async fn flush(&self) -> Result<(), JournalError> {
+    async fn flush(&self) -> Result<(), JournalError> {
         self.call(|_| Ok(())).await
     }
-
-    /// Keeps a log batch until Port acknowledges it (committed before it is sent); returns its id.
-    pub async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
+    async fn log_pending(&self, run_id: &RunId, message: &str) -> Result<i64, JournalError> {
         let id = self.next_log_id.fetch_add(1, Ordering::Relaxed);
         let (committed, answer) = oneshot::channel();
         self.send(Op::LogPending {
@@ -312,18 +297,13 @@ impl SqliteJournal {
         self.committed(answer).await?;
         Ok(id)
     }
-
-    pub fn log_done(&self, id: i64) -> Result<(), JournalError> {
+    fn log_done(&self, id: i64) -> Result<(), JournalError> {
         self.send(Op::LogDone(id))
     }
-
-    /// Everything a restart has to take care of.
-    pub async fn recovery(&self) -> Result<Recovery, JournalError> {
+    async fn recovery(&self) -> Result<Recovery, JournalError> {
         self.call(read_recovery).await
     }
-
-    /// Deletes finished, reported runs older than `retain`; returns how many.
-    pub async fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
+    async fn prune(&self, retain: Duration) -> Result<usize, JournalError> {
         let cutoff = now_ms() - retain.as_millis() as i64;
         self.call(move |c| {
             c.execute(
@@ -338,37 +318,7 @@ impl SqliteJournal {
         })
         .await
     }
-
-    /// A named document, after everything queued before.
-    pub async fn read_record(&self, key: &str) -> Result<Option<String>, JournalError> {
-        let key = key.to_owned();
-        self.call(move |c| {
-            c.query_row(
-                "SELECT doc FROM records WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()
-        })
-        .await
-    }
-
-    /// Replaces a named document (committed when this returns).
-    pub async fn write_record(&self, key: &str, text: &str) -> Result<(), JournalError> {
-        let (key, text) = (key.to_owned(), text.to_owned());
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-                params![key, text, now_ms()],
-            )
-            .map(|_| ())
-        })
-        .await
-    }
-
-    /// The state of one run (`queued`, `running`, `finished`) and whether it was reported.
-    pub async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
+    async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
         let run_id = run_id.to_owned();
         self.call(move |c| {
             c.query_row(
@@ -379,6 +329,36 @@ impl SqliteJournal {
             .optional()
         })
         .await
+    }
+}
+
+#[async_trait::async_trait]
+impl RecordStore for SqliteJournal {
+    async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.call(move |c| {
+            c.query_row(
+                "SELECT doc FROM records WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+        .map_err(StoreError::new)
+    }
+    async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
+        let (key, text) = (key.to_owned(), text.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                params![key, text, now_ms()],
+            )
+            .map(|_| ())
+        })
+        .await
+        .map_err(StoreError::new)
     }
 }
 
@@ -422,17 +402,10 @@ fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
             recovery.unreadable.push(run_id);
             continue;
         };
-        let status = if status == "SUCCESS" {
-            RunStatus::Success
-        } else {
-            RunStatus::Failure
-        };
         recovery.unreported.push(UnreportedFinal {
             run_id,
             action,
-            status,
-            summary,
-            link,
+            verdict: Verdict::stored(Some(&status), Some(summary), link),
         });
     }
     let logs: Vec<(i64, String, String)> = rows(
@@ -497,19 +470,12 @@ mod tests {
         let id = |s: &str| RunId::parse("id", s).unwrap();
         j.started(&id("r_run")).await.unwrap();
         j.started(&id("r_fin")).await.unwrap();
-        j.finished(&id("r_fin"), RunStatus::Failure, "it broke", None, false)
+        j.finished(&id("r_fin"), &Verdict::failure("it broke"), false)
             .await
             .unwrap();
         j.started(&id("r_done")).await.unwrap();
-        j.finished(
-            &id("r_done"),
-            RunStatus::Success,
-            "ok",
-            Some("https://x"),
-            false,
-        )
-        .await
-        .unwrap();
+        let ok = Verdict::success("ok", Some("https://x".into()));
+        j.finished(&id("r_done"), &ok, false).await.unwrap();
         j.reported(&id("r_done")).await.unwrap();
         let log = j.log_pending(&id("r_run"), "line 1").await.unwrap();
         j.log_pending(&id("r_run"), "line 2").await.unwrap();
@@ -531,7 +497,7 @@ mod tests {
             ["r_run"]
         );
         assert_eq!(r.unreported.len(), 1);
-        assert_eq!(r.unreported[0].summary, "it broke");
+        assert_eq!(r.unreported[0].verdict.summary, "it broke");
         assert_eq!(r.pending_logs.len(), 1);
         assert_eq!(r.pending_logs[0].2, "line 2");
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::bitbucket::{PullRequest, RepoRef};
+use crate::domain::DomainError;
 
 /// The action a GitOps sync job runs as (the same handler as the hub's button).
 pub const SYNC_ACTION: &str = "gitops_sync";
@@ -43,36 +44,53 @@ impl Job {
     /// A job as a journal written before jobs were typed holds it: `internal` with the
     /// action's inputs (`repositories`; a pull request's `repository`, `pull_request`,
     /// `commit`, `target`).
-    pub(super) fn from_inputs(action: &str, inputs: &Map<String, Value>) -> Result<Self, String> {
+    pub(super) fn from_inputs(
+        action: &str,
+        inputs: &Map<String, Value>,
+    ) -> Result<Self, DomainError> {
         let text = |field: &str| {
             inputs
                 .get(field)
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
-                .ok_or_else(|| format!("'{field}' is missing or not a non-empty string"))
+                .ok_or_else(|| {
+                    DomainError::new(
+                        format!("inputs.{field}"),
+                        "missing or not a non-empty string",
+                    )
+                })
+        };
+        let repo = |field: &str, text: &str| {
+            RepoRef::parse(text)
+                .map_err(|reason| DomainError::new(format!("inputs.{field}"), reason))
         };
         match action {
             SYNC_ACTION => match inputs.get("repositories").and_then(Value::as_array) {
                 None => Ok(Self::SyncAll),
                 Some(list) => list
                     .iter()
-                    .map(|v| RepoRef::parse(v.as_str().unwrap_or_default()))
+                    .map(|v| repo("repositories", v.as_str().unwrap_or_default()))
                     .collect::<Result<_, _>>()
                     .map(|repositories| Self::SyncRepos { repositories }),
             },
             PR_CHECK_ACTION => Ok(Self::PrCheck {
                 pull_request: PullRequest {
-                    repo: RepoRef::parse(text("repository")?)?,
+                    repo: repo("repository", text("repository")?)?,
                     id: inputs
                         .get("pull_request")
                         .and_then(Value::as_u64)
-                        .ok_or("'pull_request' is not the pull request's number")?,
+                        .ok_or_else(|| {
+                            DomainError::new("inputs.pull_request", "not the pull request's number")
+                        })?,
                     commit: text("commit")?.to_owned(),
                     target: text("target")?.to_owned(),
                 },
             }),
             DRIFT_ACTION => Ok(Self::DriftCheck),
-            other => Err(format!("'{other}' is not a job of the runner's own")),
+            other => Err(DomainError::new(
+                "action",
+                format!("'{other}' is not a job of the runner's own"),
+            )),
         }
     }
 }
@@ -124,8 +142,10 @@ mod tests {
                 .action(),
             PR_CHECK_ACTION
         );
-        assert!(Job::from_inputs(PR_CHECK_ACTION, &Map::new())
-            .unwrap_err()
-            .contains("'repository'"));
+        let missing = Job::from_inputs(PR_CHECK_ACTION, &Map::new()).unwrap_err();
+        assert!(
+            missing.to_string().contains("inputs.repository"),
+            "{missing}"
+        );
     }
 }

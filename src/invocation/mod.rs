@@ -129,10 +129,10 @@ impl Invocation {
             // Journaled before jobs were typed: the job is in the action's inputs.
             None if value.get("internal").and_then(Value::as_bool) == Some(true) => {
                 let inputs = value.get("inputs").and_then(Value::as_object);
-                Some(
-                    Job::from_inputs(action.as_str(), inputs.unwrap_or(&Map::new()))
-                        .map_err(|reason| DomainError::new("inputs", reason))?,
-                )
+                Some(Job::from_inputs(
+                    action.as_str(),
+                    inputs.unwrap_or(&Map::new()),
+                )?)
             }
             None => None,
         };

@@ -157,6 +157,7 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     known.dedup();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     let mut checked = 0;
+    let mut manifests = 0;
     for path in &paths {
         if path.is_dir() {
             let (defs, load_problems) = Definitions::load(path);
@@ -165,6 +166,7 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             problems.extend(defs.check(&known));
             for file in gitops_files_in(path, &gitops_paths) {
                 checked += 1;
+                manifests += 1;
                 problems.extend(check_port_yaml(&file, &blueprints));
             }
         } else if is_handler_definition(path) {
@@ -175,6 +177,7 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             .is_some_and(|e| e == "yaml" || e == "yml")
         {
             checked += 1;
+            manifests += 1;
             problems.extend(check_port_yaml(path, &blueprints));
         } else if path.is_file() {
             checked += 1;
@@ -192,7 +195,22 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
-    // One problem once, however its file was reached (`./actions/…` and `actions/…`).
+    if manifests > 0 && !args.blueprints_dir.is_dir() {
+        // Said first: it is why every blueprint the files name reads as unknown.
+        problems.insert(
+            0,
+            FileProblem {
+                file: args.blueprints_dir.clone(),
+                message: "no such folder: port.yaml files are checked against the blueprints in it, so every blueprint they name is unknown; run validate where blueprints/ is, or name the folder with --blueprints-dir".into(),
+            },
+        );
+    }
+    Ok(report_problems(problems, checked))
+}
+
+/// Prints every problem once (however its file was reached: `./actions/…` and `actions/…`)
+/// and the count; the exit code says whether there were any.
+fn report_problems(mut problems: Vec<FileProblem>, checked: usize) -> ExitCode {
     let mut seen = std::collections::HashSet::new();
     problems.retain(|p| {
         let file = std::fs::canonicalize(&p.file).unwrap_or_else(|_| p.file.clone());
@@ -203,14 +221,14 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     if checked == 0 && problems.is_empty() {
         eprintln!("nothing to check: give a checkout (with blueprints/ or actions/), definition files or port.yaml files");
-        return Ok(ExitCode::FAILURE);
+        return ExitCode::FAILURE;
     }
     if problems.is_empty() {
         println!("{checked} file(s) checked: no problems");
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         eprintln!("{checked} file(s) checked: {} problem(s)", problems.len());
-        Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
     }
 }
 

@@ -214,11 +214,9 @@ pub enum ConfigError {
     PortFlag(String),
     #[error("PORT_RUNNER_TRANSPORT={0} claims runs from Port, which needs PORT_CLIENT_ID and PORT_CLIENT_SECRET (local mode has no Port to pull from)")]
     PullWithoutPort(&'static str),
-    #[error("cannot use data dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    /// (The OS error is said once, in the text: not a `source` the caller prints again.)
+    #[error("cannot use the data folder {path}: {error}; give `serve` a folder this user can write with --data-dir or PORT_RUNNER_DATA_DIR")]
+    DataDir { path: String, error: std::io::Error },
 }
 
 impl Settings {
@@ -413,9 +411,9 @@ pub fn local_secret_path(data_dir: &Path) -> PathBuf {
 /// Reads the local-mode secret, creating it (mode 0600) on first start.
 fn load_or_create_local_secret(data_dir: &Path) -> Result<String, ConfigError> {
     let path = local_secret_path(data_dir);
-    let io_err = |source| ConfigError::DataDir {
+    let io_err = |error| ConfigError::DataDir {
         path: data_dir.display().to_string(),
-        source,
+        error,
     };
     match std::fs::read_to_string(&path) {
         Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().to_owned()),

@@ -35,7 +35,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<InvokeOutcome> {
     })?;
     let run_id = set_run_id(&mut body, args.keep_run_id)
         .with_context(|| format!("{}: not an invocation", args.file.display()))?;
-    let secret = signing_secret(&args)?;
+    let (secret, key) = signing_secret(&args)?;
     let raw = serde_json::to_vec(&body)?;
     let timestamp = timestamp_now();
     let base = args.runner_url.trim_end_matches('/');
@@ -52,15 +52,19 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<InvokeOutcome> {
         .send()
         .await
         .with_context(|| {
-            format!("cannot reach {base}/webhook (is `port-runner serve` running?)")
+            format!(
+                "cannot reach {base}/webhook: is `port-runner serve` running there? (a runner on another address or port: --url or PORT_RUNNER_URL)"
+            )
         })?;
     let status = response.status();
     let answer: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!(
-            "the server refused the invocation ({status}): {}",
-            answer["message"].as_str().unwrap_or("no message")
-        );
+        let message = answer["message"].as_str().unwrap_or("no message");
+        let signed = match status.as_u16() {
+            401 => format!("; invoke signed it with {key}"),
+            _ => String::new(),
+        };
+        bail!("the server refused the invocation ({status}): {message}{signed}");
     }
     if answer["duplicate"] == true {
         eprintln!("run {run_id} was already accepted earlier: not run again (give no --keep-run-id to send it as a new run)");
@@ -88,11 +92,12 @@ fn set_run_id(body: &mut Value, keep: bool) -> anyhow::Result<String> {
     Ok(slot.as_str().unwrap_or_default().to_owned())
 }
 
-fn signing_secret(args: &InvokeArgs) -> anyhow::Result<String> {
+/// The key to sign with, and where it came from (said when the runner refuses it).
+fn signing_secret(args: &InvokeArgs) -> anyhow::Result<(String, String)> {
     for name in ["PORT_RUNNER_LOCAL_SECRET", "PORT_CLIENT_SECRET"] {
         if let Ok(secret) = std::env::var(name) {
             if !secret.is_empty() {
-                return Ok(secret);
+                return Ok((secret, format!("{name} from the environment")));
             }
         }
     }
@@ -103,7 +108,11 @@ fn signing_secret(args: &InvokeArgs) -> anyhow::Result<String> {
             path.display()
         )
     })?;
-    Ok(secret.trim().to_owned())
+    let from = format!(
+        "the local secret in {} (another runner's data folder: --data-dir or PORT_RUNNER_DATA_DIR)",
+        path.display()
+    );
+    Ok((secret.trim().to_owned(), from))
 }
 
 async fn follow(

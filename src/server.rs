@@ -169,9 +169,11 @@ impl Application {
             max_body_bytes: settings.max_body_bytes,
             rt: Handle::current(),
             push_hook: gitops.push_hook,
-            hub: Arc::new(Hub::new(&actions, |action| {
-                runner.handlers().contains(action)
-            })),
+            hub: Arc::new(Hub::new(
+                &actions,
+                |action| runner.handlers().contains(action),
+                |action| runner.handlers().missing(action),
+            )),
             loopback_only: listens_on_loopback(&settings.listen),
         };
         // Bound before recovery (a port in use stops the start before any run is touched);

@@ -73,7 +73,7 @@ pub struct ApplyArgs {
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
 
-    /// Public URL of this runner's webhook (e.g. https://ab12.ngrok.app/webhook), put into the actions.
+    /// This runner's public base URL (e.g. https://ab12.ngrok.app; a trailing /webhook is taken too), put into the actions.
     #[arg(
         long = "webhook-url",
         id = "public_url",
@@ -310,7 +310,7 @@ pub struct ServeArgs {
     pub port_hint: Option<String>,
 
     /// This runner's public base URL (what `apply --webhook-url` writes into the actions), e.g.
-    /// https://ab12.ngrok.app/webhook.
+    /// https://ab12.ngrok.app (a trailing /webhook is taken too).
     #[arg(long, env = "PORT_RUNNER_PUBLIC_URL")]
     pub public_url: Option<String>,
 

@@ -61,5 +61,11 @@ pub trait Handler: Send + Sync + 'static {
     fn resumable(&self) -> bool {
         false
     }
+    /// What this runner lacks to run the action (a tool not found, an integration not
+    /// configured), in words for the hub's card; `None` when nothing is missing.
+    fn missing(&self) -> Option<String> {
+        None
+    }
+
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError>;
 }

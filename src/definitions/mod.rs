@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::domain::{Identifier, Operation};
-use crate::gitops::blueprint::Blueprint;
-use crate::gitops::manifest;
 use crate::schema::definition::check_property;
 
 /// Placeholder in an action's `invocationMethod.url`, replaced with the public URL at apply time.
 pub const PUBLIC_URL_PLACEHOLDER: &str = "${PORT_RUNNER_PUBLIC_URL}";
 
 mod delivery;
+mod manifests;
+
+pub use manifests::check_port_yaml;
 
 pub use delivery::{for_runner, webhook_url, Delivery, PULLED_URL};
 
@@ -185,58 +186,6 @@ impl Definitions {
         );
         (order, cyclic)
     }
-}
-
-/// Checks `port.yaml` files against the blueprints in `blueprints`.
-pub fn check_port_yaml(path: &Path, blueprints: &[Definition]) -> Vec<FileProblem> {
-    let problem = |message: String| FileProblem {
-        file: path.to_path_buf(),
-        message,
-    };
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => return vec![problem(format!("cannot read: {e}"))],
-    };
-    let entities = match manifest::parse(&text) {
-        Ok(entities) => entities,
-        Err(e) => return vec![problem(e.to_string())],
-    };
-    let mut problems = Vec::new();
-    for entity in entities {
-        let label = entity.label();
-        let Value::Object(map) = &entity.value else {
-            problems.push(problem(format!("{label}: an entity must be a mapping")));
-            continue;
-        };
-        let Some(blueprint_id) = map.get("blueprint").and_then(Value::as_str) else {
-            problems.push(problem(format!(
-                "{label}: blueprint is missing or not a string"
-            )));
-            continue;
-        };
-        let Some(def) = blueprints.iter().find(|d| d.identifier == blueprint_id) else {
-            problems.push(problem(format!(
-                "{label}: unknown blueprint '{blueprint_id}' (not in the blueprints folder)"
-            )));
-            continue;
-        };
-        match Blueprint::from_port(&Value::Object(def.json.clone())) {
-            Ok(blueprint) => {
-                if let Err(found) = blueprint.check(map) {
-                    problems.push(problem(format!(
-                        "{label}: {}",
-                        found
-                            .iter()
-                            .map(|p| p.message.as_str())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )));
-                }
-            }
-            Err(e) => problems.push(problem(format!("blueprint '{blueprint_id}': {e}"))),
-        }
-    }
-    problems
 }
 
 fn load_dir(dir: &Path, problems: &mut Vec<FileProblem>) -> Vec<Definition> {

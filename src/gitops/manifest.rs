@@ -43,15 +43,27 @@ pub enum ManifestError {
 pub fn parse(text: &str) -> Result<Vec<ManifestEntity>, ManifestError> {
     // Through YAML's own value first: it refuses duplicate keys, where going straight to
     // JSON would silently keep the last one.
-    let yaml: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| match e.location() {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        let message = strip_position(&e.to_string());
+        // A duplicate is reported where its mapping starts: point at the key itself.
+        if let Some(key) = duplicated(&message) {
+            if let Some(line) = super::positions::duplicate_key(text, &key) {
+                return ManifestError::Syntax {
+                    line,
+                    column: 1,
+                    message: format!("the key {key:?} appears twice in one mapping: keep one"),
+                };
+            }
+        }
+        match e.location() {
             Some(at) => ManifestError::Syntax {
                 line: at.line(),
                 column: at.column(),
-                message: strip_position(&e.to_string()),
+                message,
             },
             None => ManifestError::Shape(e.to_string()),
-        })?;
+        }
+    })?;
     let value: Value = serde_json::to_value(&yaml)
         .map_err(|e| ManifestError::Shape(format!("not representable as JSON: {e}")))?;
     match value {
@@ -70,6 +82,64 @@ pub fn parse(text: &str) -> Result<Vec<ManifestEntity>, ManifestError> {
             kind(&other)
         ))),
     }
+}
+
+/// For a report of every problem (`validate`): the file's entities with each duplicated
+/// key's later entry left out, and the duplicates as problems. A sync never uses this: a file
+/// with a duplicate is not applied (see [`parse`]).
+pub fn parse_reporting_duplicates(
+    text: &str,
+) -> (
+    Vec<ManifestError>,
+    Result<Vec<ManifestEntity>, ManifestError>,
+) {
+    let mut duplicates = Vec::new();
+    let mut text = text.to_owned();
+    for _ in 0..50 {
+        match parse(&text) {
+            Err(ManifestError::Syntax {
+                line,
+                column: 1,
+                message,
+            }) if message.contains("appears twice in one mapping") => {
+                duplicates.push(ManifestError::Syntax {
+                    line,
+                    column: 1,
+                    message,
+                });
+                text = without_entry(&text, line);
+            }
+            other => return (duplicates, other),
+        }
+    }
+    (duplicates, Ok(Vec::new()))
+}
+
+/// `text` with the mapping entry at `line` blanked (its key line and the more indented
+/// lines of its value), so that every other line keeps its number.
+fn without_entry(text: &str, line: usize) -> String {
+    let indent = |l: &str| l.len() - l.trim_start_matches([' ', '-']).len();
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(first) = lines.get(line - 1) else {
+        return text.to_owned();
+    };
+    let depth = indent(first);
+    let mut out: Vec<&str> = lines.clone();
+    out[line - 1] = "";
+    for (i, l) in lines.iter().enumerate().skip(line) {
+        if l.trim().is_empty() || indent(l) > depth {
+            out[i] = "";
+        } else {
+            break;
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// The key of serde_yaml's `duplicate entry with key "…"`.
+fn duplicated(message: &str) -> Option<String> {
+    let (_, quoted) = message.split_once("duplicate entry with key ")?;
+    serde_json::from_str(quoted).ok()
 }
 
 fn strip_position(message: &str) -> String {
@@ -120,6 +190,33 @@ mod tests {
     #[test]
     fn duplicate_keys_and_scalars_are_refused() {
         assert!(parse("identifier: a\nidentifier: b\n").is_err());
+        // The duplicate's own line, not its item's.
+        let text = "- identifier: a\n  title: A\n  blueprint: service\n  title: B\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(
+            err,
+            ManifestError::Syntax {
+                line: 4,
+                column: 1,
+                message: "the key \"title\" appears twice in one mapping: keep one".into()
+            }
+        );
+        // For a report, the rest of the file is still read, each line where it was.
+        let text = "- identifier: a\n  title: A\n  title:\n    nested: x\n- identifier: b\n  title: A\n  title: C\n- 42\n";
+        let (duplicates, rest) = parse_reporting_duplicates(text);
+        let lines: Vec<String> = duplicates.iter().map(|d| d.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("YAML syntax error at line 3"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("YAML syntax error at line 7"),
+            "{lines:?}"
+        );
+        let rest = rest.unwrap();
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[2].value, serde_json::json!(42));
         let err = parse("just a string").unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -4,7 +4,7 @@
 //! The file was already parsed for its values (`manifest.rs`); this is a second pass over
 //! the YAML parser's events, which carry positions, keeping the first line of every path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use saphyr_parser::{Event, Parser};
 
@@ -12,6 +12,42 @@ use saphyr_parser::{Event, Parser};
 #[derive(Debug, Default)]
 pub struct Positions {
     lines: HashMap<Vec<String>, usize>,
+}
+
+/// The line (1-based) of the second `key` of one mapping in `text`: what YAML refuses as
+/// a duplicate entry, whose own line the parser's error does not give.
+pub fn duplicate_key(text: &str, key: &str) -> Option<usize> {
+    // Per open collection: a mapping's keys so far and whether a key comes next; `None` for
+    // a sequence.
+    let mut open: Vec<Option<(HashSet<String>, bool)>> = Vec::new();
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.ok()?;
+        match event {
+            Event::Scalar(value, ..) => {
+                if let Some(Some((seen, key_next))) = open.last_mut() {
+                    if *key_next && !seen.insert(value.to_string()) && value == key {
+                        return Some(span.start.line());
+                    }
+                    *key_next = !*key_next;
+                }
+            }
+            Event::Alias(_) => {
+                if let Some(Some((_, key_next))) = open.last_mut() {
+                    *key_next = !*key_next;
+                }
+            }
+            Event::MappingStart(..) => open.push(Some((HashSet::new(), true))),
+            Event::SequenceStart(..) => open.push(None),
+            Event::MappingEnd | Event::SequenceEnd => {
+                open.pop();
+                if let Some(Some((_, key_next))) = open.last_mut() {
+                    *key_next = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 struct Frame {

@@ -275,6 +275,23 @@ impl Handler for CommandHandler {
         self.operations.contains(&operation)
     }
 
+    fn missing(&self) -> Option<String> {
+        let mut absent: Vec<&str> = self
+            .steps
+            .iter()
+            .chain(self.preview.iter().flatten())
+            .map(|step| step.program.as_str())
+            .filter(|program| tool::locate(program, &self.workdir).is_none())
+            .collect();
+        absent.dedup();
+        (!absent.is_empty()).then(|| {
+            format!(
+                "needs {} (not found on this runner's PATH)",
+                absent.join(", ")
+            )
+        })
+    }
+
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let inv = &ctx.invocation;
         let mut context = run_context(inv);

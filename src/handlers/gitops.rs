@@ -97,6 +97,12 @@ impl Handler for GitOpsHandler {
         true
     }
 
+    fn missing(&self) -> Option<String> {
+        self.engine.is_none().then(|| {
+            "needs Bitbucket: set BITBUCKET_HOST and BITBUCKET_USERNAME/BITBUCKET_PASSWORD (or BITBUCKET_TOKEN)".to_owned()
+        })
+    }
+
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let Some(engine) = &self.engine else {
             return Err(HandlerError::Failed(

@@ -146,6 +146,19 @@ mod tests {
                 "{expected} not in {problems:#?}"
             );
         }
+        // A pattern the action describes is said in the description's words, not as a regex.
+        let described =
+            InputSchema::from_action(&json!({"trigger": {"userInputs": {"properties": {
+                "region": {"type": "string", "pattern": "^[a-z]{2}-[a-z]+-[0-9]$",
+                           "description": "an AWS region such as eu-west-1"}
+            }}}}));
+        let problems = described
+            .check(json!({"region": "Frankfurt"}).as_object().unwrap())
+            .unwrap_err();
+        assert_eq!(
+            problems,
+            ["input 'region' is not in the expected form (an AWS region such as eu-west-1), got \"Frankfurt\""]
+        );
         let missing = schema().check(json!({}).as_object().unwrap()).unwrap_err();
         assert_eq!(
             missing,

@@ -97,7 +97,25 @@ fn position(source: &str, rest: &str) -> String {
         .chars()
         .count()
         + 1;
-    format!("at character {at}")
+    // What stands there, so the reader need not count characters.
+    let shown: String = rest.chars().take(12).collect();
+    let more = if rest.chars().count() > 12 { "…" } else { "" };
+    format!("at character {at} ({shown:?}{more})")
+}
+
+/// A parser's expectation in words: jaq's "expected nothing" means text is left over.
+fn expected(what: &str, source: &str, rest: &str) -> String {
+    match what {
+        "nothing" => format!(
+            "the expression should end {}: a missing `|` or operator, or an unbalanced bracket?",
+            position(source, rest)
+        ),
+        "token" => format!(
+            "unexpected text {}: a bracket closed that was never opened?",
+            position(source, rest)
+        ),
+        what => format!("expected {what} {}", position(source, rest)),
+    }
 }
 
 fn describe_load(source: &str, errs: &jaq_core::load::Errors<&str, ()>) -> String {
@@ -110,12 +128,16 @@ fn describe_load(source: &str, errs: &jaq_core::load::Errors<&str, ()>) -> Strin
                     .iter()
                     .map(|(path, e)| format!("cannot load {path}: {e}")),
             ),
-            Error::Lex(items) => out.extend(items.iter().map(|(expect, rest)| {
-                format!("expected {} {}", expect.as_str(), position(source, rest))
-            })),
-            Error::Parse(items) => out.extend(items.iter().map(|(expect, rest)| {
-                format!("expected {} {}", expect.as_str(), position(source, rest))
-            })),
+            Error::Lex(items) => out.extend(
+                items
+                    .iter()
+                    .map(|(expect, rest)| expected(expect.as_str(), source, rest)),
+            ),
+            Error::Parse(items) => out.extend(
+                items
+                    .iter()
+                    .map(|(expect, rest)| expected(expect.as_str(), source, rest)),
+            ),
         }
     }
     out.join("; ")
@@ -178,7 +200,12 @@ mod tests {
         let err = Expr::compile(".a | ] | .b").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "jq expression \".a | ] | .b\" does not compile: expected token at character 6"
+            "jq expression \".a | ] | .b\" does not compile: unexpected text at character 6 (\"] | .b\"): a bracket closed that was never opened?"
+        );
+        let err = Expr::compile(".inputs.count = 1 2").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "jq expression \".inputs.count = 1 2\" does not compile: the expression should end at character 19 (\"2\"): a missing `|` or operator, or an unbalanced bracket?"
         );
         let err = Expr::compile("foo(1)").unwrap_err();
         assert_eq!(

@@ -135,15 +135,15 @@ impl EntityMapping {
             "relations".into(),
             Value::Object(eval_all(&self.relations)?),
         );
-        let mode = if inv.operation == Operation::Day2 {
-            WriteMode::Merge
+        let (mode, done) = if inv.operation == Operation::Day2 {
+            (WriteMode::Merge, "updated")
         } else {
-            WriteMode::Replace
+            (WriteMode::Replace, "written")
         };
         ctx.catalog
             .upsert(blueprint, &Value::Object(body), mode)
             .await?;
-        Ok(format!("{blueprint}/{identifier} up to date"))
+        Ok(format!("entity {blueprint}/{identifier} {done}"))
     }
 }
 

@@ -209,6 +209,11 @@ impl HandlerRegistry {
         self
     }
 
+    /// What the runner lacks to run `action` (see [`Handler::missing`]).
+    pub fn missing(&self, action: &str) -> Option<String> {
+        self.handlers.get(action).and_then(|h| h.missing())
+    }
+
     pub fn known(&self) -> Vec<&str> {
         self.handlers.keys().map(String::as_str).collect()
     }

@@ -187,6 +187,10 @@ fn copy_property(prop: &Value) -> Value {
     if let Some(p) = prop.get("pattern").and_then(Value::as_str) {
         if build(&serde_json::json!({ "pattern": p })).is_ok() {
             out.insert("pattern".into(), p.into());
+            // What the pattern means, in the action author's words: said instead of the regex.
+            if let Some(d) = prop.get("description").filter(|d| d.is_string()) {
+                out.insert("description".into(), d.clone());
+            }
         } else {
             tracing::warn!(
                 pattern = p,
@@ -247,10 +251,16 @@ fn describe(what: &str, schema: &Value, error: &jsonschema::ValidationError<'_>)
             bound("maxLength", "∞"),
             instance.as_str().map_or(0, |s| s.chars().count())
         ),
-        K::Pattern { pattern } => format!(
-            "{what} must match /{pattern}/, got {:?}",
-            instance.as_str().unwrap_or_default()
-        ),
+        K::Pattern { pattern } => match schema.get("description").and_then(Value::as_str) {
+            Some(meant) => format!(
+                "{what} is not in the expected form ({meant}), got {:?}",
+                instance.as_str().unwrap_or_default()
+            ),
+            None => format!(
+                "{what} must match /{pattern}/, got {:?}",
+                instance.as_str().unwrap_or_default()
+            ),
+        },
         K::Format { format } => {
             let why = formats::check(format, instance.as_str().unwrap_or_default())
                 .err()

@@ -18,8 +18,9 @@ pub struct DataDirLock {
 pub enum DataDirError {
     #[error("{dir} is used by port-runner pid {pid}: stop that one first (Ctrl-C in its terminal, or `kill {pid}`), or run this one beside it with another --data-dir and another --listen address")]
     Busy { dir: String, pid: String },
-    #[error("cannot lock the data dir {dir}: {source}")]
-    Io { dir: String, source: std::io::Error },
+    /// (The OS error is said once, in the text: it is not a `source` the caller prints again.)
+    #[error("cannot use the data folder {dir}: {error}; give `serve` a folder this user can write with --data-dir or PORT_RUNNER_DATA_DIR")]
+    Io { dir: String, error: std::io::Error },
 }
 
 /// The lock file's name in the data folder (it holds the owner's pid).
@@ -28,9 +29,9 @@ pub const LOCK_FILE: &str = "port-runner.lock";
 impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<Self, DataDirError> {
         let shown = dir.display().to_string();
-        let io = |source| DataDirError::Io {
+        let io = |error| DataDirError::Io {
             dir: shown.clone(),
-            source,
+            error,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(LOCK_FILE);

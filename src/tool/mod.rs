@@ -67,6 +67,26 @@ impl Stop {
 /// Variables passed through from the runner's environment when set (nothing else is).
 const PASSED_THROUGH: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
+/// Where `program` is found when a step in `workdir` runs it: a path with a `/` from `workdir`
+/// (absolute ones as they are), a bare name on the runner's `PATH` (which tools inherit).
+/// `None` when nothing executable is there: the hub says so before anyone presses a button.
+pub fn locate(program: &str, workdir: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = workdir.join(program);
+        return executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
 /// One program to run.
 #[derive(Debug, Clone)]
 pub struct Step {

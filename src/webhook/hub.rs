@@ -30,8 +30,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// The loaded self-service actions whose action this runner handles.
-    pub fn new(actions: &[Definition], served: impl Fn(&str) -> bool) -> Self {
+    /// The loaded self-service actions whose action this runner handles; `missing` says
+    /// what the runner lacks to run one (shown on its card, which still opens its form).
+    pub fn new(
+        actions: &[Definition],
+        served: impl Fn(&str) -> bool,
+        missing: impl Fn(&str) -> Option<String>,
+    ) -> Self {
         let mut actions: Vec<Value> = actions
             .iter()
             .filter(|a| served(&a.identifier))
@@ -47,6 +52,7 @@ impl Hub {
                     "operation": trigger["operation"],
                     "blueprint": trigger["blueprintIdentifier"],
                     "userInputs": trigger.get("userInputs").cloned().unwrap_or_else(|| json!({"properties": {}})),
+                    "missing": a["identifier"].as_str().and_then(&missing),
                 })
             })
             .collect();

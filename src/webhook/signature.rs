@@ -32,7 +32,7 @@ pub enum SignatureError {
     },
     #[error("x-port-timestamp is {skew_secs}s away from this server's clock (allowed: {tolerance_secs}s)")]
     Stale { skew_secs: u64, tolerance_secs: u64 },
-    #[error("signature does not match the body")]
+    #[error("the signature does not match: the body was signed with another key than this runner's (Port's client secret, or the local secret in local mode)")]
     Mismatch,
 }
 

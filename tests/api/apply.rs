@@ -496,6 +496,43 @@ async fn validate_reads_blueprints_from_the_folder_given_whatever_its_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_without_a_blueprints_folder_says_so_first_and_still_checks_identifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("port.yaml");
+    std::fs::write(
+        &yaml,
+        "- {identifier: svc, blueprint: service}\n- {identifier: \"bad id!\", blueprint: service}\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("blueprints");
+    let out = run(
+        vec![
+            "validate".into(),
+            yaml.display().to_string(),
+            "--blueprints-dir".into(),
+            missing.display().to_string(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "{}: no such folder: port.yaml files are checked against the blueprints in it, so every blueprint they name is unknown; run validate where blueprints/ is, or name the folder with --blueprints-dir",
+            missing.display()
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("entity 'bad id!' (item 1): identifier: \"bad id!\" contains ' '"),
+        "the identifier is checked without its blueprint: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_with_nothing_to_check_fails_instead_of_passing_silently() {
     let empty = tempfile::tempdir().unwrap();
     let out = run(

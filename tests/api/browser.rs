@@ -123,6 +123,12 @@ impl Browser {
             .await;
     }
 
+    /// The browser's Back button.
+    async fn back(&self) {
+        self.call(reqwest::Method::POST, "/back", Some(json!({})))
+            .await;
+    }
+
     async fn find(&self, css: &str) -> Option<String> {
         let found = self
             .call(
@@ -258,6 +264,19 @@ fn hub_actions() -> tempfile::TempDir {
         "DAY-2",
         json!({"properties": {"note": {"type": "string", "title": "Note"}}, "required": ["note"]}),
     );
+    let needs = action(
+        "needs_tool",
+        "Needs a tool",
+        "CREATE",
+        json!({"properties": {}}),
+    );
+    std::fs::write(dir.path().join("needs_tool.json"), needs.to_string()).unwrap();
+    // A shipped Pulumi action, on a runner without the Pulumi CLI.
+    std::fs::copy(
+        repo.join("actions/create_bucket.json"),
+        dir.path().join("create_bucket.json"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("make_thing.json"), make.to_string()).unwrap();
     std::fs::write(dir.path().join("poke_thing.json"), poke.to_string()).unwrap();
     std::fs::create_dir(dir.path().join("handlers")).unwrap();
@@ -276,6 +295,18 @@ entity:
   title: '"Thing " + .inputs.name'
   properties: {size: .inputs.size, count: .inputs.count}
 "#,
+    )
+    .unwrap();
+    let bucket = std::fs::read_to_string(repo.join("actions/handlers/create_bucket.yaml"))
+        .unwrap()
+        .replace(
+            "../pulumi/s3_bucket",
+            repo.join("actions/pulumi/s3_bucket").to_str().unwrap(),
+        );
+    std::fs::write(dir.path().join("handlers/create_bucket.yaml"), bucket).unwrap();
+    std::fs::write(
+        dir.path().join("handlers/needs_tool.yaml"),
+        "action: needs_tool\nhandler: command\noperations: [CREATE]\nsteps:\n  - name: go\n    program: no-such-tool-on-this-runner\n    args: []\n",
     )
     .unwrap();
     std::fs::write(
@@ -329,6 +360,37 @@ async fn the_hub_page_presses_buttons_fills_forms_and_follows_runs_to_success() 
     ] {
         assert!(cards.contains(title), "{cards}");
     }
+    // A card says what the runner lacks to run its action, and its form still opens.
+    let needs = browser.text("[data-card=needs_tool]").await;
+    assert!(needs.contains("not ready here"), "{needs}");
+    assert!(
+        needs.contains("needs no-such-tool-on-this-runner (not found on this runner's PATH)"),
+        "{needs}"
+    );
+    assert!(browser
+        .text("[data-card=make_thing]")
+        .await
+        .contains("ready"));
+    let pulumi = browser.text("[data-card=create_bucket]").await;
+    assert!(
+        pulumi.contains("needs the Pulumi CLI: `pulumi` is not on this runner's PATH"),
+        "{pulumi}"
+    );
+    let _ = std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hub-cards.png"),
+        browser.screenshot().await,
+    );
+    // Back from a page with an open form closes it.
+    browser.open(&format!("{hub}#/runs")).await;
+    browser.wait("#runs, .empty").await;
+    browser.open(&hub).await;
+    browser.click("button[data-action=needs_tool]").await;
+    browser.wait("#action-form").await;
+    browser.back().await;
+    browser.wait("#runs, .empty").await;
+    assert_eq!(browser.find(".modal").await, None, "the form closed");
+    browser.open(&hub).await;
+    browser.wait("button[data-action=make_thing]").await;
 
     // CREATE: the form made from userInputs (defaults filled, enum as a choice, JSON for arrays).
     browser.click("button[data-action=make_thing]").await;
@@ -355,11 +417,40 @@ async fn the_hub_page_presses_buttons_fills_forms_and_follows_runs_to_success() 
         .await;
     assert!(log.contains("SUCCESS"), "{log}");
     browser.wait_text("#run-entities", "thing/widget").await;
+    // The run page says when it was accepted, started and ended, how long it took, and
+    // what it changed under a heading.
+    let history = browser.wait_text("#run-history", "Ended").await;
+    for part in ["Accepted", "Started", "Ended SUCCESS at", "(ran "] {
+        assert!(history.contains(part), "{history}");
+    }
+    assert!(browser.text("#run-duration").await.starts_with("took "));
+    assert_eq!(
+        browser.text("#run-entities-title").await,
+        "Affected entities"
+    );
+    assert!(browser
+        .text("#run-entities")
+        .await
+        .contains("thing/widget created or updated"));
+    let _ = std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hub-run.png"),
+        browser.screenshot().await,
+    );
 
-    // The local catalog has it.
+    // The local catalog has it, its properties as a table.
     browser.open(&format!("{hub}#/catalog")).await;
     let catalog = browser.wait_text("#catalog", "widget").await;
     assert!(catalog.contains("Thing widget"), "{catalog}");
+    let properties = browser.text("#catalog table.props").await;
+    assert!(
+        properties.contains("size") && properties.contains("large"),
+        "{properties}"
+    );
+    assert!(!catalog.contains("{\"size\""), "no raw JSON: {catalog}");
+    let _ = std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hub-catalog.png"),
+        browser.screenshot().await,
+    );
 
     // DAY-2: the entity is chosen from the catalog; a missing required input is refused
     // with the server's message, then the run goes through.

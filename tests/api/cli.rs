@@ -89,25 +89,67 @@ fn invoke_sends_a_signed_sample_and_prints_the_outcome() {
     );
 }
 
+/// `invoke FILE --url URL` with a key of its own: (exit code, stderr).
+fn invoke_at(sample: &std::path::Path, url: &str, key: &str) -> (Option<i32>, String) {
+    let output = Command::new(BIN)
+        .args(["invoke", sample.to_str().unwrap(), "--url", url])
+        .env("PORT_RUNNER_LOCAL_SECRET", key)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn invoke_explains_a_missing_server_and_a_bad_file() {
     let data = tempfile::tempdir().unwrap();
     let sample = data.path().join("bad.json");
     std::fs::write(&sample, "{\n  \"action\": \"echo\",\n}").unwrap();
-    let output = Command::new(BIN)
-        .args([
-            "invoke",
-            sample.to_str().unwrap(),
-            "--url",
-            "http://127.0.0.1:9",
-        ])
-        .env("PORT_RUNNER_LOCAL_SECRET", "x")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = invoke_at(&sample, "http://127.0.0.1:9", "x");
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("not valid JSON at line 3, column 1"),
+        "{stderr}"
+    );
+
+    // No runner at the address: says how to name another one.
+    std::fs::write(
+        &sample,
+        serde_json::to_vec(&legacy("r_x", "echo", "CREATE", json!({}))).unwrap(),
+    )
+    .unwrap();
+    let (_, stderr) = invoke_at(&sample, "http://127.0.0.1:9", "x");
+    assert!(
+        stderr.contains("cannot reach http://127.0.0.1:9/webhook: is `port-runner serve` running there? (a runner on another address or port: --url or PORT_RUNNER_URL)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_refused_signature_names_the_key_invoke_used() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        &[("PORT_RUNNER_LOCAL_SECRET", "the-runner-s-key")],
+        &["--data-dir", data.path().to_str().unwrap()],
+    );
+    let sample = data.path().join("sample.json");
+    std::fs::write(
+        &sample,
+        serde_json::to_vec(&legacy("r_x", "echo", "CREATE", json!({}))).unwrap(),
+    )
+    .unwrap();
+    let (code, stderr) = invoke_at(&sample, &format!("http://{}", served.addr), "another-key");
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains(
+            "the signature does not match: the body was signed with another key than this runner's"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("invoke signed it with PORT_RUNNER_LOCAL_SECRET from the environment"),
         "{stderr}"
     );
 }
@@ -164,6 +206,29 @@ fn serve_points_the_way_when_it_cannot_start() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+
+    // A data folder that cannot be one: the OS error once, and what to do.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let inside = file.path().join("data");
+    let (code, stderr) = serve_refused(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            inside.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot use the data folder {}", inside.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("with --data-dir or PORT_RUNNER_DATA_DIR"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
 
     // Pulling needs Port.
     let (code, stderr) = serve_refused(&["--transport", "pull", "--listen", "127.0.0.1:0"], &[]);

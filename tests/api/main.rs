@@ -24,6 +24,7 @@ mod provision;
 mod pull;
 mod pulumi_cli;
 mod pushes;
+mod readme;
 mod reconcile;
 mod replicas;
 mod runs;

@@ -511,8 +511,14 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
             w(
                 r#"--non-interactive up --yes --skip-preview --suppress-progress --color never --stack pay-assets"#
             ),
+            // What the update changed, for the summary, as the Automation API reads it.
+            w(r#"--non-interactive stack history --json --page-size 1 --stack pay-assets"#),
             w(r#"--non-interactive stack output --json --stack pay-assets"#),
         ]
+    );
+    assert_eq!(
+        fin["summary"].as_str().unwrap().split(';').next().unwrap(),
+        "stack pay-assets: 5 created"
     );
     let first = &calls(state)[0];
     let names: Vec<&str> = first["env_names"]
@@ -553,6 +559,11 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
     )
     .await;
     assert_eq!(fin["status"], "SUCCESS");
+    // The summary says what changed, from the CLI's own record of the update.
+    assert_eq!(
+        fin["summary"],
+        "stack pay-assets: 1 updated, 4 unchanged; entity s3_bucket/pay-assets updated"
+    );
     let day2: Vec<Vec<String>> = calls(state)[before..].iter().map(argv).collect();
     assert_eq!(
         day2[0],
@@ -649,8 +660,16 @@ async fn shipped_bucket_actions_drive_pulumi_like_the_automation_api() {
             w(
                 r#"--non-interactive destroy --yes --skip-preview --suppress-progress --color never --stack pay-assets"#
             ),
+            w(r#"--non-interactive stack history --json --page-size 1 --stack pay-assets"#),
             w(r#"--non-interactive stack rm --yes --stack pay-assets"#),
         ]
+    );
+    assert!(
+        fin["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("stack pay-assets destroyed (5 deleted)"),
+        "{fin}"
     );
     assert!(fake.entity("s3_bucket", "pay-assets").is_none());
     assert!(!state
@@ -855,8 +874,8 @@ async fn hostile_values_reach_pulumi_as_one_argument_or_are_refused() {
         );
     }
     // Nothing else ran: select, 3 scalar sets, clearing the tags, one set per value (the null
-    // is skipped), the checkpoint read, up, output.
-    assert_eq!(recorded.len(), 1 + 3 + 1 + values.len() + 3);
+    // is skipped), the checkpoint read, up, its history entry, output.
+    assert_eq!(recorded.len(), 1 + 3 + 1 + values.len() + 4);
     // Every value came back as one value in the stack's outputs and so in the entity.
     let entity = fake.entity("s3_bucket", "hostile-tags").unwrap();
     for (i, value) in values.iter().enumerate() {

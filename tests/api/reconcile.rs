@@ -222,6 +222,13 @@ async fn a_second_serve_on_the_same_data_folder_refuses_to_start_and_the_first_r
             && stderr.contains("stop that one first"),
         "{stderr}"
     );
+    // Running beside it takes both a folder and an address of its own.
+    assert!(
+        stderr.contains(
+            "run this one beside it with another --data-dir and another --listen address"
+        ),
+        "{stderr}"
+    );
     let verdict = fake.wait_final(&run_id).await;
     assert_eq!(verdict["status"], "SUCCESS", "{verdict}");
     assert_eq!(fake.terminal_patches(&run_id), 1);

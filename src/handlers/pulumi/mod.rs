@@ -38,6 +38,7 @@ use crate::tool::{Locks, StepOutput};
 
 mod cli;
 mod drift;
+mod history;
 mod pending;
 mod preview;
 mod settings;
@@ -342,6 +343,18 @@ impl Handler for PulumiHandler {
         self.operations.contains(&operation)
     }
 
+    fn missing(&self) -> Option<String> {
+        let program = &self.settings.program;
+        crate::tool::locate(program, std::path::Path::new("/"))
+            .is_none()
+            .then(|| match program.contains('/') {
+                true => format!("needs the Pulumi CLI: nothing runnable at {program} (--pulumi-bin)"),
+                false => format!(
+                    "needs the Pulumi CLI: `{program}` is not on this runner's PATH (install it, or give --pulumi-bin)"
+                ),
+            })
+    }
+
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let inv = ctx.invocation.clone();
         let mut context = run_context(&inv);
@@ -500,8 +513,11 @@ impl PulumiHandler {
     ) -> Result<Outcome, HandlerError> {
         // Imported first, so that destroy deletes what an interrupted create made.
         self.recover_pending(ctx, workdir, s, "destroy").await?;
+        let mut changed = None;
         match self.cli(ctx, workdir, &operation("destroy", s), None).await {
             Ok(_) => {
+                // Read before `stack rm` takes the history with the stack.
+                changed = self.last_changes(ctx, workdir, s).await;
                 self.cli(ctx, workdir, &["stack", "rm", "--yes", "--stack", s], None)
                     .await
                     .map_err(|f| self.fail("pulumi stack rm", s, f))?;
@@ -517,7 +533,10 @@ impl PulumiHandler {
             Some(mapping) => format!("; {}", mapping.apply(ctx, context).await?),
             None => String::new(),
         };
-        Ok(Outcome::new(format!("stack {s} destroyed{applied}")))
+        let changed = changed.map_or_else(String::new, |c| format!(" ({c})"));
+        Ok(Outcome::new(format!(
+            "stack {s} destroyed{changed}{applied}"
+        )))
     }
 
     /// CREATE and DAY-2: select (CREATE may create), set the config, `up`, read the outputs,
@@ -555,12 +574,16 @@ impl PulumiHandler {
                 .await;
             return Err(error);
         }
+        let changed = self.last_changes(ctx, workdir, s).await;
         context["outputs"] = Value::Object(self.outputs(ctx, workdir, s).await?);
         let applied = match &self.entity {
             Some(mapping) => format!("; {}", mapping.apply(ctx, context).await?),
             None => String::new(),
         };
-        Ok(Outcome::new(format!("stack {s} is up to date{applied}")))
+        Ok(Outcome::new(match changed {
+            Some(changed) => format!("stack {s}: {changed}{applied}"),
+            None => format!("stack {s} is up to date{applied}"),
+        }))
     }
 
     /// `config set` for each configured key, in order; an object or array is cleared first

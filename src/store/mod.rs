@@ -122,6 +122,21 @@ pub struct Recovery {
     pub unreadable: Vec<String>,
 }
 
+impl Recovery {
+    /// Sorts a run the journal holds open by its stored invocation: queued, interrupted
+    /// (started), or unreadable (reported, then dropped).
+    fn take_open(&mut self, run_id: &str, state: &str, stored: &str) {
+        let parsed = serde_json::from_str::<serde_json::Value>(stored)
+            .map_err(|e| e.to_string())
+            .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(inv) if state == "queued" => self.queued.push(inv),
+            Ok(inv) => self.interrupted.push(inv),
+            Err(e) => self.unreadable.push(format!("{run_id}: {e}")),
+        }
+    }
+}
+
 /// What a journal store does; SQLite and PostgreSQL each implement it once. Every write is
 /// committed before the call returns unless it says otherwise.
 #[async_trait::async_trait]

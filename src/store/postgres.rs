@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, RwLock};
 use tokio_postgres::{Client, Config};
 use tokio_util::sync::CancellationToken;
@@ -532,15 +531,7 @@ impl RunStore for PgJournal {
                 });
                 continue;
             }
-            let stored: String = row.get(2);
-            let parsed = serde_json::from_str::<Value>(&stored)
-                .map_err(|e| e.to_string())
-                .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(inv) if state == "queued" => recovery.queued.push(inv),
-                Ok(inv) => recovery.interrupted.push(inv),
-                Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
-            }
+            recovery.take_open(&run_id, &state, row.get(2));
         }
         if !claimed.is_empty() {
             tracing::info!(

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
@@ -382,14 +381,7 @@ fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     for (run_id, state, stored) in open {
-        let parsed = serde_json::from_str::<Value>(&stored)
-            .map_err(|e| e.to_string())
-            .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(inv) if state == "queued" => recovery.queued.push(inv),
-            Ok(inv) => recovery.interrupted.push(inv),
-            Err(e) => recovery.unreadable.push(format!("{run_id}: {e}")),
-        }
+        recovery.take_open(&run_id, &state, &stored);
     }
     let finals: Vec<(String, String, String, String, Option<String>)> = rows(
         c,

@@ -35,6 +35,9 @@ pub enum ManifestError {
         column: usize,
         message: String,
     },
+    /// A key twice in one mapping, at the second one's line.
+    #[error("YAML syntax error at line {line}, column 1: the key {key:?} appears twice in one mapping: keep one")]
+    Duplicate { line: usize, key: String },
     #[error("{0}")]
     Shape(String),
 }
@@ -48,11 +51,7 @@ pub fn parse(text: &str) -> Result<Vec<ManifestEntity>, ManifestError> {
         // A duplicate is reported where its mapping starts: point at the key itself.
         if let Some(key) = duplicated(&message) {
             if let Some(line) = super::positions::duplicate_key(text, &key) {
-                return ManifestError::Syntax {
-                    line,
-                    column: 1,
-                    message: format!("the key {key:?} appears twice in one mapping: keep one"),
-                };
+                return ManifestError::Duplicate { line, key };
             }
         }
         match e.location() {
@@ -97,17 +96,9 @@ pub fn parse_reporting_duplicates(
     let mut text = text.to_owned();
     for _ in 0..50 {
         match parse(&text) {
-            Err(ManifestError::Syntax {
-                line,
-                column: 1,
-                message,
-            }) if message.contains("appears twice in one mapping") => {
-                duplicates.push(ManifestError::Syntax {
-                    line,
-                    column: 1,
-                    message,
-                });
+            Err(ManifestError::Duplicate { line, key }) => {
                 text = without_entry(&text, line);
+                duplicates.push(ManifestError::Duplicate { line, key });
             }
             other => return (duplicates, other),
         }
@@ -195,11 +186,14 @@ mod tests {
         let err = parse(text).unwrap_err();
         assert_eq!(
             err,
-            ManifestError::Syntax {
+            ManifestError::Duplicate {
                 line: 4,
-                column: 1,
-                message: "the key \"title\" appears twice in one mapping: keep one".into()
+                key: "title".into()
             }
+        );
+        assert_eq!(
+            err.to_string(),
+            "YAML syntax error at line 4, column 1: the key \"title\" appears twice in one mapping: keep one"
         );
         // For a report, the rest of the file is still read, each line where it was.
         let text = "- identifier: a\n  title: A\n  title:\n    nested: x\n- identifier: b\n  title: A\n  title: C\n- 42\n";

@@ -97,7 +97,8 @@ pub(super) fn classify(
                         message: e.to_string(),
                         spots: vec![Spot {
                             at: match &e {
-                                ManifestError::Syntax { line, .. } => SpotAt::Line(*line),
+                                ManifestError::Syntax { line, .. }
+                                | ManifestError::Duplicate { line, .. } => SpotAt::Line(*line),
                                 ManifestError::Shape(_) => SpotAt::File,
                             },
                             message: e.to_string(),

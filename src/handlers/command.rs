@@ -283,6 +283,8 @@ impl Handler for CommandHandler {
             .map(|step| step.program.as_str())
             .filter(|program| tool::locate(program, &self.workdir).is_none())
             .collect();
+        // Each program once, however many steps run it.
+        absent.sort_unstable();
         absent.dedup();
         (!absent.is_empty()).then(|| {
             format!(

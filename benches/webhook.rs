@@ -8,7 +8,11 @@
 //! Reports accepted requests/s and p50/p99 latency as ratios to the trivial ceiling, and
 //! the server's RSS idle and after the load.
 //!
-//! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32).
+//! Then the memory a backlog costs: 10,001 runs of 5 s accepted by a runner with one slot
+//! (the default queue cap), RSS before, after, and after a `kill -9` and the restart that
+//! recovers them; with `BENCH_BASELINE_BIN` (an older build's binary), the same for it.
+//!
+//! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32), BENCH_ONLY=backlog.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -31,6 +35,15 @@ fn main() {
         trivial_server(&std::env::var("BENCH_ADDR").expect("BENCH_ADDR"));
         return;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("backlog") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(backlogs());
+        return;
+    }
     let requests: usize = env_or("BENCH_REQUESTS", 20_000);
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 32);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -39,6 +52,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(requests, concurrency));
+    rt.block_on(backlogs());
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -119,8 +133,18 @@ enum Store<'a> {
 }
 
 fn start_port_runner(data_dir: &std::path::Path, store: Store<'_>) -> Server {
+    start_binary(
+        env!("CARGO_BIN_EXE_port-runner"),
+        data_dir,
+        store,
+        &["--max-queued-runs", "10000000"],
+    )
+}
+
+/// `bin serve` on `data_dir` with `store` and `extra` arguments.
+fn start_binary(bin: &str, data_dir: &std::path::Path, store: Store<'_>, extra: &[&str]) -> Server {
     let addr = free_addr();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_port-runner"));
+    let mut command = Command::new(bin);
     command.args(["serve", "--listen", &addr, "--http-workers", WORKERS]);
     command.env_remove("DATABASE_URL");
     match store {
@@ -133,7 +157,7 @@ fn start_port_runner(data_dir: &std::path::Path, store: Store<'_>) -> Server {
         }
     }
     let child = command
-        .args(["--max-queued-runs", "10000000"])
+        .args(extra)
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("PORT_CLIENT_ID")
@@ -176,8 +200,17 @@ fn start_trivial() -> Server {
 
 /// Pre-signed bodies, so the load generator's HMAC work is not measured.
 fn bodies(n: usize, tag: &str) -> Vec<(Vec<u8>, String, String)> {
+    sleeping_bodies(n, tag, 0.0)
+}
+
+/// The same, each run sleeping `sleep_secs` (0: none).
+fn sleeping_bodies(n: usize, tag: &str, sleep_secs: f64) -> Vec<(Vec<u8>, String, String)> {
     (0..n)
         .map(|i| {
+            let mut properties = json!({"message": "hello", "n": i});
+            if sleep_secs > 0.0 {
+                properties["sleep_secs"] = json!(sleep_secs);
+            }
             let body = json!({
                 "action": "echo", "resourceType": "run", "status": "TRIGGERED",
                 "trigger": {"by": {"userId": "bench", "user": {"email": "bench@example.com"}}, "origin": "API"},
@@ -185,7 +218,7 @@ fn bodies(n: usize, tag: &str) -> Vec<(Vec<u8>, String, String)> {
                 "payload": {
                     "entity": null,
                     "action": {"invocationMethod": {"type": "WEBHOOK"}, "trigger": "CREATE"},
-                    "properties": {"message": "hello", "n": i},
+                    "properties": properties,
                     "censoredProperties": []
                 }
             });
@@ -381,4 +414,70 @@ async fn run(requests: usize, concurrency: usize) {
     drop(shared);
     drop(trivial);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// RSS of a runner with one slot as a backlog of 5 s runs is accepted, and after a `kill -9`
+/// and the restart that recovers it; for this build and, given, a baseline binary.
+async fn backlogs() {
+    let mut bins = vec![("this build", env!("CARGO_BIN_EXE_port-runner").to_owned())];
+    if let Ok(baseline) = std::env::var("BENCH_BASELINE_BIN") {
+        bins.insert(0, ("baseline", baseline));
+    }
+    println!("\nbacklog: 10,001 echo runs of 5 s accepted by `serve --max-concurrent-runs 1` (SQLite journal, default queue cap), 32 connections\n");
+    println!("| binary | RSS idle | with the backlog | per waiting run | after kill -9 and recovery | vs idle |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, bin) in bins {
+        let (idle, loaded, recovered) = backlog(&bin).await;
+        let mib = |k: u64| k as f64 / 1024.0;
+        println!(
+            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} KB | {:.1} MiB | {:.2}× / {:.2}× |",
+            mib(idle),
+            mib(loaded),
+            (loaded.saturating_sub(idle)) as f64 * 1.024 / 10_001.0,
+            mib(recovered),
+            loaded as f64 / idle as f64,
+            recovered as f64 / idle as f64
+        );
+    }
+}
+
+async fn backlog(bin: &str) -> (u64, u64, u64) {
+    const RUNS: usize = 10_001;
+    let data = std::env::temp_dir().join(format!(
+        "port-runner-backlog-{}-{}",
+        std::process::id(),
+        rand_tag()
+    ));
+    let http = reqwest::Client::new();
+    let args = ["--max-concurrent-runs", "1"];
+    let mut server = start_binary(bin, &data, Store::Sqlite, &args);
+    wait_healthy(&http, &server, "/healthz").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_kib(server.child.id());
+    let load = fire(
+        &http,
+        &server.base,
+        sleeping_bodies(RUNS, "backlog", 5.0),
+        32,
+    )
+    .await;
+    assert_eq!(load.non_2xx, 0, "the whole backlog is accepted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded = rss_kib(server.child.id());
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let server = start_binary(bin, &data, Store::Sqlite, &args);
+    wait_healthy(&http, &server, "/healthz").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let recovered = rss_kib(server.child.id());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    (idle, loaded, recovered)
+}
+
+fn rand_tag() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

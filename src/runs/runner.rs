@@ -12,12 +12,15 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt as _;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+mod queue;
 mod recovery;
+
+use queue::{Place, Queue};
 
 use super::lifecycle::{FinalReportRetry, Lifecycle, LogBatching, Refused, TakenOver};
 use super::reporter::RunReporter;
@@ -69,8 +72,8 @@ impl Default for RunnerConfig {
 pub enum SubmitError {
     #[error("this run id was already accepted")]
     Duplicate,
-    #[error("too many runs are waiting; try again later")]
-    QueueFull,
+    #[error("{waiting} runs are already waiting, the most this runner queues (--max-queued-runs); try again later")]
+    QueueFull { waiting: usize },
     #[error("the runner is shutting down")]
     ShuttingDown,
     #[error("the run could not be recorded durably, so it was not accepted")]
@@ -87,7 +90,8 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     masker: Masker,
     config: RunnerConfig,
-    permits: Arc<Semaphore>,
+    /// Runs waiting for a slot, in order (the first few as tasks, the rest as ids).
+    queue: Queue,
     /// Accepted and not yet finished (queued + running).
     pending: AtomicUsize,
     /// Phase 1 of shutdown: accept nothing, start nothing.
@@ -127,7 +131,7 @@ impl Runner {
             catalog,
             metrics,
             masker,
-            permits: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
+            queue: Queue::new(config.max_concurrent_runs),
             config,
             pending: AtomicUsize::new(0),
             stopping,
@@ -194,7 +198,9 @@ impl Runner {
         }
         let capacity = self.config.max_concurrent_runs + self.config.max_queued_runs;
         if self.pending.load(Ordering::Acquire) >= capacity {
-            return Err(SubmitError::QueueFull);
+            return Err(SubmitError::QueueFull {
+                waiting: self.config.max_queued_runs,
+            });
         }
         match self.lifecycle.accept(&invocation).await {
             Ok(()) => Ok(Admitted(invocation)),
@@ -205,7 +211,7 @@ impl Runner {
 
     /// Starts an admitted run.
     pub fn start(self: &Arc<Self>, admitted: Admitted) {
-        self.schedule(admitted.0);
+        self.schedule(Queued::Loaded(admitted.0));
     }
 
     /// Admits a run Port holds but never delivered (found through its runs API): the same
@@ -227,18 +233,34 @@ impl Runner {
         result
     }
 
-    /// Spawns an admitted run; it waits for a slot, runs, and reports.
-    fn schedule(self: &Arc<Self>, invocation: Invocation) {
-        let ahead = self.pending.fetch_add(1, Ordering::AcqRel);
+    /// Queues an admitted run: it starts now if a slot is free, else it waits as a task (told
+    /// it is queued) or, behind a long queue, as its id only.
+    fn schedule(self: &Arc<Self>, queued: Queued) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
         self.metrics.queue_depth().inc();
-        let span =
-            tracing::info_span!("run", run_id = %invocation.run_id, action = %invocation.action);
+        let place = self.queue.enter(queued.run_id());
+        self.spawn_run(queued, place);
+    }
+
+    /// Starts the task of a run that holds or waits for a slot (`Far`: nothing to start yet).
+    fn spawn_run(self: &Arc<Self>, queued: Queued, place: Place) {
+        let turn = match place {
+            Place::Now => Turn::Now(Slot(self.clone())),
+            Place::Near(handed, ahead) => Turn::Wait { handed, ahead },
+            Place::Far => return,
+        };
+        let run_id = queued.run_id().clone();
+        let span = tracing::info_span!("run", %run_id, action = tracing::field::Empty);
         let this = self.clone();
-        let run_id = invocation.run_id.clone();
-        let internal = invocation.is_internal();
         let supervised = async move {
             let pending = PendingGuard(&this.pending, &this.slot_freed);
-            let run = AssertUnwindSafe(this.clone().execute(invocation, ahead));
+            let Some(invocation) = this.load(queued).await else {
+                this.metrics.queue_depth().dec();
+                return;
+            };
+            let internal = invocation.is_internal();
+            tracing::Span::current().record("action", invocation.action.as_str());
+            let run = AssertUnwindSafe(this.clone().execute(invocation, turn));
             if let Err(panic) = run.catch_unwind().await {
                 // A bug in the runner itself: the run must still end, and say so.
                 let message = panic_message(panic);
@@ -249,6 +271,37 @@ impl Runner {
             drop(pending);
         };
         self.tracker.spawn_on(supervised.instrument(span), &self.rt);
+    }
+
+    /// A queued run's invocation: in hand, or read back from the journal when it waited there
+    /// (and then shown here again: a run recovered after a restart was not). `None` when it
+    /// cannot run (ended here, saying why, when it could be read at all).
+    async fn load(&self, queued: Queued) -> Option<Invocation> {
+        let run_id = match queued {
+            Queued::Loaded(invocation) => return Some(invocation),
+            Queued::Stored(run_id) => run_id,
+        };
+        match self.lifecycle.journal.invocation(&run_id).await {
+            Ok(Some(invocation)) => {
+                self.lifecycle.registry.admit(&invocation);
+                Some(invocation)
+            }
+            Ok(None) => {
+                // Its turn is dropped with the task: a slot it held or was handed goes on.
+                tracing::warn!(%run_id, "a queued run is no longer in the journal (another replica took it); skipped");
+                None
+            }
+            Err(e) => {
+                tracing::error!(%run_id, error = %e, "a queued run cannot be read back from the journal");
+                self.lifecycle
+                    .finish(
+                        &run_id,
+                        Verdict::failure(format!("internal error in port-runner: {e}")),
+                    )
+                    .await;
+                None
+            }
+        }
     }
 
     /// How a run reports: the runner's own runs (internal) only here, Port knows none of them.
@@ -278,7 +331,7 @@ impl Runner {
             .await;
     }
 
-    async fn execute(self: Arc<Self>, mut invocation: Invocation, ahead: usize) {
+    async fn execute(self: Arc<Self>, mut invocation: Invocation, turn: Turn) {
         let run_id = invocation.run_id.clone();
         // An automation event names its action only once routed: route first, so that the
         // run's metrics name the action that runs (the journal keeps it as received).
@@ -290,27 +343,26 @@ impl Runner {
             reporter.log().line(note).await;
         }
 
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let waiting = ahead.min(self.pending.load(Ordering::Acquire).saturating_sub(1));
-                let label = format!("Queued behind {waiting} run(s)");
+        let permit = match turn {
+            Turn::Now(slot) => Some(slot),
+            Turn::Wait { handed, ahead } => {
+                let label = format!("Queued behind {ahead} run(s)");
                 reporter
                     .log()
                     .line(format!(
-                        "queued behind {waiting} run(s); this runner executes {} at a time",
+                        "queued behind {ahead} run(s); this runner executes {} at a time",
                         self.config.max_concurrent_runs
                     ))
                     .await;
                 reporter.label(&label).await;
-                let permit = tokio::select! {
-                    permit = self.permits.clone().acquire_owned() => permit.ok(),
+                let slot = tokio::select! {
+                    handed = handed => handed.ok().map(|()| Slot(self.clone())),
                     _ = self.stopping.cancelled() => None,
                 };
-                if permit.is_some() {
+                if slot.is_some() {
                     reporter.label("Running").await;
                 }
-                permit
+                slot
             }
         };
         self.metrics.queue_depth().dec();
@@ -459,8 +511,14 @@ impl Runner {
 
     /// Stops accepting, fails queued runs, waits `grace` for running ones, fails the rest,
     /// then waits a little for final reports to reach Port.
-    pub async fn shutdown(&self, grace: Duration) {
+    pub async fn shutdown(self: &Arc<Self>, grace: Duration) {
         self.stopping.cancel();
+        let far = self.queue.close();
+        if !far.is_empty() {
+            let this = self.clone();
+            self.tracker
+                .spawn_on(async move { this.never_started(far).await }, &self.rt);
+        }
         self.tracker.close();
         let running = self.pending.load(Ordering::Acquire);
         if running > 0 {
@@ -492,6 +550,34 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// At shutdown, the runs still waiting as ids end as the queued tasks do, in order, until
+    /// the grace period is over; those left stay queued in the journal for the next start.
+    async fn never_started(&self, far: Vec<RunId>) {
+        let why = "runner shutting down: the run was still queued and did not start";
+        let total = far.len();
+        for (done, run_id) in far.into_iter().enumerate() {
+            if self.hard_stop.is_cancelled() {
+                tracing::warn!(
+                    runs = total - done,
+                    "queued runs not ended before exit; they stay queued in the journal"
+                );
+                return;
+            }
+            let internal = match self.lifecycle.journal.invocation(&run_id).await {
+                Ok(Some(invocation)) => invocation.is_internal(),
+                _ => false,
+            };
+            self.lifecycle_for(internal)
+                .finish(&run_id, Verdict::failure(why))
+                .await;
+            self.lifecycle.registry.retire(&run_id);
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.queue_depth().dec();
+        }
+    }
+}
+
 /// Counts a run as pending until dropped, also when its execution unwinds.
 struct PendingGuard<'a>(&'a AtomicUsize, &'a Notify);
 
@@ -499,6 +585,42 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         self.1.notify_waiters();
+    }
+}
+
+/// A run slot, held from a run's start to its final report; dropping it hands it on.
+struct Slot(Arc<Runner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        for (queued, place) in self.0.queue.release() {
+            self.0.spawn_run(Queued::Stored(queued), place);
+        }
+    }
+}
+
+/// How a run gets its slot.
+enum Turn {
+    Now(Slot),
+    /// `handed` resolves when a slot is handed to it; `ahead`: runs before it when it queued.
+    Wait {
+        handed: oneshot::Receiver<()>,
+        ahead: usize,
+    },
+}
+
+/// A queued run: its invocation in hand, or only its id while the journal holds the rest.
+enum Queued {
+    Loaded(Invocation),
+    Stored(RunId),
+}
+
+impl Queued {
+    fn run_id(&self) -> &RunId {
+        match self {
+            Self::Loaded(invocation) => &invocation.run_id,
+            Self::Stored(run_id) => run_id,
+        }
     }
 }
 

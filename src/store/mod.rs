@@ -59,6 +59,9 @@ pub enum JournalError {
     /// Another replica took the run over (this one lost its lease): it must not report it.
     #[error("run {0} was taken over by another replica")]
     NotOwner(String),
+    /// The journal's copy of a run could not be read back into an invocation.
+    #[error("run {run_id}: the journal's copy cannot be read back: {reason}")]
+    Unreadable { run_id: String, reason: String },
 }
 
 /// The verdict on a finished run: journaled first, then reported.
@@ -111,8 +114,10 @@ pub struct UnreportedFinal {
 /// What a restart (or, with replicas, a lost replica) leaves to take care of.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Accepted, never started: start them.
-    pub queued: Vec<Invocation>,
+    /// Accepted, never started, in the order they were accepted: start them. Only their
+    /// ids: a backlog is read back one run at a time, as slots free
+    /// ([`RunStore::invocation`]), not all at once.
+    pub queued: Vec<RunId>,
     /// Started when the process died.
     pub interrupted: Vec<Invocation>,
     /// Log batches Port never acknowledged, in order: `(id, run, message)`.
@@ -123,18 +128,33 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Sorts a run the journal holds open by its stored invocation: queued, interrupted
-    /// (started), or unreadable (reported, then dropped).
-    fn take_open(&mut self, run_id: &str, state: &str, stored: &str) {
-        let parsed = serde_json::from_str::<serde_json::Value>(stored)
-            .map_err(|e| e.to_string())
-            .and_then(|v| Invocation::from_stored(&v).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(inv) if state == "queued" => self.queued.push(inv),
-            Ok(inv) => self.interrupted.push(inv),
-            Err(e) => self.unreadable.push(format!("{run_id}: {e}")),
+    /// Sorts a run the journal holds open: queued (its id), interrupted (started: its
+    /// stored invocation), or unreadable (reported, then dropped).
+    fn take_open(&mut self, run_id: &str, state: &str, stored: Option<&str>) {
+        let parsed = match (state, stored) {
+            ("queued", _) => RunId::parse("run_id", run_id)
+                .map(|id| self.queued.push(id))
+                .map_err(|e| e.to_string()),
+            (_, Some(stored)) => read_stored(run_id, stored)
+                .map(|inv| self.interrupted.push(inv))
+                .map_err(|e| e.to_string()),
+            (_, None) => Err("its invocation is missing".to_owned()),
+        };
+        if let Err(e) = parsed {
+            self.unreadable.push(format!("{run_id}: {e}"));
         }
     }
+}
+
+/// An invocation as the journal stored it, read back.
+fn read_stored(run_id: &str, stored: &str) -> Result<Invocation, JournalError> {
+    let unreadable = |reason: String| JournalError::Unreadable {
+        run_id: run_id.to_owned(),
+        reason,
+    };
+    let value =
+        serde_json::from_str::<serde_json::Value>(stored).map_err(|e| unreadable(e.to_string()))?;
+    Invocation::from_stored(&value).map_err(|e| unreadable(e.to_string()))
 }
 
 /// What a journal store does; SQLite and PostgreSQL each implement it once. Every write is
@@ -146,6 +166,9 @@ pub trait RunStore: RecordStore + Send + Sync {
     async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError>;
     /// Records that the run started (committed before the handler may have effects).
     async fn started(&self, run_id: &RunId) -> Result<(), JournalError>;
+    /// The stored invocation of a run (`None`: the journal holds no such run), read when a
+    /// queued run's turn comes.
+    async fn invocation(&self, run_id: &RunId) -> Result<Option<Invocation>, JournalError>;
     /// Puts a run back in the queue (a resumable run interrupted by a restart).
     async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError>;
     /// Records the verdict, committed before it is sent, so a crash re-sends this verdict

@@ -419,6 +419,17 @@ impl RunStore for PgJournal {
             Err(e) => Err(self.error(e)),
         }
     }
+    async fn invocation(&self, run_id: &RunId) -> Result<Option<Invocation>, JournalError> {
+        let rows = self
+            .query(
+                "SELECT invocation FROM port_runner_runs WHERE run_id = $1",
+                &[&run_id.as_str()],
+            )
+            .await?;
+        rows.first()
+            .map(|row| super::read_stored(run_id.as_str(), row.get(0)))
+            .transpose()
+    }
     async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
         self.owned(
             run_id,
@@ -507,7 +518,9 @@ impl RunStore for PgJournal {
                          ORDER BY accepted_at
                          LIMIT $4
                          FOR UPDATE SKIP LOCKED)
-                RETURNING r.run_id, r.state, r.invocation, r.action, r.final_status,
+                RETURNING r.run_id, r.state,
+                          CASE r.state WHEN 'running' THEN r.invocation END,
+                          r.action, r.final_status,
                           r.final_summary, r.final_link",
                 &[&self.replica, &secs(self.lease), &first, &CLAIM_BATCH],
             )
@@ -531,7 +544,7 @@ impl RunStore for PgJournal {
                 });
                 continue;
             }
-            recovery.take_open(&run_id, &state, row.get(2));
+            recovery.take_open(&run_id, &state, row.get::<_, Option<&str>>(2));
         }
         if !claimed.is_empty() {
             tracing::info!(

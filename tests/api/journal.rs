@@ -148,3 +148,118 @@ async fn a_final_status_port_never_acknowledged_is_sent_after_a_restart() {
     assert_no_duplicate_lines(&fake, &run_id);
     drop(served);
 }
+
+/// A backlog far beyond what waits in memory (the journal holds it) survives a SIGKILL in
+/// the middle: every run ends exactly once, and the runs start in the order they were
+/// accepted, before the kill and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_thousands_on_disk_ends_exactly_once_and_in_order_across_a_sigkill() {
+    const RUNS: usize = 2000;
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut served = serve(&fake, data.path());
+    let ids: Vec<String> = (0..RUNS).map(|_| unique_run_id()).collect();
+    for (n, run_id) in ids.iter().enumerate() {
+        let body = legacy(
+            run_id,
+            "echo",
+            "CREATE",
+            json!({"sleep_secs": 0.002, "n": n}),
+        );
+        assert_eq!(post(&served, &body).await, 202, "run {n}");
+    }
+    let ended = |fake: &FakePort| {
+        ids.iter()
+            .filter(|id| fake.final_patch(id).is_some())
+            .count()
+    };
+    let before = ended(&fake);
+    assert!(
+        before < RUNS / 2,
+        "the kill must come while a backlog waits ({before} of {RUNS} had ended)"
+    );
+    let kill_fake = &mut served;
+    tokio::task::block_in_place(|| kill9(kill_fake));
+
+    let served = serve(&fake, data.path());
+    crate::wait::until(
+        std::time::Duration::from_secs(300),
+        || format!("every run to end; {} of {RUNS} did", ended(&fake)),
+        || (ended(&fake) == RUNS).then_some(()),
+    )
+    .await;
+    drop(served);
+
+    // Exactly once each; the one cut off by the kill is the only failure.
+    let failed: Vec<&String> = ids
+        .iter()
+        .filter(|id| fake.final_patch(id).unwrap()["status"] != "SUCCESS")
+        .collect();
+    assert!(failed.len() <= 1, "{failed:?}");
+    let position: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.as_str(), n))
+        .collect();
+    let mut finished = Vec::new();
+    for request in fake.requests_to("PATCH", "/actions/runs/") {
+        let run_id = request.path.rsplit('/').next().unwrap_or_default();
+        if request.body["status"] == "SUCCESS" {
+            finished.push(position[run_id]);
+        }
+    }
+    assert_eq!(finished.len(), RUNS - failed.len(), "one final status each");
+    assert!(
+        finished.windows(2).all(|w| w[0] < w[1]),
+        "runs ended out of the order they were accepted in"
+    );
+    for run_id in &ids {
+        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id}");
+    }
+}
+
+/// Without a journal the queue is memory, so it is bounded: beyond `--max-queued-runs` the
+/// webhook answers 503 with `Retry-After` and says why; nothing accepted is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_journal_a_full_queue_answers_503_with_retry_after() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        &[
+            ("PORT_CLIENT_ID", CLIENT_ID),
+            ("PORT_CLIENT_SECRET", CLIENT_SECRET),
+            ("PORT_API_URL", &fake.api_url),
+        ],
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--no-journal",
+            "--max-concurrent-runs",
+            "1",
+            "--max-queued-runs",
+            "2",
+        ],
+    );
+    let ids: Vec<String> = (0..3).map(|_| unique_run_id()).collect();
+    let slow = legacy(&ids[0], "echo", "CREATE", json!({"sleep_secs": 1}));
+    assert_eq!(post(&served, &slow).await, 202);
+    for run_id in &ids[1..] {
+        assert_eq!(
+            post(&served, &legacy(run_id, "echo", "CREATE", json!({}))).await,
+            202
+        );
+    }
+    let refused = served
+        .post_signed(&legacy(&unique_run_id(), "echo", "CREATE", json!({})))
+        .await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        "2 runs are already waiting, the most this runner queues (--max-queued-runs); try again later"
+    );
+    for run_id in &ids {
+        assert_eq!(fake.wait_final(run_id).await["status"], "SUCCESS");
+    }
+}

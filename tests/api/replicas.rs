@@ -376,7 +376,7 @@ async fn replicas_claiming_a_dead_replicas_runs_at_once_each_take_different_ones
     let mut claimed: Vec<String> = [b, c, d]
         .into_iter()
         .flat_map(|r| r.unwrap().queued)
-        .map(|inv| inv.run_id.to_string())
+        .map(|id| id.to_string())
         .collect();
     claimed.sort();
     accepted.sort();

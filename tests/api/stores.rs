@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use port_runner::domain::RunId;
 use port_runner::invocation::Invocation;
 use port_runner::store::Journal;
 use port_runner::store::Verdict;
@@ -73,10 +74,13 @@ where
     drop(journal);
     let journal = Arc::new(open().await);
     let recovery = journal.recovery().await.unwrap();
-    assert!(recovery
-        .queued
-        .iter()
-        .any(|inv| inv.run_id.as_str() == queued && inv.inputs["n"] == 1));
+    assert!(recovery.queued.iter().any(|id| id.as_str() == queued));
+    let back = journal
+        .invocation(&RunId::parse("run id", &queued).unwrap())
+        .await
+        .unwrap()
+        .expect("a queued run's invocation is read back when its turn comes");
+    assert_eq!(back.inputs["n"], 1);
 
     assert!(journal.prune(Duration::ZERO).await.unwrap() >= 1);
     assert_eq!(state(&journal, &done).await, None, "pruned");

@@ -85,15 +85,15 @@ impl Runner {
                 if let Err(e) = journal.requeue(&invocation.run_id).await {
                     tracing::error!(run_id = %invocation.run_id, error = %e, "could not journal the re-run");
                 }
-                self.schedule(invocation);
+                self.schedule(super::Queued::Loaded(invocation));
             } else {
                 let tool = stopped.remove(&invocation.run_id);
                 owed_failures.push((invocation, tool));
             }
         }
-        for invocation in recovery.queued {
-            self.lifecycle.registry.admit(&invocation);
-            self.schedule(invocation);
+        // Queued runs are read back one at a time as their turn comes (shown here from then).
+        for run_id in recovery.queued {
+            self.schedule(super::Queued::Stored(run_id));
         }
         // What Port is owed goes out in the background: a Port outage must not hold up the
         // start (each report may take the client's whole retry budget).

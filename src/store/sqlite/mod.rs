@@ -256,6 +256,22 @@ impl RunStore for SqliteJournal {
         self.send(Op::Started(run_id.to_string(), committed))?;
         self.committed(answer).await
     }
+    async fn invocation(&self, run_id: &RunId) -> Result<Option<Invocation>, JournalError> {
+        let key = run_id.to_string();
+        let stored: Option<String> = self
+            .call(move |c| {
+                c.query_row(
+                    "SELECT invocation FROM invocations WHERE run_id = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        stored
+            .map(|text| super::read_stored(run_id.as_str(), &text))
+            .transpose()
+    }
     async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
         self.send(Op::Requeue(run_id.to_string()))
     }
@@ -374,14 +390,17 @@ fn rows<T>(
 
 fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
     let mut recovery = Recovery::default();
-    let open: Vec<(String, String, String)> = rows(
+    // A queued run's invocation is read when its turn comes, not here: a backlog of
+    // thousands is not held in memory at once.
+    let open: Vec<(String, String, Option<String>)> = rows(
         c,
-        "SELECT r.run_id, r.state, i.invocation FROM runs r JOIN invocations i USING (run_id)
-         WHERE r.state IN ('queued', 'running') ORDER BY r.accepted_at, r.run_id",
+        "SELECT r.run_id, r.state, CASE r.state WHEN 'running' THEN i.invocation END
+           FROM runs r LEFT JOIN invocations i USING (run_id)
+          WHERE r.state IN ('queued', 'running') ORDER BY r.accepted_at, r.run_id",
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     for (run_id, state, stored) in open {
-        recovery.take_open(&run_id, &state, &stored);
+        recovery.take_open(&run_id, &state, stored.as_deref());
     }
     let finals: Vec<(String, String, String, String, Option<String>)> = rows(
         c,
@@ -475,12 +494,12 @@ mod tests {
 
         let r = j.recovery().await.unwrap();
         assert_eq!(
-            r.queued
-                .iter()
-                .map(|i| i.run_id.as_str())
-                .collect::<Vec<_>>(),
+            r.queued.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
             ["r_q"]
         );
+        let back = j.invocation(&id("r_q")).await.unwrap().unwrap();
+        assert_eq!(back.run_id.as_str(), "r_q", "read back when its turn comes");
+        assert!(j.invocation(&id("r_nope")).await.unwrap().is_none());
         assert_eq!(
             r.interrupted
                 .iter()

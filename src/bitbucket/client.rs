@@ -61,6 +61,7 @@ pub struct BitbucketClient {
     base: Url,
     auth: BitbucketAuth,
     permits: Semaphore,
+    concurrency: usize,
     retry: RetryPolicy,
     file_api: FileApi,
     page_limit: String,
@@ -101,6 +102,7 @@ impl BitbucketClient {
             base,
             auth: config.auth,
             permits: Semaphore::new(config.concurrency.max(1)),
+            concurrency: config.concurrency.max(1),
             retry: config.retry,
             file_api: config.file_api,
             page_limit: config.page_limit.max(1).to_string(),
@@ -117,6 +119,11 @@ impl BitbucketClient {
     }
 
     /// The pacer every request goes through (429s seen, the current rate).
+    /// How many requests go to Bitbucket at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
     }

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
+use super::manifest::{ManifestEntity, ManifestError};
 use super::state::StateError;
 use crate::bitbucket::{BitbucketError, RepoRef};
 use crate::core::CatalogError;
@@ -82,10 +83,12 @@ pub enum SyncError {
 #[derive(Debug, Clone)]
 pub(super) enum Scan {
     Unchanged,
+    /// A file to process: parsed as it is read, so its text is not kept (a sync's memory is
+    /// what it must keep, not what it read).
     File {
         name: String,
-        text: String,
         sha: String,
+        parsed: Result<Vec<ManifestEntity>, ManifestError>,
     },
     NoFile {
         commit: Option<String>,
@@ -95,4 +98,15 @@ pub(super) enum Scan {
     /// Not read this time because its repository could not be read: keeps everything,
     /// reported once on the repository.
     Kept,
+}
+
+impl Scan {
+    /// A file read as `text`: hashed and parsed.
+    pub(super) fn file(name: &str, text: &str) -> Self {
+        Self::File {
+            name: name.to_owned(),
+            sha: super::read::sha256(text),
+            parsed: super::manifest::parse(text),
+        }
+    }
 }

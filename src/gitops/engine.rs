@@ -107,7 +107,7 @@ impl SyncEngine {
 
         // 1. Read (saying once if Bitbucket starts rate limiting us).
         let limited_before = self.bitbucket.pacer().limited();
-        let scans = self
+        let mut scans = self
             .read_watched(request, &state, &mut report, log, limited_before)
             .await?;
         let limited = self.bitbucket.pacer().limited() - limited_before;
@@ -138,7 +138,7 @@ impl SyncEngine {
         .await;
 
         // 2. Plan.
-        let (mut plans, parsed) = plan::classify(&scans, &mut report);
+        let (mut plans, parsed) = plan::classify(&mut scans, &mut report);
         let known = plan::fetch_blueprints(&parsed, blueprints).await;
         let declared = plan::validate(parsed, &known, &mut plans, &mut report);
         let Plan {

@@ -16,7 +16,7 @@ use super::blueprint::{Blueprint, FieldProblem, ValidEntity};
 use super::contracts::BlueprintSource;
 use super::contracts::Scan;
 use super::keys::{EntityKey, SourceKey};
-use super::manifest::{self, kind, ManifestEntity, ManifestError};
+use super::manifest::{kind, ManifestEntity, ManifestError};
 use super::report::{Problem, ProblemKind, Spot, SpotAt, SyncReport};
 use super::state::SyncState;
 
@@ -67,7 +67,7 @@ pub(super) type Known = HashMap<String, Result<Option<Blueprint>, String>>;
 /// Turns what was read into per-repository plans and the files to validate; unreadable and
 /// unparsable repositories are marked (they keep everything) and reported.
 pub(super) fn classify(
-    scans: &BTreeMap<SourceKey, Scan>,
+    scans: &mut BTreeMap<SourceKey, Scan>,
     report: &mut SyncReport,
 ) -> (HashMap<SourceKey, RepoPlan>, Vec<Parsed>) {
     let mut plans: HashMap<SourceKey, RepoPlan> = HashMap::new();
@@ -75,8 +75,14 @@ pub(super) fn classify(
     for (repo, scan) in scans {
         let plan = plans.entry(repo.clone()).or_default();
         match scan {
-            Scan::File { name, text, sha } => match manifest::parse(text) {
+            Scan::File {
+                name,
+                sha,
+                parsed: read,
+            } => match read {
                 Ok(entities) => {
+                    // Taken, not copied: the scan keeps its name and hash.
+                    let entities = std::mem::take(entities);
                     plan.decisive = Some(Decisive::File {
                         name: name.clone(),
                         sha: sha.clone(),
@@ -96,7 +102,7 @@ pub(super) fn classify(
                         entity: None,
                         message: e.to_string(),
                         spots: vec![Spot {
-                            at: match &e {
+                            at: match &*e {
                                 ManifestError::Syntax { line, .. }
                                 | ManifestError::Duplicate { line, .. } => SpotAt::Line(*line),
                                 ManifestError::Shape(_) => SpotAt::File,
@@ -449,11 +455,7 @@ mod tests {
     }
 
     fn file(text: &str) -> Scan {
-        Scan::File {
-            name: "port.yaml".into(),
-            text: text.into(),
-            sha: "new".into(),
-        }
+        Scan::file("port.yaml", text)
     }
 
     fn entities(ids: &[&str]) -> Scan {
@@ -482,13 +484,13 @@ mod tests {
                 .map(|(r, s)| (SourceKey::parse(r), s.clone()))
                 .collect(),
         };
-        let scans: BTreeMap<SourceKey, Scan> = case
+        let mut scans: BTreeMap<SourceKey, Scan> = case
             .scans
             .iter()
             .map(|(r, s)| (SourceKey::parse(r), s.clone()))
             .collect();
         let mut report = SyncReport::default();
-        let (mut plans, parsed) = classify(&scans, &mut report);
+        let (mut plans, parsed) = classify(&mut scans, &mut report);
         let service =
             Blueprint::from_port(&json!({"identifier": "service", "schema": {"properties": {}}}))
                 .unwrap();

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use futures_util::future::join_all;
+use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -68,14 +69,9 @@ impl SyncEngine {
         if !request.repos.is_empty() {
             log.line(format!("reading {} repositories", request.repos.len()))
                 .await;
-            let results = join_all(
-                request
-                    .repos
-                    .iter()
-                    .map(|repo| self.scan(repo.clone(), state, request.full, &abort, &fatal)),
-            )
-            .await;
-            scans.extend(results.into_iter().flatten());
+            let repos = request.repos.iter().cloned();
+            self.scan_all(repos, state, request.full, &abort, &fatal, &mut scans)
+                .await;
         } else {
             let (projects, listed_all) = if !request.projects.is_empty() {
                 (request.projects.clone(), false)
@@ -94,34 +90,36 @@ impl SyncEngine {
                 projects.len()
             ))
             .await;
-            let listed = join_all(projects.iter().map(|key| async {
-                let slugs = self.bitbucket.repo_slugs(key).await;
-                let scans: Vec<(SourceKey, Scan)> = match &slugs {
-                    Ok(slugs) => join_all(slugs.iter().map(|slug| {
-                        let repo = RepoRef {
-                            project: key.clone(),
-                            slug: slug.clone(),
-                        };
-                        self.scan(repo, state, request.full, &abort, &fatal)
-                    }))
-                    .await
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-                    Err(_) => Vec::new(),
-                };
-                (key.clone(), slugs.map(|_| scans))
-            }))
+            let listed = join_all(
+                projects
+                    .iter()
+                    .map(|key| async { (key.clone(), self.bitbucket.repo_slugs(key).await) }),
+            )
+            .await;
+            let mut repos = Vec::new();
+            for (key, slugs) in &listed {
+                for slug in slugs.iter().flatten() {
+                    repos.push(RepoRef {
+                        project: key.clone(),
+                        slug: slug.clone(),
+                    });
+                }
+            }
+            self.scan_all(
+                repos.into_iter(),
+                state,
+                request.full,
+                &abort,
+                &fatal,
+                &mut scans,
+            )
             .await;
             let in_scope: BTreeSet<&str> = projects.iter().map(String::as_str).collect();
             for (key, result) in listed {
                 match result {
-                    Ok(found) => {
-                        let seen: HashSet<String> = found
-                            .iter()
-                            .map(|(k, _)| k.repo_name().to_owned())
-                            .collect();
-                        scans.extend(found);
+                    Ok(slugs) => {
+                        let seen: HashSet<String> =
+                            slugs.iter().map(|slug| format!("{key}/{slug}")).collect();
                         // Owned repositories no longer listed were deleted or moved.
                         for owned in owned_keys_of(state, &key) {
                             if !seen.contains(owned.repo_name()) {
@@ -164,6 +162,27 @@ impl SyncEngine {
             return Err(SyncError::Bitbucket(e));
         }
         Ok(scans)
+    }
+
+    /// Reads `repos`, a bounded number at a time (a few times the requests Bitbucket gets at
+    /// once, so its pacer always has work queued): what waits to be read is a name, not a
+    /// request in the making, and memory does not grow with the number of repositories.
+    async fn scan_all(
+        &self,
+        repos: impl Iterator<Item = RepoRef>,
+        state: &SyncState,
+        full: bool,
+        abort: &CancellationToken,
+        fatal: &Mutex<Option<BitbucketError>>,
+        scans: &mut BTreeMap<SourceKey, Scan>,
+    ) {
+        let at_once = (self.bitbucket.concurrency() * 4).max(16);
+        let mut reading = futures_util::stream::iter(repos)
+            .map(|repo| self.scan(repo, state, full, abort, fatal))
+            .buffer_unordered(at_once);
+        while let Some(found) = reading.next().await {
+            scans.extend(found);
+        }
     }
 
     /// Reads one repository: a scan per file of it (and of its marker), keyed as the record
@@ -256,20 +275,18 @@ impl SyncEngine {
         };
 
         let mut scans = Vec::new();
-        for (path, text) in &found {
-            let file = SourceKey::file(&name, path);
-            let sha = sha256(text);
+        let found_any = !found.is_empty();
+        for (path, text) in found {
+            let file = SourceKey::file(&name, &path);
+            let sha = sha256(&text);
             let same = state.repos.get(&file).and_then(|r| r.content_sha.as_ref()) == Some(&sha);
             scans.push((
                 file,
                 if same && !full {
                     Scan::Unchanged
                 } else {
-                    Scan::File {
-                        name: path.clone(),
-                        text: text.clone(),
-                        sha,
-                    }
+                    // Parsed now and the text dropped: only the entities are kept.
+                    Scan::file(&path, &text)
                 },
             ));
         }
@@ -283,7 +300,7 @@ impl SyncEngine {
         let marker_scan = match head {
             // Globs: the head the file list was read at, so an unchanged head is one read.
             Some(head) => Some(Scan::NoFile { commit: head }),
-            None if !found.is_empty() => marker.map(|_| Scan::Gone),
+            None if found_any => marker.map(|_| Scan::Gone),
             None if paths.literals().len() == 1 => {
                 // One path: its 404 is the cheapest proof that there is still no file.
                 let absent_before = marker.is_some_and(|m| m.absent) && owned.is_empty();

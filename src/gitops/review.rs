@@ -17,7 +17,6 @@ use super::keys::EntityKey;
 use super::keys::SourceKey;
 use super::manifest;
 use super::plan::{self, owner_index, plan_changes};
-use super::read::sha256;
 use super::report::{Problem, SyncReport};
 use super::state::StateError;
 use crate::bitbucket::{BitbucketError, PullRequest, RepoRef};
@@ -161,21 +160,14 @@ impl SyncEngine {
         let owners = owner_index(&state);
         let mut scans: BTreeMap<SourceKey, Scan> = head
             .iter()
-            .map(|(path, text)| {
-                let scan = Scan::File {
-                    name: path.clone(),
-                    text: text.clone(),
-                    sha: sha256(text),
-                };
-                (SourceKey::file(&repo, path), scan)
-            })
+            .map(|(path, text)| (SourceKey::file(&repo, path), Scan::file(path, text)))
             .collect();
         // What the record says this repository owns and the commit no longer has.
         for key in state.keys_of(&repo) {
             scans.entry(key).or_insert(Scan::NoFile { commit: None });
         }
         let mut report = SyncReport::default();
-        let (mut plans, parsed) = plan::classify(&scans, &mut report);
+        let (mut plans, parsed) = plan::classify(&mut scans, &mut report);
         let known = plan::fetch_blueprints(&parsed, blueprints).await;
         let declared = plan::validate(parsed, &known, &mut plans, &mut report);
         // `full`: every declared entity is compared with Port, not only those changed since

@@ -21,7 +21,8 @@
 //!
 //! Knobs: BENCH_PROJECTS (4), BENCH_REPOS (500), BENCH_LATENCY_MS (20), BENCH_CONCURRENCY (32),
 //! BENCH_RATE_LIMITED (1; 0 skips the rate-limited runs, which take about two minutes),
-//! BENCH_GLOBS (1; 0 skips the monorepo runs).
+//! BENCH_GLOBS (1; 0 skips the monorepo runs), BENCH_BIN (another build's `port-runner`, for a
+//! before/after).
 
 #[path = "../tests/api/contract.rs"]
 mod contract;
@@ -353,7 +354,9 @@ fn sync_binary(
     env: &[(&str, &str)],
 ) -> (Duration, std::process::Output) {
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_port-runner"))
+    // BENCH_BIN: another build's binary (an earlier commit's, for a before/after).
+    let bin = std::env::var("BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_port-runner").into());
+    let output = Command::new(bin)
         .args([
             "sync",
             "--output",

@@ -18,9 +18,17 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/api/contract.rs"]
+mod contract;
+#[path = "../tests/api/fake_port.rs"]
+#[allow(dead_code)]
+mod fake_port;
 #[path = "../tests/api/pg.rs"]
 #[allow(dead_code)]
 mod pg;
+#[path = "../tests/api/wait.rs"]
+#[allow(dead_code)]
+mod wait;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use port_runner::webhook::signature::{sign, timestamp_now};
@@ -138,11 +146,19 @@ fn start_port_runner(data_dir: &std::path::Path, store: Store<'_>) -> Server {
         data_dir,
         store,
         &["--max-queued-runs", "10000000"],
+        None,
     )
 }
 
-/// `bin serve` on `data_dir` with `store` and `extra` arguments.
-fn start_binary(bin: &str, data_dir: &std::path::Path, store: Store<'_>, extra: &[&str]) -> Server {
+/// `bin serve` on `data_dir` with `store` and `extra` arguments; reporting to the Port API
+/// at `port` (signed with its client secret), else in local mode.
+fn start_binary(
+    bin: &str,
+    data_dir: &std::path::Path,
+    store: Store<'_>,
+    extra: &[&str],
+    port: Option<&str>,
+) -> Server {
     let addr = free_addr();
     let mut command = Command::new(bin);
     command.args(["serve", "--listen", &addr, "--http-workers", WORKERS]);
@@ -156,12 +172,19 @@ fn start_binary(bin: &str, data_dir: &std::path::Path, store: Store<'_>, extra: 
             command.env("DATABASE_URL", url);
         }
     }
+    command
+        .env_remove("PORT_CLIENT_ID")
+        .env_remove("PORT_CLIENT_SECRET");
+    if let Some(api) = port {
+        command
+            .env("PORT_CLIENT_ID", fake_port::CLIENT_ID)
+            .env("PORT_CLIENT_SECRET", fake_port::CLIENT_SECRET)
+            .env("PORT_API_URL", api);
+    }
     let child = command
         .args(extra)
         .arg("--data-dir")
         .arg(data_dir)
-        .env_remove("PORT_CLIENT_ID")
-        .env_remove("PORT_CLIENT_SECRET")
         .env("PORT_RUNNER_LOCAL_SECRET", SECRET)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
@@ -200,11 +223,16 @@ fn start_trivial() -> Server {
 
 /// Pre-signed bodies, so the load generator's HMAC work is not measured.
 fn bodies(n: usize, tag: &str) -> Vec<(Vec<u8>, String, String)> {
-    sleeping_bodies(n, tag, 0.0)
+    sleeping_bodies(n, tag, 0.0, SECRET)
 }
 
-/// The same, each run sleeping `sleep_secs` (0: none).
-fn sleeping_bodies(n: usize, tag: &str, sleep_secs: f64) -> Vec<(Vec<u8>, String, String)> {
+/// The same, each run sleeping `sleep_secs` (0: none), signed with `secret`.
+fn sleeping_bodies(
+    n: usize,
+    tag: &str,
+    sleep_secs: f64,
+    secret: &str,
+) -> Vec<(Vec<u8>, String, String)> {
     (0..n)
         .map(|i| {
             let mut properties = json!({"message": "hello", "n": i});
@@ -224,7 +252,7 @@ fn sleeping_bodies(n: usize, tag: &str, sleep_secs: f64) -> Vec<(Vec<u8>, String
             });
             let raw = serde_json::to_vec(&body).unwrap();
             let ts = timestamp_now();
-            let sig = sign(SECRET, &ts, &raw);
+            let sig = sign(secret, &ts, &raw);
             (raw, ts, sig)
         })
         .collect()
@@ -423,7 +451,7 @@ async fn backlogs() {
     if let Ok(baseline) = std::env::var("BENCH_BASELINE_BIN") {
         bins.insert(0, ("baseline", baseline));
     }
-    println!("\nbacklog: 10,001 echo runs of 5 s accepted by `serve --max-concurrent-runs 1` (SQLite journal, default queue cap), 32 connections\n");
+    println!("\nbacklog: 10,001 echo runs of 5 s accepted by `serve --max-concurrent-runs 1` (SQLite journal, default queue cap, reporting to the fake Port), 32 connections\n");
     println!("| binary | RSS idle | with the backlog | per waiting run | after kill -9 and recovery | vs idle |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, bin) in bins {
@@ -449,24 +477,21 @@ async fn backlog(bin: &str) -> (u64, u64, u64) {
         rand_tag()
     ));
     let http = reqwest::Client::new();
+    let port = fake_port::FakePort::start().await;
     let args = ["--max-concurrent-runs", "1"];
-    let mut server = start_binary(bin, &data, Store::Sqlite, &args);
+    let api = Some(port.api_url.as_str());
+    let mut server = start_binary(bin, &data, Store::Sqlite, &args, api);
     wait_healthy(&http, &server, "/healthz").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = rss_kib(server.child.id());
-    let load = fire(
-        &http,
-        &server.base,
-        sleeping_bodies(RUNS, "backlog", 5.0),
-        32,
-    )
-    .await;
+    let work = sleeping_bodies(RUNS, "backlog", 5.0, fake_port::CLIENT_SECRET);
+    let load = fire(&http, &server.base, work, 32).await;
     assert_eq!(load.non_2xx, 0, "the whole backlog is accepted");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded = rss_kib(server.child.id());
     let _ = server.child.kill();
     let _ = server.child.wait();
-    let server = start_binary(bin, &data, Store::Sqlite, &args);
+    let server = start_binary(bin, &data, Store::Sqlite, &args, api);
     wait_healthy(&http, &server, "/healthz").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let recovered = rss_kib(server.child.id());

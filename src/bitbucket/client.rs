@@ -124,6 +124,11 @@ impl BitbucketClient {
         self.concurrency
     }
 
+    /// The server requests go to (`BITBUCKET_HOST`'s REST root).
+    pub fn server(&self) -> &str {
+        self.base.as_str()
+    }
+
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
     }

@@ -9,6 +9,11 @@
 //! (AIMD), so the sync settles just under the server's refill rate
 //! instead of spending its requests on 429s. A 429 is never a read failure for as long as
 //! the client's patience lasts.
+//!
+//! The first guess after the first 429 is cautious: no faster than Data Center's proposed
+//! refill rate (5 a second), raised by half every few successes until a 429 says it went
+//! too far (probing), then by small steps. What was learnt is kept ([`Pacer::learned`]):
+//! the next sync starts at it ([`Pacer::start_at`]) instead of learning it from 429s again.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -55,6 +60,13 @@ const RAISE_AFTER: u32 = 40;
 /// A learned rate is cut to this share at a further 429 (gently: it is near the limit).
 const CUT: f64 = 0.7;
 const STEP: f64 = 0.25;
+/// The first guess at an unknown server's pace once it answered 429: Data Center's
+/// proposed refill rate (its admin screen's default), unless requests went slower.
+const FIRST_GUESS: f64 = 5.0;
+/// While probing (no 429 since the first guess), the pace is raised by half after this
+/// many successes in a row.
+const PROBE_AFTER: u32 = 10;
+const PROBE_RAISE: f64 = 1.5;
 /// The pause after a 429 without `Retry-After`, doubling while 429s follow each other.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
@@ -70,6 +82,8 @@ struct State {
     successes: u32,
     last_cut: Option<Instant>,
     limited: u64,
+    /// Raising a first guess fast until the next 429.
+    probing: bool,
     /// When the requests of the last `WINDOW` succeeded (until the rate is learnt).
     recent: std::collections::VecDeque<Instant>,
 }
@@ -93,6 +107,7 @@ impl Pacer {
                 successes: 0,
                 last_cut: None,
                 limited: 0,
+                probing: false,
                 recent: std::collections::VecDeque::new(),
             }),
         }
@@ -146,11 +161,38 @@ impl Pacer {
         }
         if let Some(rate) = s.limit.as_mut() {
             s.successes += 1;
-            if s.successes >= RAISE_AFTER {
+            if s.probing && s.successes >= PROBE_AFTER {
+                s.successes = 0;
+                rate.per_sec *= PROBE_RAISE;
+            } else if s.successes >= RAISE_AFTER {
                 s.successes = 0;
                 rate.per_sec += STEP;
             }
         }
+    }
+
+    /// Starts pacing at `per_sec` (learnt by an earlier sync), unless a rate was given or this
+    /// process has learnt its own.
+    pub fn start_at(&self, per_sec: f64) {
+        let mut s = self.state.lock().expect("pacer");
+        if self.configured.is_some() || s.limit.is_some() || per_sec.is_nan() || per_sec < MIN_RATE
+        {
+            return;
+        }
+        s.limit = Some(Rate {
+            per_sec,
+            burst: 1.0,
+        });
+        s.tokens = 1.0;
+        s.at = Instant::now();
+    }
+
+    /// The pace learnt from the server's 429s, `None` when none was (or one was given).
+    pub fn learned(&self) -> Option<f64> {
+        if self.configured.is_some() {
+            return None;
+        }
+        self.state.lock().expect("pacer").limit.map(|r| r.per_sec)
     }
 
     /// Bitbucket answered 429: everyone pauses, and a learned rate is cut (once per burst of
@@ -164,23 +206,28 @@ impl Pacer {
             .last_cut
             .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1));
         if self.configured.is_none() && !recently_cut {
-            s.limit = Some(match s.limit {
+            let next = match s.limit {
                 None => {
-                    // The pace requests went through at before the bucket ran dry.
+                    // No faster than requests went through before the bucket ran dry (half
+                    // their pace) nor than Data Center's proposed refill: then probe upward.
                     let span = s
                         .recent
                         .front()
                         .map_or(WINDOW, |first| now.duration_since(*first))
                         .max(Duration::from_millis(100));
-                    Rate {
-                        per_sec: (s.recent.len() as f64 / span.as_secs_f64() / 2.0).max(MIN_RATE),
-                        burst: 1.0,
-                    }
+                    let observed = s.recent.len() as f64 / span.as_secs_f64() / 2.0;
+                    s.probing = true;
+                    observed.min(FIRST_GUESS)
                 }
-                Some(rate) => Rate {
-                    per_sec: (rate.per_sec * CUT).max(MIN_RATE),
-                    burst: 1.0,
-                },
+                // Too far: cut, and from now on only creep up.
+                Some(rate) => {
+                    s.probing = false;
+                    rate.per_sec * CUT
+                }
+            };
+            s.limit = Some(Rate {
+                per_sec: next.max(MIN_RATE),
+                burst: 1.0,
             });
             s.last_cut = Some(now);
         }
@@ -241,27 +288,51 @@ mod tests {
     }
 
     #[test]
-    fn a_429_starts_pacing_and_cuts_a_learned_rate_once_per_burst_and_successes_raise_it() {
+    fn a_429_starts_pacing_at_a_cautious_guess_that_probes_up_until_the_next_429() {
         let pacer = Pacer::new(None);
         for _ in 0..16 {
             pacer.succeeded();
         }
         assert_eq!(pacer.rate(), None, "free until the first 429");
+        assert_eq!(pacer.learned(), None);
         pacer.rate_limited(None);
         pacer.rate_limited(None); // the same burst
-                                  // Half the pace the 16 went through at (all within the 100 ms floor of the span).
-        let learned = pacer.rate().expect("paced after a 429");
-        assert!(learned > MIN_RATE && learned <= 80.0, "{learned}");
+                                  // 16 went through within the 100 ms floor of the span: far faster than the guess.
+        assert_eq!(pacer.rate(), Some(FIRST_GUESS));
         assert_eq!(pacer.limited(), 2);
+        for _ in 0..PROBE_AFTER {
+            pacer.succeeded();
+        }
+        let probed = FIRST_GUESS * PROBE_RAISE;
+        assert_eq!(pacer.rate(), Some(probed), "raised by half while probing");
+        // The next 429 ends the probe: cut, then only small steps up.
+        pacer.state.lock().unwrap().last_cut = None;
+        pacer.rate_limited(None);
+        assert_eq!(pacer.rate(), Some(probed * CUT));
         for _ in 0..RAISE_AFTER {
             pacer.succeeded();
         }
-        assert_eq!(pacer.rate(), Some(learned + STEP));
-        pacer.state.lock().unwrap().last_cut = None;
-        pacer.rate_limited(None);
-        assert_eq!(pacer.rate(), Some((learned + STEP) * CUT));
+        assert_eq!(pacer.rate(), Some(probed * CUT + STEP));
+        assert_eq!(pacer.learned(), Some(probed * CUT + STEP));
+
         let fixed = Pacer::new(Some(Rate::parse("5/60").unwrap()));
         fixed.rate_limited(None);
         assert_eq!(fixed.rate(), Some(5.0), "a configured rate is kept");
+        assert_eq!(fixed.learned(), None, "and not reported as learnt");
+    }
+
+    #[test]
+    fn a_pace_learnt_before_is_where_pacing_starts_unless_one_was_given_or_learnt() {
+        let pacer = Pacer::new(None);
+        pacer.start_at(4.5);
+        assert_eq!(pacer.rate(), Some(4.5));
+        pacer.start_at(9.0);
+        assert_eq!(pacer.rate(), Some(4.5), "what this process knows stands");
+        let fixed = Pacer::new(Some(Rate::parse("2").unwrap()));
+        fixed.start_at(9.0);
+        assert_eq!(fixed.rate(), Some(2.0));
+        let fresh = Pacer::new(None);
+        fresh.start_at(f64::NAN);
+        assert_eq!(fresh.rate(), None, "nonsense is ignored");
     }
 }

@@ -27,7 +27,7 @@ use super::paths::PathRules;
 use super::plan::{self, owner_index, plan_changes, Plan};
 use super::record::{record_intent, record_outcome};
 use super::report::SyncReport;
-use super::state::StateStore;
+use super::state::{LearnedPace, StateStore};
 use crate::bitbucket::BitbucketClient;
 
 pub struct SyncEngine {
@@ -99,6 +99,15 @@ impl SyncEngine {
         }
         let requests_before = self.bitbucket.request_count();
         let mut state = self.store.load().await?;
+        // A pace learnt by an earlier sync (another process, a replica) is where this one
+        // starts, unless this process has learnt one itself.
+        if let Some(pace) = &state.bitbucket_pace {
+            if pace.server == self.bitbucket.server() {
+                self.bitbucket
+                    .pacer()
+                    .start_at(f64::from(pace.per_minute) / 60.0);
+            }
+        }
         let mut report = SyncReport {
             dry_run: request.dry_run,
             full: request.full,
@@ -190,6 +199,12 @@ impl SyncEngine {
         let written = upsert_all(concurrency, &upserts, writer, &writes, &mut report).await;
         let removed = delete_all(concurrency, &deletes, writer, &writes, &mut report).await;
         record_outcome(&mut state, plans, &upserts, &deletes, &written, &removed);
+        if let Some(per_sec) = self.bitbucket.pacer().learned() {
+            state.bitbucket_pace = Some(LearnedPace {
+                server: self.bitbucket.server().to_owned(),
+                per_minute: (per_sec * 60.0) as u32,
+            });
+        }
         self.store.save(&state).await?;
 
         report.port_writes = writes.load(Ordering::Relaxed);

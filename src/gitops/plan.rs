@@ -483,6 +483,7 @@ mod tests {
                 .iter()
                 .map(|(r, s)| (SourceKey::parse(r), s.clone()))
                 .collect(),
+            bitbucket_pace: None,
         };
         let mut scans: BTreeMap<SourceKey, Scan> = case
             .scans

@@ -65,6 +65,19 @@ pub struct RepoState {
 pub struct SyncState {
     pub version: u32,
     pub repos: BTreeMap<SourceKey, RepoState>,
+    /// The pace Bitbucket's rate limit allowed at the end of the last sync, so the next one
+    /// starts at it instead of learning it again from 429s. Kept with the record: in the
+    /// data folder, or shared by replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitbucket_pace: Option<LearnedPace>,
+}
+
+/// A learnt Bitbucket pace, and the server it was learnt from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedPace {
+    pub server: String,
+    /// Requests a minute (whole, rounded down: a little under is safe).
+    pub per_minute: u32,
 }
 
 impl SyncState {

@@ -211,7 +211,7 @@ impl Runner {
 
     /// Starts an admitted run.
     pub fn start(self: &Arc<Self>, admitted: Admitted) {
-        self.schedule(Queued::Loaded(admitted.0));
+        self.schedule(Queued::Loaded(Box::new(admitted.0)));
     }
 
     /// Admits a run Port holds but never delivered (found through its runs API): the same
@@ -278,7 +278,7 @@ impl Runner {
     /// cannot run (ended here, saying why, when it could be read at all).
     async fn load(&self, queued: Queued) -> Option<Invocation> {
         let run_id = match queued {
-            Queued::Loaded(invocation) => return Some(invocation),
+            Queued::Loaded(invocation) => return Some(*invocation),
             Queued::Stored(run_id) => run_id,
         };
         match self.lifecycle.journal.invocation(&run_id).await {
@@ -611,7 +611,7 @@ enum Turn {
 
 /// A queued run: its invocation in hand, or only its id while the journal holds the rest.
 enum Queued {
-    Loaded(Invocation),
+    Loaded(Box<Invocation>),
     Stored(RunId),
 }
 

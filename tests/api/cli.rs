@@ -608,3 +608,74 @@ entity:
     assert_eq!(entities["entities"][0]["identifier"], "pay", "{entities}");
     assert_eq!(entities["entities"][0]["entity"]["title"], "Service pay");
 }
+
+/// A pace learnt from Bitbucket's 429s is kept in the data folder: the next `sync` (another
+/// process) starts at it and meets no 429 at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_sync_starts_at_the_pace_the_last_one_learnt() {
+    use crate::fake_bitbucket::{FakeBitbucket, PASSWORD, USER};
+    let fake_port = FakePort::start().await;
+    fake_port.add_blueprint(json!({
+        "identifier": "microservice", "title": "Microservice",
+        "schema": {"properties": {}, "required": []}
+    }));
+    let bb = FakeBitbucket::start().await;
+    for n in 0..30 {
+        bb.put_file(
+            "P",
+            &format!("r{n}"),
+            "port.yaml",
+            &format!("identifier: s{n}\ntitle: S{n}\nblueprint: microservice\n"),
+        );
+    }
+    // A small bucket refilled at 20 a second, 429 without Retry-After.
+    bb.rate_limit(10.0, 20.0, false);
+    let data = tempfile::tempdir().unwrap();
+    let sync = |data: std::path::PathBuf| {
+        let (port_url, bb_url) = (fake_port.api_url.clone(), bb.url.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["sync", "--output", "json", "--concurrency", "8"])
+                .arg("--data-dir")
+                .arg(data)
+                .env_clear()
+                .env("BITBUCKET_HOST", bb_url)
+                .env("BITBUCKET_USERNAME", USER)
+                .env("BITBUCKET_PASSWORD", PASSWORD)
+                .env("PORT_CLIENT_ID", CLIENT_ID)
+                .env("PORT_CLIENT_SECRET", CLIENT_SECRET)
+                .env("PORT_API_URL", port_url)
+                .output()
+                .unwrap()
+        })
+    };
+    let first = sync(data.path().to_owned()).await.unwrap();
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let learnt = bb.limited();
+    assert!(learnt > 0, "the first sync met the rate limit");
+    for n in 0..30 {
+        bb.put_file(
+            "P",
+            &format!("r{n}"),
+            "port.yaml",
+            &format!("identifier: s{n}\ntitle: S{n} v2\nblueprint: microservice\n"),
+        );
+    }
+    // The bucket is full again before the next sync, as it would be between two cron runs.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let second = sync(data.path().to_owned()).await.unwrap();
+    assert_eq!(second.status.code(), Some(0));
+    let report: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(report["updated"].as_array().unwrap().len(), 30, "{report}");
+    assert_eq!(
+        bb.limited(),
+        learnt,
+        "the second sync started at the learnt pace: no 429 ({})",
+        String::from_utf8_lossy(&second.stderr)
+    );
+}

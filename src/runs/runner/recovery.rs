@@ -85,7 +85,7 @@ impl Runner {
                 if let Err(e) = journal.requeue(&invocation.run_id).await {
                     tracing::error!(run_id = %invocation.run_id, error = %e, "could not journal the re-run");
                 }
-                self.schedule(super::Queued::Loaded(invocation));
+                self.schedule(super::Queued::Loaded(Box::new(invocation)));
             } else {
                 let tool = stopped.remove(&invocation.run_id);
                 owed_failures.push((invocation, tool));

@@ -359,7 +359,8 @@ async fn shutdown_fails_queued_and_unfinished_runs_with_a_reason() {
     })
     .await;
     let running = unique_run_id();
-    let queued = unique_run_id();
+    // More than wait in memory: the last ones wait in the journal as ids, and end the same.
+    let queued: Vec<String> = (0..70).map(|_| unique_run_id()).collect();
     app.post_signed(&legacy(
         &running,
         "echo",
@@ -367,22 +368,26 @@ async fn shutdown_fails_queued_and_unfinished_runs_with_a_reason() {
         json!({"sleep_secs": 60}),
     ))
     .await;
-    app.post_signed(&legacy(&queued, "echo", "CREATE", json!({})))
-        .await;
+    for run_id in &queued {
+        app.post_signed(&legacy(run_id, "echo", "CREATE", json!({})))
+            .await;
+    }
     // Wait until the first run is executing, then stop.
     let deadline = Deadline::after(Duration::from_secs(10));
     while app.run(&running).await["state"] != "IN_PROGRESS" {
         deadline.wait(|| "the first run to execute".into()).await;
     }
     let fake = app.shutdown().await.expect("fake Port");
-    assert_eq!(
-        fake.final_patch(&queued).unwrap()["summary"],
-        "runner shutting down: the run was still queued and did not start"
-    );
+    for run_id in &queued {
+        assert_eq!(
+            fake.final_patch(run_id).unwrap()["summary"],
+            "runner shutting down: the run was still queued and did not start"
+        );
+        assert_eq!(fake.terminal_patches(run_id), 1);
+    }
     assert_eq!(
         fake.final_patch(&running).unwrap()["summary"],
         "runner shutting down: the run did not finish within the shutdown grace period"
     );
     assert_eq!(fake.terminal_patches(&running), 1);
-    assert_eq!(fake.terminal_patches(&queued), 1);
 }

@@ -1,15 +1,18 @@
-//! jq expressions (via the jaq crates), as Port's own mappings use them: compiled once,
-//! evaluated against a JSON context such as `{inputs, entity, run, outputs}`.
+//! jq expressions (via the jaq crates), as Port's own mappings use them: checked when the
+//! definitions load, compiled for use when first evaluated (a compiled filter carries the
+//! standard library it uses, hundreds of KB each: a runner with many actions keeps only
+//! those of the actions it ran), evaluated against a JSON context such as
+//! `{inputs, entity, run, outputs}`.
 
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Filter, Native, RcIter};
 use jaq_json::Val;
 use serde_json::Value;
 
-/// A compiled jq expression.
+/// A jq expression known to compile.
 pub struct Expr {
     source: String,
-    filter: Filter<Native<Val>>,
+    filter: std::sync::OnceLock<Filter<Native<Val>>>,
 }
 
 /// Why an expression did not compile or evaluate; the text names the expression.
@@ -30,7 +33,16 @@ impl std::fmt::Debug for Expr {
 }
 
 impl Expr {
+    /// Checks that `source` compiles (what it is for: saying so when definitions load).
     pub fn compile(source: &str) -> Result<Self, JqError> {
+        Self::filter(source)?;
+        Ok(Self {
+            source: source.to_owned(),
+            filter: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn filter(source: &str) -> Result<Filter<Native<Val>>, JqError> {
         let error = |message: String| JqError::Compile {
             expr: source.to_owned(),
             message,
@@ -50,10 +62,7 @@ impl Expr {
             .with_funs(jaq_std::funs().chain(jaq_json::funs()))
             .compile(modules)
             .map_err(|errs| error(describe_compile(&errs)))?;
-        Ok(Self {
-            source: source.to_owned(),
-            filter,
-        })
+        Ok(filter)
     }
 
     pub fn source(&self) -> &str {
@@ -65,6 +74,7 @@ impl Expr {
         let inputs = RcIter::new(core::iter::empty());
         let mut out = self
             .filter
+            .get_or_init(|| Self::filter(&self.source).expect("it compiled when it was checked"))
             .run((Ctx::new([], &inputs), Val::from(input.clone())));
         match out.next() {
             Some(Ok(value)) => Ok(Value::from(value)),

@@ -33,11 +33,12 @@ pub enum Violation {
 }
 
 /// The schema of an object whose properties Port defines (an entity's `properties`, a run's
-/// inputs), compiled once.
+/// inputs), compiled once, when it is first used: a compiled validator holds megabytes, and
+/// a runner with many actions need not hold them for actions nobody runs.
 pub struct ObjectSchema {
     /// The copied schema the validator was built from (for bounds and types in messages).
     schema: Value,
-    validator: jsonschema::Validator,
+    validator: std::sync::OnceLock<jsonschema::Validator>,
     /// The properties it defines: null values of these mean "unset" and are not checked.
     defined: HashSet<String>,
 }
@@ -69,17 +70,22 @@ impl ObjectSchema {
             "required": required,
             "additionalProperties": allow_unknown,
         });
-        let validator = build(&schema).unwrap_or_else(|e| {
-            // Every keyword was copied checked, so this is a bug, not bad input: check nothing
-            // rather than refuse everything, and say so.
-            tracing::error!(error = %e, "a copied property schema did not compile; its values are left to Port");
-            build(&serde_json::json!({})).expect("the empty schema compiles")
-        });
         Self {
             schema,
-            validator,
+            validator: std::sync::OnceLock::new(),
             defined,
         }
+    }
+
+    fn validator(&self) -> &jsonschema::Validator {
+        self.validator.get_or_init(|| {
+            build(&self.schema).unwrap_or_else(|e| {
+                // Every keyword was copied checked, so this is a bug, not bad input: check
+                // nothing rather than refuse everything, and say so.
+                tracing::error!(error = %e, "a copied property schema did not compile; its values are left to Port");
+                build(&serde_json::json!({})).expect("the empty schema compiles")
+            })
+        })
     }
 
     /// Every problem with `values`, properties named as `{noun} '{name}'`.
@@ -92,7 +98,7 @@ impl ObjectSchema {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         );
-        let errors: Vec<_> = self.validator.iter_errors(&instance).collect();
+        let errors: Vec<_> = self.validator().iter_errors(&instance).collect();
         let mistyped: HashSet<String> = errors
             .iter()
             .filter(|e| {

@@ -295,52 +295,133 @@ async fn globbed(latency: Duration, concurrency: u64) {
     }
 }
 
-/// Against Data Center's proposed per-user rate limit: 60 tokens, 5 a second.
-async fn rate_limited(latency: Duration, concurrency: u64) {
-    println!("
-Rate-limited Data Center: a bucket of 60 tokens refilled at 5/s, 429 without Retry-After; {} ms per request; concurrency {concurrency}
-", latency.as_millis());
-    println!("| repositories | wall s | Bitbucket requests | answered 429 | 429 share | bucket floor s | wall / floor | entities missing |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (projects, repos) in [(2u64, 50u64), (4, 100)] {
-        let bb = FakeBitbucket::start_with(latency, 2).await;
-        let port = FakePort::start().await;
-        port.add_blueprint(json!({
-            "identifier": "microservice", "title": "Microservice",
-            "schema": {"properties": {"tier": {"type": "string"}}, "required": []}
-        }));
-        let mut ids = Vec::new();
-        for p in 0..projects {
-            for r in 0..repos {
-                let (project, slug) = (format!("PRJ{p}"), format!("repo-{r:04}"));
-                if r % 10 < 7 {
-                    let id = format!("svc-{p}-{r:04}");
-                    bb.put_file(&project, &slug, "port.yaml", &format!("identifier: {id}\ntitle: {id}\nblueprint: microservice\nproperties:\n  tier: backend\n"));
-                    ids.push(id);
-                } else {
-                    bb.add_repo(&project, &slug);
-                }
+/// Fakes holding `projects` × `repos` repositories, 70 % with a port.yaml; the ids declared.
+async fn estate(
+    latency: Duration,
+    projects: u64,
+    repos: u64,
+) -> (FakeBitbucket, FakePort, Vec<String>) {
+    let bb = FakeBitbucket::start_with(latency, 2).await;
+    let port = FakePort::start().await;
+    port.add_blueprint(json!({
+        "identifier": "microservice", "title": "Microservice",
+        "schema": {"properties": {"tier": {"type": "string"}}, "required": []}
+    }));
+    let mut ids = Vec::new();
+    for p in 0..projects {
+        for r in 0..repos {
+            let (project, slug) = (format!("PRJ{p}"), format!("repo-{r:04}"));
+            if r % 10 < 7 {
+                let id = format!("svc-{p}-{r:04}");
+                bb.put_file(&project, &slug, "port.yaml", &manifest_text(&id, "backend"));
+                ids.push(id);
+            } else {
+                bb.add_repo(&project, &slug);
             }
         }
-        bb.rate_limit(60.0, 5.0, false);
+    }
+    (bb, port, ids)
+}
+
+fn manifest_text(id: &str, tier: &str) -> String {
+    format!("identifier: {id}\ntitle: {id}\nblueprint: microservice\nproperties:\n  tier: {tier}\n")
+}
+
+/// Against Data Center's proposed per-user rate limit: 60 tokens, 5 a second; the first sync
+/// of a data folder, then (2 × 50) the next one after a push, which starts at the pace the
+/// first learnt.
+async fn rate_limited(latency: Duration, concurrency: u64) {
+    println!("
+Rate-limited Data Center: a bucket of 60 tokens refilled at 5/s; {} ms per request; concurrency {concurrency}
+", latency.as_millis());
+    println!("| repositories | 429 answers | sync | wall s | Bitbucket requests | answered 429 | 429 share | bucket floor s | wall / floor | entities missing |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (projects, repos, retry_after) in [(2u64, 50u64, false), (2, 50, true), (4, 100, false)] {
+        let (bb, port, ids) = estate(latency, projects, repos).await;
+        bb.rate_limit(60.0, 5.0, retry_after);
         let data = tempfile::tempdir().unwrap();
+        let answers = if retry_after {
+            "with Retry-After"
+        } else {
+            "without Retry-After"
+        };
+        let row = |sync: &str,
+                   wall: Duration,
+                   output: &std::process::Output,
+                   requests: usize,
+                   limited: usize| {
+            let missing = ids
+                .iter()
+                .filter(|id| port.entity("microservice", id).is_none())
+                .count();
+            // Only answered requests take a token: the floor is what the sync needed, less the
+            // bucket's 60, at 5 a second.
+            let floor = (requests - limited).saturating_sub(60) as f64 / 5.0;
+            println!(
+                "| {projects} × {repos} | {answers} | {sync} | {:.1} | {requests} | {limited} | {:.1} % | {floor:.1} | {:.2}x | {missing}{} |",
+                wall.as_secs_f64(),
+                limited as f64 * 100.0 / requests.max(1) as f64,
+                wall.as_secs_f64() / floor.max(0.001),
+                if output.status.success() { "" } else { " (sync failed)" }
+            );
+        };
         let (wall, output) =
             tokio::task::block_in_place(|| sync_binary(&bb, &port, data.path(), concurrency, &[]));
-        let requests = bb.request_count();
-        let limited = bb.limited();
-        let missing = ids
-            .iter()
-            .filter(|id| port.entity("microservice", id).is_none())
-            .count();
-        // Only answered requests take a token: the floor is what the sync needed, less the
-        // bucket's 60, at 5 a second.
-        let floor = (requests - limited).saturating_sub(60) as f64 / 5.0;
+        row("first", wall, &output, bb.request_count(), bb.limited());
+        if projects * repos > 100 {
+            continue;
+        }
+        // A push changes ten files; the bucket has refilled by the next (cron) sync.
+        for r in 0..10 {
+            let id = format!("svc-0-{r:04}");
+            bb.put_file(
+                "PRJ0",
+                &format!("repo-{r:04}"),
+                "port.yaml",
+                &manifest_text(&id, "frontend"),
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        let (requests, limited) = (bb.request_count(), bb.limited());
+        let (wall, output) =
+            tokio::task::block_in_place(|| sync_binary(&bb, &port, data.path(), concurrency, &[]));
+        row(
+            "next, after a push",
+            wall,
+            &output,
+            bb.request_count() - requests,
+            bb.limited() - limited,
+        );
+    }
+    cautious_start(latency).await;
+}
+
+/// What a cautious first sync would cost: fewer requests in flight when an unknown server's
+/// bucket runs dry means fewer 429s, and a slower sync where nothing limits it. Measured by
+/// `--concurrency`: 2 × 50 against the bucket, 4 × 500 against an unlimited server.
+async fn cautious_start(latency: Duration) {
+    println!("\nA cautious start, measured: requests in flight against both servers (first syncs, {} ms per request)\n", latency.as_millis());
+    println!("| in flight | 2 × 50, bucket 60 @ 5/s: 429 share | 4 × 500, unlimited: wall s | vs 32 in flight |");
+    println!("|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for concurrency in [32u64, 16, 8] {
+        let (bb, port, _) = estate(latency, 2, 50).await;
+        bb.rate_limit(60.0, 5.0, false);
+        let data = tempfile::tempdir().unwrap();
+        tokio::task::block_in_place(|| sync_binary(&bb, &port, data.path(), concurrency, &[]));
+        let share = bb.limited() as f64 * 100.0 / bb.request_count().max(1) as f64;
+        let (bb, port, _) = estate(latency, 4, 500).await;
+        let data = tempfile::tempdir().unwrap();
+        let (wall, _) =
+            tokio::task::block_in_place(|| sync_binary(&bb, &port, data.path(), concurrency, &[]));
+        rows.push((concurrency, share, wall));
+    }
+    let fastest = rows[0].2.as_secs_f64();
+    for (concurrency, share, wall) in rows {
         println!(
-            "| {projects} × {repos} | {:.1} | {requests} | {limited} | {:.1} % | {floor:.1} | {:.2}x | {missing}{} |",
+            "| {concurrency} | {share:.1} % | {:.2} | {:.2}x |",
             wall.as_secs_f64(),
-            limited as f64 * 100.0 / requests.max(1) as f64,
-            wall.as_secs_f64() / floor.max(0.001),
-            if output.status.success() { "" } else { " (sync failed)" }
+            wall.as_secs_f64() / fastest
         );
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::error::BitbucketError;
 use super::pacer::{Pacer, Rate};
-use super::types::{ErrorBody, LinesPage, Page};
+use super::types::{ErrorBody, LinesPage, Page, ProjectKey, RepoSlug};
 use crate::http::{Raw, RetryPolicy};
 use crate::secret::Secret;
 
@@ -135,20 +135,14 @@ impl BitbucketClient {
 
     /// Every project's key.
     pub async fn project_keys(&self) -> Result<Vec<String>, BitbucketError> {
-        let values = self.paged(&["projects"]).await?;
-        Ok(values
-            .iter()
-            .filter_map(|p| p.get("key").and_then(Value::as_str).map(str::to_owned))
-            .collect())
+        let values: Vec<ProjectKey> = self.paged(&["projects"]).await?;
+        Ok(values.into_iter().map(|p| p.key).collect())
     }
 
     /// The slugs of a project's repositories.
     pub async fn repo_slugs(&self, project: &str) -> Result<Vec<String>, BitbucketError> {
-        let values = self.paged(&["projects", project, "repos"]).await?;
-        Ok(values
-            .iter()
-            .filter_map(|r| r.get("slug").and_then(Value::as_str).map(str::to_owned))
-            .collect())
+        let values: Vec<RepoSlug> = self.paged(&["projects", project, "repos"]).await?;
+        Ok(values.into_iter().map(|r| r.slug).collect())
     }
 
     /// The head commit of the default branch, `None` for an empty repository.
@@ -262,28 +256,26 @@ impl BitbucketClient {
         slug: &str,
         at: &str,
     ) -> Result<Vec<String>, BitbucketError> {
-        let values = self
-            .paged_with(
-                &["projects", project, "repos", slug, "files"],
-                &[("at", at)],
-            )
-            .await?;
-        Ok(values
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect())
+        self.paged_with(
+            &["projects", project, "repos", slug, "files"],
+            &[("at", at)],
+        )
+        .await
     }
 
     /// All values of a paged listing.
-    async fn paged(&self, segments: &[&str]) -> Result<Vec<Value>, BitbucketError> {
+    async fn paged<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+    ) -> Result<Vec<T>, BitbucketError> {
         self.paged_with(segments, &[]).await
     }
 
-    async fn paged_with(
+    async fn paged_with<T: serde::de::DeserializeOwned>(
         &self,
         segments: &[&str],
         extra: &[(&str, &str)],
-    ) -> Result<Vec<Value>, BitbucketError> {
+    ) -> Result<Vec<T>, BitbucketError> {
         let mut values = Vec::new();
         let mut start = 0u64;
         loop {
@@ -293,9 +285,9 @@ impl BitbucketClient {
                 ("limit", self.page_limit.as_str()),
             ];
             query.extend_from_slice(extra);
-            let value = self.get_json(segments, &query).await?;
-            let page: Page =
-                serde_json::from_value(value).map_err(|e| BitbucketError::Unexpected {
+            let raw = self.get(segments, &query).await?;
+            let page: Page<T> =
+                serde_json::from_slice(&raw.body).map_err(|e| BitbucketError::Unexpected {
                     message: format!("{}: not a page: {e}", segments.join("/")),
                 })?;
             values.extend(page.values);

@@ -3,16 +3,29 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One page of a paged listing.
+/// One page of a paged listing, its values read as `T` (only the fields `T` names are kept:
+/// a page of 1000 repositories is a few KB of slugs, not megabytes of JSON values).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct Page {
-    #[serde(default)]
-    pub values: Vec<Value>,
+pub(crate) struct Page<T = Value> {
+    #[serde(default = "Vec::new")]
+    pub values: Vec<T>,
     #[serde(default)]
     pub is_last_page: bool,
     #[serde(default)]
     pub next_page_start: Option<u64>,
+}
+
+/// A project, as much of it as a listing needs.
+#[derive(Deserialize)]
+pub(crate) struct ProjectKey {
+    pub key: String,
+}
+
+/// A repository, as much of it as a listing needs.
+#[derive(Deserialize)]
+pub(crate) struct RepoSlug {
+    pub slug: String,
 }
 
 /// One page of `browse/{path}` on a file.

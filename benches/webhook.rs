@@ -10,9 +10,11 @@
 //!
 //! Then the memory a backlog costs: 10,001 runs of 5 s accepted by a runner with one slot
 //! (the default queue cap), RSS before, after, and after a `kill -9` and the restart that
-//! recovers them; with `BENCH_BASELINE_BIN` (an older build's binary), the same for it.
+//! recovers them. With `BENCH_BASELINE_BIN` (an older build's binary), the same for it, and
+//! its SQLite and PostgreSQL journals in the same acceptance rounds.
 //!
-//! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32), BENCH_ONLY=backlog.
+//! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32), BENCH_ONLY=backlog
+//! (only the backlog), BENCH_SKIP_BACKLOG=1.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -60,7 +62,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(requests, concurrency));
-    rt.block_on(backlogs());
+    if std::env::var("BENCH_SKIP_BACKLOG").as_deref() != Ok("1") {
+        rt.block_on(backlogs());
+    }
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -108,6 +112,34 @@ impl Drop for Server {
     }
 }
 
+/// CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces): utime is the 12th.
+            let rest = &s[s.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (at most a minute) until no server used more than 20 ms of CPU in 250 ms.
+async fn settle(servers: &[(String, Server)]) {
+    let total = || -> u64 { servers.iter().map(|(_, s)| cpu_ticks(s.child.id())).sum() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = total();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = total();
+        if now.saturating_sub(last) <= 2 {
+            return;
+        }
+        last = now;
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -138,16 +170,6 @@ enum Store<'a> {
     Memory,
     Sqlite,
     Postgres(&'a str),
-}
-
-fn start_port_runner(data_dir: &std::path::Path, store: Store<'_>) -> Server {
-    start_binary(
-        env!("CARGO_BIN_EXE_port-runner"),
-        data_dir,
-        store,
-        &["--max-queued-runs", "10000000"],
-        None,
-    )
 }
 
 /// `bin serve` on `data_dir` with `store` and `extra` arguments; reporting to the Port API
@@ -334,61 +356,86 @@ async fn run(requests: usize, concurrency: usize) {
 
     let server = pg::start_server(&["synchronous_commit=off"]);
     let database = pg::fresh_database_on(&server).await;
-    let trivial = start_trivial();
-    let memory = start_port_runner(&data.join("memory"), Store::Memory);
-    let ours = start_port_runner(&data.join("journal"), Store::Sqlite);
-    let shared = start_port_runner(&data.join("postgres"), Store::Postgres(&database));
-    wait_healthy(&http, &trivial, "/").await;
-    wait_healthy(&http, &memory, "/healthz").await;
-    wait_healthy(&http, &ours, "/healthz").await;
-    wait_healthy(&http, &shared, "/healthz").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = rss_kib(ours.child.id());
-
-    // Warm all up, then measure them back to back, twice, interleaved.
-    for (server, tag) in [
-        (&trivial, "warm_t"),
-        (&memory, "warm_m"),
-        (&ours, "warm_o"),
-        (&shared, "warm_p"),
-    ] {
-        fire(&http, &server.base, bodies(1000, tag), concurrency).await;
+    let ours_bin = env!("CARGO_BIN_EXE_port-runner");
+    let extra = ["--max-queued-runs", "10000000"];
+    let mut servers: Vec<(String, Server)> = vec![
+        ("trivial actix handler (ceiling)".into(), start_trivial()),
+        (
+            "port-runner serve, in memory (--no-journal)".into(),
+            start_binary(ours_bin, &data.join("memory"), Store::Memory, &extra, None),
+        ),
+        (
+            "port-runner serve, SQLite journal (default)".into(),
+            start_binary(ours_bin, &data.join("journal"), Store::Sqlite, &extra, None),
+        ),
+        (
+            "port-runner serve, PostgreSQL journal (DATABASE_URL)".into(),
+            start_binary(
+                ours_bin,
+                &data.join("postgres"),
+                Store::Postgres(&database),
+                &extra,
+                None,
+            ),
+        ),
+    ];
+    // BENCH_BASELINE_BIN: an older build's journals, measured in the same rounds.
+    let baseline_db;
+    if let Ok(bin) = std::env::var("BENCH_BASELINE_BIN") {
+        baseline_db = pg::fresh_database_on(&server).await;
+        servers.push((
+            "baseline build, SQLite journal".into(),
+            start_binary(&bin, &data.join("b-journal"), Store::Sqlite, &extra, None),
+        ));
+        servers.push((
+            "baseline build, PostgreSQL journal".into(),
+            start_binary(
+                &bin,
+                &data.join("b-postgres"),
+                Store::Postgres(&baseline_db),
+                &extra,
+                None,
+            ),
+        ));
     }
-    let mut results: Vec<[Load; 4]> = Vec::new();
+    for (i, (_, s)) in servers.iter().enumerate() {
+        wait_healthy(&http, s, if i == 0 { "/" } else { "/healthz" }).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_kib(servers[2].1.child.id());
+
+    // Warm all up, then measure them back to back, twice, interleaved; each once every
+    // server has finished the runs it accepted (a server still executing its backlog would
+    // slow the next one measured).
+    for (i, (_, s)) in servers.iter().enumerate() {
+        fire(
+            &http,
+            &s.base,
+            bodies(1000, &format!("warm{i}")),
+            concurrency,
+        )
+        .await;
+    }
+    let mut results: Vec<Vec<Load>> = Vec::new();
     for round in 0..2 {
-        let t = fire(
-            &http,
-            &trivial.base,
-            bodies(requests, &format!("t{round}")),
-            concurrency,
-        )
-        .await;
-        let m = fire(
-            &http,
-            &memory.base,
-            bodies(requests, &format!("m{round}")),
-            concurrency,
-        )
-        .await;
-        let o = fire(
-            &http,
-            &ours.base,
-            bodies(requests, &format!("o{round}")),
-            concurrency,
-        )
-        .await;
-        let p = fire(
-            &http,
-            &shared.base,
-            bodies(requests, &format!("p{round}")),
-            concurrency,
-        )
-        .await;
-        results.push([t, m, o, p]);
+        let mut row = Vec::new();
+        for (i, (_, s)) in servers.iter().enumerate() {
+            settle(&servers).await;
+            row.push(
+                fire(
+                    &http,
+                    &s.base,
+                    bodies(requests, &format!("s{i}r{round}")),
+                    concurrency,
+                )
+                .await,
+            );
+        }
+        results.push(row);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let loaded_rss = rss_kib(ours.child.id());
-    let trivial_rss = rss_kib(trivial.child.id());
+    let loaded_rss = rss_kib(servers[2].1.child.id());
+    let trivial_rss = rss_kib(servers[0].1.child.id());
 
     // Best round of each (the machine is shared; the best is the least disturbed).
     let best = |i: usize| {
@@ -403,12 +450,8 @@ async fn run(requests: usize, concurrency: usize) {
     println!("\nwebhook acceptance: {requests} signed echo invocations, {concurrency} connections, {WORKERS} HTTP workers each, loopback\n");
     println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx | req/s vs ceiling |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (name, l) in [
-        ("trivial actix handler (ceiling)", t),
-        ("port-runner serve, in memory (--no-journal)", m),
-        ("port-runner serve, SQLite journal (default)", o),
-        ("port-runner serve, PostgreSQL journal (DATABASE_URL)", p),
-    ] {
+    for (i, (name, _)) in servers.iter().enumerate() {
+        let l = best(i);
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} % |",
             l.rps,
@@ -437,10 +480,7 @@ async fn run(requests: usize, concurrency: usize) {
         loaded_rss as f64 / 1024.0,
         trivial_rss as f64 / 1024.0
     );
-    drop(memory);
-    drop(ours);
-    drop(shared);
-    drop(trivial);
+    drop(servers);
     let _ = std::fs::remove_dir_all(&data);
 }
 

@@ -156,8 +156,13 @@ pub struct LocalEntity {
 }
 
 /// The local mode's catalog: entities by blueprint and identifier, as runs wrote them.
+/// `changed`: written since the journal last kept it (so a run that wrote nothing does not
+/// rewrite the whole catalog).
 #[derive(Default)]
-pub struct LocalEntities(DashMap<(String, String), LocalEntity>);
+pub struct LocalEntities(
+    DashMap<(String, String), LocalEntity>,
+    std::sync::atomic::AtomicBool,
+);
 
 impl LocalEntities {
     /// Records a write; `merge` updates only the fields sent (Port's `merge=true`).
@@ -184,6 +189,7 @@ impl LocalEntities {
                 value = merged;
             }
         }
+        self.mark_changed();
         self.0.insert(
             key,
             LocalEntity {
@@ -202,8 +208,24 @@ impl LocalEntities {
     }
 
     pub fn remove(&self, blueprint: &str, identifier: &str) {
+        self.mark_changed();
         self.0
             .remove(&(blueprint.to_owned(), identifier.to_owned()));
+    }
+
+    fn mark_changed(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the catalog changed since the last call (which clears the mark: a caller that
+    /// then fails to keep it calls [`Self::keep_failed`]).
+    pub fn take_changed(&self) -> bool {
+        self.1.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks the catalog as still to keep.
+    pub fn keep_failed(&self) {
+        self.mark_changed();
     }
 
     /// Puts back the catalog a previous process kept (from the journal).

@@ -23,6 +23,13 @@ impl StoreError {
 pub trait RecordStore: Send + Sync {
     async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError>;
+    /// Several documents at once, all or none (distinct keys).
+    async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
+        for (key, text) in docs {
+            self.write_record(key, text).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What trying a shared lock came to.

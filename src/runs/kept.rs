@@ -27,18 +27,16 @@ fn run_key(run_id: &RunId) -> String {
     format!("local-run/{run_id}")
 }
 
-/// Writes a finished run's record and the local catalog (best effort: a failure is logged,
-/// the run is reported all the same).
+/// Writes a finished run's record, the index and (when a run changed it) the local catalog
+/// in one transaction (best effort: a failure is logged, the run is reported all the same).
 pub async fn keep(store: &dyn RecordStore, registry: &RunRegistry, run_id: &RunId, keep: usize) {
     let Some(record) = registry.get(run_id) else {
         return;
     };
+    let catalog = registry.entities();
+    let changed = catalog.take_changed();
     let result = async {
-        let text = serde_json::to_string(&record).map_err(|e| e.to_string())?;
-        store
-            .write_record(&run_key(run_id), &text)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut docs = vec![(run_key(run_id), to_json(&record)?)];
         let _guard = INDEX_LOCK.lock().await;
         let mut index: Index = match store.read_record(INDEX).await.map_err(|e| e.to_string())? {
             Some(text) => serde_json::from_str(&text).unwrap_or_default(),
@@ -47,30 +45,31 @@ pub async fn keep(store: &dyn RecordStore, registry: &RunRegistry, run_id: &RunI
         if !index.runs.contains(run_id) {
             index.runs.push(run_id.clone());
         }
-        while index.runs.len() > keep.max(1) {
-            let old = index.runs.remove(0);
-            // No delete in the record store: an empty document is nothing to restore.
-            store
-                .write_record(&run_key(&old), "")
-                .await
-                .map_err(|e| e.to_string())?;
+        let evicted = index.runs.len().saturating_sub(keep.max(1));
+        // No delete in the record store: an empty document is nothing to restore.
+        docs.extend(
+            index
+                .runs
+                .drain(..evicted)
+                .map(|old| (run_key(&old), String::new())),
+        );
+        docs.push((INDEX.to_owned(), to_json(&index)?));
+        if changed {
+            docs.push((CATALOG.to_owned(), to_json(&catalog.list())?));
         }
-        let text = serde_json::to_string(&index).map_err(|e| e.to_string())?;
-        store
-            .write_record(INDEX, &text)
-            .await
-            .map_err(|e| e.to_string())?;
-        let catalog =
-            serde_json::to_string(&registry.entities().list()).map_err(|e| e.to_string())?;
-        store
-            .write_record(CATALOG, &catalog)
-            .await
-            .map_err(|e| e.to_string())
+        store.write_records(&docs).await.map_err(|e| e.to_string())
     }
     .await;
     if let Err(e) = result {
+        if changed {
+            catalog.keep_failed();
+        }
         tracing::warn!(%run_id, error = %e, "could not keep the run in the journal; it is lost at the next restart");
     }
+}
+
+fn to_json(value: &impl Serialize) -> Result<String, String> {
+    serde_json::to_string(value).map_err(|e| e.to_string())
 }
 
 /// Puts back what [`keep`] wrote: the runs (oldest first) and the catalog. Returns how many

@@ -85,4 +85,18 @@ impl RecordStore for PgJournal {
         .map(|_| ())
         .map_err(StoreError::new)
     }
+
+    async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
+        let keys: Vec<&str> = docs.iter().map(|(k, _)| k.as_str()).collect();
+        let texts: Vec<&str> = docs.iter().map(|(_, t)| t.as_str()).collect();
+        self.execute(
+            "INSERT INTO port_runner_records (key, doc)
+             SELECT * FROM unnest($1::text[], $2::text[])
+             ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
+            &[&keys, &texts],
+        )
+        .await
+        .map(|_| ())
+        .map_err(StoreError::new)
+    }
 }

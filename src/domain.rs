@@ -125,7 +125,15 @@ impl RunId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A Port Workflows node run (`wfnr_…`): reported through the node-run API.
+    pub fn is_node_run(&self) -> bool {
+        self.0.starts_with(NODE_RUN_PREFIX)
+    }
 }
+
+/// How Port names a workflow node run's identifier.
+pub const NODE_RUN_PREFIX: &str = "wfnr_";
 
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -27,14 +27,26 @@ pub struct RunContext {
 pub struct Outcome {
     pub summary: String,
     pub link: Option<String>,
+    /// What later steps read: a workflow node's `output` (`.outputs["node"].…`), the run's
+    /// record. Each handler documents its fields.
+    pub output: Output,
 }
+
+/// A run's structured result.
+pub type Output = serde_json::Map<String, serde_json::Value>;
 
 impl Outcome {
     pub fn new(summary: impl Into<String>) -> Self {
         Self {
             summary: summary.into(),
-            link: None,
+            ..Self::default()
         }
+    }
+
+    /// Adds one field of the output.
+    pub fn with(mut self, field: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.output.insert(field.to_owned(), value.into());
+        self
     }
 }
 

@@ -13,7 +13,7 @@ mod registry;
 mod store;
 
 pub use catalog::{CatalogError, EntityStore, LocalEntityStore, RunCatalog};
-pub use handler::{Handler, HandlerError, Outcome, RunContext};
+pub use handler::{Handler, HandlerError, Outcome, Output, RunContext};
 pub use log::{LogCmd, RunLog};
 pub use mask::{Masker, MASK};
 pub use registry::{

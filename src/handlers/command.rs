@@ -374,15 +374,14 @@ impl Handler for CommandHandler {
         if preview {
             return Ok(Outcome::new(format!(
                 "preview: {ran} step(s) done; nothing was changed (the entity is not written)"
-            )));
+            ))
+            .with("outputs", context["outputs"].take()));
         }
         let done = format!("{ran} step(s) done");
-        match &self.entity {
-            None => Ok(Outcome::new(done)),
-            Some(mapping) => {
-                let applied = mapping.apply(&ctx, &context).await?;
-                Ok(Outcome::new(format!("{done}; {applied}")))
-            }
-        }
+        let summary = match &self.entity {
+            None => done,
+            Some(mapping) => format!("{done}; {}", mapping.apply(&ctx, &context).await?),
+        };
+        Ok(Outcome::new(summary).with("outputs", context["outputs"].take()))
     }
 }

@@ -78,7 +78,8 @@ impl Handler for EchoHandler {
         Ok(Outcome::new(format!(
             "echoed {} input(s); nothing was changed",
             inv.inputs.len()
-        )))
+        ))
+        .with("inputs", Value::Object(inv.inputs.clone())))
     }
 }
 

@@ -131,7 +131,13 @@ impl Handler for GitOpsHandler {
             ctx.log.line(line).await;
         }
         if report.is_clean() {
-            Ok(Outcome::new(report.summary()))
+            Ok(Outcome::new(report.summary())
+                .with("created", report.created.len())
+                .with("updated", report.updated.len())
+                .with("deleted", report.deleted.len())
+                .with("unchanged", report.unchanged)
+                .with("repositories", report.repos_scanned)
+                .with("dry_run", report.dry_run))
         } else {
             Err(HandlerError::Failed(report.summary()))
         }

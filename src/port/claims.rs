@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::client::{runs_in, Call, PortClient};
 use super::error::PortError;
-use super::types::ActiveRun;
+use super::types::{ActiveRun, RunPayload};
 
 /// The claimer name the agent uses; Port holds agent runs for it.
 pub const AGENT_INSTALLATION_ID: &str = "_PORT_EXEC_AGENT";
@@ -77,6 +77,74 @@ impl PortClient {
             .get("ackedCount")
             .and_then(Value::as_u64)
             .unwrap_or(0) as usize)
+    }
+
+    /// `POST /workflows/runs/claim-pending`: up to `limit` workflow node runs held for an
+    /// agent, read as runs whose id is the node run's (`wfnr_…`) and whose body is the
+    /// rendered body of their `WEBHOOK` node. Where Port puts that body in a claimed node run
+    /// is UNCONFIRMED: `config.body`, else `node.config.body`, is read.
+    pub async fn claim_pending_node_runs(&self, limit: usize) -> Result<Vec<ActiveRun>, PortError> {
+        let body = json!({
+            "installationId": AGENT_INSTALLATION_ID,
+            "limit": limit,
+            "visibilityTimeoutMs": CLAIM_LEASE_MS,
+        });
+        let answer = self
+            .call_with(
+                Method::POST,
+                &["workflows", "runs", "claim-pending"],
+                &[],
+                Some(&body),
+                RESERVED,
+            )
+            .await?;
+        let node_runs = answer.get("nodeRuns").and_then(Value::as_array);
+        Ok(node_runs
+            .into_iter()
+            .flatten()
+            .filter_map(|n| {
+                let id = n.get("identifier")?.as_str()?.to_owned();
+                let body = n
+                    .pointer("/config/body")
+                    .or_else(|| n.pointer("/node/config/body"))
+                    .cloned();
+                Some(ActiveRun {
+                    id,
+                    status: n.get("status").and_then(Value::as_str).map(str::to_owned),
+                    payload: Some(RunPayload {
+                        kind: Some("WEBHOOK".into()),
+                        url: None,
+                        agent: Some(true),
+                        headers: None,
+                        body,
+                    }),
+                })
+            })
+            .collect())
+    }
+
+    /// `PATCH /workflows/runs/ack` for one node run; `false` when another claimer
+    /// acknowledged it first (Port's 409).
+    pub async fn ack_node_run(&self, node_run: &str) -> Result<bool, PortError> {
+        let call = Call {
+            retry: true,
+            ..RESERVED
+        };
+        let body = json!({ "nodeRunIdentifier": node_run });
+        match self
+            .call_with(
+                Method::PATCH,
+                &["workflows", "runs", "ack"],
+                &[],
+                Some(&body),
+                call,
+            )
+            .await
+        {
+            Ok(answer) => Ok(answer.get("acked").and_then(Value::as_bool).unwrap_or(true)),
+            Err(PortError::Invalid { status: 409, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /organization`: the agent transport Port uses (`settings.portAgentStreamerName`),

@@ -8,9 +8,11 @@ mod client;
 mod entities;
 mod error;
 pub mod types;
+mod workflows;
 
 pub use crate::http::RetryPolicy;
 pub use claims::{AGENT_INSTALLATION_ID, POLLING_STREAMER};
 pub use client::{PortClient, PortConfig, BULK_MAX};
 pub use error::PortError;
 pub use types::{ActiveRun, RunPatch, RunPayload, RunStatus};
+pub use workflows::{NodeLogLevel, NodeResult};

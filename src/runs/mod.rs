@@ -8,6 +8,7 @@ mod background;
 mod drift;
 mod kept;
 mod lifecycle;
+mod node_watch;
 mod pull;
 mod reconcile;
 mod reporter;

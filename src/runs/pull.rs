@@ -19,9 +19,12 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::runner::{Admitted, Runner, SubmitError};
+use crate::domain::NODE_RUN_PREFIX;
 use crate::invocation::Invocation;
 use crate::metrics::Metrics;
-use crate::port::{ActiveRun, PortClient, PortError, RunPatch, RunStatus, POLLING_STREAMER};
+use crate::port::{
+    ActiveRun, NodeResult, PortClient, PortError, RunPatch, RunStatus, POLLING_STREAMER,
+};
 
 /// Longest wait between claims while Port keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -148,9 +151,13 @@ impl Puller {
             }
             let limit = self.batch.map_or(free, |b| b.min(free));
             let wait = match self.port.claim_pending_runs(limit).await {
-                Ok(runs) => {
+                Ok(mut runs) => {
                     if self.status.claimed(runs.len()) {
                         tracing::info!("claiming runs from Port works again");
+                    }
+                    // Workflow node runs take what slots the action runs left.
+                    if runs.len() < limit {
+                        runs.extend(self.claim_node_runs(limit - runs.len()).await);
                     }
                     let full = runs.len() >= limit;
                     self.take_all(runs).await;
@@ -218,6 +225,20 @@ impl Puller {
                 Taken::Left => {}
             }
         }
+        let (nodes, ack): (Vec<String>, Vec<String>) = ack
+            .into_iter()
+            .partition(|id| id.starts_with(NODE_RUN_PREFIX));
+        for node in nodes {
+            match self.port.ack_node_run(&node).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(node_run = %node, "the node run was acknowledged by another claimer first")
+                }
+                Err(e) => {
+                    tracing::warn!(node_run = %node, error = %e, "could not acknowledge a claimed node run; it runs here and is acknowledged when Port hands it out again")
+                }
+            }
+        }
         if !ack.is_empty() {
             match self.port.ack_runs(&ack).await {
                 Ok(n) if n < ack.len() => tracing::info!(
@@ -264,19 +285,42 @@ impl Puller {
         }
     }
 
+    /// Workflow node runs held for an agent; a failed claim is logged and skipped (an
+    /// organisation without Workflows must not stop action runs from being claimed).
+    async fn claim_node_runs(&self, limit: usize) -> Vec<ActiveRun> {
+        match self.port.claim_pending_node_runs(limit).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not claim workflow node runs");
+                Vec::new()
+            }
+        }
+    }
+
     /// Ends a run whose body cannot be read as FAILURE saying why; left (not acknowledged)
     /// when Port cannot be told, so it is tried again.
     async fn refuse(&self, run: &ActiveRun, problem: &str) -> Taken {
         tracing::warn!(run_id = %run.id, problem, "a claimed run's invocation cannot be read; it ends as FAILURE");
-        let patch = RunPatch {
-            status: Some(RunStatus::Failure),
-            summary: Some(format!(
-                "port-runner could not read this run's invocation: {problem}"
-            )),
-            ..RunPatch::default()
+        let summary = format!("port-runner could not read this run's invocation: {problem}");
+        let told = if run.id.starts_with(NODE_RUN_PREFIX) {
+            let mut output = serde_json::Map::new();
+            output.insert("summary".into(), summary.into());
+            self.port
+                .node_run_completed(&run.id, NodeResult::Failed, &output, None)
+                .await
+        } else {
+            let patch = RunPatch {
+                status: Some(RunStatus::Failure),
+                summary: Some(summary),
+                ..RunPatch::default()
+            };
+            self.port.patch_run(&run.id, &patch).await
         };
-        match self.port.patch_run(&run.id, &patch).await {
-            Ok(()) | Err(PortError::Invalid { status: 422, .. }) => Taken::Refused,
+        match told {
+            Ok(())
+            | Err(PortError::Invalid {
+                status: 409 | 422, ..
+            }) => Taken::Refused,
             Err(e) => {
                 tracing::warn!(run_id = %run.id, error = %e, "could not report the unreadable run; it is claimed again later");
                 Taken::Left

@@ -58,6 +58,10 @@ impl RunReporter {
         self.log.clone()
     }
 
+    pub fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+
     /// Sets the run's status label (best effort: a label is not worth failing a run over).
     pub async fn label(&self, label: &str) {
         self.lifecycle

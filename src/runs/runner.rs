@@ -434,6 +434,44 @@ impl Runner {
             Err(reason) => return Verdict::failure(reason.to_string()),
         };
         let cancel = self.hard_stop.child_token();
+        let run_id = invocation.run_id.clone();
+        let sink = self.lifecycle.sink.clone();
+        let watch = if run_id.is_node_run() {
+            if let Err(reason) = super::node_watch::open(&*sink, &run_id).await {
+                return Verdict::failure(reason);
+            }
+            Some(super::node_watch::watch(sink, run_id, cancel.clone()))
+        } else {
+            None
+        };
+        let verdict = self
+            .supervise(handler, invocation, reporter, cancel.clone())
+            .await;
+        cancel.cancel();
+        match watch {
+            Some((task, ended_in_port)) if ended_in_port.load(Ordering::SeqCst) => {
+                let _ = task.await;
+                Verdict::failure(format!(
+                    "cancelled in Port: the workflow run ended this node, and the work was stopped ({})",
+                    verdict.summary
+                ))
+            }
+            Some((task, _)) => {
+                task.abort();
+                verdict
+            }
+            None => verdict,
+        }
+    }
+
+    /// Runs the handler under the run's timeout, shutdown and `cancel`.
+    async fn supervise(
+        &self,
+        handler: Arc<dyn crate::core::Handler>,
+        invocation: Invocation,
+        reporter: &RunReporter,
+        cancel: CancellationToken,
+    ) -> Verdict {
         let catalog = if invocation.is_internal() {
             RunCatalog::untied(
                 invocation.run_id.clone(),
@@ -470,7 +508,10 @@ impl Runner {
         let stop = tokio::select! {
             joined = &mut task => {
                 return match joined {
-                    Ok(Ok(outcome)) => Verdict::success(outcome.summary, outcome.link),
+                    Ok(Ok(outcome)) => Verdict {
+                        output: outcome.output,
+                        ..Verdict::success(outcome.summary, outcome.link)
+                    },
                     // Only we cancel handlers: say why.
                     Ok(Err(HandlerError::Cancelled)) if self.hard_stop.is_cancelled() => shutting_down(),
                     Ok(Err(e)) => Verdict::failure(e.to_string()),

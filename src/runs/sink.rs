@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::RunId;
-use crate::port::{PortClient, PortError, RunPatch};
+use crate::port::{NodeResult, PortClient, PortError, RunPatch, RunStatus};
 
 pub use crate::store::Verdict;
 
@@ -54,7 +54,10 @@ pub trait RunSink: Send + Sync {
     async fn finish(&self, run_id: &RunId, verdict: &Verdict) -> Result<(), SinkError>;
 }
 
-/// Port's action runs: `PATCH /actions/runs/{id}`, `POST …/logs`.
+/// Port's action runs: `PATCH /actions/runs/{id}`, `POST …/logs`; and its workflow node
+/// runs (`wfnr_…`, `port/workflows.rs`), told apart by their id: a node run has no status
+/// label (its first label marks it `IN_PROGRESS`), logs with a level per line, and ends
+/// `COMPLETED` with the handler's output for later nodes.
 pub struct PortRuns(pub Arc<PortClient>);
 
 fn sink_error(e: PortError) -> SinkError {
@@ -71,6 +74,14 @@ impl RunSink for PortRuns {
     }
 
     async fn label(&self, run_id: &RunId, label: &str) -> Result<(), SinkError> {
+        if run_id.is_node_run() {
+            // Refused (404 unknown, 409 completed or cancelled) tells `node_watch` to stop.
+            return self
+                .0
+                .node_run_started(run_id.as_str())
+                .await
+                .map_err(sink_error);
+        }
         let patch = RunPatch {
             status_label: Some(label.to_owned()),
             ..RunPatch::default()
@@ -82,7 +93,12 @@ impl RunSink for PortRuns {
     }
 
     async fn log(&self, run_id: &RunId, message: &str) -> Result<Logged, SinkError> {
-        match self.0.add_run_log(run_id.as_str(), message).await {
+        let sent = if run_id.is_node_run() {
+            self.0.add_node_run_logs(run_id.as_str(), message).await
+        } else {
+            self.0.add_run_log(run_id.as_str(), message).await
+        };
+        match sent {
             Ok(()) => Ok(Logged::Taken),
             // Port answers a line for a finished run 422 `run_exhausted` (or 409).
             Err(e) if e.is_run_closed() => Ok(Logged::Closed),
@@ -91,6 +107,11 @@ impl RunSink for PortRuns {
     }
 
     async fn logged(&self, run_id: &RunId) -> Vec<String> {
+        if run_id.is_node_run() {
+            // No documented read of a node run's logs: a batch a crash interrupted may be
+            // sent twice.
+            return Vec::new();
+        }
         self.0
             .run_log_messages(run_id.as_str())
             .await
@@ -98,13 +119,27 @@ impl RunSink for PortRuns {
     }
 
     async fn finish(&self, run_id: &RunId, verdict: &Verdict) -> Result<(), SinkError> {
-        let patch = RunPatch {
-            status: Some(verdict.status),
-            status_label: None,
-            summary: Some(verdict.summary.clone()),
-            link: verdict.link.clone(),
+        let sent = if run_id.is_node_run() {
+            let result = match verdict.status {
+                RunStatus::Success => NodeResult::Success,
+                RunStatus::Failure => NodeResult::Failed,
+            };
+            // Later nodes read `.outputs["node"].summary` as well as the handler's fields.
+            let mut output = verdict.output.clone();
+            output.insert("summary".into(), verdict.summary.clone().into());
+            self.0
+                .node_run_completed(run_id.as_str(), result, &output, verdict.link.as_deref())
+                .await
+        } else {
+            let patch = RunPatch {
+                status: Some(verdict.status),
+                status_label: None,
+                summary: Some(verdict.summary.clone()),
+                link: verdict.link.clone(),
+            };
+            self.0.patch_run(run_id.as_str(), &patch).await
         };
-        match self.0.patch_run(run_id.as_str(), &patch).await {
+        match sent {
             Ok(()) => Ok(()),
             // An earlier attempt landed (its answer was lost), or Port ended the run itself:
             // Port answers 409 (or 422) to a final status for a run that is final already.

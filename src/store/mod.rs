@@ -70,6 +70,8 @@ pub struct Verdict {
     pub status: RunStatus,
     pub summary: String,
     pub link: Option<String>,
+    /// The handler's structured result (empty for a failure).
+    pub output: crate::core::Output,
 }
 
 impl Verdict {
@@ -78,6 +80,7 @@ impl Verdict {
             status: RunStatus::Success,
             summary: summary.into(),
             link,
+            output: Default::default(),
         }
     }
 
@@ -86,11 +89,23 @@ impl Verdict {
             status: RunStatus::Failure,
             summary: summary.into(),
             link: None,
+            output: Default::default(),
         }
     }
 
+    /// The output as the journal stores it: JSON, or nothing when empty.
+    fn output_text(&self) -> Option<String> {
+        (!self.output.is_empty())
+            .then(|| serde_json::Value::Object(self.output.clone()).to_string())
+    }
+
     /// As the journal stores it (`SUCCESS`, else a failure).
-    fn stored(status: Option<&str>, summary: Option<String>, link: Option<String>) -> Self {
+    fn stored(
+        status: Option<&str>,
+        summary: Option<String>,
+        link: Option<String>,
+        output: Option<String>,
+    ) -> Self {
         Self {
             status: if status == Some("SUCCESS") {
                 RunStatus::Success
@@ -99,6 +114,9 @@ impl Verdict {
             },
             summary: summary.unwrap_or_default(),
             link,
+            output: output
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_default(),
         }
     }
 }

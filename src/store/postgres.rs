@@ -23,11 +23,15 @@ use crate::domain::RunId;
 use crate::invocation::Invocation;
 
 /// Migrations, in order; each is applied once.
-const MIGRATIONS: [(i32, &str); 2] = [
+const MIGRATIONS: [(i32, &str); 3] = [
     (1, include_str!("../../migrations/postgres/0001_runs.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_records.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_outputs.sql"),
     ),
 ];
 /// Serializes migrations between replicas starting together.
@@ -448,13 +452,15 @@ impl RunStore for PgJournal {
         self.owned(
             run_id,
             "UPDATE port_runner_runs SET state = 'finished', finished_at = now(),
-                    final_status = $3, final_summary = $4, final_link = $5, reported = $6
+                    final_status = $3, final_summary = $4, final_link = $5, reported = $6,
+                    final_output = $7
              WHERE run_id = $1 AND owner = $2",
             &[
                 &verdict.status.as_str(),
                 &verdict.summary,
                 &verdict.link,
                 &reported,
+                &verdict.output_text(),
             ],
         )
         .await
@@ -521,7 +527,7 @@ impl RunStore for PgJournal {
                 RETURNING r.run_id, r.state,
                           CASE r.state WHEN 'running' THEN r.invocation END,
                           r.action, r.final_status,
-                          r.final_summary, r.final_link",
+                          r.final_summary, r.final_link, r.final_output",
                 &[&self.replica, &secs(self.lease), &first, &CLAIM_BATCH],
             )
             .await?;
@@ -540,7 +546,7 @@ impl RunStore for PgJournal {
                 recovery.unreported.push(UnreportedFinal {
                     run_id: id,
                     action: row.get(3),
-                    verdict: Verdict::stored(status.as_deref(), row.get(5), row.get(6)),
+                    verdict: Verdict::stored(status.as_deref(), row.get(5), row.get(6), row.get(7)),
                 });
                 continue;
             }

@@ -63,6 +63,13 @@ struct State {
     closed_logs: usize,
     /// Every request checked against Port's API description.
     contract: crate::contract::Ledger,
+    /// Workflow node runs by identifier, as Port holds them (`status`, `result`, `output`, …).
+    node_runs: HashMap<String, Value>,
+    /// Node runs held for an agent (`agent: true` WEBHOOK nodes), handed out by the
+    /// workflows' `claim-pending`.
+    pending_nodes: Vec<Pending>,
+    /// Log entries (`{level, message}`) each node run accepted.
+    node_logs: HashMap<String, Vec<Value>>,
 }
 
 /// A run held for an agent, as `claim-pending` and `ack` see it.
@@ -346,6 +353,99 @@ impl FakePort {
             .len()
     }
 
+    /// A workflow node run Port dispatched to a `WEBHOOK` node (`IN_PROGRESS`).
+    pub fn seed_node_run(&self, node_run: &str) {
+        self.state.lock().unwrap().node_runs.insert(
+            node_run.to_owned(),
+            json!({"identifier": node_run, "status": "IN_PROGRESS"}),
+        );
+    }
+
+    /// A node run of a `WEBHOOK` node with `agent: true`: the workflows' `claim-pending`
+    /// hands it out with its rendered body in `config.body`.
+    pub fn seed_pending_node_run(&self, node_run: &str, body: Value) {
+        self.seed_node_run(node_run);
+        self.state.lock().unwrap().pending_nodes.push(Pending {
+            run: json!({
+                "identifier": node_run,
+                "status": "IN_PROGRESS",
+                "nodeUid": "apply",
+                "installationId": "_PORT_EXEC_AGENT",
+                "pendingExecution": true,
+                "config": {
+                    "type": "WEBHOOK", "agent": true, "synchronized": false,
+                    "url": "https://pulled-by-port-runner.invalid/webhook",
+                    "method": "POST", "headers": {}, "body": body,
+                },
+                "output": {},
+            }),
+            claimed_until: None,
+            acked: false,
+            since: std::time::Instant::now(),
+            claims: 0,
+        });
+    }
+
+    /// How many times the node run was handed out, and whether it was acknowledged.
+    pub fn pending_node_state(&self, node_run: &str) -> (usize, bool) {
+        let st = self.state.lock().unwrap();
+        st.pending_nodes
+            .iter()
+            .find(|p| p.run["identifier"] == node_run)
+            .map_or((0, false), |p| (p.claims, p.acked))
+    }
+
+    /// What `POST /v1/workflows/runs/{wfr}/cancel?force=true` does to a running node: it
+    /// completes it as cancelled, and its later updates and logs are refused.
+    pub fn cancel_node_run(&self, node_run: &str) {
+        let mut st = self.state.lock().unwrap();
+        let held = st.node_runs.get_mut(node_run).expect("a seeded node run");
+        held["status"] = json!("COMPLETED");
+        held["result"] = json!("CANCELLED");
+    }
+
+    /// The node run as Port holds it now.
+    pub fn node_run(&self, node_run: &str) -> Option<Value> {
+        self.state.lock().unwrap().node_runs.get(node_run).cloned()
+    }
+
+    /// The log entries the node run accepted, in order.
+    pub fn node_logs(&self, node_run: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .node_logs
+            .get(node_run)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many PATCHes tried to complete the node run (accepted or not).
+    pub fn node_completions(&self, node_run: &str) -> usize {
+        self.requests_to("PATCH", &format!("/workflows/nodes/runs/{node_run}"))
+            .iter()
+            .filter(|r| r.body["status"] == "COMPLETED")
+            .count()
+    }
+
+    /// Waits for the node run to be `COMPLETED` (a timeout guards against hangs).
+    pub async fn wait_node_completed(&self, node_run: &str) -> Value {
+        crate::wait::until(
+            Duration::from_secs(30),
+            || {
+                format!(
+                    "node run {node_run} completed; Port saw: {:#?}",
+                    self.requests()
+                )
+            },
+            || {
+                self.node_run(node_run)
+                    .filter(|n| n["status"] == "COMPLETED")
+            },
+        )
+        .await
+    }
+
     pub fn final_patch(&self, run_id: &str) -> Option<Value> {
         self.state.lock().unwrap().finals.get(run_id).cloned()
     }
@@ -530,6 +630,55 @@ async fn handle(
             }
             HttpResponse::Ok().json(json!({"ok": true, "runs": runs}))
         }
+        ("POST", ["v1", "workflows", "runs", "claim-pending"]) => {
+            if !reserved {
+                return error(403, "forbidden", "this route is reserved");
+            }
+            let Some(limit) = body["limit"].as_u64().filter(|l| *l >= 1) else {
+                return error(422, "invalid_request", "limit must be a positive integer");
+            };
+            let now = std::time::Instant::now();
+            let ttl = st.claim_ttl;
+            let completed: HashSet<String> = st
+                .node_runs
+                .iter()
+                .filter(|(_, n)| n["status"] == "COMPLETED")
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut node_runs = Vec::new();
+            for p in st.pending_nodes.iter_mut() {
+                if node_runs.len() as u64 >= limit {
+                    break;
+                }
+                let id = p.run["identifier"].as_str().unwrap_or_default().to_owned();
+                if p.acked || completed.contains(&id) || p.claimed_until.is_some_and(|until| until > now) {
+                    continue;
+                }
+                p.claimed_until = Some(now + ttl);
+                p.claims += 1;
+                let mut run = p.run.clone();
+                let until = time::OffsetDateTime::now_utc() + ttl;
+                run["claimedUntil"] = json!(until
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap());
+                node_runs.push(run);
+            }
+            HttpResponse::Ok().json(json!({"ok": true, "nodeRuns": node_runs}))
+        }
+        ("PATCH", ["v1", "workflows", "runs", "ack"]) => {
+            if !reserved {
+                return error(403, "forbidden", "this route is reserved");
+            }
+            let id = body["nodeRunIdentifier"].as_str().unwrap_or_default().to_owned();
+            let Some(p) = st.pending_nodes.iter_mut().find(|p| p.run["identifier"] == id.as_str()) else {
+                return error(404, "not_found", &format!("Workflow node run \"{id}\" was not found"));
+            };
+            if p.acked {
+                return error(409, "node_run_already_acked", "The node run was already acknowledged");
+            }
+            p.acked = true;
+            HttpResponse::Ok().json(json!({"ok": true, "acked": true}))
+        }
         ("PATCH", ["v1", "actions", "runs", "ack"]) => {
             if !reserved {
                 return error(403, "forbidden", "this route is reserved");
@@ -568,6 +717,35 @@ async fn handle(
             }
             st.streamer = Some(name.to_owned());
             HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        ("PATCH", ["v1", "workflows", "nodes", "runs", node_run]) => {
+            let Some(held) = st.node_runs.get_mut(*node_run) else {
+                return error(404, "not_found", &format!("Workflow node run \"{node_run}\" was not found"));
+            };
+            if held["status"] == "COMPLETED" {
+                return error(409, "node_run_completed", "The workflow node run has already completed");
+            }
+            if body["status"] == "COMPLETED" && body.get("result").is_none() {
+                return error(422, "invalid_request", "result is required with status COMPLETED");
+            }
+            for (field, value) in body.as_object().into_iter().flatten() {
+                held[field] = value.clone();
+            }
+            HttpResponse::Ok().json(json!({"ok": true, "nodeRun": held.clone()}))
+        }
+        ("POST", ["v1", "workflows", "nodes", "runs", node_run, "logs"]) => {
+            let Some(held) = st.node_runs.get(*node_run) else {
+                return error(404, "not_found", &format!("Workflow node run \"{node_run}\" was not found"));
+            };
+            if held["status"] == "COMPLETED" {
+                return error(422, "run_exhausted", "The workflow node run has already completed");
+            }
+            let logs = body["logs"].as_array().cloned().unwrap_or_default();
+            st.node_logs
+                .entry(node_run.to_string())
+                .or_default()
+                .extend(logs);
+            HttpResponse::Created().json(json!({"ok": true}))
         }
         ("PATCH", ["v1", "actions", "runs", run_id]) => {
             let run_id = run_id.to_string();

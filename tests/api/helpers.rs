@@ -430,6 +430,7 @@ impl Handler for TouchEntityHandler {
         Ok(Outcome {
             summary: format!("touched {id}"),
             link: Some(format!("https://app.port.io/serviceEntity?identifier={id}")),
+            ..Outcome::default()
         })
     }
 }

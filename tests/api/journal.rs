@@ -201,20 +201,33 @@ async fn a_backlog_of_thousands_on_disk_ends_exactly_once_and_in_order_across_a_
         .enumerate()
         .map(|(n, id)| (id.as_str(), n))
         .collect();
+    // A final status Port took just before the kill, whose taking the journal had not yet
+    // recorded, is sent again after the restart and refused (409, Port keeps the first): at
+    // most the one run the kill cut into is sent twice, and Port holds one status for each.
     let mut finished = Vec::new();
+    let mut sent_twice = Vec::new();
     for request in fake.requests_to("PATCH", "/actions/runs/") {
         let run_id = request.path.rsplit('/').next().unwrap_or_default();
         if request.body["status"] == "SUCCESS" {
-            finished.push(position[run_id]);
+            if finished.contains(&position[run_id]) {
+                sent_twice.push(run_id.to_owned());
+            } else {
+                finished.push(position[run_id]);
+            }
         }
     }
     assert_eq!(finished.len(), RUNS - failed.len(), "one final status each");
+    assert!(sent_twice.len() <= 1, "sent twice: {sent_twice:?}");
     assert!(
         finished.windows(2).all(|w| w[0] < w[1]),
         "runs ended out of the order they were accepted in"
     );
     for run_id in &ids {
-        assert_eq!(fake.terminal_patches(run_id), 1, "{run_id}");
+        let sent = fake.terminal_patches(run_id);
+        assert!(
+            sent == 1 || (sent == 2 && sent_twice.contains(run_id)),
+            "{run_id}: {sent} final statuses sent"
+        );
     }
 }
 

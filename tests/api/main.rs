@@ -33,3 +33,4 @@ mod stores;
 mod tool;
 mod wait;
 mod webhook;
+mod workflows;

@@ -18,7 +18,7 @@ pub(crate) fn puller(fake: &FakePort, data: &Path, actions: &Path, extra: &[&str
 }
 
 /// A pulling `serve` with more environment (`DATABASE_URL` for replicas).
-fn puller_with(
+pub(crate) fn puller_with(
     fake: &FakePort,
     env: &[(&str, &str)],
     data: &Path,

@@ -37,6 +37,7 @@ use crate::domain::{Identifier, Operation, StackName};
 use crate::tool::{Locks, StepOutput};
 
 mod cli;
+mod config_path;
 mod drift;
 mod history;
 mod pending;
@@ -164,27 +165,6 @@ fn check_config_key(key: &str) -> Result<(), String> {
         Err(format!(
             "config: {key:?} is not a config key (letters, digits, '_', '-', ':', '.')"
         ))
-    }
-}
-
-/// A value as `(path, text)` leaves for `config set --path`: objects and arrays are set key by
-/// key (`tags["team"]`, `names[0]`), scalars as they are; null leaves are skipped.
-fn leaves(path: String, value: &Value, out: &mut Vec<(String, String, bool)>) {
-    match value {
-        Value::Null => {}
-        Value::Object(map) => {
-            for (key, value) in map {
-                let quoted = serde_json::to_string(key).unwrap_or_default();
-                leaves(format!("{path}[{quoted}]"), value, out);
-            }
-        }
-        Value::Array(items) => {
-            for (i, value) in items.iter().enumerate() {
-                leaves(format!("{path}[{i}]"), value, out);
-            }
-        }
-        Value::String(s) => out.push((path, s.clone(), false)),
-        other => out.push((path, other.to_string(), false)),
     }
 }
 
@@ -534,9 +514,10 @@ impl PulumiHandler {
             None => String::new(),
         };
         let changed = changed.map_or_else(String::new, |c| format!(" ({c})"));
-        Ok(Outcome::new(format!(
-            "stack {s} destroyed{changed}{applied}"
-        )))
+        let summary = format!("stack {s} destroyed{changed}{applied}");
+        Ok(Outcome::new(summary)
+            .with("stack", s)
+            .with("destroyed", true))
     }
 
     /// CREATE and DAY-2: select (CREATE may create), set the config, `up`, read the outputs,
@@ -580,10 +561,14 @@ impl PulumiHandler {
             Some(mapping) => format!("; {}", mapping.apply(ctx, context).await?),
             None => String::new(),
         };
-        Ok(Outcome::new(match changed {
+        let summary = match changed {
             Some(changed) => format!("stack {s}: {changed}{applied}"),
             None => format!("stack {s} is up to date{applied}"),
-        }))
+        };
+        let outputs = context["outputs"].clone();
+        Ok(Outcome::new(summary)
+            .with("stack", s)
+            .with("outputs", outputs))
     }
 
     /// `config set` for each configured key, in order; an object or array is cleared first
@@ -612,7 +597,7 @@ impl PulumiHandler {
                         .await;
                 }
             }
-            leaves(key.clone(), &value, &mut sets);
+            config_path::leaves(key.clone(), &value, &mut sets);
             for (name, text, _) in sets {
                 if *secret {
                     ctx.log.add_secrets([text.clone()]);
@@ -682,17 +667,5 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
-    }
-
-    #[test]
-    fn objects_become_path_leaves() {
-        let mut out = Vec::new();
-        leaves(
-            "tags".into(),
-            &serde_json::json!({"team": "pay", "a.b": 1, "skip": null}),
-            &mut out,
-        );
-        let names: Vec<_> = out.iter().map(|(p, v, _)| format!("{p}={v}")).collect();
-        assert_eq!(names, [r#"tags["team"]=pay"#, r#"tags["a.b"]=1"#]);
     }
 }

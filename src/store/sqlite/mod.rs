@@ -21,6 +21,9 @@ mod writer;
 
 use writer::{writer, Op, WriteFailure};
 
+/// A finished run's structured output (JSON): a workflow node's `output`.
+const SCHEMA_V3: &str = "ALTER TABLE runs ADD COLUMN final_output TEXT;";
+
 /// Named documents (the GitOps ownership record), each replaced whole.
 const SCHEMA_V2: &str = "
 CREATE TABLE records (
@@ -120,7 +123,7 @@ impl SqliteJournal {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
         // Each schema version once, in order; a journal from a newer build is refused.
-        let schema = [SCHEMA_V1, SCHEMA_V2];
+        let schema = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
         if version > schema.len() as i64 {
             return Err(JournalError::NewerSchema {
                 path: shown.clone(),
@@ -287,6 +290,7 @@ impl RunStore for SqliteJournal {
             status: verdict.status.as_str(),
             summary: verdict.summary.clone(),
             link: verdict.link.clone(),
+            output: verdict.output_text(),
             reported,
             committed,
         })?;
@@ -375,6 +379,25 @@ impl RecordStore for SqliteJournal {
         .await
         .map_err(StoreError::new)
     }
+    async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
+        let docs = docs.to_vec();
+        self.call(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let now = now_ms();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                )?;
+                for (key, text) in &docs {
+                    insert.execute(params![key, text, now])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+        .map_err(StoreError::new)
+    }
 }
 
 /// All rows of a query, mapped.
@@ -402,13 +425,30 @@ fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
     for (run_id, state, stored) in open {
         recovery.take_open(&run_id, &state, stored.as_deref());
     }
-    let finals: Vec<(String, String, String, String, Option<String>)> = rows(
+    type Final = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let finals: Vec<Final> = rows(
         c,
-        "SELECT run_id, action, final_status, final_summary, final_link FROM runs
+        "SELECT run_id, action, final_status, final_summary, final_link, final_output FROM runs
          WHERE state = 'finished' AND reported = 0 ORDER BY finished_at",
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        },
     )?;
-    for (run_id, action, status, summary, link) in finals {
+    for (run_id, action, status, summary, link, output) in finals {
         let Ok(run_id) = RunId::parse("run_id", &run_id) else {
             recovery.unreadable.push(run_id);
             continue;
@@ -416,7 +456,7 @@ fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
         recovery.unreported.push(UnreportedFinal {
             run_id,
             action,
-            verdict: Verdict::stored(Some(&status), Some(summary), link),
+            verdict: Verdict::stored(Some(&status), Some(summary), link, output),
         });
     }
     let logs: Vec<(i64, String, String)> = rows(

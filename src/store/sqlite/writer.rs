@@ -27,6 +27,7 @@ pub(super) enum Op {
         status: &'static str,
         summary: String,
         link: Option<String>,
+        output: Option<String>,
         /// Nothing to send (local mode): recorded as reported at once.
         reported: bool,
         committed: Committed,
@@ -103,16 +104,17 @@ pub(super) fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, pa
                         status,
                         summary,
                         link,
+                        output,
                         reported,
                         committed,
                     } => {
                         acks.push(committed);
                         tx.prepare_cached(
                             "UPDATE runs SET state = 'finished', finished_at = ?2, final_status = ?3,
-                                    final_summary = ?4, final_link = ?5, reported = ?6
+                                    final_summary = ?4, final_link = ?5, reported = ?6, final_output = ?7
                              WHERE run_id = ?1",
                         )?
-                        .execute(params![run_id, now_ms(), status, summary, link, reported as i64])?;
+                        .execute(params![run_id, now_ms(), status, summary, link, reported, output])?;
                     }
                     Op::Reported(run_id, committed) => {
                         acks.push(committed);

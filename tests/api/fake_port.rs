@@ -606,28 +606,9 @@ async fn handle(
                 },
             };
             st.leases.push(lease);
-            let now = std::time::Instant::now();
             // The test's own claim TTL (short, to see runs come back) wins over the lease.
-            let ttl = st.claim_ttl;
-            let finals: HashSet<String> = st.finals.keys().cloned().collect();
-            let mut runs = Vec::new();
-            for p in st.pending.iter_mut() {
-                if runs.len() as u64 >= limit {
-                    break;
-                }
-                let id = p.run["id"].as_str().unwrap_or_default().to_owned();
-                if p.acked || finals.contains(&id) || p.claimed_until.is_some_and(|until| until > now) {
-                    continue;
-                }
-                p.claimed_until = Some(now + ttl);
-                p.claims += 1;
-                let mut run = p.run.clone();
-                let until = time::OffsetDateTime::now_utc() + ttl;
-                run["claimedUntil"] = json!(until
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap());
-                runs.push(run);
-            }
+            let (ttl, finals) = (st.claim_ttl, st.finals.keys().cloned().collect());
+            let runs = hand_out(&mut st.pending, "id", limit, ttl, &finals);
             HttpResponse::Ok().json(json!({"ok": true, "runs": runs}))
         }
         ("POST", ["v1", "workflows", "runs", "claim-pending"]) => {
@@ -637,32 +618,14 @@ async fn handle(
             let Some(limit) = body["limit"].as_u64().filter(|l| *l >= 1) else {
                 return error(422, "invalid_request", "limit must be a positive integer");
             };
-            let now = std::time::Instant::now();
-            let ttl = st.claim_ttl;
             let completed: HashSet<String> = st
                 .node_runs
                 .iter()
                 .filter(|(_, n)| n["status"] == "COMPLETED")
                 .map(|(id, _)| id.clone())
                 .collect();
-            let mut node_runs = Vec::new();
-            for p in st.pending_nodes.iter_mut() {
-                if node_runs.len() as u64 >= limit {
-                    break;
-                }
-                let id = p.run["identifier"].as_str().unwrap_or_default().to_owned();
-                if p.acked || completed.contains(&id) || p.claimed_until.is_some_and(|until| until > now) {
-                    continue;
-                }
-                p.claimed_until = Some(now + ttl);
-                p.claims += 1;
-                let mut run = p.run.clone();
-                let until = time::OffsetDateTime::now_utc() + ttl;
-                run["claimedUntil"] = json!(until
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap());
-                node_runs.push(run);
-            }
+            let ttl = st.claim_ttl;
+            let node_runs = hand_out(&mut st.pending_nodes, "identifier", limit, ttl, &completed);
             HttpResponse::Ok().json(json!({"ok": true, "nodeRuns": node_runs}))
         }
         ("PATCH", ["v1", "workflows", "runs", "ack"]) => {
@@ -989,6 +952,37 @@ async fn handle(
         },
         _ => error(404, "not_found", &format!("no route {method} {path}")),
     }
+}
+
+/// Claims up to `limit` of `pending` (ids in `id_field`) for `ttl`: not those acknowledged,
+/// `ended`, or still claimed. Each as handed out, with its `claimedUntil`.
+fn hand_out(
+    pending: &mut [Pending],
+    id_field: &str,
+    limit: u64,
+    ttl: Duration,
+    ended: &HashSet<String>,
+) -> Vec<Value> {
+    let now = std::time::Instant::now();
+    let mut out = Vec::new();
+    for p in pending.iter_mut() {
+        if out.len() as u64 >= limit {
+            break;
+        }
+        let id = p.run[id_field].as_str().unwrap_or_default();
+        if p.acked || ended.contains(id) || p.claimed_until.is_some_and(|until| until > now) {
+            continue;
+        }
+        p.claimed_until = Some(now + ttl);
+        p.claims += 1;
+        let mut run = p.run.clone();
+        let until = time::OffsetDateTime::now_utc() + ttl;
+        run["claimedUntil"] = json!(until
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap());
+        out.push(run);
+    }
+    out
 }
 
 /// An entity with the fields of `body` written over it, properties and relations key by key

@@ -7,7 +7,7 @@ use crate::helpers::Served;
 use crate::helpers::{legacy, unique_run_id};
 use crate::wait::wait_for;
 
-fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
+pub(crate) fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
     Served::start(
         &[
             ("PORT_CLIENT_ID", CLIENT_ID),

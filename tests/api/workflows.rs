@@ -4,25 +4,10 @@
 
 use serde_json::json;
 
-use crate::fake_port::{FakePort, CLIENT_ID, CLIENT_SECRET};
-use crate::helpers::{spawn_app, v2, Served};
+use crate::fake_port::FakePort;
+use crate::helpers::{spawn_app, v2};
+use crate::journal::serve;
 use crate::wait::wait_for;
-
-fn serve(fake: &FakePort, data: &std::path::Path) -> Served {
-    Served::start(
-        &[
-            ("PORT_CLIENT_ID", CLIENT_ID),
-            ("PORT_CLIENT_SECRET", CLIENT_SECRET),
-            ("PORT_API_URL", &fake.api_url),
-        ],
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--max-concurrent-runs",
-            "1",
-        ],
-    )
-}
 
 fn node_run_id() -> String {
     format!("wfnr_{}", uuid::Uuid::new_v4().simple())

@@ -20,6 +20,8 @@ pub struct RunContext {
     pub catalog: RunCatalog,
     /// Cancelled on timeout and shutdown; long-running handlers should watch it.
     pub cancel: CancellationToken,
+    /// The journal's named documents (approved previews), where the run has them.
+    pub records: Option<Arc<dyn super::RecordStore>>,
 }
 
 /// A successful run's report.

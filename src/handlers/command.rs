@@ -38,7 +38,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::Digest as _;
 
+use super::approval;
 use super::jq::Expr;
 use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
 use crate::core::{Handler, HandlerError, Outcome, RunContext};
@@ -120,6 +122,8 @@ pub struct CommandHandler {
     entity: Option<EntityMapping>,
     workdir: PathBuf,
     locks: Locks,
+    /// SHA-256 of the definition's text: an approved preview names the revision it ran.
+    revision: String,
 }
 
 /// A definition file that cannot be used, with where and why.
@@ -222,6 +226,10 @@ impl CommandHandler {
                 .transpose()?,
             workdir: workdir.to_path_buf(),
             locks: locks.clone(),
+            revision: sha2::Sha256::digest(text.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
         })
     }
 
@@ -309,48 +317,108 @@ impl Handler for CommandHandler {
             None => None,
         };
         let preview = inv.preview_only();
-        let steps = match (preview, &self.preview) {
+        let approved = inv.inputs.get("preview_id").and_then(Value::as_str);
+        let steps = match (preview || approved.is_some(), &self.preview) {
             (false, _) => &self.steps,
             (true, Some(steps)) => steps,
             (true, None) => {
                 return Err(HandlerError::Failed(format!(
-                "preview_only was asked for, but {} defines no `preview:` steps; nothing was run",
+                "preview_only or preview_id was given, but {} defines no `preview:` steps; nothing was run",
                 self.action
             )))
             }
         };
+        let seen = approval::seen(inv, &self.action, &self.revision);
+        let records = || {
+            ctx.records.clone().ok_or_else(|| {
+                HandlerError::Failed("previews need the journal; this run has none".into())
+            })
+        };
+        if let (true, Some(_)) = (preview, approved) {
+            return Err(HandlerError::Input {
+                field: "preview_id".into(),
+                reason: "give preview_only to preview, or preview_id to apply a preview, not both"
+                    .into(),
+            });
+        }
+        if let Some(id) = approved {
+            // The approved preview, checked, then its plan computed again and compared.
+            let records = records()?;
+            let plan = approval::check(&*records, id, &seen).await?;
+            ctx.log
+                .line(format!(
+                    "applying approved preview {id}: computing its plan again"
+                ))
+                .await;
+            let (_, now) = self.run_steps(&ctx, steps, &mut context, true).await?;
+            approval::same_plan(id, &plan, &now)?;
+            approval::consume(&*records, id, inv.run_id.as_str()).await?;
+            ctx.log
+                .line(format!(
+                    "the plan is the approved one, step for step: applying preview {id}"
+                ))
+                .await;
+            context["outputs"] = Value::Object(Default::default());
+        }
+        if preview {
+            let (ran, plan) = self.run_steps(&ctx, steps, &mut context, true).await?;
+            let id = inv.run_id.as_str();
+            approval::record(&*records()?, id, approval::Seen { plan, ..seen }).await?;
+            ctx.log.line(format!("preview id {id}: to apply exactly this change, run the action again with preview_id = {id}")).await;
+            return Ok(Outcome::new(format!(
+                "preview: {ran} step(s) done; nothing was changed (the entity is not written); preview id {id}"
+            ))
+            .with("preview_id", id)
+            .with("outputs", context["outputs"].take()));
+        }
+        let (ran, _) = self
+            .run_steps(&ctx, &self.steps, &mut context, false)
+            .await?;
+        let done = format!("{ran} step(s) done");
+        let summary = match &self.entity {
+            None => done,
+            Some(mapping) => format!("{done}; {}", mapping.apply(&ctx, &context).await?),
+        };
+        Ok(Outcome::new(summary).with("outputs", context["outputs"].take()))
+    }
+}
+
+impl CommandHandler {
+    /// Runs `steps` in order over `context` (each `json: true` step's stdout parsed into
+    /// `.outputs.<name>`). Returns how many ran and, with `capture`, each run step's name and
+    /// stdout (a preview's plan).
+    async fn run_steps(
+        &self,
+        ctx: &RunContext,
+        steps: &[CommandStep],
+        context: &mut Value,
+        capture: bool,
+    ) -> Result<(usize, Vec<(String, String)>), HandlerError> {
         let (plain_env, secret_env) = self.pass_env.collect();
-        let mut ran = 0;
+        let (mut ran, mut plan) = (0, Vec::new());
         for step in steps {
             if let Some(when) = &step.when {
-                let go = when.eval(&context).map_err(failed)?;
+                let go = when.eval(context).map_err(failed)?;
                 if matches!(go, Value::Null | Value::Bool(false)) {
-                    ctx.log
-                        .line(format!(
-                            "step {} skipped: {} is {go}",
-                            step.name,
-                            when.source()
-                        ))
-                        .await;
+                    let skipped = format!("step {} skipped: {} is {go}", step.name, when.source());
+                    ctx.log.line(skipped).await;
                     continue;
                 }
             }
-            let argv = step.argv(&context)?;
+            let argv = step.argv(context)?;
             let mut env = secret_env.clone();
             for (name, expr) in &step.env {
-                let value = expr.eval(&context).map_err(failed)?;
+                let value = expr.eval(context).map_err(failed)?;
                 if !value.is_null() {
-                    env.insert(
-                        name.clone(),
-                        as_text(&format!("step {} env {name}", step.name), &value)?,
-                    );
+                    let what = format!("step {} env {name}", step.name);
+                    env.insert(name.clone(), as_text(&what, &value)?);
                 }
             }
             let mut command = Step::new(step.program.clone(), argv, self.workdir.clone());
             command.env = env;
             command.plain_env = plain_env.clone();
             command.timeout = step.timeout;
-            command.capture_stdout = step.json.then_some(JSON_OUTPUT_LIMIT);
+            command.capture_stdout = (step.json || capture).then_some(JSON_OUTPUT_LIMIT);
             ctx.log.line(format!("$ {}", command.display())).await;
             let output = tool::run(&command, &ctx.log, &ctx.cancel)
                 .await
@@ -359,8 +427,8 @@ impl Handler for CommandHandler {
                     other => HandlerError::Failed(format!("step {}: {other}", step.name)),
                 })?;
             ran += 1;
+            let text = output.stdout.unwrap_or_default();
             if step.json {
-                let text = output.stdout.unwrap_or_default();
                 let parsed: Value = if text.trim().is_empty() {
                     Value::Null
                 } else {
@@ -370,18 +438,10 @@ impl Handler for CommandHandler {
                 };
                 context["outputs"][&step.name] = parsed;
             }
+            if capture {
+                plan.push((step.name.clone(), text));
+            }
         }
-        if preview {
-            return Ok(Outcome::new(format!(
-                "preview: {ran} step(s) done; nothing was changed (the entity is not written)"
-            ))
-            .with("outputs", context["outputs"].take()));
-        }
-        let done = format!("{ran} step(s) done");
-        let summary = match &self.entity {
-            None => done,
-            Some(mapping) => format!("{done}; {}", mapping.apply(&ctx, &context).await?),
-        };
-        Ok(Outcome::new(summary).with("outputs", context["outputs"].take()))
+        Ok((ran, plan))
     }
 }

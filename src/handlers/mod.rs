@@ -3,6 +3,7 @@
 //! The contract (`Handler`, `RunContext`, `Outcome`, `HandlerError`) lives in `core/`; this
 //! module holds the handlers themselves and the registry the runner resolves them from.
 
+mod approval;
 pub mod command;
 mod echo;
 mod gitops;

@@ -85,6 +85,7 @@ impl DriftChecks {
             ),
             catalog: RunCatalog::untied(run_id, self.sink.clone(), self.registry.clone()),
             cancel: stop.clone(),
+            records: None,
         };
         let mut work = Vec::new();
         for handler in &self.projects {

@@ -490,6 +490,7 @@ impl Runner {
             invocation: Arc::new(invocation),
             log: reporter.log(),
             cancel: cancel.clone(),
+            records: Some(self.lifecycle.journal.records()),
         };
         // A task of its own, so that a panic is caught as a JoinError and not our unwinding.
         let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());

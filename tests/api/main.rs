@@ -2,6 +2,7 @@
 
 mod admin;
 mod apply;
+mod approvals;
 mod browser;
 mod cli;
 mod command;

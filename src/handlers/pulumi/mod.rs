@@ -337,6 +337,10 @@ impl Handler for PulumiHandler {
 
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let inv = ctx.invocation.clone();
+        if inv.inputs.contains_key("preview_id") {
+            // Never an apply that ignores the approval it names.
+            return Err(HandlerError::Input { field: "preview_id".into(), reason: "Pulumi actions cannot yet be bound to an approved preview (command actions can); nothing was run".into() });
+        }
         let mut context = run_context(&inv);
         let stack = as_text("stack", &self.stack.eval(&context).map_err(failed)?)?;
         let stack = StackName::parse(&format!("stack (from {})", self.stack.source()), &stack)

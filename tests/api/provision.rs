@@ -361,6 +361,62 @@ async fn s3_bucket_lifecycle_with_the_real_aws_cli_against_moto() {
         fake.entity("s3_bucket", "port-runner-test").unwrap()["properties"]["bucket_acl"],
         "public-read"
     );
+    // That preview, approved: exactly that change runs (its preview id is its run id).
+    let grants = |acl: &Value, group: &str| {
+        acl["Grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["Grantee"]["URI"] == format!("http://acs.amazonaws.com/groups/{group}"))
+    };
+    let approved = json!({"bucket_acl": "private", "preview_id": preview});
+    let (apply, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        approved,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&apply));
+    let now = moto.aws(r#"s3api get-bucket-acl --bucket port-runner-test"#);
+    assert!(!grants(&now, "global/AllUsers"), "{now:#}");
+    // A preview whose bucket changed before the apply is refused; nothing changes.
+    let planned = json!({"bucket_acl": "public-read", "preview_only": true});
+    let (moved, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        planned,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&moved));
+    // Someone changes the bucket's ACL between the preview and its approval.
+    moto.aws(r#"s3api put-bucket-acl --bucket port-runner-test --acl authenticated-read"#);
+    let approved = json!({"bucket_acl": "public-read", "preview_id": moved});
+    let (_, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        approved,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "FAILURE");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("step current-acl") && summary.contains("nothing was changed"),
+        "{summary}"
+    );
+    let after = moto.aws(r#"s3api get-bucket-acl --bucket port-runner-test"#);
+    assert!(
+        grants(&after, "global/AuthenticatedUsers") && !grants(&after, "global/AllUsers"),
+        "{after:#}"
+    );
     let (preview, fin) = run(
         &served,
         &fake,

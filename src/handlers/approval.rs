@@ -165,15 +165,34 @@ pub fn same_plan(
         match now.get(i) {
             Some(current) if current == step => {}
             Some((name, _)) if *name == step.0 => {
-                return Err(refuse(id, format!("what step {name} shows changed since the preview (the resource or its state moved)")))
+                return Err(refuse(
+                    id,
+                    format!(
+                    "{name} is not what the preview saw (the resource or its state moved since)"
+                ),
+                ))
             }
-            _ => return Err(refuse(id, format!("the preview's steps differ from step {} on", step.0))),
+            _ => {
+                return Err(refuse(
+                    id,
+                    format!("the preview's steps differ from step {} on", step.0),
+                ))
+            }
         }
     }
     if now.len() != approved.len() {
         return Err(refuse(id, "the preview's steps differ in number".into()));
     }
     Ok(())
+}
+
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Marks preview `id` applied by `run` (an approval is used once).
@@ -211,7 +230,8 @@ mod tests {
         let moved = plan(&[("current-acl", "public-read"), ("planned", "public-read")]);
         let e = same_plan("p", &approved, &moved).unwrap_err().to_string();
         assert!(
-            e.contains("step current-acl") && e.contains("nothing was changed"),
+            e.contains("current-acl is not what the preview saw")
+                && e.contains("nothing was changed"),
             "{e}"
         );
         let shorter = plan(&[("current-acl", "private")]);

@@ -38,7 +38,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::Digest as _;
 
 use super::approval;
 use super::jq::Expr;
@@ -226,10 +225,7 @@ impl CommandHandler {
                 .transpose()?,
             workdir: workdir.to_path_buf(),
             locks: locks.clone(),
-            revision: sha2::Sha256::digest(text.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            revision: approval::sha256(text.as_bytes()),
         })
     }
 
@@ -439,7 +435,7 @@ impl CommandHandler {
                 context["outputs"][&step.name] = parsed;
             }
             if capture {
-                plan.push((step.name.clone(), text));
+                plan.push((format!("step {}", step.name), text));
             }
         }
         Ok((ran, plan))

@@ -1474,7 +1474,11 @@ async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
         summary.starts_with("preview of stack seen: 1 to update"),
         "{summary}"
     );
-    assert!(summary.ends_with("nothing was changed"), "{summary}");
+    // The preview's id, to approve exactly this change with: its run id.
+    assert!(
+        summary.ends_with(&format!("; nothing was changed; preview id {preview}")),
+        "{summary}"
+    );
     let lines = fake.log_lines(&preview);
     assert!(
         lines
@@ -1502,6 +1506,81 @@ async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
         fake.entity("s3_bucket", "seen").unwrap(),
         entity,
         "entity untouched"
+    );
+
+    // That preview, approved: the stack is updated (its preview id is its run id).
+    let approved = json!({"bucket_acl": "public-read", "preview_id": preview});
+    let (apply, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        approved,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&apply));
+    assert!(fake
+        .log_lines(&apply)
+        .iter()
+        .any(|l| l.contains("the plan is the approved one")));
+    assert_ne!(
+        std::fs::read(&stack_file).unwrap(),
+        stack_before,
+        "the approved change ran"
+    );
+    // A preview whose stack another run updated (its configuration and state) before the
+    // approval is refused: no `up`.
+    let planned = json!({"bucket_acl": "private", "preview_only": true});
+    let (moved, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        planned,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let other = json!({"bucket_acl": "private"});
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        other,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let stack_between = std::fs::read(&stack_file).unwrap();
+    let before = calls(state).len();
+    let approved = json!({"bucket_acl": "private", "preview_id": moved});
+    let (_, fin) = run(
+        &rig.served,
+        fake,
+        "change_acl",
+        "DAY-2",
+        approved,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "FAILURE", "{fin}");
+    let summary = fin["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("stack seen's configuration is not what the preview saw")
+            && summary.contains("nothing was changed"),
+        "{summary}"
+    );
+    let made: Vec<String> = calls(state)[before..]
+        .iter()
+        .map(|c| argv(c)[1].clone())
+        .collect();
+    assert!(!made.contains(&"up".to_owned()), "{made:?}");
+    assert_eq!(
+        std::fs::read(&stack_file).unwrap(),
+        stack_between,
+        "state untouched"
     );
 
     let (preview, fin) = run(

@@ -165,7 +165,7 @@ async fn previews_and_drift_count_by_the_change_summary_on_big_stacks() {
     assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&preview));
     assert_eq!(
         fin["summary"],
-        "preview of stack fifty: 1 to update, 49 unchanged; nothing was changed"
+        format!("preview of stack fifty: 1 to update, 49 unchanged; nothing was changed; preview id {preview}")
     );
 
     // A stack of 300 resources whose refresh digest (every resource's old and new state) is

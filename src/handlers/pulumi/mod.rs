@@ -337,10 +337,6 @@ impl Handler for PulumiHandler {
 
     async fn run(&self, ctx: RunContext) -> Result<Outcome, HandlerError> {
         let inv = ctx.invocation.clone();
-        if inv.inputs.contains_key("preview_id") {
-            // Never an apply that ignores the approval it names.
-            return Err(HandlerError::Input { field: "preview_id".into(), reason: "Pulumi actions cannot yet be bound to an approved preview (command actions can); nothing was run".into() });
-        }
         let mut context = run_context(&inv);
         let stack = as_text("stack", &self.stack.eval(&context).map_err(failed)?)?;
         let stack = StackName::parse(&format!("stack (from {})", self.stack.source()), &stack)
@@ -352,10 +348,23 @@ impl Handler for PulumiHandler {
         // No run of ours holds the stack now (the lock above): a crash's lock can go.
         self.clear_stale_lock(&ctx, &workdir, s, guard.taken_from_expired())
             .await?;
-        if inv.preview_only() {
-            return self
-                .preview(&ctx, &workdir, s, &context, inv.operation)
-                .await;
+        let approved = inv.inputs.get("preview_id").and_then(Value::as_str);
+        match (inv.preview_only(), approved) {
+            (true, None) => {
+                return self
+                    .preview(&ctx, &workdir, s, &context, inv.operation)
+                    .await
+            }
+            (true, Some(_)) => {
+                return Err(HandlerError::Input {
+                    field: "preview_id".into(),
+                    reason:
+                        "give preview_only to preview, or preview_id to apply a preview, not both"
+                            .into(),
+                })
+            }
+            (false, Some(id)) => self.approved(&ctx, &workdir, s, &context, id).await?,
+            (false, None) => {}
         }
 
         if inv.operation == Operation::Delete {

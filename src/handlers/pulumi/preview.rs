@@ -20,6 +20,7 @@ use super::cli::Failure;
 use super::PulumiHandler;
 use crate::core::{HandlerError, Outcome, RunContext};
 use crate::domain::Operation;
+use crate::handlers::approval;
 
 /// The parts of Pulumi's PreviewDigest (`preview --json`) read here (states and config are
 /// skipped as they are read).
@@ -184,7 +185,8 @@ fn report(stack: &str, digest: &Digest) -> (Vec<String>, String) {
 }
 
 impl PulumiHandler {
-    /// The run with `preview_only`: a DAY-2 or DELETE previewed, nothing changed.
+    /// The run with `preview_only`: a DAY-2 or DELETE previewed, nothing changed; what it
+    /// saw recorded under its preview id (`handlers/approval.rs`).
     pub(super) async fn preview(
         &self,
         ctx: &RunContext,
@@ -193,6 +195,78 @@ impl PulumiHandler {
         context: &Value,
         operation: Operation,
     ) -> Result<Outcome, HandlerError> {
+        let Some(digest) = self.planned(ctx, workdir, s, context, operation).await? else {
+            return Ok(Outcome::new(format!(
+                "preview of stack {s}: it does not exist, nothing to destroy; nothing was changed"
+            )));
+        };
+        let (lines, summary) = report(s, &digest);
+        for line in lines {
+            ctx.log.line(line).await;
+        }
+        let plan = self.bound_plan(ctx, workdir, s, &digest).await?;
+        let inv = &ctx.invocation;
+        let id = inv.run_id.as_str();
+        let Some(records) = &ctx.records else {
+            return Ok(Outcome::new(summary));
+        };
+        let seen = approval::seen(inv, &self.action, &self.revision());
+        approval::record(&**records, id, approval::Seen { plan, ..seen }).await?;
+        ctx.log
+            .line(format!("preview id {id}: to apply exactly this change, run the action again with preview_id = {id}"))
+            .await;
+        Ok(Outcome::new(format!("{summary}; preview id {id}")).with("preview_id", id))
+    }
+
+    /// Before an apply naming preview `id`: the approval checked, the plan computed again
+    /// and compared with the approved one; `Err` (nothing changed) if anything differs.
+    pub(super) async fn approved(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+        context: &Value,
+        id: &str,
+    ) -> Result<(), HandlerError> {
+        let inv = &ctx.invocation;
+        let records = ctx.records.clone().ok_or_else(|| {
+            HandlerError::Failed("previews need the journal; this run has none".into())
+        })?;
+        let seen = approval::seen(inv, &self.action, &self.revision());
+        let approved = approval::check(&*records, id, &seen).await?;
+        ctx.log
+            .line(format!(
+                "applying approved preview {id}: computing its plan again"
+            ))
+            .await;
+        let Some(digest) = self
+            .planned(ctx, workdir, s, context, inv.operation)
+            .await?
+        else {
+            return Err(HandlerError::Failed(format!(
+                "preview {id} cannot be applied: stack {s} no longer exists; nothing was changed"
+            )));
+        };
+        let now = self.bound_plan(ctx, workdir, s, &digest).await?;
+        approval::same_plan(id, &approved, &now)?;
+        approval::consume(&*records, id, inv.run_id.as_str()).await?;
+        ctx.log
+            .line(format!(
+                "the plan is the approved one, step for step: applying preview {id}"
+            ))
+            .await;
+        Ok(())
+    }
+
+    /// The preview's digest (`None`: a DELETE of a stack that does not exist).
+    async fn planned(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+        context: &Value,
+        operation: Operation,
+    ) -> Result<Option<Digest>, HandlerError> {
         let digest: Result<Digest, String> = match operation {
             Operation::Create => {
                 return Err(HandlerError::Failed(
@@ -211,22 +285,68 @@ impl PulumiHandler {
                 ];
                 match self.cli_json(ctx, workdir, &args, "the preview").await {
                     Ok(digest) => digest,
-                    Err((Failure::NoStack, _)) => {
-                        return Ok(Outcome::new(format!(
-                            "preview of stack {s}: it does not exist, nothing to destroy; nothing was changed"
-                        )))
-                    }
+                    Err((Failure::NoStack, _)) => return Ok(None),
                     Err(f) => return Err(self.fail("pulumi destroy --preview-only", s, f)),
                 }
             }
             Operation::Day2 => self.preview_update(ctx, workdir, s, context).await?,
         };
-        let digest = digest.map_err(|e| HandlerError::Failed(format!("stack {s}: {e}")))?;
-        let (lines, summary) = report(s, &digest);
-        for line in lines {
-            ctx.log.line(line).await;
+        digest
+            .map(Some)
+            .map_err(|e| HandlerError::Failed(format!("stack {s}: {e}")))
+    }
+
+    /// What an approval binds: the stack's configuration and state as they are now (a config
+    /// change or another run's update moves them), then each planned change.
+    async fn bound_plan(
+        &self,
+        ctx: &RunContext,
+        workdir: &Path,
+        s: &str,
+        digest: &Digest,
+    ) -> Result<Vec<(String, String)>, HandlerError> {
+        let settings = std::fs::read(workdir.join(format!("Pulumi.{s}.yaml"))).unwrap_or_default();
+        let export = self
+            .cli(ctx, workdir, &["stack", "export", "--stack", s], Some(true))
+            .await
+            .map_err(|f| self.fail("pulumi stack export", s, f))?;
+        let state = export.stdout.unwrap_or_default();
+        let mut plan = vec![
+            (
+                format!("stack {s}'s configuration"),
+                approval::sha256(&settings),
+            ),
+            (
+                format!("stack {s}'s state"),
+                approval::sha256(state.as_bytes()),
+            ),
+        ];
+        plan.extend(digest.changes().map(|step| {
+            let reasons = step.diff_reasons.join(",");
+            (
+                format!("the planned {}", step.urn),
+                format!("{} {reasons}", step.op),
+            )
+        }));
+        Ok(plan)
+    }
+
+    /// The program's revision: its files (top level), hashed in name order.
+    fn revision(&self) -> String {
+        let mut files: Vec<_> = std::fs::read_dir(&self.program_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        let mut all = self.action.clone().into_bytes();
+        for file in files {
+            all.extend(file.file_name().unwrap_or_default().as_encoded_bytes());
+            all.extend(std::fs::read(&file).unwrap_or_default());
         }
-        Ok(Outcome::new(summary))
+        approval::sha256(&all)
     }
 
     /// DAY-2's preview: the run's config set, `preview`, then the settings file put back.

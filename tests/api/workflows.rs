@@ -254,3 +254,92 @@ async fn two_replicas_pull_node_runs_each_once() {
     let (_b, _b_data) = replica("replica-b");
     each_completed_once(&fake, stamp_file.path(), &nodes).await;
 }
+
+/// The shipped workflow (`actions/workflows/s3_change_acl_approved.json`): its graph is
+/// wired as Port requires (connections between existing nodes, the INPUT node's through its
+/// outlets), and its two WEBHOOK bodies, rendered, are invocations this runner reads: a
+/// preview of `change_acl`, then an apply naming the preview's id.
+#[test]
+fn the_shipped_workflow_previews_asks_for_approval_and_applies_that_preview() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/actions/workflows/s3_change_acl_approved.json"
+    );
+    let workflow: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let nodes = workflow["nodes"].as_array().unwrap();
+    let node = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n["identifier"] == id)
+            .unwrap_or_else(|| panic!("node {id}"))
+    };
+    for c in workflow["connections"].as_array().unwrap() {
+        let (from, to) = (
+            node(c["sourceIdentifier"].as_str().unwrap()),
+            node(c["targetIdentifier"].as_str().unwrap()),
+        );
+        assert_ne!(
+            to["config"]["type"], "SELF_SERVE_TRIGGER",
+            "a trigger is never a target"
+        );
+        if from["config"]["type"] == "INPUT" {
+            let outlet = c["sourceOutletIdentifier"]
+                .as_str()
+                .expect("an INPUT node connects through an outlet");
+            assert!(from["config"]["outlets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["identifier"] == outlet));
+        }
+    }
+    // What Port's templates would render for one run of the workflow.
+    let render = |body: &serde_json::Value, node_run: &str| -> Vec<u8> {
+        let text = body
+            .to_string()
+            .replace("{{ .workflowNodeRun.identifier }}", node_run)
+            .replace("{{ .workflowRun.trigger.by.email }}", "dev@example.com")
+            .replace("{{ .outputs.trigger.bucket_acl }}", "public-read")
+            .replace("{{ .outputs.trigger.bucket.identifier }}", "my-bucket")
+            .replace("{{ .outputs.preview.preview_id }}", "wfnr_preview");
+        assert!(!text.contains("{{"), "a template left unrendered: {text}");
+        text.into_bytes()
+    };
+    for id in ["preview", "apply"] {
+        let config = &node(id)["config"];
+        assert_eq!(config["type"], "WEBHOOK");
+        assert_eq!(
+            config["synchronized"], false,
+            "{id}: the runner reports the node's end itself"
+        );
+        assert_eq!(config["url"], "${PORT_RUNNER_PUBLIC_URL}/webhook");
+    }
+    let preview = port_runner::invocation::body::parse(
+        &render(&node("preview")["config"]["body"], "wfnr_preview"),
+        None,
+    )
+    .unwrap();
+    assert!(preview.run_id.is_node_run());
+    assert_eq!(preview.action.as_str(), "change_acl");
+    assert!(preview.preview_only());
+    assert_eq!(
+        preview.entity.as_ref().unwrap().identifier.to_string(),
+        "my-bucket"
+    );
+    let apply = port_runner::invocation::body::parse(
+        &render(&node("apply")["config"]["body"], "wfnr_apply"),
+        None,
+    )
+    .unwrap();
+    assert!(!apply.preview_only());
+    assert_eq!(
+        apply.inputs["preview_id"],
+        preview.run_id.as_str(),
+        "the apply names the preview"
+    );
+    assert_eq!(
+        apply.inputs["bucket_acl"], preview.inputs["bucket_acl"],
+        "with the same inputs"
+    );
+}

@@ -85,6 +85,9 @@ pub struct RunRecord {
     pub status_label: Option<String>,
     pub summary: Option<String>,
     pub link: Option<String>,
+    /// The finished run's structured output (what a workflow's later nodes read).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub output: serde_json::Map<String, serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
     pub accepted_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -296,6 +299,7 @@ impl RunRegistry {
                     status_label: None,
                     summary: None,
                     link: None,
+                    output: Default::default(),
                     accepted_at: OffsetDateTime::now_utc(),
                     started_at: None,
                     finished_at: None,

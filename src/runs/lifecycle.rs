@@ -147,6 +147,7 @@ impl Lifecycle {
             r.state = state;
             r.summary = Some(verdict.summary.clone());
             r.link = verdict.link.clone();
+            r.output = verdict.output.clone();
             r.finished_at.get_or_insert_with(OffsetDateTime::now_utc);
         });
         if !remote {

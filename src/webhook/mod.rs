@@ -8,6 +8,7 @@ mod admin;
 pub mod bitbucket;
 pub mod hub;
 pub mod signature;
+mod synchronized;
 
 use std::time::SystemTime;
 
@@ -120,6 +121,8 @@ pub enum WebhookError {
     Unavailable(SubmitError),
     #[error("this runner pulls its runs from Port (PORT_RUNNER_TRANSPORT=pull), so POST /webhook is off; set the transport to `both` to take webhooks too")]
     Off,
+    #[error("query: {0}")]
+    Query(String),
 }
 
 impl WebhookError {
@@ -132,6 +135,7 @@ impl WebhookError {
             Self::Payload(_) => "invalid_payload",
             Self::Unavailable(_) => "unavailable",
             Self::Off => "webhook_off",
+            Self::Query(_) => "bad_query",
         }
     }
 }
@@ -146,6 +150,7 @@ impl ResponseError for WebhookError {
             Self::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Off => StatusCode::NOT_FOUND,
+            Self::Query(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -226,15 +231,36 @@ async fn accept(
             source,
             local: state.port.is_none(),
         })?;
+    let wait = answer_within(req)?;
     let invocation = crate::invocation::body::parse(&body, header(RUN_ID_HEADER))?;
     let run_id = invocation.run_id.clone();
     match state.runner.submit(invocation).await {
-        Ok(()) => Ok(HttpResponse::Accepted().json(json!({ "ok": true, "runId": run_id }))),
+        Ok(()) => match wait {
+            Some(wait) => Ok(synchronized::answer(&state.runner, &run_id, wait).await),
+            None => Ok(HttpResponse::Accepted().json(json!({ "ok": true, "runId": run_id }))),
+        },
         Err(SubmitError::Duplicate) => {
             tracing::info!(%run_id, "duplicate delivery ignored");
             Ok(HttpResponse::Ok().json(json!({ "ok": true, "runId": run_id, "duplicate": true })))
         }
         Err(e) => Err(WebhookError::Unavailable(e)),
+    }
+}
+
+/// `?wait=SECONDS` (1 to 60): answer with the run's end if it comes within that time (a
+/// workflow's `synchronized: true` WEBHOOK node reads the answer as its output).
+fn answer_within(req: &HttpRequest) -> Result<Option<std::time::Duration>, WebhookError> {
+    let query =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .map_err(|e| WebhookError::Query(e.to_string()))?;
+    let Some(text) = query.get("wait") else {
+        return Ok(None);
+    };
+    match text.parse::<u64>() {
+        Ok(secs @ 1..=60) => Ok(Some(std::time::Duration::from_secs(secs))),
+        _ => Err(WebhookError::Query(format!(
+            "wait={text}: expected a whole number of seconds from 1 to 60"
+        ))),
     }
 }
 

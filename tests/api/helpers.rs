@@ -250,13 +250,22 @@ impl TestApp {
     }
 
     pub async fn post_signed_bytes(&self, raw: Vec<u8>) -> reqwest::Response {
+        self.post_signed_to("/webhook", raw).await
+    }
+
+    /// Posts `raw` signed to `path` (the webhook with a query).
+    pub async fn post_signed_to(&self, path: &str, raw: Vec<u8>) -> reqwest::Response {
         let ts = timestamp_now();
         let signature = sign(&self.secret, &ts, &raw);
-        self.post_with_headers(
-            raw,
-            &[("x-port-timestamp", &ts), ("x-port-signature", &signature)],
-        )
-        .await
+        self.http
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", "application/json")
+            .header("x-port-timestamp", &ts)
+            .header("x-port-signature", &signature)
+            .body(raw)
+            .send()
+            .await
+            .expect("webhook reachable")
     }
 
     pub async fn post_with_headers(

@@ -343,3 +343,53 @@ fn the_shipped_workflow_previews_asks_for_approval_and_applies_that_preview() {
         "with the same inputs"
     );
 }
+
+/// A `synchronized: true` node (`/webhook?wait=N`): the answer carries the run's end when it
+/// comes in time (200, or 422 so the node fails), else 202 and the run reports as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronized_node_gets_the_run_s_end_in_the_answer() {
+    let owned = spawn_app().await;
+    let app = &owned;
+    let fake = app.port();
+    let quick = node_run_id();
+    fake.seed_node_run(&quick);
+    let answer = post_to(app, &quick, json!({"tag": "now"}), "?wait=20").await;
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["status"], "SUCCESS", "{body:#}");
+    assert_eq!(body["output"]["inputs"]["tag"], "now", "{body:#}");
+
+    let failing = node_run_id();
+    fake.seed_node_run(&failing);
+    let answer = post_to(app, &failing, json!({"fail": true}), "?wait=20").await;
+    assert_eq!(answer.status(), 422, "a failed run fails the node");
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["status"], "FAILURE", "{body:#}");
+
+    let slow = node_run_id();
+    fake.seed_node_run(&slow);
+    let answer = post_to(app, &slow, json!({"sleep_secs": 3}), "?wait=1").await;
+    assert_eq!(answer.status(), 202);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["status"], "IN_PROGRESS", "{body:#}");
+    assert_eq!(fake.wait_node_completed(&slow).await["result"], "SUCCESS");
+
+    let bad = post_to(app, &node_run_id(), json!({}), "?wait=600").await;
+    assert_eq!(bad.status(), 400);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("wait=600"),
+        "{body:#}"
+    );
+    owned.shutdown().await;
+}
+
+async fn post_to(
+    app: &crate::helpers::TestApp,
+    node: &str,
+    inputs: serde_json::Value,
+    query: &str,
+) -> reqwest::Response {
+    let raw = serde_json::to_vec(&v2(node, "echo", "CREATE", inputs)).unwrap();
+    app.post_signed_to(&format!("/webhook{query}"), raw).await
+}

@@ -369,43 +369,29 @@ async fn s3_bucket_lifecycle_with_the_real_aws_cli_against_moto() {
             .iter()
             .any(|g| g["Grantee"]["URI"] == format!("http://acs.amazonaws.com/groups/{group}"))
     };
+    let acl_run = |inputs: Value| {
+        run(
+            &served,
+            &fake,
+            "change_acl",
+            "DAY-2",
+            inputs,
+            Some(bucket.clone()),
+        )
+    };
     let approved = json!({"bucket_acl": "private", "preview_id": preview});
-    let (apply, fin) = run(
-        &served,
-        &fake,
-        "change_acl",
-        "DAY-2",
-        approved,
-        Some(bucket.clone()),
-    )
-    .await;
+    let (apply, fin) = acl_run(approved).await;
     assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&apply));
     let now = moto.aws(r#"s3api get-bucket-acl --bucket port-runner-test"#);
     assert!(!grants(&now, "global/AllUsers"), "{now:#}");
     // A preview whose bucket changed before the apply is refused; nothing changes.
     let planned = json!({"bucket_acl": "public-read", "preview_only": true});
-    let (moved, fin) = run(
-        &served,
-        &fake,
-        "change_acl",
-        "DAY-2",
-        planned,
-        Some(bucket.clone()),
-    )
-    .await;
+    let (moved, fin) = acl_run(planned).await;
     assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&moved));
     // Someone changes the bucket's ACL between the preview and its approval.
     moto.aws(r#"s3api put-bucket-acl --bucket port-runner-test --acl authenticated-read"#);
     let approved = json!({"bucket_acl": "public-read", "preview_id": moved});
-    let (_, fin) = run(
-        &served,
-        &fake,
-        "change_acl",
-        "DAY-2",
-        approved,
-        Some(bucket.clone()),
-    )
-    .await;
+    let (_, fin) = acl_run(approved).await;
     assert_eq!(fin["status"], "FAILURE");
     let summary = fin["summary"].as_str().unwrap();
     assert!(
@@ -1509,16 +1495,18 @@ async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
     );
 
     // That preview, approved: the stack is updated (its preview id is its run id).
+    let acl_run = |inputs: Value| {
+        run(
+            &rig.served,
+            fake,
+            "change_acl",
+            "DAY-2",
+            inputs,
+            Some(bucket.clone()),
+        )
+    };
     let approved = json!({"bucket_acl": "public-read", "preview_id": preview});
-    let (apply, fin) = run(
-        &rig.served,
-        fake,
-        "change_acl",
-        "DAY-2",
-        approved,
-        Some(bucket.clone()),
-    )
-    .await;
+    let (apply, fin) = acl_run(approved).await;
     assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&apply));
     assert!(fake
         .log_lines(&apply)
@@ -1532,39 +1520,15 @@ async fn preview_only_reports_the_planned_changes_and_changes_nothing() {
     // A preview whose stack another run updated (its configuration and state) before the
     // approval is refused: no `up`.
     let planned = json!({"bucket_acl": "private", "preview_only": true});
-    let (moved, fin) = run(
-        &rig.served,
-        fake,
-        "change_acl",
-        "DAY-2",
-        planned,
-        Some(bucket.clone()),
-    )
-    .await;
+    let (moved, fin) = acl_run(planned).await;
     assert_eq!(fin["status"], "SUCCESS", "{fin}");
     let other = json!({"bucket_acl": "private"});
-    let (_, fin) = run(
-        &rig.served,
-        fake,
-        "change_acl",
-        "DAY-2",
-        other,
-        Some(bucket.clone()),
-    )
-    .await;
+    let (_, fin) = acl_run(other).await;
     assert_eq!(fin["status"], "SUCCESS", "{fin}");
     let stack_between = std::fs::read(&stack_file).unwrap();
     let before = calls(state).len();
     let approved = json!({"bucket_acl": "private", "preview_id": moved});
-    let (_, fin) = run(
-        &rig.served,
-        fake,
-        "change_acl",
-        "DAY-2",
-        approved,
-        Some(bucket.clone()),
-    )
-    .await;
+    let (_, fin) = acl_run(approved).await;
     assert_eq!(fin["status"], "FAILURE", "{fin}");
     let summary = fin["summary"].as_str().unwrap();
     assert!(

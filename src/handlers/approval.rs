@@ -32,6 +32,9 @@ pub struct Seen {
     pub inputs: Map<String, Value>,
     /// Each preview step's name and standard output, in order.
     pub plan: Vec<(String, String)>,
+    /// The tool's own plan of the change, where it makes one (Pulumi's update plan).
+    #[serde(default)]
+    pub tool_plan: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,6 +72,7 @@ pub fn seen(inv: &Invocation, action: &str, revision: &str) -> Seen {
         target: inv.entity.as_ref().map(|e| e.identifier.to_string()),
         inputs,
         plan: Vec::new(),
+        tool_plan: None,
     }
 }
 
@@ -86,13 +90,13 @@ pub async fn record(store: &dyn RecordStore, id: &str, seen: Seen) -> Result<(),
         .map_err(|e| HandlerError::Failed(format!("could not record the preview: {e}")))
 }
 
-/// Checks an apply against preview `id` before its plan is computed again: the recorded
-/// plan, to compare with the one computed now.
+/// Checks an apply against preview `id` before its plan is computed again: what the
+/// preview saw, whose plan is compared with the one computed now.
 pub async fn check(
     store: &dyn RecordStore,
     id: &str,
     now_seen: &Seen,
-) -> Result<Vec<(String, String)>, HandlerError> {
+) -> Result<Seen, HandlerError> {
     let text = store
         .read_record(&key(id))
         .await
@@ -152,7 +156,7 @@ pub async fn check(
             format!("inputs differ from the preview's: {}", names.join(", ")),
         ));
     }
-    Ok(record.seen.plan)
+    Ok(record.seen)
 }
 
 /// Compares the plan computed now with the approved one, step for step.

@@ -340,7 +340,7 @@ impl Handler for CommandHandler {
         if let Some(id) = approved {
             // The approved preview, checked, then its plan computed again and compared.
             let records = records()?;
-            let plan = approval::check(&*records, id, &seen).await?;
+            let plan = approval::check(&*records, id, &seen).await?.plan;
             ctx.log
                 .line(format!(
                     "applying approved preview {id}: computing its plan again"

@@ -1911,3 +1911,64 @@ async fn a_lock_left_by_a_replica_whose_lease_ran_out_is_cleared_and_another_hos
     );
     assert!(lock.exists());
 }
+
+/// With `update_plans: true`, an approved DAY-2 also runs under Pulumi's own update plan:
+/// the preview saves it (`preview --save-plan`, experimental, so `PULUMI_EXPERIMENTAL=true`),
+/// and the apply's `up --plan` refuses to deviate from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_pulumi_apply_runs_under_the_update_plan_its_preview_saved() {
+    let fake = FakePort::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let actions = shipped_with(&[("change_acl", "update_plans: true")]);
+    let served = serve_standin(&fake, actions.path(), data.path(), &[]);
+    let state = data.path().join("pulumi-state");
+    let (_, fin) = run(
+        &served,
+        &fake,
+        "create_bucket",
+        "CREATE",
+        json!({"bucket_name": "planned"}),
+        None,
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{fin}");
+    let entity = fake.entity("s3_bucket", "planned").unwrap();
+    let bucket = json!({"identifier": "planned", "blueprint": "s3_bucket", "properties": entity["properties"]});
+    let preview_inputs = json!({"bucket_acl": "public-read", "preview_only": true});
+    let (preview, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        preview_inputs,
+        Some(bucket.clone()),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&preview));
+    let before = calls(&state).len();
+    let approved = json!({"bucket_acl": "public-read", "preview_id": preview});
+    let (apply, fin) = run(
+        &served,
+        &fake,
+        "change_acl",
+        "DAY-2",
+        approved,
+        Some(bucket),
+    )
+    .await;
+    assert_eq!(fin["status"], "SUCCESS", "{:#?}", fake.log_lines(&apply));
+    let made: Vec<Vec<String>> = calls(&state)[before..].iter().map(argv).collect();
+    let up = made.iter().find(|a| a[1] == "up").expect("an up ran");
+    let plan = up.iter().position(|a| a == "--plan").expect("up --plan");
+    assert!(
+        up[plan + 1].ends_with(&format!("approved-{apply}.json")),
+        "{up:?}"
+    );
+    let previews: Vec<&Vec<String>> = made.iter().filter(|a| a[1] == "preview").collect();
+    assert!(
+        previews
+            .iter()
+            .all(|a| a.contains(&"--save-plan".to_owned())),
+        "{previews:?}"
+    );
+}

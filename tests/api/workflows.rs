@@ -114,23 +114,31 @@ async fn an_unknown_or_completed_node_run_runs_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_run_cancelled_in_port_stops_its_work() {
-    let app = spawn_app().await;
+async fn a_node_run_cancelled_in_port_stops_its_tool() {
+    // The `stamp` command action: a tool writes `start`, then `sleep` runs, then `end`.
+    let stamp_file = tempfile::NamedTempFile::new().unwrap();
+    let actions = crate::replicas::stamp_actions(stamp_file.path());
+    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+        actions_dir: Some(actions.path().to_path_buf()),
+        ..crate::helpers::AppOptions::default()
+    })
+    .await;
     let fake = app.port();
     let node = node_run_id();
     fake.seed_node_run(&node);
-    let body = v2(&node, "echo", "CREATE", json!({"sleep_secs": 300}));
+    let body = crate::replicas::stamp_run(&node, json!({"secs": 300}));
     assert_eq!(app.post_signed(&body).await.status(), 202);
-    wait_for("the node run to be executing", || {
+    wait_for("the node run's sleep to be running", || {
         fake.node_logs(&node).iter().any(|l| {
             l["message"]
                 .as_str()
                 .unwrap_or_default()
-                .starts_with("sleeping")
+                .starts_with("$ sleep")
         })
     })
     .await;
     fake.cancel_node_run(&node);
+    // Ends long before the 300 s sleep would: the tool was stopped, and `end` never ran.
     let run = app.wait_local_final(&node).await;
     assert_eq!(run["state"], "FAILURE");
     assert!(
@@ -139,6 +147,13 @@ async fn a_node_run_cancelled_in_port_stops_its_work() {
             .unwrap()
             .starts_with("cancelled in Port"),
         "{run:#}"
+    );
+    let seen = crate::replicas::stamps(stamp_file.path());
+    assert_eq!(crate::replicas::count(&seen, "start", &node), 1);
+    assert_eq!(
+        crate::replicas::count(&seen, "end", &node),
+        0,
+        "the step after the stopped tool did not run"
     );
     // Port keeps its CANCELLED; the runner's completion is refused as already there.
     assert_eq!(fake.node_run(&node).unwrap()["result"], "CANCELLED");

@@ -151,6 +151,11 @@ impl PulumiHandler {
         let (plain, secret) = self.pass_env.collect();
         step.plain_env = plain;
         step.plain_env.extend(self.settings.env.clone());
+        if self.update_plans {
+            // Update plans are an experimental CLI feature.
+            step.plain_env
+                .insert("PULUMI_EXPERIMENTAL".into(), "true".into());
+        }
         step.env = secret;
         step.env.extend(
             self.settings

@@ -14,6 +14,7 @@
 //!          properties: {url: .outputs.url}}                    # .outputs: the stack's outputs
 //! import_ids: {aws:s3:Bucket: .inputs.bucket}  # a pending create's cloud ID, by type (jq)
 //! timeout_secs: 3600                # the CLI's; lock_wait_secs: waiting for a held stack
+//! update_plans: true                # approved applies also run `up --plan` (preview.rs)
 //! ```
 //!
 //! CREATE: `stack select --create`, `config set` (objects: `config rm`, then leaf by leaf with
@@ -81,6 +82,10 @@ struct DefinitionFile {
     /// Resource type → jq over `{urn, type, inputs}` of a pending create: its cloud ID.
     #[serde(default)]
     import_ids: Map<String, Value>,
+    /// Bind an approved DAY-2 apply to Pulumi's own update plan too (`preview --save-plan`,
+    /// `up --plan`; an experimental CLI feature, so `PULUMI_EXPERIMENTAL=true` is set).
+    #[serde(default)]
+    update_plans: bool,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +110,7 @@ pub struct PulumiHandler {
     import_ids: Vec<(String, Expr)>,
     settings: PulumiSettings,
     locks: Locks,
+    update_plans: bool,
 }
 
 /// `up` or `destroy` as the Automation API runs them: no prompt, no preview, no progress
@@ -216,6 +222,7 @@ impl PulumiHandler {
             pass_env: PassEnv::compile(&def.pass_env)?,
             timeout,
             lock_wait: def.lock_wait_secs.map_or(timeout, Duration::from_secs),
+            update_plans: def.update_plans,
             entity: def
                 .entity
                 .as_ref()
@@ -349,6 +356,7 @@ impl Handler for PulumiHandler {
         self.clear_stale_lock(&ctx, &workdir, s, guard.taken_from_expired())
             .await?;
         let approved = inv.inputs.get("preview_id").and_then(Value::as_str);
+        let mut plan = None;
         match (inv.preview_only(), approved) {
             (true, None) => {
                 return self
@@ -363,21 +371,16 @@ impl Handler for PulumiHandler {
                             .into(),
                 })
             }
-            (false, Some(id)) => self.approved(&ctx, &workdir, s, &context, id).await?,
+            (false, Some(id)) => plan = self.approved(&ctx, &workdir, s, &context, id).await?,
             (false, None) => {}
         }
 
         if inv.operation == Operation::Delete {
             return self.destroy(&ctx, &workdir, s, &context).await;
         }
-        self.update(
-            &ctx,
-            &workdir,
-            s,
-            &mut context,
-            inv.operation == Operation::Create,
-        )
-        .await
+        let create = inv.operation == Operation::Create;
+        self.update(&ctx, &workdir, s, &mut context, create, plan.as_deref())
+            .await
     }
 }
 
@@ -542,6 +545,7 @@ impl PulumiHandler {
         s: &str,
         context: &mut Value,
         create: bool,
+        plan: Option<&Path>,
     ) -> Result<Outcome, HandlerError> {
         let mut select = vec!["stack", "select"];
         if create {
@@ -557,7 +561,11 @@ impl PulumiHandler {
             .map_err(|f| self.fail("pulumi stack select", s, f))?;
         self.set_config(ctx, workdir, s, context).await?;
         self.recover_pending(ctx, workdir, s, "up").await?;
-        if let Err(f) = self.cli(ctx, workdir, &operation("up", s), None).await {
+        let mut up = operation("up", s).to_vec();
+        if let Some(plan) = plan.and_then(Path::to_str) {
+            up.extend(["--plan", plan]);
+        }
+        if let Err(f) = self.cli(ctx, workdir, &up, None).await {
             let error = self.fail("pulumi up", s, f);
             ctx.log
                 .line(if create {

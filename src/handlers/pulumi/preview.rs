@@ -211,7 +211,16 @@ impl PulumiHandler {
             return Ok(Outcome::new(summary));
         };
         let seen = approval::seen(inv, &self.action, &self.revision());
-        approval::record(&**records, id, approval::Seen { plan, ..seen }).await?;
+        // Pulumi's own plan of the change, where the definition asks for one.
+        let file = self.plan_file(workdir, id);
+        let tool_plan = std::fs::read_to_string(&file).ok();
+        let _ = std::fs::remove_file(&file);
+        let seen = approval::Seen {
+            plan,
+            tool_plan,
+            ..seen
+        };
+        approval::record(&**records, id, seen).await?;
         ctx.log
             .line(format!("preview id {id}: to apply exactly this change, run the action again with preview_id = {id}"))
             .await;
@@ -227,7 +236,7 @@ impl PulumiHandler {
         s: &str,
         context: &Value,
         id: &str,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Option<std::path::PathBuf>, HandlerError> {
         let inv = &ctx.invocation;
         let records = ctx.records.clone().ok_or_else(|| {
             HandlerError::Failed("previews need the journal; this run has none".into())
@@ -247,15 +256,36 @@ impl PulumiHandler {
                 "preview {id} cannot be applied: stack {s} no longer exists; nothing was changed"
             )));
         };
+        let _ = std::fs::remove_file(self.plan_file(workdir, inv.run_id.as_str()));
         let now = self.bound_plan(ctx, workdir, s, &digest).await?;
-        approval::same_plan(id, &approved, &now)?;
+        approval::same_plan(id, &approved.plan, &now)?;
         approval::consume(&*records, id, inv.run_id.as_str()).await?;
         ctx.log
             .line(format!(
                 "the plan is the approved one, step for step: applying preview {id}"
             ))
             .await;
-        Ok(())
+        // The update plan the preview saved: `up --plan` refuses to deviate from it.
+        match approved.tool_plan.filter(|_| self.update_plans) {
+            Some(text) => {
+                let file = self.plan_file(workdir, &format!("approved-{}", inv.run_id));
+                std::fs::write(&file, text).map_err(|e| {
+                    HandlerError::Failed(format!(
+                        "could not write the update plan {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                Ok(Some(file))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Where a preview saves Pulumi's update plan (`preview --save-plan`).
+    fn plan_file(&self, workdir: &Path, name: &str) -> std::path::PathBuf {
+        workdir
+            .join(".port-runner-plans")
+            .join(format!("{name}.json"))
     }
 
     /// The preview's digest (`None`: a DELETE of a stack that does not exist).
@@ -364,9 +394,14 @@ impl PulumiHandler {
         let saved = std::fs::read(&settings).ok();
         let result = async {
             self.set_config(ctx, workdir, s, context).await?;
-            let args = [
+            let mut args = vec![
                 "preview", "--json", "--diff", "--color", "never", "--stack", s,
             ];
+            let file = self.plan_file(workdir, ctx.invocation.run_id.as_str());
+            if self.update_plans {
+                let _ = std::fs::create_dir_all(file.parent().unwrap_or(workdir));
+                args.extend(["--save-plan", file.to_str().unwrap_or_default()]);
+            }
             self.cli_json(ctx, workdir, &args, "the preview")
                 .await
                 .map_err(|f| self.fail("pulumi preview", s, f))

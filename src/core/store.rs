@@ -30,6 +30,11 @@ pub trait RecordStore: Send + Sync {
         }
         Ok(())
     }
+    /// The keys that start with `prefix`, in order (bytewise).
+    async fn keys_prefixed(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Removes the documents whose key starts with `prefix`, all but the last `keep` in key
+    /// order; says how many went.
+    async fn trim_prefixed(&self, prefix: &str, keep: usize) -> Result<usize, StoreError>;
 }
 
 /// What trying a shared lock came to.

@@ -99,4 +99,29 @@ impl RecordStore for PgJournal {
         .map(|_| ())
         .map_err(StoreError::new)
     }
+
+    async fn keys_prefixed(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT key FROM port_runner_records WHERE starts_with(key, $1)
+                  ORDER BY key COLLATE \"C\"",
+                &[&prefix],
+            )
+            .await
+            .map_err(StoreError::new)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn trim_prefixed(&self, prefix: &str, keep: usize) -> Result<usize, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.execute(
+            "DELETE FROM port_runner_records WHERE key IN (
+                SELECT key FROM port_runner_records WHERE starts_with(key, $1)
+                 ORDER BY key COLLATE \"C\" DESC OFFSET $2)",
+            &[&prefix, &keep],
+        )
+        .await
+        .map(|n| n as usize)
+        .map_err(StoreError::new)
+    }
 }

@@ -98,6 +98,36 @@ where
         records.read_record(&key).await.unwrap().as_deref(),
         Some("second")
     );
+
+    // Prefixed keys come back in bytewise order, and a trim keeps the last ones only.
+    let prefix = format!("{key}/");
+    let docs: Vec<(String, String)> = ["b", "a", "C", "a0", "c"]
+        .iter()
+        .map(|k| (format!("{prefix}{k}"), k.to_string()))
+        .collect();
+    records.write_records(&docs).await.unwrap();
+    let keys = |all: Vec<String>| -> Vec<String> {
+        all.into_iter()
+            .map(|k| k.trim_start_matches(&prefix).to_owned())
+            .collect()
+    };
+    assert_eq!(
+        keys(records.keys_prefixed(&prefix).await.unwrap()),
+        ["C", "a", "a0", "b", "c"],
+        "the key itself (no slash) is not under its prefix"
+    );
+    assert_eq!(records.trim_prefixed(&prefix, 2).await.unwrap(), 3);
+    assert_eq!(
+        keys(records.keys_prefixed(&prefix).await.unwrap()),
+        ["b", "c"]
+    );
+    assert_eq!(
+        records.read_record(&key).await.unwrap().as_deref(),
+        Some("second"),
+        "outside the prefix: untouched"
+    );
+    assert_eq!(records.trim_prefixed(&prefix, 0).await.unwrap(), 2);
+    assert!(records.keys_prefixed(&prefix).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

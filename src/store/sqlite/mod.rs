@@ -398,6 +398,47 @@ impl RecordStore for SqliteJournal {
         .await
         .map_err(StoreError::new)
     }
+    async fn keys_prefixed(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let (from, until) = key_range(prefix);
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT key FROM records WHERE key >= ?1 AND key < ?2 ORDER BY key",
+            )?;
+            let rows = stmt.query_map(params![from, until], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+        .map_err(StoreError::new)
+    }
+    async fn trim_prefixed(&self, prefix: &str, keep: usize) -> Result<usize, StoreError> {
+        let (from, until) = key_range(prefix);
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM records WHERE key IN (
+                    SELECT key FROM records WHERE key >= ?1 AND key < ?2
+                     ORDER BY key DESC LIMIT -1 OFFSET ?3)",
+                params![from, until, keep],
+            )
+        })
+        .await
+        .map_err(StoreError::new)
+    }
+}
+
+/// The keys starting with `prefix` as a range the primary key's index answers:
+/// `[prefix, prefix with its last character one higher)`.
+fn key_range(prefix: &str) -> (String, String) {
+    let mut until: Vec<char> = prefix.chars().collect();
+    match until.pop() {
+        Some(last) => {
+            let next = char::from_u32(last as u32 + 1).unwrap_or(char::MAX);
+            until.push(next);
+        }
+        // Every key: the empty prefix up to the highest character.
+        None => until.push(char::MAX),
+    }
+    (prefix.to_owned(), until.into_iter().collect())
 }
 
 /// All rows of a query, mapped.

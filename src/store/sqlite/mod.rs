@@ -367,36 +367,15 @@ impl RecordStore for SqliteJournal {
         .map_err(StoreError::new)
     }
     async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
-        let (key, text) = (key.to_owned(), text.to_owned());
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-                params![key, text, now_ms()],
-            )
-            .map(|_| ())
-        })
-        .await
-        .map_err(StoreError::new)
+        self.write_records(&[(key.to_owned(), text.to_owned())])
+            .await
     }
+    /// Joins the writer's group commit (a run's end and its kept record: one commit).
     async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
-        let docs = docs.to_vec();
-        self.call(move |c| {
-            let tx = c.unchecked_transaction()?;
-            let now = now_ms();
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-                )?;
-                for (key, text) in &docs {
-                    insert.execute(params![key, text, now])?;
-                }
-            }
-            tx.commit()
-        })
-        .await
-        .map_err(StoreError::new)
+        let (committed, answer) = oneshot::channel();
+        self.send(Op::Records(docs.to_vec(), committed))
+            .map_err(StoreError::new)?;
+        self.committed(answer).await.map_err(StoreError::new)
     }
     async fn keys_prefixed(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let (from, until) = key_range(prefix);

@@ -1,17 +1,21 @@
 //! The ownership record: which repository file produced which entity, and what was last applied.
 //!
-//! Nothing is ever deleted from Port unless it is in here. The record is one JSON document
-//! under `--data-dir`, replaced atomically (temp file, fsync, rename, fsync of the folder), so
-//! a crash leaves either the old or the new record, never half of one. Normally the document
-//! lives in the run journal instead (one row, replaced in one statement): SQLite in the data
-//! dir, under the data dir's file lock, or, with replicas, PostgreSQL, under a lock shared by
-//! all, so every replica's sync sees the same ownership. A record file left by an earlier
-//! version is read once and then kept as `gitops-state.json.imported`.
+//! Nothing is ever deleted from Port unless it is in here. Without a journal the record is one
+//! JSON document under `--data-dir`, replaced atomically (temp file, fsync, rename, fsync of
+//! the folder), so a crash leaves either the old or the new record, never half of one.
+//! Normally it lives in the run journal instead: SQLite in the data dir, under the data dir's
+//! file lock, or, with replicas, PostgreSQL, under a lock shared by all, so every replica's
+//! sync sees the same ownership. There it is a header and [`BUCKETS`] documents, a source in
+//! the bucket its key hashes to, written in one transaction and only those that changed: a
+//! sync of 10,000 repositories neither holds the whole record as one text (and its copies in
+//! the store) nor rewrites it when nothing changed. A record file left by an earlier version,
+//! or the journal's older one-document record, is read once and written the new way.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
 
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +133,52 @@ pub enum StateError {
     },
 }
 
+/// Sources per record in the journal are spread over this many documents.
+const BUCKETS: usize = 64;
+
+/// The record's header in the journal: what is not per source, and how many buckets.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    version: u32,
+    buckets: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bitbucket_pace: Option<LearnedPace>,
+}
+
+/// One bucket's sources, as read.
+#[derive(Deserialize)]
+struct Bucket {
+    repos: BTreeMap<SourceKey, RepoState>,
+}
+
+/// One bucket's sources, as written (borrowed from the record).
+struct BucketView<'a>(Vec<(&'a SourceKey, &'a RepoState)>);
+
+impl Serialize for BucketView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        struct Repos<'b>(&'b [(&'b SourceKey, &'b RepoState)]);
+        impl Serialize for Repos<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().copied())
+            }
+        }
+        let mut out = serializer.serialize_struct("Bucket", 1)?;
+        out.serialize_field("repos", &Repos(&self.0))?;
+        out.end()
+    }
+}
+
+/// A repository's marker and files share a bucket.
+fn bucket_of(key: &SourceKey, buckets: usize) -> usize {
+    let digest = Sha256::digest(key.repo_name().as_bytes());
+    u16::from_be_bytes([digest[0], digest[1]]) as usize % buckets.max(1)
+}
+
+fn bucket_key(bucket: usize) -> String {
+    format!("{SHARED_KEY}/{bucket:02}")
+}
+
 /// Where the record lives.
 #[derive(Clone)]
 pub struct StateStore {
@@ -136,6 +186,10 @@ pub struct StateStore {
     path: PathBuf,
     records: Option<Arc<dyn RecordStore>>,
     shared: Option<Arc<dyn SharedRecords>>,
+    /// What each bucket document in the journal held when last read or written (its text's
+    /// hash), so a save writes only the buckets that differ. Refreshed by every load, which
+    /// every sync does under the lock.
+    written: Arc<Mutex<HashMap<String, [u8; 32]>>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -226,6 +280,7 @@ impl StateStore {
             path: data_dir.join("gitops-state.json"),
             records: None,
             shared: None,
+            written: Arc::default(),
         }
     }
 
@@ -235,6 +290,7 @@ impl StateStore {
             path: data_dir.join("gitops-state.json"),
             records: Some(records),
             shared: None,
+            written: Arc::default(),
         }
     }
 
@@ -244,6 +300,7 @@ impl StateStore {
             path: PathBuf::from("gitops-state.json"),
             records: Some(shared.clone()),
             shared: Some(shared),
+            written: Arc::default(),
         }
     }
 
@@ -278,8 +335,9 @@ impl StateStore {
             ..SyncState::default()
         };
         if let Some(records) = &self.records {
+            self.written.lock().expect("not poisoned").clear();
             match records.read_record(SHARED_KEY).await {
-                Ok(Some(text)) => return self.parse(&text),
+                Ok(Some(text)) => return self.load_buckets(records.as_ref(), &text).await,
                 Ok(None) if self.shared.is_some() => return Ok(empty),
                 // Not in the journal yet: the file of an earlier version, if any, is the record.
                 Ok(None) => {}
@@ -296,11 +354,57 @@ impl StateStore {
         }
     }
 
+    /// The journal's record: its header, then each bucket (one text at a time); an older
+    /// one-document record is read whole.
+    async fn load_buckets(
+        &self,
+        records: &dyn RecordStore,
+        header: &str,
+    ) -> Result<SyncState, StateError> {
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: format!("{} (in the run journal)", self.path.display()),
+            reason,
+        };
+        let head: serde_json::Value =
+            serde_json::from_str(header).map_err(|e| corrupt(e.to_string()))?;
+        if head.get("buckets").is_none() {
+            return self.parse(header);
+        }
+        let head: Header = serde_json::from_value(head).map_err(|e| corrupt(e.to_string()))?;
+        if head.version != VERSION {
+            return Err(corrupt(format!(
+                "version {} (this build reads 1 and {VERSION})",
+                head.version
+            )));
+        }
+        let mut state = SyncState {
+            version: VERSION,
+            repos: BTreeMap::new(),
+            bitbucket_pace: head.bitbucket_pace,
+        };
+        let mut written = HashMap::new();
+        written.insert(
+            SHARED_KEY.to_owned(),
+            Sha256::digest(header.as_bytes()).into(),
+        );
+        for bucket in 0..head.buckets {
+            let key = bucket_key(bucket);
+            let Some(text) = records.read_record(&key).await? else {
+                continue;
+            };
+            let mut part: Bucket =
+                serde_json::from_str(&text).map_err(|e| corrupt(format!("{key}: {e}")))?;
+            state.repos.append(&mut part.repos);
+            written.insert(key, Sha256::digest(text.as_bytes()).into());
+        }
+        *self.written.lock().expect("not poisoned") = written;
+        Ok(state)
+    }
+
     /// Replaces the record atomically.
     pub async fn save(&self, state: &SyncState) -> Result<(), StateError> {
         if let Some(records) = &self.records {
-            let text = serde_json::to_string(state).expect("state serializes");
-            records.write_record(SHARED_KEY, &text).await?;
+            self.save_buckets(records.as_ref(), state).await?;
             if self.shared.is_none() && self.path.exists() {
                 // Imported: the journal holds the record from now on.
                 let _ = std::fs::rename(&self.path, self.path.with_extension("json.imported"));
@@ -314,9 +418,10 @@ impl StateStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
         let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
-        let text = serde_json::to_vec_pretty(state).expect("state serializes");
-        file.write_all(&text).map_err(err)?;
+        let file = std::fs::File::create(&tmp).map_err(err)?;
+        let mut out = std::io::BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut out, state).map_err(|e| err(e.into()))?;
+        let file = out.into_inner().map_err(|e| err(e.into_error()))?;
         file.sync_all().map_err(err)?;
         drop(file);
         std::fs::rename(&tmp, &self.path).map_err(err)?;
@@ -324,6 +429,50 @@ impl StateStore {
         if let Ok(dir) = std::fs::File::open(dir) {
             let _ = dir.sync_all();
         }
+        Ok(())
+    }
+
+    /// The header and the buckets whose text differs from what the journal holds, in one
+    /// transaction.
+    async fn save_buckets(
+        &self,
+        records: &dyn RecordStore,
+        state: &SyncState,
+    ) -> Result<(), StateError> {
+        let mut buckets: Vec<Vec<(&SourceKey, &RepoState)>> = vec![Vec::new(); BUCKETS];
+        for (key, repo) in &state.repos {
+            buckets[bucket_of(key, BUCKETS)].push((key, repo));
+        }
+        let mut docs = Vec::new();
+        let mut hashes = Vec::new();
+        {
+            let written = self.written.lock().expect("not poisoned");
+            for (bucket, sources) in buckets.into_iter().enumerate() {
+                let key = bucket_key(bucket);
+                let text = serde_json::to_string(&BucketView(sources)).expect("state serializes");
+                let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+                if written.get(&key) != Some(&hash) {
+                    hashes.push((key.clone(), hash));
+                    docs.push((key, text));
+                }
+            }
+        }
+        let header = Header {
+            version: VERSION,
+            buckets: BUCKETS,
+            bitbucket_pace: state.bitbucket_pace.clone(),
+        };
+        let header = serde_json::to_string(&header).expect("header serializes");
+        let header_hash: [u8; 32] = Sha256::digest(header.as_bytes()).into();
+        if docs.is_empty()
+            && self.written.lock().expect("not poisoned").get(SHARED_KEY) == Some(&header_hash)
+        {
+            return Ok(());
+        }
+        hashes.push((SHARED_KEY.to_owned(), header_hash));
+        docs.push((SHARED_KEY.to_owned(), header));
+        records.write_records(&docs).await?;
+        self.written.lock().expect("not poisoned").extend(hashes);
         Ok(())
     }
 }
@@ -410,6 +559,110 @@ mod tests {
         );
         let store = StateStore::in_journal(dir.path(), journal.records());
         assert_eq!(store.load().await.unwrap(), imported);
+    }
+
+    /// Counts the documents written through it.
+    struct Counting(Arc<dyn RecordStore>, std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl RecordStore for Counting {
+        async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
+            self.0.read_record(key).await
+        }
+        async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.write_record(key, text).await
+        }
+        async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
+            self.1
+                .fetch_add(docs.len(), std::sync::atomic::Ordering::SeqCst);
+            self.0.write_records(docs).await
+        }
+        async fn keys_prefixed(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.0.keys_prefixed(prefix).await
+        }
+        async fn trim_prefixed(&self, prefix: &str, keep: usize) -> Result<usize, StoreError> {
+            self.0.trim_prefixed(prefix, keep).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_journal_record_is_written_by_bucket_and_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crate::store::Journal::in_memory().unwrap();
+        let counting = Arc::new(Counting(journal.records(), Default::default()));
+        let written = || counting.1.load(std::sync::atomic::Ordering::SeqCst);
+        // An older build's record: one document.
+        let mut state = SyncState {
+            version: VERSION,
+            ..SyncState::default()
+        };
+        for i in 0..500 {
+            state.repos.insert(
+                SourceKey::file(&format!("PRJ/repo-{i}"), "port.yaml"),
+                RepoState {
+                    file: Some("port.yaml".into()),
+                    content_sha: Some(format!("{i:064}")),
+                    entities: vec![Owned {
+                        blueprint: "service".into(),
+                        identifier: format!("svc-{i}"),
+                        hash: Some("h".into()),
+                    }],
+                    ..RepoState::default()
+                },
+            );
+        }
+        counting
+            .write_record(SHARED_KEY, &serde_json::to_string(&state).unwrap())
+            .await
+            .unwrap();
+
+        let store = StateStore::in_journal(dir.path(), counting.clone());
+        let mut loaded = store.load().await.unwrap();
+        assert_eq!(loaded, state, "the one-document record is read whole");
+        let before = written();
+        store.save(&loaded).await.unwrap();
+        assert_eq!(
+            written() - before,
+            BUCKETS + 1,
+            "rewritten as a header and its buckets"
+        );
+        assert!(counting
+            .read_record(&bucket_key(BUCKETS - 1))
+            .await
+            .unwrap()
+            .is_some());
+
+        // Nothing changed: nothing written.
+        let again = StateStore::in_journal(dir.path(), counting.clone());
+        assert_eq!(
+            again.load().await.unwrap(),
+            state,
+            "read back from its buckets"
+        );
+        let before = written();
+        again.save(&state).await.unwrap();
+        assert_eq!(written(), before, "an unchanged record is not written");
+
+        // One repository changed: its bucket and the header.
+        loaded
+            .repos
+            .get_mut(&SourceKey::file("PRJ/repo-7", "port.yaml"))
+            .unwrap()
+            .content_sha = Some("changed".into());
+        let before = written();
+        again.save(&loaded).await.unwrap();
+        assert_eq!(written() - before, 2);
+        let third = StateStore::in_journal(dir.path(), counting.clone());
+        assert_eq!(third.load().await.unwrap(), loaded);
+
+        // A damaged bucket is named.
+        counting
+            .write_record(&bucket_key(3), "{not json")
+            .await
+            .unwrap();
+        let err = third.load().await.unwrap_err().to_string();
+        assert!(err.contains("gitops-state/03"), "{err}");
     }
 
     #[tokio::test]

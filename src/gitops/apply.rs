@@ -27,7 +27,8 @@ pub(super) async fn upsert_all(
     writes: &AtomicU64,
     report: &mut SyncReport,
 ) -> HashSet<EntityKey> {
-    // Owned items (indices and bodies): the stream's closures must not borrow per item.
+    // Indices per chunk; a chunk's bodies are parsed when it is sent, so only the chunks in
+    // flight are held as JSON values.
     let mut by_blueprint: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, d) in upserts.iter().enumerate() {
         by_blueprint
@@ -35,21 +36,19 @@ pub(super) async fn upsert_all(
             .or_default()
             .push(i);
     }
-    let chunks: Vec<(String, Vec<usize>, Vec<Value>)> = by_blueprint
+    let chunks: Vec<(String, Vec<usize>)> = by_blueprint
         .into_iter()
         .flat_map(|(bp, items)| {
             items
                 .chunks(BULK_MAX)
-                .map(|c| {
-                    let bodies = c.iter().map(|&i| upserts[i].entity.body.clone()).collect();
-                    (bp.clone(), c.to_vec(), bodies)
-                })
+                .map(|c| (bp.clone(), c.to_vec()))
                 .collect::<Vec<_>>()
         })
         .collect();
     let results: Vec<BulkOutcome> = stream::iter(chunks)
-        .map(|(blueprint, indices, bodies)| async move {
+        .map(|(blueprint, indices)| async move {
             writes.fetch_add(1, Ordering::Relaxed);
+            let bodies: Vec<Value> = indices.iter().map(|&i| upserts[i].entity.body()).collect();
             (indices, writer.upsert_batch(&blueprint, &bodies).await)
         })
         .buffer_unordered(concurrency)

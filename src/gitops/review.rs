@@ -221,7 +221,7 @@ impl SyncEngine {
                 None => review.created.push(entry),
                 Some(Value::Null) => review.updated.push(entry),
                 Some(now) => {
-                    entry.fields = changed_fields(&d.entity.body, now);
+                    entry.fields = changed_fields(&d.entity.body(), now);
                     if entry.fields.is_empty() {
                         review.unchanged += 1;
                     } else {

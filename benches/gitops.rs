@@ -145,7 +145,7 @@ async fn run() {
         port_writes: port_writes(&port, port0),
         floor: Some(floor(bb_requests)),
     });
-    let full_rss = max_child_rss_kib();
+    let full_rss = last_sync_rss_kib();
 
     // Our no-change re-sync.
     let (bb0, port0) = (bb.request_count(), port.requests().len());
@@ -163,7 +163,7 @@ async fn run() {
         port_writes: port_writes(&port, port0),
         floor: Some(floor(bb_requests)),
     });
-    let rss = max_child_rss_kib().max(full_rss);
+    let resync_rss = last_sync_rss_kib();
 
     // The reference script's strategy, same client types, same fakes.
     let (bb0, port0) = (bb.request_count(), port.requests().len());
@@ -203,8 +203,9 @@ async fn run() {
         rows[2].wall.as_secs_f64() / rows[1].wall.as_secs_f64()
     );
     println!(
-        "peak RSS of port-runner sync: {:.1} MiB",
-        rss as f64 / 1024.0
+        "peak RSS of port-runner sync (GNU time's %M; 0 without /usr/bin/time): full sync {:.1} MiB, no-change re-sync {:.1} MiB",
+        full_rss as f64 / 1024.0,
+        resync_rss as f64 / 1024.0
     );
     let listing_floor = 1 + projects as usize + (projects * repos) as usize;
     println!(
@@ -437,7 +438,18 @@ fn sync_binary(
     let started = Instant::now();
     // BENCH_BIN: another build's binary (an earlier commit's, for a before/after).
     let bin = std::env::var("BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_port-runner").into());
-    let output = Command::new(bin)
+    // The child's own peak RSS, measured by GNU time: getrusage(RUSAGE_CHILDREN) from here
+    // would report this process's size, which a child has until it calls exec.
+    let rss_file = data.join("sync-rss.txt");
+    let measured = std::path::Path::new(GNU_TIME).exists();
+    let mut command = if measured {
+        let mut c = Command::new(GNU_TIME);
+        c.args(["-f", "%M", "-o"]).arg(&rss_file).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let output = command
         .args([
             "sync",
             "--output",
@@ -457,17 +469,22 @@ fn sync_binary(
         .envs(env.iter().copied())
         .output()
         .expect("run port-runner sync");
+    let rss = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|t| t.lines().last()?.trim().parse().ok())
+        .unwrap_or(0);
+    LAST_RSS_KIB.store(rss, std::sync::atomic::Ordering::SeqCst);
     (started.elapsed(), output)
 }
 
-/// Largest resident set of any child waited for so far (Linux reports KiB).
-fn max_child_rss_kib() -> u64 {
-    // SAFETY: getrusage fills the struct we pass.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage.ru_maxrss as u64
-    }
+/// GNU time, which reports a command's own peak RSS (`%M`, KiB).
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// Peak RSS (KiB) of the last `sync` run, 0 when GNU time is not installed.
+static LAST_RSS_KIB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn last_sync_rss_kib() -> u64 {
+    LAST_RSS_KIB.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Projects one after another; within a project, pages of 25 repositories whose reads (the

@@ -73,6 +73,11 @@ pub(super) fn classify(
     let mut plans: HashMap<SourceKey, RepoPlan> = HashMap::new();
     let mut parsed: Vec<Parsed> = Vec::new();
     for (repo, scan) in scans {
+        // Nothing to decide (no entry reads as the default plan): no entry, so a re-sync
+        // where nothing changed holds no plan per repository.
+        if matches!(scan, Scan::Unchanged | Scan::Kept) {
+            continue;
+        }
         let plan = plans.entry(repo.clone()).or_default();
         match scan {
             Scan::File {
@@ -348,7 +353,7 @@ pub(super) fn plan_changes(
     for (key, mut claimants) in claims {
         claimants.sort_by(|a, b| a.repo.cmp(&b.repo));
         let winner = match owners.get(&key) {
-            Some((owner, _)) if still_declares(owner, &key) => owner.clone(),
+            Some((owner, _)) if still_declares(owner, &key) => (*owner).clone(),
             _ => claimants[0].repo.clone(),
         };
         for d in claimants {
@@ -375,7 +380,7 @@ pub(super) fn plan_changes(
             }
             let unchanged = !full
                 && owners.get(&key).is_some_and(|(owner, hash)| {
-                    owner == &d.repo && hash.as_deref() == Some(d.entity.hash.as_str())
+                    *owner == &d.repo && *hash == Some(d.entity.hash.as_str())
                 });
             if unchanged {
                 report.unchanged += 1;
@@ -416,11 +421,12 @@ pub(super) fn plan_changes(
 }
 
 /// Who owns what: `(blueprint, identifier)` → (repository, last applied hash).
-pub(super) fn owner_index(state: &SyncState) -> HashMap<EntityKey, (SourceKey, Option<String>)> {
-    let mut index = HashMap::new();
+/// Borrowed from the record: a sync of thousands of repositories holds no second copy.
+pub(super) fn owner_index(state: &SyncState) -> HashMap<EntityKey, (&SourceKey, Option<&str>)> {
+    let mut index = HashMap::with_capacity(state.repos.values().map(|r| r.entities.len()).sum());
     for (repo, repo_state) in &state.repos {
         for owned in &repo_state.entities {
-            index.insert(owned.key(), (repo.clone(), owned.hash.clone()));
+            index.insert(owned.key(), (repo, owned.hash.as_deref()));
         }
     }
     index

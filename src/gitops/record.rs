@@ -33,6 +33,7 @@ pub(super) fn record_intent(
                 hash: None,
             });
     }
+    state.compact();
     for (repo, plan) in plans {
         if plan.dirty {
             // Re-read next time: something in it did not go through.

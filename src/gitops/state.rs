@@ -101,6 +101,14 @@ impl SyncState {
         keys
     }
 
+    /// Gives back what growing each source's entity list left over (most own one entity; a
+    /// list grown by pushes or read by serde holds room for four).
+    pub fn compact(&mut self) {
+        for repo in self.repos.values_mut() {
+            repo.entities.shrink_to_fit();
+        }
+    }
+
     /// Version 1 → 2: a repository's file becomes a file's key.
     fn convert_to_file_keys(&mut self) {
         let old = std::mem::take(&mut self.repos);
@@ -398,6 +406,7 @@ impl StateStore {
             written.insert(key, Sha256::digest(text.as_bytes()).into());
         }
         *self.written.lock().expect("not poisoned") = written;
+        state.compact();
         Ok(state)
     }
 

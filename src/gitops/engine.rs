@@ -155,6 +155,8 @@ impl SyncEngine {
             mut deletes,
             repos: mut plans,
         } = plan_changes(&state, &scans, plans, declared, request.full, &mut report);
+        // What was read is planned: not held through the writes.
+        drop((scans, known));
         if !request.allow_mass_delete {
             mass_delete_breaker(
                 &state,
@@ -199,6 +201,7 @@ impl SyncEngine {
         let written = upsert_all(concurrency, &upserts, writer, &writes, &mut report).await;
         let removed = delete_all(concurrency, &deletes, writer, &writes, &mut report).await;
         record_outcome(&mut state, plans, &upserts, &deletes, &written, &removed);
+        drop((upserts, deletes, written, removed));
         if let Some(per_sec) = self.bitbucket.pacer().learned() {
             state.bitbucket_pace = Some(LearnedPace {
                 server: self.bitbucket.server().to_owned(),

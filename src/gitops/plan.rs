@@ -347,7 +347,7 @@ pub(super) fn plan_changes(
         let key = d.entity.key();
         claims.entry(key).or_default().push(d);
     }
-    let mut upserts = Vec::new();
+    let mut upserts = Vec::with_capacity(claims.len());
     let mut winners: HashMap<EntityKey, SourceKey> = HashMap::new();
     let mut conflicted: Vec<SourceKey> = Vec::new();
     for (key, mut claimants) in claims {

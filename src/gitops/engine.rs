@@ -120,18 +120,7 @@ impl SyncEngine {
             .read_watched(request, &state, &mut report, log, limited_before)
             .await?;
         let limited = self.bitbucket.pacer().limited() - limited_before;
-        // Counted by repository: a repository has a scan per file (and one for its marker).
-        let mut repos: std::collections::BTreeMap<&str, bool> = Default::default();
-        for (key, scan) in &scans {
-            let unchanged = repos.entry(key.repo_name()).or_insert(true);
-            *unchanged &= matches!(scan, Scan::Unchanged);
-        }
-        report.repos_scanned = repos.len();
-        report.repos_unchanged = repos.values().filter(|u| **u).count();
-        report.files_read = scans
-            .values()
-            .filter(|s| matches!(s, Scan::File { .. }))
-            .count();
+        count_scans(&scans, &mut report);
         log.line(format!(
             "read {} repositories: {} files to process, {} unchanged since the last sync ({} Bitbucket requests{})",
             report.repos_scanned,
@@ -176,17 +165,7 @@ impl SyncEngine {
         .await;
 
         if request.dry_run {
-            let owners = owner_index(&state);
-            for d in &upserts {
-                let key = d.entity.key();
-                let name = key.to_string();
-                if owners.contains_key(&key) {
-                    report.updated.push(name);
-                } else {
-                    report.created.push(name);
-                }
-            }
-            report.deleted = deletes.iter().map(|(_, k)| k.to_string()).collect();
+            dry_run_report(&state, &upserts, &deletes, &mut report);
             report.bitbucket_requests = self.bitbucket.request_count() - requests_before;
             return Ok(report);
         }
@@ -214,4 +193,43 @@ impl SyncEngine {
         report.bitbucket_requests = self.bitbucket.request_count() - requests_before;
         Ok(report)
     }
+}
+
+/// What a dry run reports: the planned writes as creations or updates, and the deletions.
+fn dry_run_report(
+    state: &super::state::SyncState,
+    upserts: &[plan::Declared],
+    deletes: &[(super::keys::SourceKey, super::keys::EntityKey)],
+    report: &mut SyncReport,
+) {
+    let owners = owner_index(state);
+    for d in upserts {
+        let key = d.entity.key();
+        let name = key.to_string();
+        if owners.contains_key(&key) {
+            report.updated.push(name);
+        } else {
+            report.created.push(name);
+        }
+    }
+    report.deleted = deletes.iter().map(|(_, k)| k.to_string()).collect();
+}
+
+/// Repositories read and unchanged (counted by repository: a repository has a scan per file,
+/// and one for its marker), and files read.
+fn count_scans(
+    scans: &std::collections::BTreeMap<super::keys::SourceKey, Scan>,
+    report: &mut SyncReport,
+) {
+    let mut repos: std::collections::BTreeMap<&str, bool> = Default::default();
+    for (key, scan) in scans {
+        let unchanged = repos.entry(key.repo_name()).or_insert(true);
+        *unchanged &= matches!(scan, Scan::Unchanged);
+    }
+    report.repos_scanned = repos.len();
+    report.repos_unchanged = repos.values().filter(|u| **u).count();
+    report.files_read = scans
+        .values()
+        .filter(|s| matches!(s, Scan::File { .. }))
+        .count();
 }

@@ -43,8 +43,11 @@ pub(super) enum Op {
     /// Named documents replaced whole (`records`), in the same group commit.
     Records(Vec<(String, String)>, Committed),
     /// Runs `f` on the connection after everything queued before it (reads, pruning).
-    Call(Box<dyn FnOnce(&Connection) + Send>),
+    Call(Call),
 }
+
+/// Work run on the writer's connection, in order with the writes.
+pub(super) type Call = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Told once the write is committed (or failed).
 /// A failed group commit, shared by every request that was in the group.
@@ -64,102 +67,19 @@ pub(super) fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, pa
                 Err(_) => break,
             }
         }
-        let mut replies = Vec::new();
-        let mut acks: Vec<Committed> = Vec::new();
-        let mut calls = Vec::new();
+        let mut answers = Answers::default();
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             for op in group {
-                match op {
-                    Op::Accept {
-                        run_id,
-                        action,
-                        invocation,
-                        reply,
-                    } => {
-                        let inserted = tx
-                            .prepare_cached(
-                                "INSERT OR IGNORE INTO runs (run_id, action, state, accepted_at)
-                                 VALUES (?1, ?2, 'queued', ?3)",
-                            )?
-                            .execute(params![run_id, action, now_ms()])?;
-                        if inserted == 1 {
-                            tx.prepare_cached(
-                                "INSERT OR REPLACE INTO invocations (run_id, invocation) VALUES (?1, ?2)",
-                            )?
-                            .execute(params![run_id, invocation])?;
-                        }
-                        replies.push((reply, inserted == 1));
-                    }
-                    Op::Started(run_id, committed) => {
-                        tx.prepare_cached(
-                            "UPDATE runs SET state = 'running', started_at = ?2 WHERE run_id = ?1",
-                        )?
-                        .execute(params![run_id, now_ms()])?;
-                        acks.push(committed);
-                    }
-                    Op::Requeue(run_id) => {
-                        tx.prepare_cached(
-                            "UPDATE runs SET state = 'queued', started_at = NULL WHERE run_id = ?1",
-                        )?
-                        .execute(params![run_id])?;
-                    }
-                    Op::Finished {
-                        run_id,
-                        status,
-                        summary,
-                        link,
-                        output,
-                        reported,
-                        committed,
-                    } => {
-                        acks.push(committed);
-                        tx.prepare_cached(
-                            "UPDATE runs SET state = 'finished', finished_at = ?2, final_status = ?3,
-                                    final_summary = ?4, final_link = ?5, reported = ?6, final_output = ?7
-                             WHERE run_id = ?1",
-                        )?
-                        .execute(params![run_id, now_ms(), status, summary, link, reported, output])?;
-                    }
-                    Op::Reported(run_id, committed) => {
-                        acks.push(committed);
-                        tx.prepare_cached("UPDATE runs SET reported = 1 WHERE run_id = ?1")?
-                            .execute(params![run_id])?;
-                        tx.prepare_cached("DELETE FROM pending_logs WHERE run_id = ?1")?
-                            .execute(params![run_id])?;
-                    }
-                    Op::LogPending {
-                        id,
-                        run_id,
-                        message,
-                        committed,
-                    } => {
-                        acks.push(committed);
-                        tx.prepare_cached(
-                            "INSERT INTO pending_logs (id, run_id, message) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![id, run_id, message])?;
-                    }
-                    Op::LogDone(id) => {
-                        tx.prepare_cached("DELETE FROM pending_logs WHERE id = ?1")?
-                            .execute(params![id])?;
-                    }
-                    Op::Records(docs, committed) => {
-                        acks.push(committed);
-                        let now = now_ms();
-                        let mut insert = tx.prepare_cached(
-                            "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
-                             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-                        )?;
-                        for (key, text) in &docs {
-                            insert.execute(params![key, text, now])?;
-                        }
-                    }
-                    Op::Call(f) => calls.push(f),
-                }
+                write(&tx, op, &mut answers)?;
             }
             tx.commit()
         })();
+        let Answers {
+            replies,
+            acks,
+            calls,
+        } = answers;
         match result {
             Ok(()) => {
                 for (reply, inserted) in replies {
@@ -185,4 +105,112 @@ pub(super) fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, pa
             call(&conn);
         }
     }
+}
+
+/// Who is told what once the group is committed, and what runs after it.
+#[derive(Default)]
+struct Answers {
+    replies: Vec<(oneshot::Sender<Result<bool, WriteFailure>>, bool)>,
+    acks: Vec<Committed>,
+    calls: Vec<Call>,
+}
+
+/// One queued write, inside the group's transaction.
+fn write(tx: &rusqlite::Transaction<'_>, op: Op, answers: &mut Answers) -> rusqlite::Result<()> {
+    match op {
+        Op::Accept {
+            run_id,
+            action,
+            invocation,
+            reply,
+        } => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO runs (run_id, action, state, accepted_at)
+                         VALUES (?1, ?2, 'queued', ?3)",
+                )?
+                .execute(params![run_id, action, now_ms()])?;
+            if inserted == 1 {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO invocations (run_id, invocation) VALUES (?1, ?2)",
+                )?
+                .execute(params![run_id, invocation])?;
+            }
+            answers.replies.push((reply, inserted == 1));
+        }
+        Op::Started(run_id, committed) => {
+            tx.prepare_cached(
+                "UPDATE runs SET state = 'running', started_at = ?2 WHERE run_id = ?1",
+            )?
+            .execute(params![run_id, now_ms()])?;
+            answers.acks.push(committed);
+        }
+        Op::Requeue(run_id) => {
+            tx.prepare_cached(
+                "UPDATE runs SET state = 'queued', started_at = NULL WHERE run_id = ?1",
+            )?
+            .execute(params![run_id])?;
+        }
+        Op::Finished {
+            run_id,
+            status,
+            summary,
+            link,
+            output,
+            reported,
+            committed,
+        } => {
+            answers.acks.push(committed);
+            tx.prepare_cached(
+                "UPDATE runs SET state = 'finished', finished_at = ?2, final_status = ?3,
+                            final_summary = ?4, final_link = ?5, reported = ?6, final_output = ?7
+                     WHERE run_id = ?1",
+            )?
+            .execute(params![
+                run_id,
+                now_ms(),
+                status,
+                summary,
+                link,
+                reported,
+                output
+            ])?;
+        }
+        Op::Reported(run_id, committed) => {
+            answers.acks.push(committed);
+            tx.prepare_cached("UPDATE runs SET reported = 1 WHERE run_id = ?1")?
+                .execute(params![run_id])?;
+            tx.prepare_cached("DELETE FROM pending_logs WHERE run_id = ?1")?
+                .execute(params![run_id])?;
+        }
+        Op::LogPending {
+            id,
+            run_id,
+            message,
+            committed,
+        } => {
+            answers.acks.push(committed);
+            tx.prepare_cached(
+                "INSERT INTO pending_logs (id, run_id, message) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, run_id, message])?;
+        }
+        Op::LogDone(id) => {
+            tx.prepare_cached("DELETE FROM pending_logs WHERE id = ?1")?
+                .execute(params![id])?;
+        }
+        Op::Records(docs, committed) => {
+            answers.acks.push(committed);
+            let now = now_ms();
+            let mut insert = tx.prepare_cached(
+                    "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                )?;
+            for (key, text) in &docs {
+                insert.execute(params![key, text, now])?;
+            }
+        }
+        Op::Call(f) => answers.calls.push(f),
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Port's own automation event, for an automation whose webhook has no body template.
 //!
 //! An automation may leave `invocationMethod.body` out; Port then sends the event as it is
-//! (`shared/port-api.md` §7; UNCONFIRMED beyond Port's docs of the template's data: whether
+//! (`docs/port-protocol.md`; UNCONFIRMED beyond Port's docs of the template's data: whether
 //! the event arrives bare or beside the run, as `{event, run}`, so both are taken). The event
 //! names a blueprint and an entity, not an action: the runner picks the blueprint's DELETE
 //! action for it (`HandlerRegistry::route`), and only for the events that end an entity's

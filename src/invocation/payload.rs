@@ -1,6 +1,6 @@
 //! Parses a verified webhook body into an [`Invocation`].
 //!
-//! Two shapes are accepted (see `shared/port-api.md` §1):
+//! Three shapes are accepted (see `docs/port-protocol.md`):
 //! - the legacy envelope (`action`, `context.runId`, `payload.action.trigger`,
 //!   `payload.properties`, `payload.entity`), which Port's legacy-compatible v2 template
 //!   also renders;

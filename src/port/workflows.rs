@@ -1,7 +1,7 @@
 //! Port Workflows' node runs (`wfnr_…`): a `WEBHOOK` node with `synchronized: false` hands
 //! its run to a backend, which reports it here instead of through the action-run API.
-//! Shapes as `../shared/port-workflows.md` gathers them from Port's own clients
-//! (port-labs/port-agent, port-labs/ocean): `PATCH /workflows/nodes/runs/{id}` with
+//! Shapes as Port's own clients send them (port-labs/port-agent, port-labs/ocean; gathered in
+//! `docs/port-protocol.md`): `PATCH /workflows/nodes/runs/{id}` with
 //! `status` (`IN_PROGRESS`, `COMPLETED`), `result` (`SUCCESS`, `FAILED`, `CANCELLED`),
 //! `output`, `externalRunId`, `links`; `POST …/logs` with `{logs: [{level, message}]}`.
 

@@ -1,6 +1,6 @@
 //! A stand-in for Port's API that keeps what it received.
 //!
-//! It follows the real shapes (`shared/port-api.md`): token endpoint, bearer auth with 401
+//! It follows the real shapes (`docs/port-protocol.md`, and Port's API description): token endpoint, bearer auth with 401
 //! `{ok:false,error,message}`, run PATCH (terminal once, then 422) and logs, entity
 //! upsert/bulk (200 or 207 with per-index errors)/delete/search, blueprints, and the agent's
 //! routes as port-labs/port-agent uses them: `claim-pending` (claims that expire unless

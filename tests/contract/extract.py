@@ -58,7 +58,7 @@ PORT_UNDESCRIBED = [
                                         "minItems": 1}},
               "additionalProperties": False},
      "source": "port-labs/port-agent app/port_client.py; port-labs/ocean"},
-    # Workflow node runs (../shared/port-workflows.md).
+    # Workflow node runs (docs/port-protocol.md, "Workflow node runs").
     {"method": "POST", "path": "/v1/workflows/runs/claim-pending", "query": [],
      "body": {"type": "object", "required": ["installationId", "limit"],
               "properties": {"installationId": {"type": "string"},

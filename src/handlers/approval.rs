@@ -9,10 +9,13 @@
 //! Kept as named documents of the journal (`preview/<id>`), so approvals survive restarts
 //! and are shared by replicas on PostgreSQL.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::core::{HandlerError, RecordStore};
+use crate::core::{HandlerError, RecordStore, RunContext};
 use crate::invocation::Invocation;
 
 /// How long an approved preview stays applicable.
@@ -58,6 +61,84 @@ fn refuse(id: &str, why: String) -> HandlerError {
     ))
 }
 
+/// What a run asks of previews, from its `preview_only` and `preview_id` inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked<'a> {
+    /// Neither: the change runs as it is.
+    Change,
+    /// `preview_only`: show the change, make none, record what was seen.
+    Preview,
+    /// `preview_id`: apply that approved preview, and only it.
+    Apply(&'a str),
+}
+
+/// What `inv` asks; both inputs at once is refused.
+pub fn asked(inv: &Invocation) -> Result<Asked<'_>, HandlerError> {
+    let id = inv.inputs.get("preview_id").and_then(Value::as_str);
+    match (inv.preview_only(), id) {
+        (true, Some(_)) => Err(HandlerError::Input {
+            field: "preview_id".into(),
+            reason: "give preview_only to preview, or preview_id to apply a preview, not both"
+                .into(),
+        }),
+        (true, None) => Ok(Asked::Preview),
+        (false, Some(id)) => Ok(Asked::Apply(id)),
+        (false, None) => Ok(Asked::Change),
+    }
+}
+
+/// Where previews are kept: the run's journal.
+pub fn journal(ctx: &RunContext) -> Result<Arc<dyn RecordStore>, HandlerError> {
+    ctx.records
+        .clone()
+        .ok_or_else(|| HandlerError::Failed("previews need the journal; this run has none".into()))
+}
+
+/// Records what this run, a preview, saw under its id (the run's id) and tells the log how
+/// to apply it. Returns the id.
+pub async fn keep_preview<'a>(
+    ctx: &'a RunContext,
+    store: &dyn RecordStore,
+    seen: Seen,
+) -> Result<&'a str, HandlerError> {
+    let id = ctx.invocation.run_id.as_str();
+    record(store, id, seen).await?;
+    ctx.log
+        .line(format!(
+            "preview id {id}: to apply exactly this change, run the action again with preview_id = {id}"
+        ))
+        .await;
+    Ok(id)
+}
+
+/// Before an apply of preview `id`: the approval checked against what the run is now
+/// (`seen`), the plan computed again (`plan_now`, run only once the approval holds) and
+/// compared step for step, and the approval used up. Returns what the preview saw; `Err`
+/// (nothing changed) if anything differs.
+pub async fn verify(
+    ctx: &RunContext,
+    id: &str,
+    seen: &Seen,
+    plan_now: impl Future<Output = Result<Vec<(String, String)>, HandlerError>>,
+) -> Result<Seen, HandlerError> {
+    let store = journal(ctx)?;
+    let approved = check(&*store, id, seen).await?;
+    ctx.log
+        .line(format!(
+            "applying approved preview {id}: computing its plan again"
+        ))
+        .await;
+    let now = plan_now.await?;
+    same_plan(id, &approved.plan, &now)?;
+    consume(&*store, id, ctx.invocation.run_id.as_str()).await?;
+    ctx.log
+        .line(format!(
+            "the plan is the approved one, step for step: applying preview {id}"
+        ))
+        .await;
+    Ok(approved)
+}
+
 /// What a run is, as a preview records it (the plan filled in later).
 pub fn seen(inv: &Invocation, action: &str, revision: &str) -> Seen {
     let inputs = inv
@@ -77,7 +158,7 @@ pub fn seen(inv: &Invocation, action: &str, revision: &str) -> Seen {
 }
 
 /// Records a preview under `id`.
-pub async fn record(store: &dyn RecordStore, id: &str, seen: Seen) -> Result<(), HandlerError> {
+async fn record(store: &dyn RecordStore, id: &str, seen: Seen) -> Result<(), HandlerError> {
     let record = Record {
         seen,
         at: now(),
@@ -92,11 +173,7 @@ pub async fn record(store: &dyn RecordStore, id: &str, seen: Seen) -> Result<(),
 
 /// Checks an apply against preview `id` before its plan is computed again: what the
 /// preview saw, whose plan is compared with the one computed now.
-pub async fn check(
-    store: &dyn RecordStore,
-    id: &str,
-    now_seen: &Seen,
-) -> Result<Seen, HandlerError> {
+async fn check(store: &dyn RecordStore, id: &str, now_seen: &Seen) -> Result<Seen, HandlerError> {
     let text = store
         .read_record(&key(id))
         .await
@@ -160,7 +237,7 @@ pub async fn check(
 }
 
 /// Compares the plan computed now with the approved one, step for step.
-pub fn same_plan(
+fn same_plan(
     id: &str,
     approved: &[(String, String)],
     now: &[(String, String)],
@@ -190,17 +267,14 @@ pub fn same_plan(
     Ok(())
 }
 
-/// SHA-256 of `bytes`, in hex.
+/// SHA-256 of `bytes`, in hex (as the GitOps record writes its hashes).
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// Marks preview `id` applied by `run` (an approval is used once).
-pub async fn consume(store: &dyn RecordStore, id: &str, run: &str) -> Result<(), HandlerError> {
+async fn consume(store: &dyn RecordStore, id: &str, run: &str) -> Result<(), HandlerError> {
     let text = store
         .read_record(&key(id))
         .await

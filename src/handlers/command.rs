@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::approval;
+use super::approval::{self, Asked};
 use super::jq::Expr;
 use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
 use crate::core::{Handler, HandlerError, Outcome, RunContext};
@@ -312,9 +312,9 @@ impl Handler for CommandHandler {
             },
             None => None,
         };
-        let preview = inv.preview_only();
-        let approved = inv.inputs.get("preview_id").and_then(Value::as_str);
-        let steps = match (preview || approved.is_some(), &self.preview) {
+        // Both inputs at once is refused, after a definition without preview steps is.
+        let asked = approval::asked(inv);
+        let steps = match (!matches!(asked, Ok(Asked::Change)), &self.preview) {
             (false, _) => &self.steps,
             (true, Some(steps)) => steps,
             (true, None) => {
@@ -325,47 +325,27 @@ impl Handler for CommandHandler {
             }
         };
         let seen = approval::seen(inv, &self.action, &self.revision);
-        let records = || {
-            ctx.records.clone().ok_or_else(|| {
-                HandlerError::Failed("previews need the journal; this run has none".into())
-            })
-        };
-        if let (true, Some(_)) = (preview, approved) {
-            return Err(HandlerError::Input {
-                field: "preview_id".into(),
-                reason: "give preview_only to preview, or preview_id to apply a preview, not both"
-                    .into(),
-            });
-        }
-        if let Some(id) = approved {
-            // The approved preview, checked, then its plan computed again and compared.
-            let records = records()?;
-            let plan = approval::check(&*records, id, &seen).await?.plan;
-            ctx.log
-                .line(format!(
-                    "applying approved preview {id}: computing its plan again"
-                ))
-                .await;
-            let (_, now) = self.run_steps(&ctx, steps, &mut context, true).await?;
-            approval::same_plan(id, &plan, &now)?;
-            approval::consume(&*records, id, inv.run_id.as_str()).await?;
-            ctx.log
-                .line(format!(
-                    "the plan is the approved one, step for step: applying preview {id}"
-                ))
-                .await;
-            context["outputs"] = Value::Object(Default::default());
-        }
-        if preview {
-            let (ran, plan) = self.run_steps(&ctx, steps, &mut context, true).await?;
-            let id = inv.run_id.as_str();
-            approval::record(&*records()?, id, approval::Seen { plan, ..seen }).await?;
-            ctx.log.line(format!("preview id {id}: to apply exactly this change, run the action again with preview_id = {id}")).await;
-            return Ok(Outcome::new(format!(
+        match asked? {
+            Asked::Change => {}
+            Asked::Apply(id) => {
+                let plan_now = async {
+                    let (_, now) = self.run_steps(&ctx, steps, &mut context, true).await?;
+                    Ok(now)
+                };
+                approval::verify(&ctx, id, &seen, plan_now).await?;
+                context["outputs"] = Value::Object(Default::default());
+            }
+            Asked::Preview => {
+                let (ran, plan) = self.run_steps(&ctx, steps, &mut context, true).await?;
+                let store = approval::journal(&ctx)?;
+                let id =
+                    approval::keep_preview(&ctx, &*store, approval::Seen { plan, ..seen }).await?;
+                return Ok(Outcome::new(format!(
                 "preview: {ran} step(s) done; nothing was changed (the entity is not written); preview id {id}"
             ))
-            .with("preview_id", id)
-            .with("outputs", context["outputs"].take()));
+                .with("preview_id", id)
+                .with("outputs", context["outputs"].take()));
+            }
         }
         let (ran, _) = self
             .run_steps(&ctx, &self.steps, &mut context, false)

@@ -31,6 +31,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::approval::{self, Asked};
 use super::jq::Expr;
 use super::mapping::{as_text, compile, failed, run_context, EntityFile, EntityMapping, PassEnv};
 use crate::core::{Handler, HandlerError, Outcome, RunContext};
@@ -355,24 +356,15 @@ impl Handler for PulumiHandler {
         // No run of ours holds the stack now (the lock above): a crash's lock can go.
         self.clear_stale_lock(&ctx, &workdir, s, guard.taken_from_expired())
             .await?;
-        let approved = inv.inputs.get("preview_id").and_then(Value::as_str);
         let mut plan = None;
-        match (inv.preview_only(), approved) {
-            (true, None) => {
+        match approval::asked(&inv)? {
+            Asked::Preview => {
                 return self
                     .preview(&ctx, &workdir, s, &context, inv.operation)
                     .await
             }
-            (true, Some(_)) => {
-                return Err(HandlerError::Input {
-                    field: "preview_id".into(),
-                    reason:
-                        "give preview_only to preview, or preview_id to apply a preview, not both"
-                            .into(),
-                })
-            }
-            (false, Some(id)) => plan = self.approved(&ctx, &workdir, s, &context, id).await?,
-            (false, None) => {}
+            Asked::Apply(id) => plan = self.approved(&ctx, &workdir, s, &context, id).await?,
+            Asked::Change => {}
         }
 
         if inv.operation == Operation::Delete {

@@ -206,13 +206,12 @@ impl PulumiHandler {
         }
         let plan = self.bound_plan(ctx, workdir, s, &digest).await?;
         let inv = &ctx.invocation;
-        let id = inv.run_id.as_str();
         let Some(records) = &ctx.records else {
             return Ok(Outcome::new(summary));
         };
         let seen = approval::seen(inv, &self.action, &self.revision());
         // Pulumi's own plan of the change, where the definition asks for one.
-        let file = self.plan_file(workdir, id);
+        let file = self.plan_file(workdir, inv.run_id.as_str());
         let tool_plan = std::fs::read_to_string(&file).ok();
         let _ = std::fs::remove_file(&file);
         let seen = approval::Seen {
@@ -220,10 +219,7 @@ impl PulumiHandler {
             tool_plan,
             ..seen
         };
-        approval::record(&**records, id, seen).await?;
-        ctx.log
-            .line(format!("preview id {id}: to apply exactly this change, run the action again with preview_id = {id}"))
-            .await;
+        let id = approval::keep_preview(ctx, &**records, seen).await?;
         Ok(Outcome::new(format!("{summary}; preview id {id}")).with("preview_id", id))
     }
 
@@ -238,33 +234,20 @@ impl PulumiHandler {
         id: &str,
     ) -> Result<Option<std::path::PathBuf>, HandlerError> {
         let inv = &ctx.invocation;
-        let records = ctx.records.clone().ok_or_else(|| {
-            HandlerError::Failed("previews need the journal; this run has none".into())
-        })?;
         let seen = approval::seen(inv, &self.action, &self.revision());
-        let approved = approval::check(&*records, id, &seen).await?;
-        ctx.log
-            .line(format!(
-                "applying approved preview {id}: computing its plan again"
-            ))
-            .await;
-        let Some(digest) = self
-            .planned(ctx, workdir, s, context, inv.operation)
-            .await?
-        else {
-            return Err(HandlerError::Failed(format!(
-                "preview {id} cannot be applied: stack {s} no longer exists; nothing was changed"
-            )));
+        let plan_now = async {
+            let Some(digest) = self
+                .planned(ctx, workdir, s, context, inv.operation)
+                .await?
+            else {
+                return Err(HandlerError::Failed(format!(
+                    "preview {id} cannot be applied: stack {s} no longer exists; nothing was changed"
+                )));
+            };
+            let _ = std::fs::remove_file(self.plan_file(workdir, inv.run_id.as_str()));
+            self.bound_plan(ctx, workdir, s, &digest).await
         };
-        let _ = std::fs::remove_file(self.plan_file(workdir, inv.run_id.as_str()));
-        let now = self.bound_plan(ctx, workdir, s, &digest).await?;
-        approval::same_plan(id, &approved.plan, &now)?;
-        approval::consume(&*records, id, inv.run_id.as_str()).await?;
-        ctx.log
-            .line(format!(
-                "the plan is the approved one, step for step: applying preview {id}"
-            ))
-            .await;
+        let approved = approval::verify(ctx, id, &seen, plan_now).await?;
         // The update plan the preview saved: `up --plan` refuses to deviate from it.
         match approved.tool_plan.filter(|_| self.update_plans) {
             Some(text) => {

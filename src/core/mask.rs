@@ -68,6 +68,28 @@ impl Masker {
         }
         out
     }
+
+    /// Masks every string and object key in a JSON object (a run's output leaves the run as
+    /// its log does).
+    pub fn mask_map(&self, map: &mut serde_json::Map<String, serde_json::Value>) {
+        for (key, mut value) in std::mem::take(map) {
+            self.mask_value(&mut value);
+            map.insert(self.mask(&key).into_owned(), value);
+        }
+    }
+
+    fn mask_value(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let Cow::Owned(masked) = self.mask(text) {
+                    *text = masked;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.mask_value(v)),
+            serde_json::Value::Object(map) => self.mask_map(map),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +118,25 @@ mod tests {
         let m = Masker::new(["token: abc123\r\nkey: xyz789"]);
         assert_eq!(m.mask("token: abc123"), "****");
         assert_eq!(m.mask("got key: xyz789"), "got ****");
+    }
+
+    #[test]
+    fn json_strings_and_keys_are_masked_at_any_depth() {
+        let m = Masker::new(["s3cret"]);
+        let mut map = serde_json::json!({
+            "plain": "ok", "n": 1, "s3cret-key": true,
+            "nested": {"list": ["a s3cret", {"deep": "s3cret"}]}
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        m.mask_map(&mut map);
+        assert_eq!(
+            serde_json::Value::Object(map),
+            serde_json::json!({
+                "plain": "ok", "n": 1, "****-key": true,
+                "nested": {"list": ["a ****", {"deep": "****"}]}
+            })
+        );
     }
 }

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 use super::client::PortClient;
 use super::error::PortError;
+use super::types::{RunPatch, RunStatus};
+use crate::domain::NODE_RUN_PREFIX;
 
 /// How a node run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,6 +47,35 @@ impl NodeLogLevel {
 }
 
 impl PortClient {
+    /// A run's final status: `COMPLETED` through the node-run API for a workflow node run
+    /// (`wfnr_…`; later nodes read its `summary` beside the handler's output), the
+    /// action-run API's `PATCH` otherwise.
+    pub async fn finish_run(
+        &self,
+        id: &str,
+        status: RunStatus,
+        summary: &str,
+        link: Option<&str>,
+        output: &serde_json::Map<String, Value>,
+    ) -> Result<(), PortError> {
+        if id.starts_with(NODE_RUN_PREFIX) {
+            let result = match status {
+                RunStatus::Success => NodeResult::Success,
+                RunStatus::Failure => NodeResult::Failed,
+            };
+            let mut output = output.clone();
+            output.insert("summary".into(), summary.into());
+            return self.node_run_completed(id, result, &output, link).await;
+        }
+        let patch = RunPatch {
+            status: Some(status),
+            status_label: None,
+            summary: Some(summary.to_owned()),
+            link: link.map(str::to_owned),
+        };
+        self.patch_run(id, &patch).await
+    }
+
     /// `PATCH /workflows/nodes/runs/{id}` with `{status: IN_PROGRESS}`.
     pub async fn node_run_started(&self, node_run: &str) -> Result<(), PortError> {
         self.patch_node_run(node_run, &json!({ "status": "IN_PROGRESS" }))

@@ -22,9 +22,7 @@ use super::runner::{Admitted, Runner, SubmitError};
 use crate::domain::NODE_RUN_PREFIX;
 use crate::invocation::Invocation;
 use crate::metrics::Metrics;
-use crate::port::{
-    ActiveRun, NodeResult, PortClient, PortError, RunPatch, RunStatus, POLLING_STREAMER,
-};
+use crate::port::{ActiveRun, PortClient, PortError, RunStatus, POLLING_STREAMER};
 
 /// Longest wait between claims while Port keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -302,20 +300,16 @@ impl Puller {
     async fn refuse(&self, run: &ActiveRun, problem: &str) -> Taken {
         tracing::warn!(run_id = %run.id, problem, "a claimed run's invocation cannot be read; it ends as FAILURE");
         let summary = format!("port-runner could not read this run's invocation: {problem}");
-        let told = if run.id.starts_with(NODE_RUN_PREFIX) {
-            let mut output = serde_json::Map::new();
-            output.insert("summary".into(), summary.into());
-            self.port
-                .node_run_completed(&run.id, NodeResult::Failed, &output, None)
-                .await
-        } else {
-            let patch = RunPatch {
-                status: Some(RunStatus::Failure),
-                summary: Some(summary),
-                ..RunPatch::default()
-            };
-            self.port.patch_run(&run.id, &patch).await
-        };
+        let told = self
+            .port
+            .finish_run(
+                &run.id,
+                RunStatus::Failure,
+                &summary,
+                None,
+                &Default::default(),
+            )
+            .await;
         match told {
             Ok(())
             | Err(PortError::Invalid {

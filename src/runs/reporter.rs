@@ -95,38 +95,14 @@ impl RunReporter {
         metrics.run_finished(action, verdict.status == RunStatus::Success, took);
         // The output leaves as the log does: every string masked (a secret input echoed, a
         // tool's output holding a credential).
-        let mut output = serde_json::Value::Object(verdict.output);
-        mask_strings(&mut output, self.log.masker());
-        let output = match output {
-            serde_json::Value::Object(map) => map,
-            _ => Default::default(),
-        };
+        let mut output = verdict.output;
+        self.log.masker().mask_map(&mut output);
         let verdict = Verdict {
             summary,
             output,
             ..verdict
         };
         self.lifecycle.finish(&self.run_id, verdict).await;
-    }
-}
-
-/// Masks every string (and object key) in `value`.
-fn mask_strings(value: &mut serde_json::Value, masker: &crate::core::Masker) {
-    match value {
-        serde_json::Value::String(text) => {
-            if let std::borrow::Cow::Owned(masked) = masker.mask(text) {
-                *text = masked;
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| mask_strings(v, masker)),
-        serde_json::Value::Object(map) => {
-            let entries = std::mem::take(map);
-            for (key, mut v) in entries {
-                mask_strings(&mut v, masker);
-                map.insert(masker.mask(&key).into_owned(), v);
-            }
-        }
-        _ => {}
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::RunId;
-use crate::port::{NodeResult, PortClient, PortError, RunPatch, RunStatus};
+use crate::port::{PortClient, PortError, RunPatch};
 
 pub use crate::store::Verdict;
 
@@ -119,26 +119,16 @@ impl RunSink for PortRuns {
     }
 
     async fn finish(&self, run_id: &RunId, verdict: &Verdict) -> Result<(), SinkError> {
-        let sent = if run_id.is_node_run() {
-            let result = match verdict.status {
-                RunStatus::Success => NodeResult::Success,
-                RunStatus::Failure => NodeResult::Failed,
-            };
-            // Later nodes read `.outputs["node"].summary` as well as the handler's fields.
-            let mut output = verdict.output.clone();
-            output.insert("summary".into(), verdict.summary.clone().into());
-            self.0
-                .node_run_completed(run_id.as_str(), result, &output, verdict.link.as_deref())
-                .await
-        } else {
-            let patch = RunPatch {
-                status: Some(verdict.status),
-                status_label: None,
-                summary: Some(verdict.summary.clone()),
-                link: verdict.link.clone(),
-            };
-            self.0.patch_run(run_id.as_str(), &patch).await
-        };
+        let sent = self
+            .0
+            .finish_run(
+                run_id.as_str(),
+                verdict.status,
+                &verdict.summary,
+                verdict.link.as_deref(),
+                &verdict.output,
+            )
+            .await;
         match sent {
             Ok(()) => Ok(()),
             // An earlier attempt landed (its answer was lost), or Port ended the run itself:

@@ -22,8 +22,8 @@ const POLL: Duration = Duration::from_millis(25);
 pub async fn answer(runner: &Runner, run_id: &RunId, wait: Duration) -> HttpResponse {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let state = runner.registry().tail(run_id, usize::MAX).map(|t| t.state);
-        if let Some(RunState::Success | RunState::Failure) = state {
+        let tail = runner.registry().tail(run_id, usize::MAX);
+        if tail.is_some_and(|t| t.state.is_final()) {
             break;
         }
         if tokio::time::Instant::now() >= deadline {

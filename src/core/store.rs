@@ -23,9 +23,10 @@ impl StoreError {
 pub trait RecordStore: Send + Sync {
     async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError>;
-    /// Several documents at once, all or none (distinct keys).
-    async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
-        for (key, text) in docs {
+    /// Several documents at once, all or none (distinct keys); taken, not copied (a GitOps
+    /// record's buckets are megabytes at 10,000 repositories).
+    async fn write_records(&self, docs: Vec<(String, String)>) -> Result<(), StoreError> {
+        for (key, text) in &docs {
             self.write_record(key, text).await?;
         }
         Ok(())

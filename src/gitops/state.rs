@@ -445,7 +445,7 @@ mod tests {
             self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.0.write_record(key, text).await
         }
-        async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
+        async fn write_records(&self, docs: Vec<(String, String)>) -> Result<(), StoreError> {
             self.1
                 .fetch_add(docs.len(), std::sync::atomic::Ordering::SeqCst);
             self.0.write_records(docs).await

@@ -59,7 +59,7 @@ pub async fn keep(store: &dyn RecordStore, registry: &RunRegistry, run_id: &RunI
         if changed {
             docs.push((CATALOG.to_owned(), to_json(&catalog.list())?));
         }
-        store.write_records(&docs).await.map_err(|e| e.to_string())
+        store.write_records(docs).await.map_err(|e| e.to_string())
     }
     .await;
     if let Err(e) = result {
@@ -146,7 +146,7 @@ async fn move_legacy(store: &dyn RecordStore) -> Result<(), StoreError> {
             docs.push((run_key(&run_id), doc));
         }
     }
-    store.write_records(&docs).await?;
+    store.write_records(docs).await?;
     store.trim_prefixed(LEGACY_RUN, 0).await?;
     store.trim_prefixed(LEGACY_INDEX, 0).await?;
     Ok(())
@@ -227,7 +227,7 @@ mod tests {
             LEGACY_INDEX.to_owned(),
             r#"{"runs":["r_old_a","r_old_b","r_old_gone"]}"#.to_owned(),
         ));
-        store.write_records(&docs).await.unwrap();
+        store.write_records(docs).await.unwrap();
 
         let registry = RunRegistry::new(10, 100);
         assert_eq!(restore(&*store, &registry).await, 2);

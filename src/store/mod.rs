@@ -96,7 +96,7 @@ impl Verdict {
     /// The output as the journal stores it: JSON, or nothing when empty.
     fn output_text(&self) -> Option<String> {
         (!self.output.is_empty())
-            .then(|| serde_json::Value::Object(self.output.clone()).to_string())
+            .then(|| serde_json::to_string(&self.output).expect("JSON values serialize"))
     }
 
     /// As the journal stores it (`SUCCESS`, else a failure).

@@ -86,7 +86,7 @@ impl RecordStore for PgJournal {
         .map_err(StoreError::new)
     }
 
-    async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
+    async fn write_records(&self, docs: Vec<(String, String)>) -> Result<(), StoreError> {
         let keys: Vec<&str> = docs.iter().map(|(k, _)| k.as_str()).collect();
         let texts: Vec<&str> = docs.iter().map(|(_, t)| t.as_str()).collect();
         self.execute(

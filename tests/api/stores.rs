@@ -105,7 +105,7 @@ where
         .iter()
         .map(|k| (format!("{prefix}{k}"), k.to_string()))
         .collect();
-    records.write_records(&docs).await.unwrap();
+    records.write_records(docs).await.unwrap();
     let keys = |all: Vec<String>| -> Vec<String> {
         all.into_iter()
             .map(|k| k.trim_start_matches(&prefix).to_owned())

@@ -145,7 +145,7 @@ impl StateStore {
         }
         hashes.push((SHARED_KEY.to_owned(), header_hash));
         docs.push((SHARED_KEY.to_owned(), header));
-        records.write_records(&docs).await?;
+        records.write_records(docs).await?;
         self.written.lock().expect("not poisoned").extend(hashes);
         Ok(())
     }

@@ -367,13 +367,13 @@ impl RecordStore for SqliteJournal {
         .map_err(StoreError::new)
     }
     async fn write_record(&self, key: &str, text: &str) -> Result<(), StoreError> {
-        self.write_records(&[(key.to_owned(), text.to_owned())])
+        self.write_records(vec![(key.to_owned(), text.to_owned())])
             .await
     }
     /// Joins the writer's group commit (a run's end and its kept record: one commit).
-    async fn write_records(&self, docs: &[(String, String)]) -> Result<(), StoreError> {
+    async fn write_records(&self, docs: Vec<(String, String)>) -> Result<(), StoreError> {
         let (committed, answer) = oneshot::channel();
-        self.send(Op::Records(docs.to_vec(), committed))
+        self.send(Op::Records(docs, committed))
             .map_err(StoreError::new)?;
         self.committed(answer).await.map_err(StoreError::new)
     }
@@ -408,16 +408,14 @@ impl RecordStore for SqliteJournal {
 /// The keys starting with `prefix` as a range the primary key's index answers:
 /// `[prefix, prefix with its last character one higher)`.
 fn key_range(prefix: &str) -> (String, String) {
-    let mut until: Vec<char> = prefix.chars().collect();
-    match until.pop() {
-        Some(last) => {
-            let next = char::from_u32(last as u32 + 1).unwrap_or(char::MAX);
-            until.push(next);
-        }
-        // Every key: the empty prefix up to the highest character.
-        None => until.push(char::MAX),
-    }
-    (prefix.to_owned(), until.into_iter().collect())
+    let mut until = prefix.to_owned();
+    // The empty prefix: every key, up to the highest character.
+    let next = until
+        .pop()
+        .and_then(|last| char::from_u32(last as u32 + 1))
+        .unwrap_or(char::MAX);
+    until.push(next);
+    (prefix.to_owned(), until)
 }
 
 /// All rows of a query, mapped.

@@ -30,21 +30,9 @@ struct Bucket {
 }
 
 /// One bucket's sources, as written (borrowed from the record).
-struct BucketView<'a>(Vec<(&'a SourceKey, &'a RepoState)>);
-
-impl Serialize for BucketView<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct as _;
-        struct Repos<'b>(&'b [(&'b SourceKey, &'b RepoState)]);
-        impl Serialize for Repos<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_map(self.0.iter().copied())
-            }
-        }
-        let mut out = serializer.serialize_struct("Bucket", 1)?;
-        out.serialize_field("repos", &Repos(&self.0))?;
-        out.end()
-    }
+#[derive(Serialize)]
+struct BucketView<'a> {
+    repos: BTreeMap<&'a SourceKey, &'a RepoState>,
 }
 
 /// A repository's marker and files share a bucket.
@@ -113,9 +101,9 @@ impl StateStore {
         records: &dyn RecordStore,
         state: &SyncState,
     ) -> Result<(), StateError> {
-        let mut buckets: Vec<Vec<(&SourceKey, &RepoState)>> = vec![Vec::new(); BUCKETS];
+        let mut buckets: Vec<BTreeMap<&SourceKey, &RepoState>> = vec![BTreeMap::new(); BUCKETS];
         for (key, repo) in &state.repos {
-            buckets[bucket_of(key, BUCKETS)].push((key, repo));
+            buckets[bucket_of(key, BUCKETS)].insert(key, repo);
         }
         let mut docs = Vec::new();
         let mut hashes = Vec::new();
@@ -123,7 +111,8 @@ impl StateStore {
             let written = self.written.lock().expect("not poisoned");
             for (bucket, sources) in buckets.into_iter().enumerate() {
                 let key = bucket_key(bucket);
-                let text = serde_json::to_string(&BucketView(sources)).expect("state serializes");
+                let text = serde_json::to_string(&BucketView { repos: sources })
+                    .expect("state serializes");
                 let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
                 if written.get(&key) != Some(&hash) {
                     hashes.push((key.clone(), hash));

@@ -257,15 +257,11 @@ impl TestApp {
     pub async fn post_signed_to(&self, path: &str, raw: Vec<u8>) -> reqwest::Response {
         let ts = timestamp_now();
         let signature = sign(&self.secret, &ts, &raw);
-        self.http
-            .post(format!("{}{path}", self.base_url))
-            .header("content-type", "application/json")
-            .header("x-port-timestamp", &ts)
-            .header("x-port-signature", &signature)
-            .body(raw)
-            .send()
-            .await
-            .expect("webhook reachable")
+        let headers = [
+            ("x-port-timestamp", ts.as_str()),
+            ("x-port-signature", &signature),
+        ];
+        self.post_to(path, raw, &headers).await
     }
 
     pub async fn post_with_headers(
@@ -273,9 +269,18 @@ impl TestApp {
         raw: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> reqwest::Response {
+        self.post_to("/webhook", raw, headers).await
+    }
+
+    async fn post_to(
+        &self,
+        path: &str,
+        raw: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut request = self
             .http
-            .post(format!("{}/webhook", self.base_url))
+            .post(format!("{}{path}", self.base_url))
             .header("content-type", "application/json")
             .body(raw);
         for (name, value) in headers {

@@ -11,6 +11,7 @@
 //! other's runs when a replica's lease runs out.
 
 mod lock;
+mod pg_conn;
 mod pg_shared;
 mod pg_tls;
 mod postgres;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, RwLock};
 use tokio_postgres::{Client, Config};
 use tokio_util::sync::CancellationToken;
 
+use super::pg_conn::{describe, open, Conn};
 use super::pg_tls::PgTls;
 use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
 
@@ -45,7 +46,7 @@ pub struct PgJournal {
     tls: PgTls,
     /// Where, for messages: host, port and database, never the password.
     target: String,
-    client: RwLock<Arc<Client>>,
+    client: RwLock<Arc<Conn>>,
     pub(super) replica: String,
     pub(super) lease: Duration,
     /// The first recovery also takes back this replica's own runs (a restart with a fixed
@@ -93,27 +94,6 @@ fn target_of(config: &Config) -> String {
     format!("{host}:{port}/{db}")
 }
 
-/// A driver error with the server's own message (the driver's text alone is "db error").
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            // The cause chain: "error performing TLS handshake: invalid peer certificate: …".
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                let shown = cause.to_string();
-                if !text.contains(&shown) {
-                    text.push_str(": ");
-                    text.push_str(&shown);
-                }
-                source = cause.source();
-            }
-            text
-        }
-    }
-}
-
 /// The server's message of a journal error, without the journal's own prefix.
 fn message(e: JournalError) -> String {
     match e {
@@ -141,6 +121,7 @@ impl PgJournal {
         let target = target_of(&config);
         let mut client = open(&config, &tls, &target).await?;
         migrate(&mut client, &target).await?;
+        let client = Conn::new(client);
         let (accepts, accepts_rx) = mpsc::unbounded_channel();
         let (starts, starts_rx) = mpsc::unbounded_channel();
         let (dones, dones_rx) = mpsc::unbounded_channel();
@@ -193,7 +174,7 @@ impl PgJournal {
     }
 
     /// The connection, reconnected if it was lost.
-    async fn client(&self) -> Result<Arc<Client>, JournalError> {
+    async fn client(&self) -> Result<Arc<Conn>, JournalError> {
         {
             let client = self.client.read().await;
             if !client.is_closed() {
@@ -203,7 +184,9 @@ impl PgJournal {
         let mut slot = self.client.write().await;
         if slot.is_closed() {
             tracing::warn!(database = %self.target, "journal connection lost; reconnecting");
-            *slot = Arc::new(open(&self.config, &self.tls, &self.target).await?);
+            *slot = Arc::new(Conn::new(
+                open(&self.config, &self.tls, &self.target).await?,
+            ));
         }
         Ok(slot.clone())
     }
@@ -214,9 +197,8 @@ impl PgJournal {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, JournalError> {
-        let client = self.client().await?;
-        client
-            .execute(sql, params)
+        let conn = self.client().await?;
+        conn.execute(sql, params)
             .await
             .map_err(|e| self.error(describe(&e)))
     }
@@ -226,9 +208,8 @@ impl PgJournal {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, JournalError> {
-        let client = self.client().await?;
-        client
-            .query(sql, params)
+        let conn = self.client().await?;
+        conn.query(sql, params)
             .await
             .map_err(|e| self.error(describe(&e)))
     }
@@ -323,34 +304,6 @@ impl PgJournal {
         .await?;
         Ok(())
     }
-}
-
-async fn open(config: &Config, tls: &PgTls, target: &str) -> Result<Client, JournalError> {
-    let mut config = config.clone();
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    config.application_name("port-runner");
-    let (client, connection) = config.connect(tls.connector.clone()).await.map_err(|e| {
-        let cause = describe(&e);
-        let hint = super::pg_tls::hint(tls.mode, &cause)
-            .map(|h| format!(" ({h})"))
-            .unwrap_or_default();
-        JournalError::Postgres {
-            target: target.to_owned(),
-            message: format!(
-                "cannot connect (sslmode={}): {cause}{hint}",
-                tls.mode.as_str()
-            ),
-        }
-    })?;
-    let shown = target.to_owned();
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(database = %shown, error = %e, "journal connection ended");
-        }
-    });
-    Ok(client)
 }
 
 async fn migrate(client: &mut Client, target: &str) -> Result<(), JournalError> {

@@ -74,6 +74,48 @@ pub(super) fn from_action_body(
     }
 }
 
+/// Every top-level field an action body may have, read straight from the bytes: one pass
+/// for the bodies that are well formed, instead of bytes to a JSON tree, then the tree to
+/// the typed form. `None` when the body is not plainly one shape or does not read cleanly:
+/// the tree path then decides, with its error naming the JSON path.
+pub(super) fn at_once(
+    body: &[u8],
+    run_id_header: Option<&str>,
+) -> Option<Result<Invocation, PayloadError>> {
+    #[derive(Deserialize)]
+    struct AnyBody {
+        port_context: Option<V2Context>,
+        inputs: Option<Map<String, Value>>,
+        entity: Option<Map<String, Value>>,
+        action: Option<String>,
+        trigger: Option<WireTrigger>,
+        context: Option<LegacyContext>,
+        payload: Option<LegacyPayload>,
+        /// An automation event's markers: such a body goes the tree path.
+        event: Option<serde::de::IgnoredAny>,
+        diff: Option<serde::de::IgnoredAny>,
+    }
+    let any: AnyBody = serde_json::from_slice(body).ok()?;
+    if any.event.is_some() || any.diff.is_some() {
+        return None;
+    }
+    if let Some(port_context) = any.port_context {
+        let wire = V2Body {
+            port_context,
+            inputs: any.inputs,
+            entity: any.entity,
+        };
+        return Some(from_v2(wire, run_id_header));
+    }
+    let (action, context, payload) = (any.action?, any.context?, any.payload?);
+    Some(from_legacy(LegacyEnvelope {
+        action,
+        trigger: any.trigger,
+        context,
+        payload,
+    }))
+}
+
 pub(super) fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, PayloadError> {
     serde_path_to_error::deserialize(value).map_err(|e| PayloadError::Shape {
         path: match e.path().to_string() {
@@ -340,6 +382,38 @@ mod tests {
             err.to_string().starts_with("port_context.runId: missing"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn one_pass_and_the_tree_read_a_body_alike() {
+        let v2 = json!({
+            "port_context": {"runId": "r_2", "action": "echo", "operation": "DAY-2",
+                             "blueprint": "service", "encryptedProperties": ["pw"],
+                             "trigger": {"by": {"userId": "u"}, "origin": "UI"}},
+            "inputs": {"pw": "x", "n": [1, {"b": 2, "a": 1}]},
+            "entity": {"identifier": "svc-a", "blueprint": "service", "properties": {"z": 1, "a": 2}}
+        });
+        for body in [legacy(), v2] {
+            let raw = serde_json::to_vec(&body).unwrap();
+            let once = at_once(&raw, None).expect("a plain body").unwrap();
+            let tree = from_action_body(json_object(&raw).unwrap(), None).unwrap();
+            assert_eq!(
+                serde_json::to_string(&once).unwrap(),
+                serde_json::to_string(&tree).unwrap()
+            );
+        }
+        // Not plainly one shape, or not clean: the tree decides (and names the path).
+        let event = json!({"event": {"context": {}, "diff": {}}, "run": {"id": "r_3"}});
+        let mut wrong = legacy();
+        wrong["payload"]["properties"] = json!("not an object");
+        let mut partial = legacy();
+        partial.as_object_mut().unwrap().remove("action");
+        for body in [event, wrong, partial, json!([1]), json!({"hello": 1})] {
+            assert!(
+                at_once(&serde_json::to_vec(&body).unwrap(), None).is_none(),
+                "{body}"
+            );
+        }
     }
 
     #[test]

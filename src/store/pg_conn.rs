@@ -100,6 +100,16 @@ pub(super) async fn open(
             tracing::warn!(database = %shown, error = %e, "journal connection ended");
         }
     });
+    // A prepared statement's generic plan guesses 100 rows for `unnest($1)`, and for a group
+    // of one it then scans the whole runs table: plan each execution for its parameters
+    // (planning is cheap; parsing and the second round trip are what preparing saves).
+    // PostgreSQL before 12 has no such setting and plans the way it always did.
+    if let Err(e) = client
+        .batch_execute("SET plan_cache_mode = force_custom_plan")
+        .await
+    {
+        tracing::debug!(database = %target, error = %describe(&e), "plan_cache_mode not set");
+    }
     Ok(client)
 }
 

@@ -1,7 +1,8 @@
 //! The shared journal: PostgreSQL, for several replicas behind one load balancer.
 //!
-//! Any replica accepts a webhook and owns the run it accepted (`owner`), renewing a lease on
-//! everything it owns with a heartbeat. When a replica dies its leases run out, and the
+//! Any replica accepts a webhook and owns the run it accepted (`owner`); a heartbeat renews
+//! the replica's own lease (one row, whatever its backlog) and the leases of the runs it is
+//! running or still reporting. When a replica dies its leases run out, and the
 //! others claim its runs with `UPDATE … WHERE run_id IN (SELECT … FOR UPDATE SKIP LOCKED)`,
 //! so each run is taken by exactly one replica, then recovered as after a restart. Writes
 //! about a run are fenced by ownership: a replica that stalled past its lease finds its run
@@ -24,7 +25,7 @@ use crate::domain::RunId;
 use crate::invocation::Invocation;
 
 /// Migrations, in order; each is applied once.
-const MIGRATIONS: [(i32, &str); 3] = [
+const MIGRATIONS: [(i32, &str); 4] = [
     (1, include_str!("../../migrations/postgres/0001_runs.sql")),
     (
         2,
@@ -33,6 +34,10 @@ const MIGRATIONS: [(i32, &str); 3] = [
     (
         3,
         include_str!("../../migrations/postgres/0003_outputs.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_replicas.sql"),
     ),
 ];
 /// Serializes migrations between replicas starting together.
@@ -153,6 +158,8 @@ impl PgJournal {
             dones_rx,
             |j, group| Box::pin(async move { j.done_group(group).await }),
         ));
+        // The replica's lease exists before any of its runs' own leases can run out.
+        journal.renew().await?;
         tokio::spawn(heartbeat(
             Arc::downgrade(&journal),
             journal.stop.clone(),
@@ -290,9 +297,17 @@ impl PgJournal {
 
     async fn renew(&self) -> Result<(), JournalError> {
         let lease = secs(self.lease);
+        // One row for the whole backlog; a queued run is held by it (see 0004_replicas.sql).
+        self.execute(
+            "INSERT INTO port_runner_replicas (replica, lease_until)
+             VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT (replica) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+            &[&self.replica, &lease],
+        )
+        .await?;
         self.execute(
             "UPDATE port_runner_runs SET lease_until = now() + make_interval(secs => $2)
-              WHERE owner = $1 AND NOT reported",
+              WHERE owner = $1 AND NOT reported AND state <> 'queued'",
             &[&self.replica, &lease],
         )
         .await?;
@@ -434,6 +449,12 @@ impl RunStore for PgJournal {
     async fn flush(&self) -> Result<(), JournalError> {
         self.stop.cancel();
         self.execute(
+            "UPDATE port_runner_replicas SET lease_until = now() - interval '1 second'
+              WHERE replica = $1",
+            &[&self.replica],
+        )
+        .await?;
+        self.execute(
             "UPDATE port_runner_runs SET lease_until = now() - interval '1 second'
               WHERE owner = $1 AND NOT reported",
             &[&self.replica],
@@ -472,8 +493,10 @@ impl RunStore for PgJournal {
                   WHERE r.run_id IN (
                         SELECT run_id FROM port_runner_runs
                          WHERE NOT reported
-                           AND ((lease_until < now() AND owner <> $1) OR ($3 AND owner = $1)
-                                OR ($3 AND lease_until < now()))
+                           AND (($3 AND owner = $1)
+                                OR ((owner <> $1 OR $3) AND lease_until < now()
+                                    AND owner NOT IN (SELECT replica FROM port_runner_replicas
+                                                       WHERE lease_until >= now())))
                          ORDER BY accepted_at
                          LIMIT $4
                          FOR UPDATE SKIP LOCKED)

@@ -385,3 +385,64 @@ async fn replicas_claiming_a_dead_replicas_runs_at_once_each_take_different_ones
         "every run claimed by exactly one replica"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_replicas_backlog_is_held_by_its_own_lease_and_its_heartbeat_rewrites_none_of_it() {
+    use port_runner::invocation::Invocation;
+    use port_runner::store::Journal;
+
+    let database = fresh_database().await;
+    // Beats every second; a queued run's own lease ends after 3 s.
+    let lease = Duration::from_secs(3);
+    let a = Journal::connect(&database, "replica-a", lease)
+        .await
+        .unwrap();
+    let b = Journal::connect(&database, "replica-b", lease)
+        .await
+        .unwrap();
+    let mut backlog = Vec::new();
+    let mut first = None;
+    for _ in 0..50 {
+        let invocation = Invocation::from_stored(&json!({
+            "run_id": unique_run_id(), "action": "stamp", "operation": "CREATE", "inputs": {}
+        }))
+        .unwrap();
+        assert!(a.accept(&invocation).await.unwrap());
+        backlog.push(invocation.run_id.to_string());
+        first.get_or_insert(invocation.run_id);
+    }
+    let running = &backlog[0];
+    a.started(&first.unwrap()).await.unwrap();
+    let sql = crate::pg::client(&database).await;
+    let leases = || async {
+        let rows = sql
+            .query(
+                "SELECT run_id, lease_until FROM port_runner_runs WHERE run_id = ANY($1)",
+                &[&backlog],
+            )
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, std::time::SystemTime>(1)))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let before = leases().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = leases().await;
+
+    // The runs' own leases ran out, A's has not: B takes nothing.
+    let taken = b.recovery().await.unwrap();
+    assert!(taken.queued.is_empty() && taken.interrupted.is_empty());
+    // Only the running run's lease was renewed; the queued ones were not written at all.
+    for (run_id, until) in &after {
+        match run_id == running {
+            true => assert!(until > &before[run_id], "the running run is renewed"),
+            false => assert_eq!(until, &before[run_id], "{run_id} was rewritten"),
+        }
+    }
+
+    // A stops beating (flush ends its lease at once): B takes the whole backlog.
+    a.flush().await.unwrap();
+    let taken = b.recovery().await.unwrap();
+    assert_eq!(taken.queued.len() + taken.interrupted.len(), backlog.len());
+}

@@ -21,6 +21,21 @@ mod writer;
 
 use writer::{writer, Op, WriteFailure};
 
+/// Named documents in a rowid table: a document (a kept run's record is about 1 KB) stays
+/// on its leaf page instead of spilling into overflow pages, as it did in the keyed table,
+/// where every scan of the keys, and every trim, read each row's overflow from the file.
+const SCHEMA_V4: &str = "
+CREATE TABLE records_v4 (
+    id         INTEGER PRIMARY KEY,
+    key        TEXT NOT NULL UNIQUE,
+    doc        TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+INSERT INTO records_v4 (key, doc, updated_at) SELECT key, doc, updated_at FROM records ORDER BY key;
+DROP TABLE records;
+ALTER TABLE records_v4 RENAME TO records;
+";
+
 /// A finished run's structured output (JSON): a workflow node's `output`.
 const SCHEMA_V3: &str = "ALTER TABLE runs ADD COLUMN final_output TEXT;";
 
@@ -123,7 +138,7 @@ impl SqliteJournal {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
         // Each schema version once, in order; a journal from a newer build is refused.
-        let schema = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+        let schema = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
         if version > schema.len() as i64 {
             return Err(JournalError::NewerSchema {
                 path: shown.clone(),
@@ -393,12 +408,12 @@ impl RecordStore for SqliteJournal {
         let (from, until) = key_range(prefix);
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         self.call(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "DELETE FROM records WHERE key IN (
                     SELECT key FROM records WHERE key >= ?1 AND key < ?2
                      ORDER BY key DESC LIMIT -1 OFFSET ?3)",
-                params![from, until, keep],
-            )
+            )?
+            .execute(params![from, until, keep])
         })
         .await
         .map_err(StoreError::new)
@@ -579,6 +594,55 @@ mod tests {
         assert_eq!(
             j.state("r_fin").await.unwrap(),
             Some(("finished".into(), false))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_journals_documents_move_to_the_rowid_table_and_trim_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            // A journal as schema version 3 left it, with documents in the keyed table.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = 3;"
+            ))
+            .unwrap();
+            for i in 0..5 {
+                c.execute(
+                    "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, 0)",
+                    params![format!("kept-run/{i:016x}/r_{i}"), "x".repeat(1500)],
+                )
+                .unwrap();
+            }
+        }
+        let j = SqliteJournal::open(&path).unwrap();
+        let keys = j.keys_prefixed("kept-run/").await.unwrap();
+        assert_eq!(keys.len(), 5, "every document moved: {keys:?}");
+        assert_eq!(
+            j.read_record("kept-run/0000000000000004/r_4")
+                .await
+                .unwrap(),
+            Some("x".repeat(1500))
+        );
+        j.write_record("kept-run/0000000000000004/r_4", "replaced")
+            .await
+            .unwrap();
+        assert_eq!(j.trim_prefixed("kept-run/", 2).await.unwrap(), 3);
+        assert_eq!(
+            j.keys_prefixed("kept-run/").await.unwrap(),
+            [
+                "kept-run/0000000000000003/r_3",
+                "kept-run/0000000000000004/r_4"
+            ],
+            "the newest kept"
+        );
+        assert_eq!(
+            j.read_record("kept-run/0000000000000004/r_4")
+                .await
+                .unwrap(),
+            Some("replaced".into()),
+            "a key is written in place (unique)"
         );
     }
 }

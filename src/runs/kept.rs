@@ -46,32 +46,70 @@ fn run_key(run_id: &RunId) -> String {
     format!("{PREFIX}{:016x}/{run_id}", next_sequence())
 }
 
-/// Writes a finished run's record and (when a run changed it) the local catalog in one
-/// transaction (best effort: a failure is logged, the run is reported all the same).
-pub async fn keep(store: &dyn RecordStore, registry: &RunRegistry, run_id: &RunId, keep: usize) {
-    let Some(record) = registry.get(run_id) else {
-        return;
-    };
-    let catalog = registry.entities();
-    let changed = catalog.take_changed();
-    let result = async {
-        let mut docs = vec![(run_key(run_id), to_json(&record)?)];
-        if changed {
-            docs.push((CATALOG.to_owned(), to_json(&catalog.list())?));
+/// What keeps one finished run: its record and, when a run changed it, the local catalog,
+/// as documents. They are written with the run's verdict, in one commit (`Lifecycle::finish`),
+/// then [`Keeping::written`] is told how that went.
+pub struct Keeping {
+    pub docs: Vec<(String, String)>,
+    /// The catalog is among the documents (its changed mark was taken).
+    catalog: bool,
+}
+
+impl Keeping {
+    /// The documents for `record` (the run as it ends).
+    pub fn of(registry: &RunRegistry, record: &RunRecord) -> Self {
+        let catalog = registry.entities();
+        let changed = catalog.take_changed();
+        let made = (|| -> Result<_, String> {
+            let mut docs = vec![(run_key(&record.run_id), to_json(record)?)];
+            if changed {
+                docs.push((CATALOG.to_owned(), to_json(&catalog.list())?));
+            }
+            Ok(docs)
+        })();
+        match made {
+            Ok(docs) => Self {
+                docs,
+                catalog: changed,
+            },
+            Err(e) => {
+                if changed {
+                    catalog.keep_failed();
+                }
+                tracing::warn!(run_id = %record.run_id, error = %e, "cannot write the run down to keep it");
+                Self {
+                    docs: Vec::new(),
+                    catalog: false,
+                }
+            }
         }
-        store.write_records(docs).await.map_err(|e| e.to_string())
     }
-    .await;
-    if let Err(e) = result {
-        if changed {
-            catalog.keep_failed();
+
+    /// Not written (the run is another replica's): the catalog is kept with the next run.
+    pub fn dropped(self, registry: &RunRegistry) {
+        if self.catalog {
+            registry.entities().keep_failed();
         }
-        tracing::warn!(%run_id, error = %e, "could not keep the run in the journal; it is lost at the next restart");
-        return;
     }
-    if KEPT.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
-        if let Err(e) = store.trim_prefixed(PREFIX, keep.max(1)).await {
-            tracing::warn!(error = %e, "could not trim the kept runs; the next restart does");
+
+    /// After the write (best effort: a failure is logged, the run is reported all the same).
+    /// Every [`TRIM_EVERY`] runs, the oldest beyond `keep` are trimmed.
+    pub async fn written(
+        self,
+        store: &dyn RecordStore,
+        registry: &RunRegistry,
+        result: Result<(), String>,
+        keep: usize,
+    ) {
+        if let Err(e) = result {
+            self.dropped(registry);
+            tracing::warn!(error = %e, "could not keep the run in the journal; it is lost at the next restart");
+            return;
+        }
+        if KEPT.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+            if let Err(e) = store.trim_prefixed(PREFIX, keep.max(1)).await {
+                tracing::warn!(error = %e, "could not trim the kept runs; the next restart does");
+            }
         }
     }
 }
@@ -157,6 +195,17 @@ mod tests {
     use super::*;
     use crate::invocation::Invocation;
     use crate::store::Journal;
+
+    /// A run kept on its own, as `Lifecycle::finish` keeps it with its verdict.
+    async fn keep(store: &dyn RecordStore, registry: &RunRegistry, run_id: &RunId, keep: usize) {
+        let Some(record) = registry.get(run_id) else {
+            return;
+        };
+        let mut keeping = Keeping::of(registry, &record);
+        let docs = std::mem::take(&mut keeping.docs);
+        let result = store.write_records(docs).await.map_err(|e| e.to_string());
+        keeping.written(store, registry, result, keep).await;
+    }
 
     fn finished(registry: &RunRegistry, id: &str) -> RunId {
         let invocation = Invocation::for_tests(id);

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::sink::{LocalRuns, RunSink, SinkError, Verdict};
-use crate::core::{Admission, ReportState, RunRegistry, RunState};
+use crate::core::{Admission, ReportState, RunRecord, RunRegistry, RunState};
 use crate::domain::RunId;
 use crate::invocation::Invocation;
 use crate::port::RunStatus;
@@ -129,32 +129,56 @@ impl Lifecycle {
     /// is unreachable. The one path every verdict takes, recovery's included.
     pub async fn finish(&self, run_id: &RunId, verdict: Verdict) {
         let remote = self.sink.remote();
-        // A local sink has nothing to send: finished and reported in one write.
-        if let Err(e) = self.journal.finished(run_id, &verdict, !remote).await {
-            if let JournalError::NotOwner(_) = e {
-                // This replica lost the run to another one, which reports it.
-                tracing::warn!(%run_id, "run taken over by another replica: its verdict is not sent from here");
-                self.set_report(run_id, ReportState::Local);
-                return;
-            }
-            tracing::error!(%run_id, error = %e, "could not journal the verdict");
-        }
         let state = match verdict.status {
             RunStatus::Success => RunState::Success,
             RunStatus::Failure => RunState::Failure,
         };
-        self.registry.update(run_id, |r| {
+        let conclude = |r: &mut RunRecord| {
             r.state = state;
             r.summary = Some(verdict.summary.clone());
             r.link = verdict.link.clone();
             r.output = verdict.output.clone();
             r.finished_at.get_or_insert_with(OffsetDateTime::now_utc);
-        });
-        if !remote {
-            self.set_report(run_id, ReportState::Local);
-            // Nothing else keeps it: the journal does, with the local catalog.
+            if !remote {
+                r.report = ReportState::Local;
+            }
+        };
+        // A local sink has nothing to send, and nothing else keeps the run: finished,
+        // reported and kept (with the local catalog) in one write.
+        let mut keeping = match remote {
+            true => None,
+            false => self.registry.get(run_id).map(|mut record| {
+                conclude(&mut record);
+                super::kept::Keeping::of(&self.registry, &record)
+            }),
+        };
+        let docs = keeping
+            .as_mut()
+            .map(|k| std::mem::take(&mut k.docs))
+            .unwrap_or_default();
+        let written = self.journal.finished(run_id, &verdict, !remote, docs).await;
+        if let Err(e) = &written {
+            if let JournalError::NotOwner(_) = e {
+                // This replica lost the run to another one, which reports it.
+                tracing::warn!(%run_id, "run taken over by another replica: its verdict is not sent from here");
+                self.set_report(run_id, ReportState::Local);
+                if let Some(keeping) = keeping {
+                    keeping.dropped(&self.registry);
+                }
+                return;
+            }
+            tracing::error!(%run_id, error = %e, "could not journal the verdict");
+        }
+        self.registry.update(run_id, conclude);
+        if let Some(keeping) = keeping {
             let keep = self.registry.keep_finished();
-            super::kept::keep(&*self.journal.records(), &self.registry, run_id, keep).await;
+            let result = written.map_err(|e| e.to_string());
+            keeping
+                .written(&*self.journal.records(), &self.registry, result, keep)
+                .await;
+            return;
+        }
+        if !remote {
             return;
         }
         self.deliver(run_id.clone(), verdict).await;

@@ -191,12 +191,14 @@ pub trait RunStore: RecordStore + Send + Sync {
     /// Puts a run back in the queue (a resumable run interrupted by a restart).
     async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError>;
     /// Records the verdict, committed before it is sent, so a crash re-sends this verdict
-    /// rather than deciding another.
+    /// rather than deciding another; with the named documents `kept` in the same commit (a
+    /// local run's record: see `runs/kept.rs`).
     async fn finished(
         &self,
         run_id: &RunId,
         verdict: &Verdict,
         reported: bool,
+        kept: Vec<(String, String)>,
     ) -> Result<(), JournalError>;
     /// Port acknowledged the final report (or will never take it): nothing left to send.
     async fn reported(&self, run_id: &RunId) -> Result<(), JournalError>;

@@ -416,22 +416,41 @@ impl RunStore for PgJournal {
         run_id: &RunId,
         verdict: &Verdict,
         reported: bool,
+        kept: Vec<(String, String)>,
     ) -> Result<(), JournalError> {
-        self.owned(
-            run_id,
-            "UPDATE port_runner_runs SET state = 'finished', finished_at = now(),
-                    final_status = $3, final_summary = $4, final_link = $5, reported = $6,
-                    final_output = $7
-             WHERE run_id = $1 AND owner = $2",
-            &[
-                &verdict.status.as_str(),
-                &verdict.summary,
-                &verdict.link,
-                &reported,
-                &verdict.output_text(),
-            ],
-        )
-        .await
+        let keys: Vec<&str> = kept.iter().map(|(k, _)| k.as_str()).collect();
+        let docs: Vec<&str> = kept.iter().map(|(_, d)| d.as_str()).collect();
+        // One statement: the verdict, and the documents only if the run is still ours.
+        let rows = self
+            .query(
+                "WITH f AS (
+                    UPDATE port_runner_runs SET state = 'finished', finished_at = now(),
+                           final_status = $3, final_summary = $4, final_link = $5,
+                           reported = $6, final_output = $7
+                     WHERE run_id = $1 AND owner = $2
+                    RETURNING run_id),
+                 k AS (
+                    INSERT INTO port_runner_records (key, doc)
+                    SELECT * FROM unnest($8::text[], $9::text[]) WHERE EXISTS (SELECT 1 FROM f)
+                    ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now())
+                 SELECT count(*) FROM f",
+                &[
+                    &run_id.as_str(),
+                    &self.replica,
+                    &verdict.status.as_str(),
+                    &verdict.summary,
+                    &verdict.link,
+                    &reported,
+                    &verdict.output_text(),
+                    &keys,
+                    &docs,
+                ],
+            )
+            .await?;
+        match rows.first().map(|r| r.get::<_, i64>(0)) {
+            Some(0) | None => Err(JournalError::NotOwner(run_id.to_string())),
+            Some(_) => Ok(()),
+        }
     }
     async fn reported(&self, run_id: &RunId) -> Result<(), JournalError> {
         self.execute(

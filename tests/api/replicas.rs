@@ -328,13 +328,29 @@ async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
     );
 
     // A wakes up: its verdict is fenced off, B's goes through.
+    let kept_key = format!("kept-run/late/{run_id}");
     let late = a
-        .finished(&invocation.run_id, &Verdict::success("done", None), false)
+        .finished(
+            &invocation.run_id,
+            &Verdict::success("done", None),
+            false,
+            vec![(kept_key.clone(), "a's record".into())],
+        )
         .await;
     assert!(matches!(late, Err(JournalError::NotOwner(_))), "{late:?}");
-    b.finished(&invocation.run_id, &Verdict::failure("interrupted"), false)
-        .await
-        .unwrap();
+    assert_eq!(
+        a.records().read_record(&kept_key).await.unwrap(),
+        None,
+        "nor are the documents written with it"
+    );
+    b.finished(
+        &invocation.run_id,
+        &Verdict::failure("interrupted"),
+        false,
+        vec![],
+    )
+    .await
+    .unwrap();
     b.reported(&invocation.run_id).await.unwrap();
     assert_eq!(
         b.state(invocation.run_id.as_str()).await.unwrap(),

@@ -48,7 +48,7 @@ where
         Some(("running".into(), false))
     );
     journal
-        .finished(&id, &Verdict::success("all good", None), false)
+        .finished(&id, &Verdict::success("all good", None), false, vec![])
         .await
         .unwrap();
     assert_eq!(
@@ -67,6 +67,36 @@ where
     assert_eq!(
         state(&journal, &done).await,
         Some(("finished".into(), true))
+    );
+
+    // A local run: finished, reported and kept (its record as a named document) at once.
+    let local = unique_run_id();
+    assert!(journal.accept(&invocation(&local)).await.unwrap());
+    let local_id = invocation(&local).run_id;
+    journal.started(&local_id).await.unwrap();
+    let kept_key = format!("kept-run/contract/{local}");
+    journal
+        .finished(
+            &local_id,
+            &Verdict::success("kept here", None),
+            true,
+            vec![(kept_key.clone(), "{\"state\":\"SUCCESS\"}".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&journal, &local).await,
+        Some(("finished".into(), true))
+    );
+    assert_eq!(
+        journal
+            .records()
+            .read_record(&kept_key)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"state\":\"SUCCESS\"}"),
+        "the documents are written with the verdict"
     );
 
     assert!(journal.accept(&invocation(&queued)).await.unwrap());

@@ -298,9 +298,11 @@ impl RunStore for SqliteJournal {
         run_id: &RunId,
         verdict: &Verdict,
         reported: bool,
+        kept: Vec<(String, String)>,
     ) -> Result<(), JournalError> {
         let (committed, answer) = oneshot::channel();
         self.send(Op::Finished {
+            kept,
             run_id: run_id.to_string(),
             status: verdict.status.as_str(),
             summary: verdict.summary.clone(),
@@ -554,12 +556,12 @@ mod tests {
         let id = |s: &str| RunId::parse("id", s).unwrap();
         j.started(&id("r_run")).await.unwrap();
         j.started(&id("r_fin")).await.unwrap();
-        j.finished(&id("r_fin"), &Verdict::failure("it broke"), false)
+        j.finished(&id("r_fin"), &Verdict::failure("it broke"), false, vec![])
             .await
             .unwrap();
         j.started(&id("r_done")).await.unwrap();
         let ok = Verdict::success("ok", Some("https://x".into()));
-        j.finished(&id("r_done"), &ok, false).await.unwrap();
+        j.finished(&id("r_done"), &ok, false, vec![]).await.unwrap();
         j.reported(&id("r_done")).await.unwrap();
         let log = j.log_pending(&id("r_run"), "line 1").await.unwrap();
         j.log_pending(&id("r_run"), "line 2").await.unwrap();

@@ -30,6 +30,8 @@ pub(super) enum Op {
         output: Option<String>,
         /// Nothing to send (local mode): recorded as reported at once.
         reported: bool,
+        /// Named documents written in the same transaction (a local run's record).
+        kept: Vec<(String, String)>,
         committed: Committed,
     },
     Reported(String, Committed),
@@ -158,9 +160,11 @@ fn write(tx: &rusqlite::Transaction<'_>, op: Op, answers: &mut Answers) -> rusql
             link,
             output,
             reported,
+            kept,
             committed,
         } => {
             answers.acks.push(committed);
+            put_records(tx, &kept)?;
             tx.prepare_cached(
                 "UPDATE runs SET state = 'finished', finished_at = ?2, final_status = ?3,
                             final_summary = ?4, final_link = ?5, reported = ?6, final_output = ?7
@@ -201,16 +205,25 @@ fn write(tx: &rusqlite::Transaction<'_>, op: Op, answers: &mut Answers) -> rusql
         }
         Op::Records(docs, committed) => {
             answers.acks.push(committed);
-            let now = now_ms();
-            let mut insert = tx.prepare_cached(
-                    "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-                )?;
-            for (key, text) in &docs {
-                insert.execute(params![key, text, now])?;
-            }
+            put_records(tx, &docs)?;
         }
         Op::Call(f) => answers.calls.push(f),
+    }
+    Ok(())
+}
+
+/// Named documents, each replaced whole.
+fn put_records(tx: &rusqlite::Transaction<'_>, docs: &[(String, String)]) -> rusqlite::Result<()> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+    )?;
+    for (key, text) in docs {
+        insert.execute(params![key, text, now])?;
     }
     Ok(())
 }

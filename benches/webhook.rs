@@ -147,9 +147,17 @@ fn server_ticks(server: &Server) -> u64 {
     cpu_ticks(server.child.id()) + if server.postgres { postgres_ticks() } else { 0 }
 }
 
-/// Waits (at most a minute) until no server used more than 20 ms of CPU in 250 ms.
+/// Waits (at most a minute) until the servers and PostgreSQL used no more than 20 ms of CPU
+/// in 250 ms.
 async fn settle(servers: &[(String, Server)]) {
-    let total = || -> u64 { servers.iter().map(|(_, s)| cpu_ticks(s.child.id())).sum() };
+    // With the PostgreSQL server: a journal statement still running is work not done.
+    let total = || -> u64 {
+        servers
+            .iter()
+            .map(|(_, s)| cpu_ticks(s.child.id()))
+            .sum::<u64>()
+            + postgres_ticks()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = total();
     while Instant::now() < deadline {

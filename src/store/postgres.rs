@@ -266,10 +266,9 @@ impl PgJournal {
     async fn start_group(&self, group: Vec<String>) -> Result<Vec<bool>, String> {
         let rows = self
             .query(
-                "UPDATE port_runner_runs r SET state = 'running', started_at = now()
-                   FROM unnest($1::text[]) AS u(id)
-                  WHERE r.run_id = u.id AND r.owner = $2
-                 RETURNING r.run_id",
+                "UPDATE port_runner_runs SET state = 'running', started_at = now()
+                  WHERE run_id = ANY($1) AND owner = $2
+                 RETURNING run_id",
                 &[&group, &self.replica],
             )
             .await

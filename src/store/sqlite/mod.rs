@@ -278,12 +278,9 @@ impl RunStore for SqliteJournal {
         let key = run_id.to_string();
         let stored: Option<String> = self
             .call(move |c| {
-                c.query_row(
-                    "SELECT invocation FROM invocations WHERE run_id = ?1",
-                    params![key],
-                    |r| r.get(0),
-                )
-                .optional()
+                c.prepare_cached("SELECT invocation FROM invocations WHERE run_id = ?1")?
+                    .query_row(params![key], |r| r.get(0))
+                    .optional()
             })
             .await?;
         stored
@@ -357,12 +354,11 @@ impl RunStore for SqliteJournal {
     async fn state(&self, run_id: &str) -> Result<Option<(String, bool)>, JournalError> {
         let run_id = run_id.to_owned();
         self.call(move |c| {
-            c.query_row(
-                "SELECT state, reported FROM runs WHERE run_id = ?1",
-                params![run_id],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 1)),
-            )
-            .optional()
+            c.prepare_cached("SELECT state, reported FROM runs WHERE run_id = ?1")?
+                .query_row(params![run_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 1))
+                })
+                .optional()
         })
         .await
     }
@@ -373,12 +369,9 @@ impl RecordStore for SqliteJournal {
     async fn read_record(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
         self.call(move |c| {
-            c.query_row(
-                "SELECT doc FROM records WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()
+            c.prepare_cached("SELECT doc FROM records WHERE key = ?1")?
+                .query_row(params![key], |r| r.get(0))
+                .optional()
         })
         .await
         .map_err(StoreError::new)

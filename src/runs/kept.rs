@@ -46,18 +46,17 @@ fn run_key(run_id: &RunId) -> String {
     format!("{PREFIX}{:016x}/{run_id}", next_sequence())
 }
 
-/// What keeps one finished run: its record and, when a run changed it, the local catalog,
-/// as documents. They are written with the run's verdict, in one commit (`Lifecycle::finish`),
-/// then [`Keeping::written`] is told how that went.
+/// Keeping one finished run: its record and, when a run changed it, the local catalog, as
+/// documents ([`Keeping::of`]) written with the run's verdict, in one commit
+/// (`Lifecycle::finish`); then [`Keeping::written`] is told how that went.
 pub struct Keeping {
-    pub docs: Vec<(String, String)>,
     /// The catalog is among the documents (its changed mark was taken).
     catalog: bool,
 }
 
 impl Keeping {
-    /// The documents for `record` (the run as it ends).
-    pub fn of(registry: &RunRegistry, record: &RunRecord) -> Self {
+    /// The documents for `record` (the run as it ends), and what to do once they are written.
+    pub fn of(registry: &RunRegistry, record: &RunRecord) -> (Vec<(String, String)>, Self) {
         let catalog = registry.entities();
         let changed = catalog.take_changed();
         let made = (|| -> Result<_, String> {
@@ -68,19 +67,13 @@ impl Keeping {
             Ok(docs)
         })();
         match made {
-            Ok(docs) => Self {
-                docs,
-                catalog: changed,
-            },
+            Ok(docs) => (docs, Self { catalog: changed }),
             Err(e) => {
                 if changed {
                     catalog.keep_failed();
                 }
                 tracing::warn!(run_id = %record.run_id, error = %e, "cannot write the run down to keep it");
-                Self {
-                    docs: Vec::new(),
-                    catalog: false,
-                }
+                (Vec::new(), Self { catalog: false })
             }
         }
     }
@@ -201,8 +194,7 @@ mod tests {
         let Some(record) = registry.get(run_id) else {
             return;
         };
-        let mut keeping = Keeping::of(registry, &record);
-        let docs = std::mem::take(&mut keeping.docs);
+        let (docs, keeping) = Keeping::of(registry, &record);
         let result = store.write_records(docs).await.map_err(|e| e.to_string());
         keeping.written(store, registry, result, keep).await;
     }

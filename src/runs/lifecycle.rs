@@ -145,17 +145,14 @@ impl Lifecycle {
         };
         // A local sink has nothing to send, and nothing else keeps the run: finished,
         // reported and kept (with the local catalog) in one write.
-        let mut keeping = match remote {
-            true => None,
-            false => self.registry.get(run_id).map(|mut record| {
+        let (docs, keeping) = match (!remote).then(|| self.registry.get(run_id)).flatten() {
+            Some(mut record) => {
                 conclude(&mut record);
-                super::kept::Keeping::of(&self.registry, &record)
-            }),
+                let (docs, keeping) = super::kept::Keeping::of(&self.registry, &record);
+                (docs, Some(keeping))
+            }
+            None => (Vec::new(), None),
         };
-        let docs = keeping
-            .as_mut()
-            .map(|k| std::mem::take(&mut k.docs))
-            .unwrap_or_default();
         let written = self.journal.finished(run_id, &verdict, !remote, docs).await;
         if let Err(e) = &written {
             if let JournalError::NotOwner(_) = e {
@@ -170,18 +167,17 @@ impl Lifecycle {
             tracing::error!(%run_id, error = %e, "could not journal the verdict");
         }
         self.registry.update(run_id, conclude);
-        if let Some(keeping) = keeping {
-            let keep = self.registry.keep_finished();
-            let result = written.map_err(|e| e.to_string());
-            keeping
-                .written(&*self.journal.records(), &self.registry, result, keep)
-                .await;
-            return;
+        match keeping {
+            Some(keeping) => {
+                let keep = self.registry.keep_finished();
+                let result = written.map_err(|e| e.to_string());
+                keeping
+                    .written(&*self.journal.records(), &self.registry, result, keep)
+                    .await;
+            }
+            None if remote => self.deliver(run_id.clone(), verdict).await,
+            None => {}
         }
-        if !remote {
-            return;
-        }
-        self.deliver(run_id.clone(), verdict).await;
     }
 
     /// Reported: a journalled final status delivered (also one a previous process never

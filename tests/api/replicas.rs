@@ -289,29 +289,43 @@ async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
     assert_eq!(second.await.unwrap(), state);
 }
 
+/// A run of the `stamp` action, as the journal stores it.
+fn stamp(run_id: &str) -> port_runner::invocation::Invocation {
+    port_runner::invocation::Invocation::from_stored(&json!({
+        "run_id": run_id, "action": "stamp", "operation": "CREATE", "inputs": {}
+    }))
+    .unwrap()
+}
+
+/// Replicas A and B on `database`, with `lease`.
+async fn two_journals(
+    database: &str,
+    lease: Duration,
+) -> (port_runner::store::Journal, port_runner::store::Journal) {
+    use port_runner::store::Journal;
+    let a = Journal::connect(database, "replica-a", lease)
+        .await
+        .unwrap();
+    let b = Journal::connect(database, "replica-b", lease)
+        .await
+        .unwrap();
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
-    use port_runner::invocation::Invocation;
+    use port_runner::store::JournalError;
     use port_runner::store::Verdict;
-    use port_runner::store::{Journal, JournalError};
 
     let database = fresh_database().await;
     let lease = Duration::from_secs(3);
-    let a = Journal::connect(&database, "replica-a", lease)
-        .await
-        .unwrap();
-    let b = Journal::connect(&database, "replica-b", lease)
-        .await
-        .unwrap();
+    let (a, b) = two_journals(&database, lease).await;
     // Both start with nothing to recover.
     assert!(a.recovery().await.unwrap().queued.is_empty());
     assert!(b.recovery().await.unwrap().queued.is_empty());
 
     let run_id = unique_run_id();
-    let invocation = Invocation::from_stored(&json!({
-        "run_id": run_id, "action": "stamp", "operation": "CREATE", "inputs": {}
-    }))
-    .unwrap();
+    let invocation = stamp(&run_id);
     assert!(a.accept(&invocation).await.unwrap());
     assert!(!b.accept(&invocation).await.unwrap(), "a duplicate on B");
     a.started(&invocation.run_id).await.unwrap();
@@ -360,7 +374,6 @@ async fn a_replica_that_lost_its_run_to_another_cannot_report_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_claiming_a_dead_replicas_runs_at_once_each_take_different_ones() {
-    use port_runner::invocation::Invocation;
     use port_runner::store::Journal;
 
     let database = fresh_database().await;
@@ -371,10 +384,7 @@ async fn replicas_claiming_a_dead_replicas_runs_at_once_each_take_different_ones
     let mut accepted = Vec::new();
     for _ in 0..300 {
         let run_id = unique_run_id();
-        let invocation = Invocation::from_stored(&json!({
-            "run_id": run_id, "action": "stamp", "operation": "CREATE", "inputs": {}
-        }))
-        .unwrap();
+        let invocation = stamp(&run_id);
         assert!(dead.accept(&invocation).await.unwrap());
         accepted.push(run_id);
     }
@@ -404,25 +414,14 @@ async fn replicas_claiming_a_dead_replicas_runs_at_once_each_take_different_ones
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_replicas_backlog_is_held_by_its_own_lease_and_its_heartbeat_rewrites_none_of_it() {
-    use port_runner::invocation::Invocation;
-    use port_runner::store::Journal;
-
     let database = fresh_database().await;
     // Beats every second; a queued run's own lease ends after 3 s.
     let lease = Duration::from_secs(3);
-    let a = Journal::connect(&database, "replica-a", lease)
-        .await
-        .unwrap();
-    let b = Journal::connect(&database, "replica-b", lease)
-        .await
-        .unwrap();
+    let (a, b) = two_journals(&database, lease).await;
     let mut backlog = Vec::new();
     let mut first = None;
     for _ in 0..50 {
-        let invocation = Invocation::from_stored(&json!({
-            "run_id": unique_run_id(), "action": "stamp", "operation": "CREATE", "inputs": {}
-        }))
-        .unwrap();
+        let invocation = stamp(&unique_run_id());
         assert!(a.accept(&invocation).await.unwrap());
         backlog.push(invocation.run_id.to_string());
         first.get_or_insert(invocation.run_id);

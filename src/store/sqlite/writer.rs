@@ -134,9 +134,9 @@ fn write(tx: &rusqlite::Transaction<'_>, op: Op, answers: &mut Answers) -> rusql
                 .execute(params![run_id, action, now_ms()])?;
             if inserted == 1 {
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO invocations (run_id, invocation) VALUES (?1, ?2)",
+                    "INSERT OR REPLACE INTO invocations (seq, invocation) VALUES (?1, ?2)",
                 )?
-                .execute(params![run_id, invocation])?;
+                .execute(params![tx.last_insert_rowid(), invocation])?;
             }
             answers.replies.push((reply, inserted == 1));
         }

@@ -15,7 +15,8 @@
 //! its SQLite and PostgreSQL journals in the same acceptance rounds.
 //!
 //! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32), BENCH_ONLY=backlog
-//! (only the backlog), BENCH_SKIP_BACKLOG=1.
+//! (only the backlog), BENCH_SKIP_BACKLOG=1, BENCH_PG_STATEMENTS=1 (where the PostgreSQL
+//! journal's time goes: its statements per run, from `pg_stat_statements`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -386,7 +387,15 @@ async fn run(requests: usize, concurrency: usize) {
         .build()
         .unwrap();
 
-    let server = pg::start_server(&["synchronous_commit=off"]);
+    let statements = std::env::var("BENCH_PG_STATEMENTS").as_deref() == Ok("1");
+    let server = match statements {
+        true => pg::start_server(&[
+            "synchronous_commit=off",
+            "shared_preload_libraries=pg_stat_statements",
+            "pg_stat_statements.track_planning=on",
+        ]),
+        false => pg::start_server(&["synchronous_commit=off"]),
+    };
     let database = pg::fresh_database_on(&server).await;
     let ours_bin = env!("CARGO_BIN_EXE_port-runner");
     let extra = ["--max-queued-runs", "10000000"];
@@ -521,8 +530,46 @@ async fn run(requests: usize, concurrency: usize) {
         loaded_rss as f64 / 1024.0,
         trivial_rss as f64 / 1024.0
     );
+    if statements {
+        pg_statements(&database, 2 * requests + 1000).await;
+    }
     drop(servers);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The PostgreSQL journal's statements in `database`, by the time they took, per run.
+async fn pg_statements(database: &str, runs: usize) {
+    let client = pg::client(database).await;
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT calls, total_exec_time, rows, total_plan_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
+               FROM pg_stat_statements
+              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+              ORDER BY total_exec_time + total_plan_time DESC LIMIT 12",
+            &[],
+        )
+        .await
+        .unwrap();
+    println!("\nPostgreSQL journal, statements by execution time ({runs} runs):\n");
+    println!("| calls per run | µs per run | µs per call | rows per call | planning µs per call | statement |");
+    println!("|---:|---:|---:|---:|---:|---|");
+    for row in rows {
+        let (calls, total_ms, rows): (i64, f64, i64) = (row.get(0), row.get(1), row.get(2));
+        let plan_ms: f64 = row.get(3);
+        println!(
+            "| {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | `{}` |",
+            calls as f64 / runs as f64,
+            total_ms * 1000.0 / runs as f64,
+            total_ms * 1000.0 / calls.max(1) as f64,
+            rows as f64 / calls.max(1) as f64,
+            plan_ms * 1000.0 / calls.max(1) as f64,
+            row.get::<_, String>(4).replace('|', "\\|")
+        );
+    }
 }
 
 /// RSS of a runner with one slot as a backlog of 5 s runs is accepted, and after a `kill -9`

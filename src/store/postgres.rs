@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::pg_conn::{describe, open, Conn};
 use super::pg_tls::PgTls;
 use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
+use tokio_postgres::types::Type;
 
 use crate::domain::RunId;
 use crate::invocation::Invocation;
@@ -263,16 +264,19 @@ impl PgJournal {
     }
 
     /// Marks a group of this replica's runs started; for each, whether it is still ours.
+    /// Planned for its ids each time: the generic plan of `= ANY($1)`, made while the table
+    /// was small, stayed a scan of it (2 ms a group behind 20,000 queued runs).
     async fn start_group(&self, group: Vec<String>) -> Result<Vec<bool>, String> {
-        let rows = self
-            .query(
+        let conn = self.client().await.map_err(message)?;
+        let rows = conn
+            .query_planned(
                 "UPDATE port_runner_runs SET state = 'running', started_at = now()
                   WHERE run_id = ANY($1) AND owner = $2
                  RETURNING run_id",
-                &[&group, &self.replica],
+                &[(&group, Type::TEXT_ARRAY), (&self.replica, Type::TEXT)],
             )
             .await
-            .map_err(message)?;
+            .map_err(|e| describe(&e))?;
         let ours: std::collections::HashSet<String> =
             rows.iter().map(|r| r.get::<_, String>(0)).collect();
         Ok(group.iter().map(|id| ours.contains(id)).collect())

@@ -25,7 +25,7 @@ const LEGACY_RUN: &str = "local-run/";
 
 /// Runs kept between two trims, at least: at most this many documents beyond `keep_finished`
 /// wait, or half as many as it keeps, whichever is more. A trim reads every document it keeps
-/// (on PostgreSQL each row, 3 ms for 1,000): trimming every 64 runs cost each run 16 reads of
+/// (on PostgreSQL each row: about 2 ms for 1,000): trimming every 64 runs cost each run 16 reads of
 /// documents it did not change, every `keep / 2` costs it 3.
 const TRIM_EVERY: u64 = 64;
 

@@ -388,14 +388,14 @@ async fn run(requests: usize, concurrency: usize) {
         .unwrap();
 
     let statements = std::env::var("BENCH_PG_STATEMENTS").as_deref() == Ok("1");
-    let server = match statements {
-        true => pg::start_server(&[
-            "synchronous_commit=off",
+    let mut settings = vec!["synchronous_commit=off"];
+    if statements {
+        settings.extend([
             "shared_preload_libraries=pg_stat_statements",
             "pg_stat_statements.track_planning=on",
-        ]),
-        false => pg::start_server(&["synchronous_commit=off"]),
-    };
+        ]);
+    }
+    let server = pg::start_server(&settings);
     let database = pg::fresh_database_on(&server).await;
     let ours_bin = env!("CARGO_BIN_EXE_port-runner");
     let extra = ["--max-queued-runs", "10000000"];

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, RwLock};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config};
 use tokio_util::sync::CancellationToken;
 
 use super::pg_conn::{describe, open, Conn};
 use super::pg_tls::PgTls;
 use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
-use tokio_postgres::types::Type;
 
 use crate::domain::RunId;
 use crate::invocation::Invocation;
@@ -222,6 +222,18 @@ impl PgJournal {
             .map_err(|e| self.error(describe(&e)))
     }
 
+    /// [`query`](Self::query), planned for its parameters at each call.
+    async fn query_planned(
+        &self,
+        sql: &str,
+        params: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<tokio_postgres::Row>, JournalError> {
+        let conn = self.client().await?;
+        conn.query_planned(sql, params)
+            .await
+            .map_err(|e| self.error(describe(&e)))
+    }
+
     /// Forgets a group of delivered log batches in one statement.
     async fn done_group(&self, ids: Vec<i64>) -> Result<Vec<()>, String> {
         let done = ids.len();
@@ -267,8 +279,7 @@ impl PgJournal {
     /// Planned for its ids each time: the generic plan of `= ANY($1)`, made while the table
     /// was small, stayed a scan of it (2 ms a group behind 20,000 queued runs).
     async fn start_group(&self, group: Vec<String>) -> Result<Vec<bool>, String> {
-        let conn = self.client().await.map_err(message)?;
-        let rows = conn
+        let rows = self
             .query_planned(
                 "UPDATE port_runner_runs SET state = 'running', started_at = now()
                   WHERE run_id = ANY($1) AND owner = $2
@@ -276,7 +287,7 @@ impl PgJournal {
                 &[(&group, Type::TEXT_ARRAY), (&self.replica, Type::TEXT)],
             )
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(message)?;
         let ours: std::collections::HashSet<String> =
             rows.iter().map(|r| r.get::<_, String>(0)).collect();
         Ok(group.iter().map(|id| ours.contains(id)).collect())

@@ -16,7 +16,9 @@
 //!
 //! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32), BENCH_ONLY=backlog
 //! (only the backlog), BENCH_SKIP_BACKLOG=1, BENCH_PG_STATEMENTS=1 (where the PostgreSQL
-//! journal's time goes: its statements per run, from `pg_stat_statements`).
+//! journal's time goes: its statements per run, from `pg_stat_statements`), BENCH_RUN_SECS
+//! (each run sleeps this long: with 600, no run ends during the bench and acceptance is
+//! measured alone, without the executed runs competing for the cores).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -276,9 +278,14 @@ fn start_trivial() -> Server {
     }
 }
 
-/// Pre-signed bodies, so the load generator's HMAC work is not measured.
+/// Pre-signed bodies, so the load generator's HMAC work is not measured. Each run sleeps
+/// BENCH_RUN_SECS (default 0: the echo returns at once).
 fn bodies(n: usize, tag: &str) -> Vec<(Vec<u8>, String, String)> {
-    sleeping_bodies(n, tag, 0.0, SECRET)
+    let run_secs = std::env::var("BENCH_RUN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    sleeping_bodies(n, tag, run_secs, SECRET)
 }
 
 /// The same, each run sleeping `sleep_secs` (0: none), signed with `secret`.

@@ -71,7 +71,7 @@ fn main() {
     }
 }
 
-fn env_or(name: &str, default: usize) -> usize {
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -281,11 +281,7 @@ fn start_trivial() -> Server {
 /// Pre-signed bodies, so the load generator's HMAC work is not measured. Each run sleeps
 /// BENCH_RUN_SECS (default 0: the echo returns at once).
 fn bodies(n: usize, tag: &str) -> Vec<(Vec<u8>, String, String)> {
-    let run_secs = std::env::var("BENCH_RUN_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    sleeping_bodies(n, tag, run_secs, SECRET)
+    sleeping_bodies(n, tag, env_or("BENCH_RUN_SECS", 0.0), SECRET)
 }
 
 /// The same, each run sleeping `sleep_secs` (0: none), signed with `secret`.

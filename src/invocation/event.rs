@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn an_event_survives_being_stored() {
         let inv = parsed(&json!({"event": event(), "run": {"id": "r_1"}}), None).unwrap();
-        let back = Invocation::from_stored(&serde_json::to_value(&inv).unwrap()).unwrap();
+        let back = Invocation::from_stored(serde_json::to_value(&inv).unwrap()).unwrap();
         assert_eq!(back.event.as_deref(), Some("TIMER_PROPERTY_EXPIRED"));
         assert_eq!(back.action.as_str(), EVENT_ACTION);
     }

@@ -8,7 +8,7 @@ pub mod event;
 pub mod job;
 pub mod payload;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::domain::{ActionId, BlueprintId, DomainError, EntityId, Identifier, Operation, RunId};
@@ -92,7 +92,9 @@ impl Invocation {
     }
 
     /// Rebuilds an invocation from its stored (serialized) form, re-validating every field.
-    pub fn from_stored(value: &Value) -> Result<Self, DomainError> {
+    /// Takes the value so that the inputs and the entity move out of it instead of being
+    /// copied (a queued run is read back this way when its turn comes).
+    pub fn from_stored(mut value: Value) -> Result<Self, DomainError> {
         let text = |key: &str| value.get(key).and_then(Value::as_str);
         let run_id = RunId::parse("run_id", text("run_id").unwrap_or_default())?;
         let action = Identifier::schema("action", text("action").unwrap_or_default())?;
@@ -113,19 +115,14 @@ impl Invocation {
                     .and_then(Value::as_str)
                     .map(|b| Identifier::schema("entity.blueprint", b))
                     .transpose()?,
-                raw: e
-                    .get("raw")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default(),
+                raw: Map::new(),
             }),
             _ => None,
         };
         let job = match value.get("job") {
-            Some(job) => Some(
-                serde_json::from_value(job.clone())
-                    .map_err(|e| DomainError::new("job", e.to_string()))?,
-            ),
+            Some(job) => {
+                Some(Job::deserialize(job).map_err(|e| DomainError::new("job", e.to_string()))?)
+            }
             // Journaled before jobs were typed: the job is in the action's inputs.
             None if value.get("internal").and_then(Value::as_bool) == Some(true) => {
                 let inputs = value.get("inputs").and_then(Value::as_object);
@@ -142,17 +139,13 @@ impl Invocation {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        Ok(Self {
+        let mut invocation = Self {
             run_id,
             action,
             operation,
             blueprint,
             entity,
-            inputs: value
-                .get("inputs")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
+            inputs: Map::new(),
             secret_inputs: value
                 .get("secret_inputs")
                 .and_then(Value::as_array)
@@ -169,7 +162,16 @@ impl Invocation {
             },
             job,
             event: text("event").map(str::to_owned),
-        })
+        };
+        let mut take_object = |pointer: &str| match value.pointer_mut(pointer).map(Value::take) {
+            Some(Value::Object(object)) => object,
+            _ => Map::new(),
+        };
+        invocation.inputs = take_object("/inputs");
+        if let Some(entity) = invocation.entity.as_mut() {
+            entity.raw = take_object("/entity/raw");
+        }
+        Ok(invocation)
     }
 
     /// Whether the runner started this run itself (Port knows nothing of it).
@@ -295,7 +297,7 @@ mod tests {
     }
 
     fn with_secrets(inputs: Value, secret: &[&str]) -> Invocation {
-        Invocation::from_stored(&json!({
+        Invocation::from_stored(json!({
             "run_id": "r_1", "action": "a", "operation": "CREATE",
             "inputs": inputs, "secret_inputs": secret,
         }))
@@ -348,10 +350,10 @@ mod tests {
         });
         let inv = crate::invocation::body::parse(body.to_string().as_bytes(), None).unwrap();
         let stored = serde_json::to_value(&inv).unwrap();
-        let back = Invocation::from_stored(&stored).unwrap();
+        let back = Invocation::from_stored(stored.clone()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), stored);
         let mut tampered = stored.clone();
         tampered["run_id"] = json!("r/../x");
-        assert!(Invocation::from_stored(&tampered).is_err());
+        assert!(Invocation::from_stored(tampered).is_err());
     }
 }

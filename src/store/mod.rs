@@ -173,7 +173,7 @@ fn read_stored(run_id: &str, stored: &str) -> Result<Invocation, JournalError> {
     };
     let value =
         serde_json::from_str::<serde_json::Value>(stored).map_err(|e| unreadable(e.to_string()))?;
-    Invocation::from_stored(&value).map_err(|e| unreadable(e.to_string()))
+    Invocation::from_stored(value).map_err(|e| unreadable(e.to_string()))
 }
 
 /// What a journal store does; SQLite and PostgreSQL each implement it once. Every write is

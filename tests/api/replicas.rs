@@ -291,7 +291,7 @@ async fn replicas_share_one_gitops_ownership_record_under_one_lock() {
 
 /// A run of the `stamp` action, as the journal stores it.
 fn stamp(run_id: &str) -> port_runner::invocation::Invocation {
-    port_runner::invocation::Invocation::from_stored(&json!({
+    port_runner::invocation::Invocation::from_stored(json!({
         "run_id": run_id, "action": "stamp", "operation": "CREATE", "inputs": {}
     }))
     .unwrap()

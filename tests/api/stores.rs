@@ -14,7 +14,7 @@ use crate::helpers::unique_run_id;
 use crate::pg::fresh_database;
 
 fn invocation(run_id: &str) -> Invocation {
-    Invocation::from_stored(&json!({
+    Invocation::from_stored(json!({
         "run_id": run_id, "action": "echo", "operation": "CREATE", "inputs": {"n": 1}
     }))
     .unwrap()

@@ -27,7 +27,7 @@ fn harness(secrets: &[&str]) -> Harness {
     let run_id = RunId::generate("r_tool_");
     let inv =
         serde_json::json!({"run_id": run_id.as_str(), "action": "tool", "operation": "CREATE"});
-    registry.admit(&port_runner::invocation::Invocation::from_stored(&inv).unwrap());
+    registry.admit(&port_runner::invocation::Invocation::from_stored(inv).unwrap());
     let lifecycle = port_runner::runs::Lifecycle {
         sink: Arc::new(port_runner::runs::LocalRuns),
         journal: Arc::new(port_runner::store::Journal::in_memory().unwrap()),

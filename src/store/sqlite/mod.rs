@@ -453,7 +453,7 @@ fn read_recovery(c: &Connection) -> rusqlite::Result<Recovery> {
 
 #[cfg(test)]
 mod tests {
-    use super::schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4};
+    use super::schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5};
     use super::*;
 
     fn inv(id: &str) -> Invocation {
@@ -598,6 +598,69 @@ mod tests {
         let r = j.recovery().await.unwrap();
         let queued: Vec<&str> = r.queued.iter().map(|id| id.as_str()).collect();
         assert_eq!(queued, ["r_zz", "r_aa", "r_new"], "a new run queues behind");
+    }
+
+    #[tokio::test]
+    async fn the_state_check_moves_to_comparisons_keeping_every_run_and_refusing_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let stored = |id: &str| serde_json::to_string(&inv(id)).unwrap();
+        {
+            // A journal as schema version 5 left it: the state checked with `IN`.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} {SCHEMA_V5} PRAGMA user_version = 5;"
+            ))
+            .unwrap();
+            for (id, state) in [("r_q", "queued"), ("r_run", "running"), ("r_q2", "queued")] {
+                c.execute(
+                    "INSERT INTO runs (run_id, action, state, accepted_at) VALUES (?1, 'echo', ?2, 1)",
+                    params![id, state],
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT INTO invocations (seq, invocation) VALUES (?1, ?2)",
+                    params![c.last_insert_rowid(), stored(id)],
+                )
+                .unwrap();
+            }
+        }
+        let j = SqliteJournal::open(&path).unwrap();
+        let r = j.recovery().await.unwrap();
+        let queued: Vec<&str> = r.queued.iter().map(|id| id.as_str()).collect();
+        assert_eq!(queued, ["r_q", "r_q2"], "same runs, same order");
+        assert_eq!(r.interrupted[0].run_id.as_str(), "r_run");
+        let q2 = RunId::parse("id", "r_q2").unwrap();
+        assert_eq!(
+            j.invocation(&q2).await.unwrap().map(|i| i.run_id),
+            Some(q2),
+            "each run keeps its invocation (same seq)"
+        );
+        drop(j);
+        let c = Connection::open(&path).unwrap();
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 6);
+        let refused = c.execute("UPDATE runs SET state = 'paused' WHERE run_id = 'r_q'", []);
+        assert!(
+            refused.is_err(),
+            "a state outside the three is still refused"
+        );
+        // What the change is for: no temporary table built on accept or on a state update.
+        for sql in [
+            "INSERT OR IGNORE INTO runs (run_id, action, state, accepted_at) VALUES (?1, ?2, 'queued', ?3)",
+            "UPDATE runs SET state = 'running', started_at = ?2 WHERE run_id = ?1",
+        ] {
+            let mut explain = c.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let unbound = std::iter::repeat_n(0, explain.parameter_count());
+            let ops: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(unbound), |r| r.get(1))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{sql}: {ops:?}");
+        }
     }
 
     #[tokio::test]

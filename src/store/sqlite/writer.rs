@@ -57,7 +57,7 @@ pub(super) type WriteFailure = Arc<rusqlite::Error>;
 pub(super) type Committed = oneshot::Sender<Result<(), WriteFailure>>;
 
 /// The writer thread: takes what is queued, commits it as one transaction, answers.
-pub(super) fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, path: String) {
+pub(super) fn writer(conn: Connection, rx: std::sync::mpsc::Receiver<Op>, path: String) {
     while let Ok(first) = rx.recv() {
         // Woken by the first write: let the threads that are about to queue theirs do so
         // (on a busy machine they share our cores), so one commit takes them all.
@@ -81,12 +81,18 @@ pub(super) fn writer(mut conn: Connection, rx: std::sync::mpsc::Receiver<Op>, pa
         }
         let mut answers = Answers::default();
         let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            // Prepared once and cached, as every statement here: `Connection::transaction`
+            // parses BEGIN and COMMIT again on each group.
+            conn.prepare_cached("BEGIN")?.execute([])?;
             for op in group {
-                write(&tx, op, &mut answers)?;
+                write(&conn, op, &mut answers)?;
             }
-            tx.commit()
+            conn.prepare_cached("COMMIT")?.execute([]).map(drop)
         })();
+        if result.is_err() && !conn.is_autocommit() {
+            // Nothing of a failed group stays: every write in it is answered with the error.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         let Answers {
             replies,
             acks,
@@ -128,7 +134,7 @@ struct Answers {
 }
 
 /// One queued write, inside the group's transaction.
-fn write(tx: &rusqlite::Transaction<'_>, op: Op, answers: &mut Answers) -> rusqlite::Result<()> {
+fn write(tx: &Connection, op: Op, answers: &mut Answers) -> rusqlite::Result<()> {
     match op {
         Op::Accept {
             run_id,
@@ -223,7 +229,7 @@ fn write(tx: &rusqlite::Transaction<'_>, op: Op, answers: &mut Answers) -> rusql
 }
 
 /// Named documents, each replaced whole.
-fn put_records(tx: &rusqlite::Transaction<'_>, docs: &[(String, String)]) -> rusqlite::Result<()> {
+fn put_records(tx: &Connection, docs: &[(String, String)]) -> rusqlite::Result<()> {
     if docs.is_empty() {
         return Ok(());
     }

@@ -124,3 +124,188 @@ CREATE TABLE pending_logs (
 );
 CREATE INDEX pending_logs_run ON pending_logs (run_id, id);
 ";
+
+/// Each migration on a journal an older build left.
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection};
+
+    use super::*;
+    use crate::core::RecordStore;
+    use crate::domain::RunId;
+    use crate::invocation::Invocation;
+    use crate::store::sqlite::SqliteJournal;
+    use crate::store::RunStore;
+
+    fn inv(id: &str) -> Invocation {
+        Invocation::for_tests(id)
+    }
+
+    #[tokio::test]
+    async fn an_older_journals_runs_move_to_tables_in_acceptance_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let stored = |id: &str| serde_json::to_string(&inv(id)).unwrap();
+        {
+            // A journal as schema version 4 left it: runs keyed by their (random) ids.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = 4;"
+            ))
+            .unwrap();
+            for (id, state, accepted_at) in [
+                ("r_zz", "queued", 1),
+                ("r_run", "running", 2),
+                ("r_aa", "queued", 3),
+                ("r_fin", "finished", 0),
+            ] {
+                c.execute(
+                    "INSERT INTO runs (run_id, action, state, accepted_at, final_status, final_summary)
+                     VALUES (?1, 'echo', ?2, ?3, 'SUCCESS', 'done')",
+                    params![id, state, accepted_at],
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT INTO invocations (run_id, invocation) VALUES (?1, ?2)",
+                    params![id, stored(id)],
+                )
+                .unwrap();
+            }
+        }
+        let j = SqliteJournal::open(&path).unwrap();
+        let r = j.recovery().await.unwrap();
+        let queued: Vec<&str> = r.queued.iter().map(|id| id.as_str()).collect();
+        assert_eq!(queued, ["r_zz", "r_aa"], "in the order they were accepted");
+        assert_eq!(r.interrupted.len(), 1);
+        assert_eq!(r.interrupted[0].run_id.as_str(), "r_run");
+        assert_eq!(r.unreported.len(), 1, "{:?}", r.unreported);
+        let aa = RunId::parse("id", "r_aa").unwrap();
+        assert_eq!(
+            j.invocation(&aa).await.unwrap().map(|i| i.run_id),
+            Some(aa.clone()),
+            "each run keeps its own invocation"
+        );
+        assert!(!j.accept(&inv("r_aa")).await.unwrap(), "still known");
+        assert!(j.accept(&inv("r_new")).await.unwrap());
+        let new = RunId::parse("id", "r_new").unwrap();
+        assert_eq!(
+            j.invocation(&new).await.unwrap().map(|i| i.run_id),
+            Some(new)
+        );
+        let r = j.recovery().await.unwrap();
+        let queued: Vec<&str> = r.queued.iter().map(|id| id.as_str()).collect();
+        assert_eq!(queued, ["r_zz", "r_aa", "r_new"], "a new run queues behind");
+    }
+
+    #[tokio::test]
+    async fn the_state_check_moves_to_comparisons_keeping_every_run_and_refusing_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let stored = |id: &str| serde_json::to_string(&inv(id)).unwrap();
+        {
+            // A journal as schema version 5 left it: the state checked with `IN`.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} {SCHEMA_V5} PRAGMA user_version = 5;"
+            ))
+            .unwrap();
+            for (id, state) in [("r_q", "queued"), ("r_run", "running"), ("r_q2", "queued")] {
+                c.execute(
+                    "INSERT INTO runs (run_id, action, state, accepted_at) VALUES (?1, 'echo', ?2, 1)",
+                    params![id, state],
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT INTO invocations (seq, invocation) VALUES (?1, ?2)",
+                    params![c.last_insert_rowid(), stored(id)],
+                )
+                .unwrap();
+            }
+        }
+        let j = SqliteJournal::open(&path).unwrap();
+        let r = j.recovery().await.unwrap();
+        let queued: Vec<&str> = r.queued.iter().map(|id| id.as_str()).collect();
+        assert_eq!(queued, ["r_q", "r_q2"], "same runs, same order");
+        assert_eq!(r.interrupted[0].run_id.as_str(), "r_run");
+        let q2 = RunId::parse("id", "r_q2").unwrap();
+        assert_eq!(
+            j.invocation(&q2).await.unwrap().map(|i| i.run_id),
+            Some(q2),
+            "each run keeps its invocation (same seq)"
+        );
+        drop(j);
+        let c = Connection::open(&path).unwrap();
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 6);
+        let refused = c.execute("UPDATE runs SET state = 'paused' WHERE run_id = 'r_q'", []);
+        assert!(
+            refused.is_err(),
+            "a state outside the three is still refused"
+        );
+        // What the change is for: no temporary table built on accept or on a state update.
+        for sql in [
+            "INSERT OR IGNORE INTO runs (run_id, action, state, accepted_at) VALUES (?1, ?2, 'queued', ?3)",
+            "UPDATE runs SET state = 'running', started_at = ?2 WHERE run_id = ?1",
+        ] {
+            let mut explain = c.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let unbound = std::iter::repeat_n(0, explain.parameter_count());
+            let ops: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(unbound), |r| r.get(1))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{sql}: {ops:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_journals_documents_move_to_the_rowid_table_and_trim_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            // A journal as schema version 3 left it, with documents in the keyed table.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = 3;"
+            ))
+            .unwrap();
+            for i in 0..5 {
+                c.execute(
+                    "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, 0)",
+                    params![format!("kept-run/{i:016x}/r_{i}"), "x".repeat(1500)],
+                )
+                .unwrap();
+            }
+        }
+        let j = SqliteJournal::open(&path).unwrap();
+        let keys = j.keys_prefixed("kept-run/").await.unwrap();
+        assert_eq!(keys.len(), 5, "every document moved: {keys:?}");
+        assert_eq!(
+            j.read_record("kept-run/0000000000000004/r_4")
+                .await
+                .unwrap(),
+            Some("x".repeat(1500))
+        );
+        j.write_record("kept-run/0000000000000004/r_4", "replaced")
+            .await
+            .unwrap();
+        assert_eq!(j.trim_prefixed("kept-run/", 2).await.unwrap(), 3);
+        assert_eq!(
+            j.keys_prefixed("kept-run/").await.unwrap(),
+            [
+                "kept-run/0000000000000003/r_3",
+                "kept-run/0000000000000004/r_4"
+            ],
+            "the newest kept"
+        );
+        assert_eq!(
+            j.read_record("kept-run/0000000000000004/r_4")
+                .await
+                .unwrap(),
+            Some("replaced".into()),
+            "a key is written in place (unique)"
+        );
+    }
+}

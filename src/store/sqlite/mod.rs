@@ -472,6 +472,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_group_is_rolled_back_and_the_next_one_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite3");
+        let j = SqliteJournal::open(&path).unwrap();
+        // A write the database refuses, in the middle of a group's transaction.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = 'refused'
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .unwrap();
+        let err = j.write_record("refused", "x").await.unwrap_err();
+        assert!(err.to_string().contains("refused by the test"), "{err}");
+        // The transaction was not left open: the next group begins and commits.
+        assert!(j.accept(&inv("r_after")).await.unwrap());
+        j.write_record("kept", "y").await.unwrap();
+        drop(j);
+        let j = SqliteJournal::open(&path).unwrap();
+        assert_eq!(j.read_record("refused").await.unwrap(), None);
+        assert_eq!(j.read_record("kept").await.unwrap(), Some("y".into()));
+        assert!(!j.accept(&inv("r_after")).await.unwrap(), "committed");
+    }
+
+    #[tokio::test]
     async fn concurrent_acceptances_are_grouped_and_each_answered() {
         let dir = tempfile::tempdir().unwrap();
         let j = std::sync::Arc::new(SqliteJournal::open(&dir.path().join("j.db")).unwrap());

@@ -137,22 +137,29 @@ mod tests {
     use crate::store::sqlite::SqliteJournal;
     use crate::store::RunStore;
 
-    fn inv(id: &str) -> Invocation {
-        Invocation::for_tests(id)
+    /// A journal as schema version `version` left it: its first `version` migrations applied.
+    fn older_journal(path: &std::path::Path, version: usize) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(&format!(
+            "{} PRAGMA user_version = {version};",
+            SCHEMA[..version].join(" ")
+        ))
+        .unwrap();
+        c
+    }
+
+    /// A run's invocation as the journal stores it.
+    fn stored(id: &str) -> String {
+        serde_json::to_string(&Invocation::for_tests(id)).unwrap()
     }
 
     #[tokio::test]
     async fn an_older_journals_runs_move_to_tables_in_acceptance_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.db");
-        let stored = |id: &str| serde_json::to_string(&inv(id)).unwrap();
         {
             // A journal as schema version 4 left it: runs keyed by their (random) ids.
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(&format!(
-                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} PRAGMA user_version = 4;"
-            ))
-            .unwrap();
+            let c = older_journal(&path, 4);
             for (id, state, accepted_at) in [
                 ("r_zz", "queued", 1),
                 ("r_run", "running", 2),
@@ -185,8 +192,11 @@ mod tests {
             Some(aa.clone()),
             "each run keeps its own invocation"
         );
-        assert!(!j.accept(&inv("r_aa")).await.unwrap(), "still known");
-        assert!(j.accept(&inv("r_new")).await.unwrap());
+        assert!(
+            !j.accept(&Invocation::for_tests("r_aa")).await.unwrap(),
+            "still known"
+        );
+        assert!(j.accept(&Invocation::for_tests("r_new")).await.unwrap());
         let new = RunId::parse("id", "r_new").unwrap();
         assert_eq!(
             j.invocation(&new).await.unwrap().map(|i| i.run_id),
@@ -201,14 +211,9 @@ mod tests {
     async fn the_state_check_moves_to_comparisons_keeping_every_run_and_refusing_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.db");
-        let stored = |id: &str| serde_json::to_string(&inv(id)).unwrap();
         {
             // A journal as schema version 5 left it: the state checked with `IN`.
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(&format!(
-                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} {SCHEMA_V5} PRAGMA user_version = 5;"
-            ))
-            .unwrap();
+            let c = older_journal(&path, 5);
             for (id, state) in [("r_q", "queued"), ("r_run", "running"), ("r_q2", "queued")] {
                 c.execute(
                     "INSERT INTO runs (run_id, action, state, accepted_at) VALUES (?1, 'echo', ?2, 1)",
@@ -266,11 +271,7 @@ mod tests {
         let path = dir.path().join("j.db");
         {
             // A journal as schema version 3 left it, with documents in the keyed table.
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(&format!(
-                "{SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = 3;"
-            ))
-            .unwrap();
+            let c = older_journal(&path, 3);
             for i in 0..5 {
                 c.execute(
                     "INSERT INTO records (key, doc, updated_at) VALUES (?1, ?2, 0)",

@@ -256,6 +256,7 @@ impl Runner {
             let pending = PendingGuard(&this.pending, &this.slot_freed);
             let Some(invocation) = this.load(queued).await else {
                 this.metrics.queue_depth().dec();
+                turn.forgo(&this);
                 return;
             };
             let internal = invocation.is_internal();
@@ -273,21 +274,50 @@ impl Runner {
         self.tracker.spawn_on(supervised.instrument(span), &self.rt);
     }
 
+    /// Runs that moved up from ids to tasks, in order: their invocations are read back in
+    /// one journal read, then each waits (or starts) as a task of its own.
+    fn move_up(self: &Arc<Self>, moved: Vec<(RunId, Place)>) {
+        let this = self.clone();
+        let read_back = async move {
+            let ids: Vec<RunId> = moved.iter().map(|(run_id, _)| run_id.clone()).collect();
+            let read: Vec<_> = match this.lifecycle.journal.invocations(&ids).await {
+                Ok(read) => read
+                    .into_iter()
+                    .map(|r| {
+                        r.transpose()
+                            .map(|i| i.map(Box::new))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect(),
+                // Each run ends saying why, as when its own read fails.
+                Err(e) => ids.iter().map(|_| Err(e.to_string())).collect(),
+            };
+            for ((run_id, place), read) in moved.into_iter().zip(read) {
+                this.spawn_run(Queued::Read(run_id, read), place);
+            }
+        };
+        self.tracker.spawn_on(read_back, &self.rt);
+    }
+
     /// A queued run's invocation: in hand, or read back from the journal when it waited there
     /// (and then shown here again: a run recovered after a restart was not). `None` when it
     /// cannot run (ended here, saying why, when it could be read at all).
     async fn load(&self, queued: Queued) -> Option<Invocation> {
-        let run_id = match queued {
+        let (run_id, read) = match queued {
             Queued::Loaded(invocation) => return Some(*invocation),
-            Queued::Stored(run_id) => run_id,
+            Queued::Stored(run_id) => {
+                let read = self.lifecycle.journal.invocation(&run_id).await;
+                (run_id, read.map_err(|e| e.to_string()))
+            }
+            Queued::Read(run_id, read) => (run_id, read.map(|i| i.map(|boxed| *boxed))),
         };
-        match self.lifecycle.journal.invocation(&run_id).await {
+        match read {
             Ok(Some(invocation)) => {
                 self.lifecycle.registry.admit(&invocation);
                 Some(invocation)
             }
             Ok(None) => {
-                // Its turn is dropped with the task: a slot it held or was handed goes on.
+                // Its turn is forgone: a slot it held or was handed goes on.
                 tracing::warn!(%run_id, "a queued run is no longer in the journal (another replica took it); skipped");
                 None
             }
@@ -635,8 +665,9 @@ struct Slot(Arc<Runner>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        for (queued, place) in self.0.queue.release() {
-            self.0.spawn_run(Queued::Stored(queued), place);
+        let moved = self.0.queue.release();
+        if !moved.is_empty() {
+            self.0.move_up(moved);
         }
     }
 }
@@ -651,17 +682,32 @@ enum Turn {
     },
 }
 
-/// A queued run: its invocation in hand, or only its id while the journal holds the rest.
+impl Turn {
+    /// A turn not taken (its run cannot run): a slot it holds, or was handed already, goes
+    /// on to the next run; one not handed yet skips it.
+    fn forgo(self, runner: &Arc<Runner>) {
+        if let Self::Wait { mut handed, .. } = self {
+            handed.close();
+            if handed.try_recv().is_ok() {
+                drop(Slot(runner.clone()));
+            }
+        }
+    }
+}
+
+/// A queued run: its invocation in hand, only its id while the journal holds the rest, or
+/// what the journal answered when it was read back with others.
 enum Queued {
     Loaded(Box<Invocation>),
     Stored(RunId),
+    Read(RunId, Result<Option<Box<Invocation>>, String>),
 }
 
 impl Queued {
     fn run_id(&self) -> &RunId {
         match self {
             Self::Loaded(invocation) => &invocation.run_id,
-            Self::Stored(run_id) => run_id,
+            Self::Stored(run_id) | Self::Read(run_id, _) => run_id,
         }
     }
 }

@@ -165,6 +165,9 @@ impl Recovery {
     }
 }
 
+/// One run's answer to [`RunStore::invocations`]: `None` when the journal holds no such run.
+pub type StoredInvocation = Option<Result<Invocation, JournalError>>;
+
 /// An invocation as the journal stored it, read back.
 fn read_stored(run_id: &str, stored: &str) -> Result<Invocation, JournalError> {
     let unreadable = |reason: String| JournalError::Unreadable {
@@ -185,9 +188,15 @@ pub trait RunStore: RecordStore + Send + Sync {
     async fn accept(&self, invocation: &Invocation) -> Result<bool, JournalError>;
     /// Records that the run started (committed before the handler may have effects).
     async fn started(&self, run_id: &RunId) -> Result<(), JournalError>;
-    /// The stored invocation of a run (`None`: the journal holds no such run), read when a
-    /// queued run's turn comes.
-    async fn invocation(&self, run_id: &RunId) -> Result<Option<Invocation>, JournalError>;
+    /// The stored invocations of queued runs, read when they move up the queue (a backlog
+    /// moves up in steps: one read for each step, not for each run). One answer per id, in
+    /// order: `None` when the journal holds no such run, an error when its copy is unreadable.
+    async fn invocations(&self, run_ids: &[RunId]) -> Result<Vec<StoredInvocation>, JournalError>;
+    /// The stored invocation of one run (`None`: the journal holds no such run).
+    async fn invocation(&self, run_id: &RunId) -> Result<Option<Invocation>, JournalError> {
+        let mut read = self.invocations(std::slice::from_ref(run_id)).await?;
+        read.pop().flatten().transpose()
+    }
     /// Puts a run back in the queue (a resumable run interrupted by a restart).
     async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError>;
     /// Records the verdict, committed before it is sent, so a crash re-sends this verdict

@@ -9,6 +9,7 @@
 //! taken over and does not report it a second time. Locks on stacks and resources live in
 //! the same database, with leases, so a dead replica's lock expires instead of sticking.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pg_conn::{describe, open, Conn};
 use super::pg_tls::PgTls;
-use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
+use super::{JournalError, Recovery, RunStore, StoredInvocation, UnreportedFinal, Verdict};
 
 use crate::domain::RunId;
 use crate::invocation::Invocation;
@@ -405,16 +406,19 @@ impl RunStore for PgJournal {
             Err(e) => Err(self.error(e)),
         }
     }
-    async fn invocation(&self, run_id: &RunId) -> Result<Option<Invocation>, JournalError> {
+    async fn invocations(&self, run_ids: &[RunId]) -> Result<Vec<StoredInvocation>, JournalError> {
+        let keys: Vec<&str> = run_ids.iter().map(RunId::as_str).collect();
         let rows = self
             .query(
-                "SELECT invocation FROM port_runner_runs WHERE run_id = $1",
-                &[&run_id.as_str()],
+                "SELECT run_id, invocation FROM port_runner_runs WHERE run_id = ANY($1)",
+                &[&keys],
             )
             .await?;
-        rows.first()
-            .map(|row| super::read_stored(run_id.as_str(), row.get(0)))
-            .transpose()
+        let mut stored: HashMap<&str, &str> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(keys
+            .iter()
+            .map(|key| stored.remove(key).map(|text| super::read_stored(key, text)))
+            .collect())
     }
     async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
         self.owned(

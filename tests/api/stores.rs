@@ -99,7 +99,9 @@ where
         "the documents are written with the verdict"
     );
 
+    let second = unique_run_id();
     assert!(journal.accept(&invocation(&queued)).await.unwrap());
+    assert!(journal.accept(&invocation(&second)).await.unwrap());
     journal.flush().await.unwrap();
     drop(journal);
     let journal = Arc::new(open().await);
@@ -111,6 +113,19 @@ where
         .unwrap()
         .expect("a queued run's invocation is read back when its turn comes");
     assert_eq!(back.inputs["n"], 1);
+    // A step of the queue is read back at once: one answer per id, in the order asked.
+    let step: Vec<RunId> = [&second, "never-accepted", &queued]
+        .iter()
+        .map(|id| RunId::parse("run id", id).unwrap())
+        .collect();
+    let read: Vec<Option<String>> = journal
+        .invocations(&step)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.map(|inv| inv.unwrap().run_id.to_string()))
+        .collect();
+    assert_eq!(read, [Some(second.clone()), None, Some(queued.clone())]);
 
     assert!(journal.prune(Duration::ZERO).await.unwrap() >= 1);
     assert_eq!(state(&journal, &done).await, None, "pruned");

@@ -2,9 +2,10 @@
 //!
 //! The first [`NEAR`] wait as tasks of their own: each has told Port it is queued and starts
 //! the moment a slot is handed to it. The rest wait as their id only, while the journal
-//! holds their invocation; one moves up each time a near one starts. So a backlog costs its
-//! ids, not a task, a reporter and an invocation each: memory does not grow with it, and a
-//! restart reads a backlog back as ids too.
+//! holds their invocation. They move up in steps: once half the near ones have started,
+//! [`STEP`] move up at once, so the journal is read once a step, not once a run. So a
+//! backlog costs its ids, not a task, a reporter and an invocation each: memory does not
+//! grow with it, and a restart reads a backlog back as ids too.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -15,6 +16,9 @@ use crate::domain::RunId;
 
 /// How many waiting runs wait as tasks (told they are queued, ready to start at once).
 pub(super) const NEAR: usize = 64;
+
+/// How many far runs move up together, once no more than `NEAR - STEP` wait as tasks.
+pub(super) const STEP: usize = NEAR / 2;
 
 /// Where a run entering the queue waits.
 pub(super) enum Place {
@@ -78,7 +82,8 @@ impl Queue {
     }
 
     /// A run gave its slot back: it goes to the first run still waiting for it. Returns the
-    /// runs that moved up from ids to tasks (in order), each with where it now waits.
+    /// runs that moved up from ids to tasks (in order), each with where it now waits: none
+    /// until a step's worth of room is free, or the slot itself when no near run is left.
     pub(super) fn release(&self) -> Vec<(RunId, Place)> {
         let mut q = self.lock();
         if q.closed {
@@ -99,6 +104,9 @@ impl Queue {
                 Some(run_id) => moved.push((run_id, Place::Now)),
                 None => q.free += 1,
             }
+        }
+        if q.near.len() > NEAR - STEP {
+            return moved;
         }
         while q.near.len() < NEAR {
             let Some(run_id) = q.far.pop_front() else {
@@ -153,14 +161,49 @@ mod tests {
         }
         assert_eq!(q.far(), 3);
 
-        // The running run ends: the first near one gets the slot, the first far one moves up.
-        let moved = q.release();
+        // The running run ends: the first near one gets the slot; nothing moves up yet.
+        assert!(q.release().is_empty());
         assert!(near[0].try_recv().is_ok());
         assert!(near[1].try_recv().is_err(), "one slot, one run");
-        assert_eq!(moved.len(), 1);
-        assert_eq!(moved[0].0, id(NEAR + 1));
-        assert!(matches!(moved[0].1, Place::Near(_, _)));
-        assert_eq!(q.far(), 2);
+        assert_eq!(q.far(), 3);
+    }
+
+    #[test]
+    fn far_runs_move_up_a_step_at_a_time_once_half_the_near_ones_started() {
+        let q = Queue::new(1);
+        assert!(matches!(q.enter(&id(0)), Place::Now));
+        let _near: Vec<_> = (1..=NEAR).map(|n| q.enter(&id(n))).collect();
+        let far = NEAR + 1..NEAR + 1 + 2 * STEP + 5;
+        for n in far.clone() {
+            assert!(matches!(q.enter(&id(n)), Place::Far));
+        }
+        let mut moved_up = Vec::new();
+        for started in 1..=STEP {
+            let moved = q.release(); // the slot goes to the next near one
+            if started < STEP {
+                assert!(moved.is_empty(), "{started} started: no step yet");
+            } else {
+                assert_eq!(
+                    moved.len(),
+                    STEP,
+                    "half the near ones started: a step moves up"
+                );
+                moved_up.extend(moved);
+            }
+        }
+        let ids: Vec<RunId> = moved_up.iter().map(|(id, _)| id.clone()).collect();
+        let first: Vec<RunId> = far.clone().take(STEP).map(id).collect();
+        assert_eq!(ids, first, "in the order they were accepted");
+        // Each waits behind the near runs still there, and the ones moved before it.
+        let aheads: Vec<usize> = moved_up
+            .iter()
+            .map(|(_, place)| match place {
+                Place::Near(_, ahead) => *ahead,
+                _ => panic!("a moved-up run waits as a task"),
+            })
+            .collect();
+        assert_eq!(aheads, (NEAR - STEP + 1..=NEAR).collect::<Vec<_>>());
+        assert_eq!(q.far(), far.len() - STEP);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::{JournalError, Recovery, RunStore, UnreportedFinal, Verdict};
+use super::{JournalError, Recovery, RunStore, StoredInvocation, UnreportedFinal, Verdict};
 use crate::core::{RecordStore, StoreError};
 use crate::domain::RunId;
 use crate::invocation::Invocation;
@@ -222,21 +222,25 @@ impl RunStore for SqliteJournal {
         self.send(Op::Started(run_id.to_string(), committed))?;
         self.committed(answer).await
     }
-    async fn invocation(&self, run_id: &RunId) -> Result<Option<Invocation>, JournalError> {
-        let key = run_id.to_string();
-        let stored: Option<String> = self
+    async fn invocations(&self, run_ids: &[RunId]) -> Result<Vec<StoredInvocation>, JournalError> {
+        let keys: Vec<String> = run_ids.iter().map(|id| id.to_string()).collect();
+        // One trip to the writer for the whole step; parsed here, off its thread.
+        let stored: Vec<Option<String>> = self
             .call(move |c| {
-                c.prepare_cached(
+                let mut read = c.prepare_cached(
                     "SELECT i.invocation FROM runs r JOIN invocations i ON i.seq = r.seq
                       WHERE r.run_id = ?1",
-                )?
-                .query_row(params![key], |r| r.get(0))
-                .optional()
+                )?;
+                keys.iter()
+                    .map(|key| read.query_row(params![key], |r| r.get(0)).optional())
+                    .collect()
             })
             .await?;
-        stored
-            .map(|text| super::read_stored(run_id.as_str(), &text))
-            .transpose()
+        Ok(run_ids
+            .iter()
+            .zip(stored)
+            .map(|(run_id, text)| text.map(|text| super::read_stored(run_id.as_str(), &text)))
+            .collect())
     }
     async fn requeue(&self, run_id: &RunId) -> Result<(), JournalError> {
         self.send(Op::Requeue(run_id.to_string()))

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Row, Statement};
 
 use super::pg_tls::PgTls;
@@ -71,17 +71,6 @@ impl Conn {
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let statement = self.statement(sql).await?;
         self.client.query(&statement, params).await
-    }
-
-    /// `sql` planned for these parameters at each call (an unnamed statement, still one round
-    /// trip): for a statement whose best plan depends on them, where a generic plan made
-    /// while the table was small would stay a scan.
-    pub(super) async fn query_planned(
-        &self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        self.client.query_typed(sql, params).await
     }
 }
 

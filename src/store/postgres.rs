@@ -26,7 +26,7 @@ use crate::domain::RunId;
 use crate::invocation::Invocation;
 
 /// Migrations, in order; each is applied once.
-const MIGRATIONS: [(i32, &str); 4] = [
+const MIGRATIONS: [(i32, &str); 5] = [
     (1, include_str!("../../migrations/postgres/0001_runs.sql")),
     (
         2,
@@ -39,6 +39,10 @@ const MIGRATIONS: [(i32, &str); 4] = [
     (
         4,
         include_str!("../../migrations/postgres/0004_replicas.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_state_check.sql"),
     ),
 ];
 /// Serializes migrations between replicas starting together.

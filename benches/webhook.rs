@@ -321,6 +321,28 @@ struct Load {
     p50: Duration,
     p99: Duration,
     non_2xx: usize,
+    /// Share of the burst's runs already executed when its last answer came.
+    executed: Option<f64>,
+}
+
+/// Runs a port-runner has ended (`port_runner_runs_total`, every action and outcome);
+/// `None` for a server without metrics.
+async fn executed(http: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success())?
+        .text()
+        .await
+        .ok()?;
+    let ended = text
+        .lines()
+        .filter(|l| l.starts_with("port_runner_runs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    Some(ended as u64)
 }
 
 async fn fire(
@@ -380,6 +402,7 @@ async fn fire(
         p50: pct(0.50),
         p99: pct(0.99),
         non_2xx,
+        executed: None,
     }
 }
 
@@ -469,15 +492,19 @@ async fn run(requests: usize, concurrency: usize) {
         for (i, (_, s)) in servers.iter().enumerate() {
             settle(&servers).await;
             let before = server_ticks(s);
-            row.push(
-                fire(
-                    &http,
-                    &s.base,
-                    bodies(requests, &format!("s{i}r{round}")),
-                    concurrency,
-                )
-                .await,
-            );
+            let done_before = executed(&http, &s.base).await;
+            let mut load = fire(
+                &http,
+                &s.base,
+                bodies(requests, &format!("s{i}r{round}")),
+                concurrency,
+            )
+            .await;
+            // How much of the burst the server also executed while it was accepting it.
+            if let (Some(a), Some(b)) = (done_before, executed(&http, &s.base).await) {
+                load.executed = Some(b.saturating_sub(a) as f64 / requests as f64);
+            }
+            row.push(load);
             settle(&servers).await;
             let used = server_ticks(s).saturating_sub(before);
             cpu_per_run[i].push(used as f64 * tick_us / requests as f64);
@@ -499,19 +526,22 @@ async fn run(requests: usize, concurrency: usize) {
     let (t, m, o, p) = (best(0), best(1), best(2), best(3));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("\nwebhook acceptance: {requests} signed echo invocations, {concurrency} connections, {WORKERS} HTTP workers each, loopback\n");
-    println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx | req/s vs ceiling | CPU µs per run |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx | req/s vs ceiling | CPU µs per run | executed during the burst |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (i, (name, _)) in servers.iter().enumerate() {
         let l = best(i);
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} % | {:.0} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} % | {:.0} | {} |",
             l.rps,
             ms(l.p50),
             ms(l.p99),
             l.non_2xx,
             100.0 * l.rps / t.rps,
             // The lower round: the one least disturbed.
-            cpu_per_run[i].iter().copied().fold(f64::INFINITY, f64::min)
+            cpu_per_run[i].iter().copied().fold(f64::INFINITY, f64::min),
+            l.executed
+                .map(|e| format!("{:.0} %", 100.0 * e))
+                .unwrap_or_else(|| "–".into())
         );
     }
     println!(

@@ -686,9 +686,8 @@ impl Turn {
     /// A turn not taken (its run cannot run): a slot it holds, or was handed already, goes
     /// on to the next run; one not handed yet skips it.
     fn forgo(self, runner: &Arc<Runner>) {
-        if let Self::Wait { mut handed, .. } = self {
-            handed.close();
-            if handed.try_recv().is_ok() {
+        if let Self::Wait { handed, .. } = self {
+            if Queue::forgo(handed) {
                 drop(Slot(runner.clone()));
             }
         }

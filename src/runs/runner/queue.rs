@@ -120,6 +120,14 @@ impl Queue {
         moved
     }
 
+    /// A run waiting as a task that will not run gives up its place. `true` when the slot
+    /// had already been handed to it: the caller holds it and must release it. Otherwise it
+    /// is skipped when its turn comes.
+    pub(super) fn forgo(mut handed: oneshot::Receiver<()>) -> bool {
+        handed.close();
+        handed.try_recv().is_ok()
+    }
+
     /// Shutdown: nothing moves any more; the runs still waiting as ids, in order.
     pub(super) fn close(&self) -> Vec<RunId> {
         let mut q = self.lock();
@@ -221,6 +229,31 @@ mod tests {
         assert!(waits.try_recv().is_ok(), "handed past the one that left");
         assert!(q.release().is_empty());
         assert!(matches!(q.enter(&id(3)), Place::Now), "the slot was kept");
+    }
+
+    #[test]
+    fn a_run_that_forgoes_a_slot_it_was_handed_gives_it_on_and_one_not_yet_handed_is_skipped() {
+        let q = Queue::new(1);
+        assert!(matches!(q.enter(&id(0)), Place::Now));
+        let Place::Near(first, _) = q.enter(&id(1)) else {
+            panic!()
+        };
+        let Place::Near(mut second, _) = q.enter(&id(2)) else {
+            panic!()
+        };
+        let Place::Near(third, _) = q.enter(&id(3)) else {
+            panic!()
+        };
+        assert!(q.release().is_empty(), "the slot goes to the first");
+        assert!(Queue::forgo(first), "it holds the slot: it must release it");
+        assert!(q.release().is_empty());
+        assert!(second.try_recv().is_ok(), "given on to the second");
+        assert!(!Queue::forgo(third), "not handed yet: nothing to release");
+        assert!(q.release().is_empty(), "the third is skipped");
+        assert!(
+            matches!(q.enter(&id(4)), Place::Now),
+            "and the slot is kept"
+        );
     }
 
     #[test]

@@ -247,3 +247,61 @@ async fn shared_locks_name_their_holder_and_free_on_unlock() {
         "taken again by its holder: nothing expired"
     );
 }
+
+/// A run's start and verdict each update one row by its key, with a plan PostgreSQL makes
+/// once per connection (its generic plan). Made after an analyze of a near-empty table, that
+/// plan is a scan of the table, and it stays one as the table grows until something makes
+/// it plan again: a start behind a burst would read the whole backlog. Here the table is
+/// analyzed small, the plan is made, the table grows, and no start may scan it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_lookup_planned_on_a_near_empty_table_never_scans_it_once_grown() {
+    let url = fresh_database().await;
+    let journal = Journal::connect(&url, "plans", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let db = crate::pg::client(&url).await;
+    // No autovacuum to analyze the grown table and have the plan made again.
+    db.batch_execute("ALTER TABLE port_runner_runs SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..2020 {
+        let id = unique_run_id();
+        assert!(journal.accept(&invocation(&id)).await.unwrap());
+        ids.push(RunId::parse("run id", &id).unwrap());
+        if n == 19 {
+            db.batch_execute("ANALYZE port_runner_runs").await.unwrap();
+            // More than five executions: from the sixth on, the generic plan is kept.
+            for id in &ids[..10] {
+                journal.started(id).await.unwrap();
+            }
+        }
+    }
+    for id in &ids[20..220] {
+        journal.started(id).await.unwrap();
+    }
+    // A backend's counters reach the statistics when it ends.
+    drop(journal);
+    let mut read = (0, 0);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let row = db
+            .query_one(
+                "SELECT idx_scan, seq_tup_read FROM pg_stat_user_tables
+                  WHERE relname = 'port_runner_runs'",
+                &[],
+            )
+            .await
+            .unwrap();
+        read = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        if read.0 >= 210 {
+            break;
+        }
+    }
+    assert!(read.0 >= 210, "the starts' statistics arrived: {read:?}");
+    assert!(
+        read.1 < 2020,
+        "a start scanned the grown table: {} rows read by scans",
+        read.1
+    );
+}

@@ -12,15 +12,17 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt as _;
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 mod queue;
 mod recovery;
+mod waiting;
 
 use queue::{Place, Queue};
+use waiting::{Queued, Slot, Turn};
 
 use super::lifecycle::{FinalReportRetry, Lifecycle, LogBatching, Refused, TakenOver};
 use super::reporter::RunReporter;
@@ -272,66 +274,6 @@ impl Runner {
             drop(pending);
         };
         self.tracker.spawn_on(supervised.instrument(span), &self.rt);
-    }
-
-    /// Runs that moved up from ids to tasks, in order: their invocations are read back in
-    /// one journal read, then each waits (or starts) as a task of its own.
-    fn move_up(self: &Arc<Self>, moved: Vec<(RunId, Place)>) {
-        let this = self.clone();
-        let read_back = async move {
-            let ids: Vec<RunId> = moved.iter().map(|(run_id, _)| run_id.clone()).collect();
-            let read: Vec<_> = match this.lifecycle.journal.invocations(&ids).await {
-                Ok(read) => read
-                    .into_iter()
-                    .map(|r| {
-                        r.transpose()
-                            .map(|i| i.map(Box::new))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect(),
-                // Each run ends saying why, as when its own read fails.
-                Err(e) => ids.iter().map(|_| Err(e.to_string())).collect(),
-            };
-            for ((run_id, place), read) in moved.into_iter().zip(read) {
-                this.spawn_run(Queued::Read(run_id, read), place);
-            }
-        };
-        self.tracker.spawn_on(read_back, &self.rt);
-    }
-
-    /// A queued run's invocation: in hand, or read back from the journal when it waited there
-    /// (and then shown here again: a run recovered after a restart was not). `None` when it
-    /// cannot run (ended here, saying why, when it could be read at all).
-    async fn load(&self, queued: Queued) -> Option<Invocation> {
-        let (run_id, read) = match queued {
-            Queued::Loaded(invocation) => return Some(*invocation),
-            Queued::Stored(run_id) => {
-                let read = self.lifecycle.journal.invocation(&run_id).await;
-                (run_id, read.map_err(|e| e.to_string()))
-            }
-            Queued::Read(run_id, read) => (run_id, read.map(|i| i.map(|boxed| *boxed))),
-        };
-        match read {
-            Ok(Some(invocation)) => {
-                self.lifecycle.registry.admit(&invocation);
-                Some(invocation)
-            }
-            Ok(None) => {
-                // Its turn is forgone: a slot it held or was handed goes on.
-                tracing::warn!(%run_id, "a queued run is no longer in the journal (another replica took it); skipped");
-                None
-            }
-            Err(e) => {
-                tracing::error!(%run_id, error = %e, "a queued run cannot be read back from the journal");
-                self.lifecycle
-                    .finish(
-                        &run_id,
-                        Verdict::failure(format!("internal error in port-runner: {e}")),
-                    )
-                    .await;
-                None
-            }
-        }
     }
 
     /// How a run reports: the runner's own runs (internal) only here, Port knows none of them.
@@ -622,34 +564,6 @@ impl Runner {
     }
 }
 
-impl Runner {
-    /// At shutdown, the runs still waiting as ids end as the queued tasks do, in order, until
-    /// the grace period is over; those left stay queued in the journal for the next start.
-    async fn never_started(&self, far: Vec<RunId>) {
-        let why = "runner shutting down: the run was still queued and did not start";
-        let total = far.len();
-        for (done, run_id) in far.into_iter().enumerate() {
-            if self.hard_stop.is_cancelled() {
-                tracing::warn!(
-                    runs = total - done,
-                    "queued runs not ended before exit; they stay queued in the journal"
-                );
-                return;
-            }
-            let internal = match self.lifecycle.journal.invocation(&run_id).await {
-                Ok(Some(invocation)) => invocation.is_internal(),
-                _ => false,
-            };
-            self.lifecycle_for(internal)
-                .finish(&run_id, Verdict::failure(why))
-                .await;
-            self.lifecycle.registry.retire(&run_id);
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.queue_depth().dec();
-        }
-    }
-}
-
 /// Counts a run as pending until dropped, also when its execution unwinds.
 struct PendingGuard<'a>(&'a AtomicUsize, &'a Notify);
 
@@ -657,57 +571,6 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         self.1.notify_waiters();
-    }
-}
-
-/// A run slot, held from a run's start to its final report; dropping it hands it on.
-struct Slot(Arc<Runner>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let moved = self.0.queue.release();
-        if !moved.is_empty() {
-            self.0.move_up(moved);
-        }
-    }
-}
-
-/// How a run gets its slot.
-enum Turn {
-    Now(Slot),
-    /// `handed` resolves when a slot is handed to it; `ahead`: runs before it when it queued.
-    Wait {
-        handed: oneshot::Receiver<()>,
-        ahead: usize,
-    },
-}
-
-impl Turn {
-    /// A turn not taken (its run cannot run): a slot it holds, or was handed already, goes
-    /// on to the next run; one not handed yet skips it.
-    fn forgo(self, runner: &Arc<Runner>) {
-        if let Self::Wait { handed, .. } = self {
-            if Queue::forgo(handed) {
-                drop(Slot(runner.clone()));
-            }
-        }
-    }
-}
-
-/// A queued run: its invocation in hand, only its id while the journal holds the rest, or
-/// what the journal answered when it was read back with others.
-enum Queued {
-    Loaded(Box<Invocation>),
-    Stored(RunId),
-    Read(RunId, Result<Option<Box<Invocation>>, String>),
-}
-
-impl Queued {
-    fn run_id(&self) -> &RunId {
-        match self {
-            Self::Loaded(invocation) => &invocation.run_id,
-            Self::Stored(run_id) | Self::Read(run_id, _) => run_id,
-        }
     }
 }
 

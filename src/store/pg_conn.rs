@@ -107,9 +107,11 @@ pub(super) async fn open(
     // planned once (its generic plan). Planned after an analyze of a near-empty table, a
     // key lookup became a scan of it and stayed one while a burst filled the table, until
     // the next analyze. With scans disabled the index is chosen whatever the table's size;
-    // a statement with no index to use still scans.
+    // a statement with no index to use still scans. But a disabled scan's plan costs more
+    // than `jit_above_cost`, so such a statement (the trim of kept runs) was compiled to
+    // machine code at every execution: the journal's statements are small, so no JIT.
     client
-        .batch_execute("SET enable_seqscan = off")
+        .batch_execute("SET enable_seqscan = off; SET jit = off")
         .await
         .map_err(|e| JournalError::Postgres {
             target: target.to_owned(),

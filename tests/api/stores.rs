@@ -306,3 +306,82 @@ async fn a_key_lookup_planned_on_a_near_empty_table_never_scans_it_once_grown() 
         "a start scanned the grown table: {scanned} rows read by scans"
     );
 }
+
+/// The journal's statements are small and run thousands of times: none is compiled to machine
+/// code, even when its plan costs more than `jit_above_cost` (a plan with a disabled scan,
+/// such as the trim of kept runs, always did, about 1 ms at each execution).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_journal_statement_is_compiled_by_jit() {
+    // Every statement passes the cost threshold, so any connection with JIT on compiles it.
+    let server = crate::pg::start_server(&[
+        "fsync=off",
+        "shared_preload_libraries=pg_stat_statements",
+        "jit_above_cost=0",
+    ]);
+    let url = crate::pg::fresh_database_on(&server).await;
+    let db = crate::pg::client(&url).await;
+    db.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    let compiled = |pattern: &'static str| {
+        let db = &db;
+        async move {
+            let row = db
+                .query_one(
+                    "SELECT count(*), COALESCE(sum(jit_functions), 0)::bigint
+                       FROM pg_stat_statements
+                      WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                        AND query LIKE $1 AND query NOT LIKE '%pg_stat_statements%'",
+                    &[&pattern],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0), row.get::<_, i64>(1))
+        }
+    };
+    // The control: this connection keeps the server's JIT, and compiles.
+    db.query("SELECT count(*) FROM pg_class WHERE relpages >= 0", &[])
+        .await
+        .unwrap();
+    let (_, control) = compiled("%pg_class WHERE relpages%").await;
+    assert!(
+        control > 0,
+        "this PostgreSQL compiles nothing with JIT (is its LLVM support installed?): the test would prove nothing"
+    );
+
+    let journal = Journal::connect(&url, "jit", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let id = unique_run_id();
+    assert!(journal.accept(&invocation(&id)).await.unwrap());
+    let run_id = RunId::parse("run id", &id).unwrap();
+    journal.started(&run_id).await.unwrap();
+    journal
+        .invocations(std::slice::from_ref(&run_id))
+        .await
+        .unwrap();
+    let kept = format!("kept-run/jit/{id}");
+    journal
+        .finished(
+            &run_id,
+            &Verdict::success("kept", None),
+            true,
+            vec![(kept, "{}".into())],
+        )
+        .await
+        .unwrap();
+    journal
+        .records()
+        .trim_prefixed("kept-run/", 0)
+        .await
+        .unwrap();
+    let (statements, functions) = compiled("%port_runner_%").await;
+    assert!(
+        statements >= 5,
+        "the journal's statements were seen: {statements}"
+    );
+    assert_eq!(
+        functions, 0,
+        "functions compiled by JIT for the journal's statements"
+    );
+}

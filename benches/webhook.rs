@@ -16,7 +16,9 @@
 //!
 //! Knobs: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (default 32), BENCH_ONLY=backlog
 //! (only the backlog), BENCH_SKIP_BACKLOG=1, BENCH_PG_STATEMENTS=1 (where the PostgreSQL
-//! journal's time goes: its statements per run, from `pg_stat_statements`), BENCH_RUN_SECS
+//! journal's time goes: its statements per run, from `pg_stat_statements`),
+//! BENCH_PG_SYNCHRONOUS_COMMIT=on (PostgreSQL's default durability: each commit waits for
+//! its WAL to reach the disk), BENCH_RUN_SECS
 //! (each run sleeps this long: with 600, no run ends during the bench and acceptance is
 //! measured alone, without the executed runs competing for the cores).
 
@@ -323,6 +325,8 @@ struct Load {
     non_2xx: usize,
     /// Share of the burst's runs already executed when its last answer came.
     executed: Option<f64>,
+    /// Runs ended per second, from the burst's first request until its last run ended.
+    ended_per_sec: Option<f64>,
 }
 
 /// Runs a port-runner has ended (`port_runner_runs_total`, every action and outcome);
@@ -343,6 +347,18 @@ async fn executed(http: &reqwest::Client, base: &str) -> Option<u64> {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>();
     Some(ended as u64)
+}
+
+/// Waits (up to 5 minutes) until `target` runs have ended; `None` if they did not.
+async fn ended_by(http: &reqwest::Client, base: &str, target: u64) -> Option<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if executed(http, base).await? >= target {
+            return Some(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 async fn fire(
@@ -403,6 +419,7 @@ async fn fire(
         p99: pct(0.99),
         non_2xx,
         executed: None,
+        ended_per_sec: None,
     }
 }
 
@@ -414,7 +431,13 @@ async fn run(requests: usize, concurrency: usize) {
         .unwrap();
 
     let statements = std::env::var("BENCH_PG_STATEMENTS").as_deref() == Ok("1");
-    let mut settings = vec!["synchronous_commit=off"];
+    // PostgreSQL's own default waits at each commit for its WAL to be flushed to disk:
+    // BENCH_PG_SYNCHRONOUS_COMMIT=on measures that (the default here is SQLite's durability).
+    let synchronous = match std::env::var("BENCH_PG_SYNCHRONOUS_COMMIT").as_deref() {
+        Ok("on") => "synchronous_commit=on",
+        _ => "synchronous_commit=off",
+    };
+    let mut settings = vec![synchronous];
     if statements {
         settings.extend([
             "shared_preload_libraries=pg_stat_statements",
@@ -486,6 +509,8 @@ async fn run(requests: usize, concurrency: usize) {
     // CPU per run: from the burst until the server has executed what it accepted.
     let tick_us = 1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut results: Vec<Vec<Load>> = Vec::new();
+    // Runs that sleep never end during the bench: nothing to wait for.
+    let sleeping = env_or("BENCH_RUN_SECS", 0.0) > 0.0;
     let mut cpu_per_run: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
     for round in 0..2 {
         // The second round goes in reverse: no server is always the one measured first (the
@@ -500,6 +525,7 @@ async fn run(requests: usize, concurrency: usize) {
             settle(&servers).await;
             let before = server_ticks(s);
             let done_before = executed(&http, &s.base).await;
+            let burst = Instant::now();
             let mut load = fire(
                 &http,
                 &s.base,
@@ -510,6 +536,11 @@ async fn run(requests: usize, concurrency: usize) {
             // How much of the burst the server also executed while it was accepting it.
             if let (Some(a), Some(b)) = (done_before, executed(&http, &s.base).await) {
                 load.executed = Some(b.saturating_sub(a) as f64 / requests as f64);
+                if !sleeping {
+                    load.ended_per_sec = ended_by(&http, &s.base, a + requests as u64)
+                        .await
+                        .map(|_| requests as f64 / burst.elapsed().as_secs_f64());
+                }
             }
             row[i] = Some(load);
             settle(&servers).await;
@@ -537,12 +568,12 @@ async fn run(requests: usize, concurrency: usize) {
     let (t, m, o, p) = (best(0), best(1), best(2), best(3));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("\nwebhook acceptance: {requests} signed echo invocations, {concurrency} connections, {WORKERS} HTTP workers each, loopback\n");
-    println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx | req/s vs ceiling | CPU µs per run | executed during the burst |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| server | accepted req/s | p50 ms | p99 ms | non-2xx | req/s vs ceiling | CPU µs per run | executed during the burst | runs ended /s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, (name, _)) in servers.iter().enumerate() {
         let l = best(i);
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} % | {:.0} | {} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.0} % | {:.0} | {} | {} |",
             l.rps,
             ms(l.p50),
             ms(l.p99),
@@ -552,6 +583,10 @@ async fn run(requests: usize, concurrency: usize) {
             cpu_per_run[i].iter().copied().fold(f64::INFINITY, f64::min),
             l.executed
                 .map(|e| format!("{:.0} %", 100.0 * e))
+                .unwrap_or_else(|| "–".into()),
+            // The round measured: the best round's acceptance.
+            l.ended_per_sec
+                .map(|r| format!("{r:.0}"))
                 .unwrap_or_else(|| "–".into())
         );
     }

@@ -57,6 +57,11 @@ pub struct PgJournal {
     /// Where, for messages: host, port and database, never the password.
     target: String,
     client: RwLock<Arc<Conn>>,
+    /// Acceptances have a connection of their own: a webhook's answer waits for its commit
+    /// only, not for the starts and verdicts sent before it (each a WAL flush with
+    /// PostgreSQL's default durability), and PostgreSQL flushes the two connections'
+    /// commits together when they meet.
+    accepting: RwLock<Arc<Conn>>,
     pub(super) replica: String,
     pub(super) lease: Duration,
     /// The first recovery also takes back this replica's own runs (a restart with a fixed
@@ -131,6 +136,7 @@ impl PgJournal {
         let mut client = open(&config, &tls, &target).await?;
         migrate(&mut client, &target).await?;
         let client = Conn::new(client);
+        let accepting = Conn::new(open(&config, &tls, &target).await?);
         let (accepts, accepts_rx) = mpsc::unbounded_channel();
         let (dones, dones_rx) = mpsc::unbounded_channel();
         let journal = Arc::new(Self {
@@ -138,6 +144,7 @@ impl PgJournal {
             tls,
             target,
             client: RwLock::new(Arc::new(client)),
+            accepting: RwLock::new(Arc::new(accepting)),
             replica: replica.to_owned(),
             lease,
             recovered_once: AtomicBool::new(false),
@@ -179,13 +186,18 @@ impl PgJournal {
 
     /// The connection, reconnected if it was lost.
     async fn client(&self) -> Result<Arc<Conn>, JournalError> {
+        self.connection(&self.client).await
+    }
+
+    /// The connection in `slot`, reconnected if it was lost.
+    async fn connection(&self, slot: &RwLock<Arc<Conn>>) -> Result<Arc<Conn>, JournalError> {
         {
-            let client = self.client.read().await;
+            let client = slot.read().await;
             if !client.is_closed() {
                 return Ok(client.clone());
             }
         }
-        let mut slot = self.client.write().await;
+        let mut slot = slot.write().await;
         if slot.is_closed() {
             tracing::warn!(database = %self.target, "journal connection lost; reconnecting");
             *slot = Arc::new(Conn::new(
@@ -238,7 +250,8 @@ impl PgJournal {
         let ids: Vec<&str> = group.iter().map(|a| a.run_id.as_str()).collect();
         let actions: Vec<&str> = group.iter().map(|a| a.action.as_str()).collect();
         let invocations: Vec<&str> = group.iter().map(|a| a.invocation.as_str()).collect();
-        let rows = self
+        let conn = self.connection(&self.accepting).await.map_err(message)?;
+        let rows = conn
             .query(
                 "INSERT INTO port_runner_runs (run_id, action, state, invocation, owner, lease_until)
                  SELECT u.id, u.action, 'queued', u.inv, $4, now() + make_interval(secs => $5)
@@ -248,7 +261,7 @@ impl PgJournal {
                 &[&ids, &actions, &invocations, &self.replica, &secs(self.lease)],
             )
             .await
-            .map_err(message)?;
+            .map_err(|e| describe(&e))?;
         let inserted: std::collections::HashSet<String> =
             rows.iter().map(|r| r.get::<_, String>(0)).collect();
         // The same id twice in one group: only its first delivery is new.

@@ -395,3 +395,69 @@ async fn no_journal_statement_is_compiled_by_jit() {
         "functions compiled by JIT for the journal's statements"
     );
 }
+
+/// A webhook's acceptance has a connection of its own: it never waits behind a start or a
+/// verdict already sent (with PostgreSQL's default durability each waits for a WAL flush;
+/// here a start waits for a row lock the test holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acceptance_does_not_wait_behind_a_run_write_in_flight() {
+    let url = fresh_database().await;
+    let journal = Arc::new(
+        Journal::connect(&url, "apart", Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    let held = unique_run_id();
+    assert!(journal.accept(&invocation(&held)).await.unwrap());
+    let mut db = crate::pg::client(&url).await;
+    let lock = db.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM port_runner_runs WHERE run_id = $1 FOR UPDATE",
+        &[&held],
+    )
+    .await
+    .unwrap();
+    let start = tokio::spawn({
+        let journal = journal.clone();
+        let id = RunId::parse("run id", &held).unwrap();
+        async move { journal.started(&id).await }
+    });
+    let watch = crate::pg::client(&url).await;
+    let deadline = Deadline::after(Duration::from_secs(10));
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        deadline
+            .wait(|| "the start to wait for the row lock".to_owned())
+            .await;
+    }
+
+    let other = unique_run_id();
+    let accepted =
+        tokio::time::timeout(Duration::from_secs(10), journal.accept(&invocation(&other))).await;
+    assert!(
+        matches!(accepted, Ok(Ok(true))),
+        "an acceptance waited behind a start in flight: {accepted:?}"
+    );
+    assert!(!start.is_finished(), "the start was still held");
+    lock.rollback().await.unwrap();
+    start.await.unwrap().unwrap();
+    assert_eq!(
+        state(&journal, &held).await,
+        Some(("running".into(), false))
+    );
+    assert_eq!(
+        state(&journal, &other).await,
+        Some(("queued".into(), false))
+    );
+}

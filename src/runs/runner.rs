@@ -238,10 +238,15 @@ impl Runner {
     /// Queues an admitted run: it starts now if a slot is free, else it waits as a task (told
     /// it is queued) or, behind a long queue, as its id only.
     fn schedule(self: &Arc<Self>, queued: Queued) {
+        let place = self.enter(queued.run_id());
+        self.spawn_run(queued, place);
+    }
+
+    /// Counts a run as pending and gives it its place in the queue.
+    fn enter(&self, run_id: &RunId) -> Place {
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.metrics.queue_depth().inc();
-        let place = self.queue.enter(queued.run_id());
-        self.spawn_run(queued, place);
+        self.queue.enter(run_id)
     }
 
     /// Starts the task of a run that holds or waits for a slot (`Far`: nothing to start yet).

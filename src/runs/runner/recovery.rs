@@ -91,10 +91,18 @@ impl Runner {
                 owed_failures.push((invocation, tool));
             }
         }
-        // Queued runs are read back one at a time as their turn comes (shown here from then).
-        for run_id in recovery.queued {
-            self.schedule(super::Queued::Stored(run_id));
-        }
+        // Queued runs come back as ids. Those that start or wait as tasks are read back
+        // together (and shown here from then); the rest move up a step at a time.
+        let near: Vec<_> = recovery
+            .queued
+            .into_iter()
+            .map(|run_id| {
+                let place = self.enter(&run_id);
+                (run_id, place)
+            })
+            .filter(|(_, place)| !matches!(place, super::Place::Far))
+            .collect();
+        self.move_up(near);
         // What Port is owed goes out in the background: a Port outage must not hold up the
         // start (each report may take the client's whole retry budget).
         let this = self.clone();

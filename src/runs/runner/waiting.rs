@@ -15,9 +15,13 @@ use crate::invocation::Invocation;
 use crate::runs::sink::Verdict;
 
 impl Runner {
-    /// Runs that moved up from ids to tasks, in order: their invocations are read back in
-    /// one journal read, then each waits (or starts) as a task of its own.
+    /// Runs that waited as ids and now wait as tasks (moved up, or recovered at start), in
+    /// order: their invocations are read back in one journal read, then each waits (or
+    /// starts) as a task of its own.
     pub(super) fn move_up(self: &Arc<Self>, moved: Vec<(RunId, Place)>) {
+        if moved.is_empty() {
+            return;
+        }
         let this = self.clone();
         let read_back = async move {
             let ids: Vec<RunId> = moved.iter().map(|(run_id, _)| run_id.clone()).collect();
@@ -40,22 +44,18 @@ impl Runner {
         self.tracker.spawn_on(read_back, &self.rt);
     }
 
-    /// A queued run's invocation: in hand, or read back from the journal when it waited there
-    /// (and then shown here again: a run recovered after a restart was not). `None` when it
-    /// cannot run (ended here, saying why, when it could be read at all).
+    /// A queued run's invocation: in hand, or as read back from the journal when it waited
+    /// there (and then shown here again: a run recovered after a restart was not). `None`
+    /// when it cannot run (ended here, saying why, when it could be read at all).
     pub(super) async fn load(&self, queued: Queued) -> Option<Invocation> {
         let (run_id, read) = match queued {
             Queued::Loaded(invocation) => return Some(*invocation),
-            Queued::Stored(run_id) => {
-                let read = self.lifecycle.journal.invocation(&run_id).await;
-                (run_id, read.map_err(|e| e.to_string()))
-            }
-            Queued::Read(run_id, read) => (run_id, read.map(|i| i.map(|boxed| *boxed))),
+            Queued::Read(run_id, read) => (run_id, read),
         };
         match read {
             Ok(Some(invocation)) => {
                 self.lifecycle.registry.admit(&invocation);
-                Some(invocation)
+                Some(*invocation)
             }
             Ok(None) => {
                 // Its turn is forgone: a slot it held or was handed goes on.
@@ -107,10 +107,7 @@ pub(super) struct Slot(pub(super) Arc<Runner>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let moved = self.0.queue.release();
-        if !moved.is_empty() {
-            self.0.move_up(moved);
-        }
+        self.0.move_up(self.0.queue.release());
     }
 }
 
@@ -136,11 +133,10 @@ impl Turn {
     }
 }
 
-/// A queued run: its invocation in hand, only its id while the journal holds the rest, or
-/// what the journal answered when it was read back with others.
+/// A queued run: its invocation in hand, or what the journal answered when the run, having
+/// waited there as its id, was read back with others.
 pub(super) enum Queued {
     Loaded(Box<Invocation>),
-    Stored(RunId),
     Read(RunId, Result<Option<Box<Invocation>>, String>),
 }
 
@@ -148,7 +144,7 @@ impl Queued {
     pub(super) fn run_id(&self) -> &RunId {
         match self {
             Self::Loaded(invocation) => &invocation.run_id,
-            Self::Stored(run_id) | Self::Read(run_id, _) => run_id,
+            Self::Read(run_id, _) => run_id,
         }
     }
 }

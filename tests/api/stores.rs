@@ -307,32 +307,22 @@ async fn a_key_lookup_planned_on_a_near_empty_table_never_scans_it_once_grown() 
     );
 }
 
-/// A database on a server that counts its statements (`pg_stat_statements`), shared by the
-/// tests that need it; every statement there passes JIT's cost threshold, so a connection
-/// with JIT on compiles each one. The URL, and a client with the extension created.
-async fn counted_database() -> (String, tokio_postgres::Client) {
-    static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let server = SERVER.get_or_init(|| {
-        crate::pg::start_server(&[
-            "fsync=off",
-            "shared_preload_libraries=pg_stat_statements",
-            "jit_above_cost=0",
-        ])
-    });
-    let url = crate::pg::fresh_database_on(server).await;
-    let db = crate::pg::client(&url).await;
-    db.batch_execute("CREATE EXTENSION pg_stat_statements")
-        .await
-        .unwrap();
-    (url, db)
-}
-
 /// The journal's statements are small and run thousands of times: none is compiled to machine
 /// code, even when its plan costs more than `jit_above_cost` (a plan with a disabled scan,
 /// such as the trim of kept runs, always did, about 1 ms at each execution).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_journal_statement_is_compiled_by_jit() {
-    let (url, db) = counted_database().await;
+    // Every statement passes the cost threshold, so any connection with JIT on compiles it.
+    let server = crate::pg::start_server(&[
+        "fsync=off",
+        "shared_preload_libraries=pg_stat_statements",
+        "jit_above_cost=0",
+    ]);
+    let url = crate::pg::fresh_database_on(&server).await;
+    let db = crate::pg::client(&url).await;
+    db.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
     let compiled = |pattern: &'static str| {
         let db = &db;
         async move {
